@@ -1,0 +1,2 @@
+"""placeholder: its owner lands the real module."""
+def allocate_ranks(*a, **k): raise NotImplementedError
