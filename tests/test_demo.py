@@ -1,0 +1,59 @@
+"""The main job on the real embedded model (SmolLM2-135M) and the command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from palu_c.models import embedded_model_path  # noqa: E402
+
+
+def have_model() -> bool:
+    try:
+        embedded_model_path()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.model
+@pytest.mark.filterwarnings("ignore::palu_c.WhiteningWarning")  # 128 calibration tokens < 576 channels: singular Gram by design
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+def test_demo_on_embedded_model():
+    from palu_c.demo import run_demo
+
+    lines = []
+    result = run_demo(ratio=0.5, n_samples=2, seq_len=64, out=lines.append)
+    assert result["kv_dim"] == 192 and result["rank"] == 96
+    assert len(result["rows"]) == 30
+    mean = result["mean"]
+    for key, value in mean.items():
+        assert 0.0 < value < 1.0, (key, value)
+    # Activation-aware factorization must beat plain SVD on held-out activations, as the method promises.
+    assert mean["k_out_whiten"] < mean["k_out_plain"]
+    assert mean["v_out_whiten"] < mean["v_out_plain"]
+    assert any("latent 11,520 B/token (50.0%)" in line for line in lines)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "palu_c", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_cli_info():
+    proc = run_cli("info")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert {"version", "lapack", "cuda_compiled", "cuda_devices"} <= set(info)
+
+
+def test_cli_demo_rejects_bad_ratio():
+    proc = run_cli("demo", "--ratio", "1.5")
+    assert proc.returncode == 2
+    assert "ratio must be in (0, 1]" in proc.stderr
