@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gc
 import math
-import os
 import sys
 import tracemalloc
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 import palu_c
+from memory_growth import rss_bytes, under_asan
 from palu_c import QuantizedTensor, quantize
 
 BITS = (2, 3, 4, 8)
@@ -407,16 +407,6 @@ def test_c_entry_point_validates():
 
 # ---- leaks ------------------------------------------------------------------------------------------
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _under_asan():
-    with open("/proc/self/maps") as f:
-        return "libasan" in f.read()
-
-
 def test_no_memory_growth(rng):
     x = rng.standard_normal((4, 24)).astype(np.float32)
     strided = rng.standard_normal((4, 48))[:, ::2]  # float64, non-contiguous: converted (copied) in C
@@ -432,7 +422,7 @@ def test_no_memory_growth(rng):
     gc.collect()
     watched = inputs + [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.uint32), QuantizedTensor]
     refs_before = [sys.getrefcount(a) for a in watched]
-    rss_before = _rss_bytes()
+    rss_before = rss_bytes()
     tracemalloc.start()
     try:
         churn(200)
@@ -448,7 +438,7 @@ def test_no_memory_growth(rng):
     assert [sys.getrefcount(a) for a in watched] == refs_before
     # Slack 64 KiB: leaking even one 16-byte object per call would add 160 KB over 10,000 calls.
     assert traced_after - traced_before < 64 * 1024, (traced_before, traced_after)
-    if not _under_asan():  # ASan's quarantine holds freed memory, so RSS grows there without a leak
+    if not under_asan():  # ASan's quarantine holds freed memory, so RSS grows there without a leak
         # Slack 2 MiB for allocator noise; one leaked QuantizedTensor with its arrays (> 400 bytes) per call
         # would add > 4 MB.
-        assert _rss_bytes() - rss_before < 2 * 1024 * 1024
+        assert rss_bytes() - rss_before < 2 * 1024 * 1024

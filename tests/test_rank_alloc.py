@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import palu_c
+from memory_growth import rss_bytes, under_asan
 from palu_c import _C
 
 SIZES_N = (1, 2, 7, 19, 127)
@@ -547,16 +548,6 @@ def test_low_level_binding_validates_too():
 # ------------------------------------------------------------------------------------------------------------------
 # Memory: 10,000 calls, success and error paths
 # ------------------------------------------------------------------------------------------------------------------
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _under_asan():
-    with open("/proc/self/maps") as f:
-        return "libasan" in f.read()
-
-
 @pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc/self/statm (Linux)")
 def test_no_memory_growth(rng):
     # N = 1024 for the proportional calls makes every C scratch array >= 8 KiB; greedy (one 1-D array per item
@@ -589,15 +580,15 @@ def test_no_memory_growth(rng):
     try:
         calls(200)
         traced0 = tracemalloc.get_traced_memory()[0]
-        rss0 = _rss_bytes()
+        rss0 = rss_bytes()
         calls(10_000)
         traced1 = tracemalloc.get_traced_memory()[0]
-        rss1 = _rss_bytes()
+        rss1 = rss_bytes()
     finally:
         tracemalloc.stop()
     # Slack: 64 KiB of Python-visible memory (a leak of >= 7 bytes per call would exceed it; one leaked object
     # or array is >= 56 bytes) and 4 MiB of RSS for allocator/page noise (leaking any one C scratch array per
     # call adds >= 2,500 x 2 KiB = 5 MiB, most of them >= 20 MiB).
     assert traced1 - traced0 < 64 * 1024, f"Python heap grew by {traced1 - traced0} bytes"
-    if not _under_asan():  # ASan's quarantine keeps freed memory resident (256 MiB by default): RSS says nothing
+    if not under_asan():  # ASan's quarantine keeps freed memory resident (256 MiB by default): RSS says nothing
         assert rss1 - rss0 < 4 * 1024 * 1024, f"RSS grew by {rss1 - rss0} bytes"
