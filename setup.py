@@ -66,10 +66,12 @@ class PaluBuildExt(build_ext):
 
     def build_extension(self, ext: Extension) -> None:
         use_cuda, nvcc = _want_cuda()
-        if _env_flag("PALU_C_SANITIZE") in ("1", "true", "yes", "on"):
-            if use_cuda:
-                print("palu_c: sanitizer build is CPU-only; skipping CUDA kernels")
+        sanitize = _env_flag("PALU_C_SANITIZE") in ("1", "true", "yes", "on")
+        if sanitize and use_cuda:
+            print("palu_c: sanitizer build is CPU-only; skipping CUDA kernels")
             use_cuda = False
+        stamp = self._force_on_flavour_change(f"cuda={use_cuda} sanitize={sanitize}")
+        if sanitize:
             san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
             ext.extra_compile_args += san
             ext.extra_link_args += ["-fsanitize=address,undefined"]
@@ -82,6 +84,17 @@ class PaluBuildExt(build_ext):
         else:
             print("palu_c: building CPU-only (no nvcc, or PALU_C_CUDA=0)")
         super().build_extension(ext)
+        stamp.write_text(f"cuda={use_cuda} sanitize={sanitize}")  # only once the build succeeded
+
+    def _force_on_flavour_change(self, flavour: str) -> Path:
+        """Rebuild everything when the build flavour (CUDA or not, sanitizers or not) changed since the last
+        build in this build_temp: setuptools compares timestamps only and would keep the old extension."""
+        stamp = Path(self.build_temp) / "palu_flavour.txt"
+        if not stamp.exists() or stamp.read_text() != flavour:
+            self.force = True
+            stamp.unlink(missing_ok=True)
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        return stamp
 
     def _compile_cuda(self, nvcc: str) -> list[str]:
         out_dir = Path(self.build_temp) / "kernels"
@@ -118,6 +131,9 @@ extension = Extension(
     extra_link_args=[],
     extra_objects=[],
     libraries=["m"],
+    # headers and kernels: a change in any of them rebuilds the extension
+    depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.h"))
+    + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu*")),
 )
 
 setup(

@@ -1,7 +1,7 @@
-/* py_dlpack.c -- DLPack capsule intake (see dlpack_import.h). Binding side: no kernels, no CUDA headers. */
+/* py_dlpack.c -- DLPack capsule intake (see py_dlpack.h). Binding side: no kernels, no CUDA headers. */
 #include "py_common.h"
 
-#include "dlpack_import.h"
+#include "py_dlpack.h"
 
 #include <string.h>
 

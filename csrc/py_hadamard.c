@@ -5,7 +5,7 @@
  */
 #include "py_common.h"
 
-#include "dlpack_import.h"
+#include "py_dlpack.h"
 #include "hadamard.h"
 
 #ifdef PALU_WITH_CUDA

@@ -1,4 +1,4 @@
-/* dlpack_import.h -- binding-side intake of DLPack capsules (STYLE.md rule 7), shared by every CUDA op.
+/* py_dlpack.h -- binding-side intake of DLPack capsules (STYLE.md rule 7), shared by every CUDA op.
  *
  * A GPU tensor reaches C as the capsule returned by `t.__dlpack__(stream=s)` (the Python layer passes the
  * current torch stream, so the producer makes no extra stream wait and graph capture keeps working). This
@@ -17,16 +17,12 @@
  * already released struct. A capsule can be consumed once: a second use is a ValueError.
  *
  * Shape legend: rows = product of all axes but the last, n = length of the last axis.
- * Include order: py_common.h, then this header (binding files only).
+ * Binding files only (py_*.c).
  */
-#ifndef PALU_DLPACK_IMPORT_H
-#define PALU_DLPACK_IMPORT_H
+#ifndef PALU_PY_DLPACK_H
+#define PALU_PY_DLPACK_H
 
-/* Binding-side only: the includer brings CPython in through py_common.h (this header includes no Python
- * header itself, so the layering check of tests/test_layering.py holds for it). */
-#if !defined(PALU_PY_COMMON_H)
-#error "dlpack_import.h is for binding files (py_*.c): include py_common.h first"
-#endif
+#include "py_common.h"
 
 #include <dlpack/dlpack.h>
 
@@ -76,4 +72,4 @@ int palu_dl_as_rows(const palu_dl_tensor *dl, int writable, const char *name, co
 int palu_dl_same_layout(const palu_dl_tensor *a, const palu_dl_tensor *b, const char *name_a, const char *name_b,
                         const char *func);
 
-#endif /* PALU_DLPACK_IMPORT_H */
+#endif /* PALU_PY_DLPACK_H */
