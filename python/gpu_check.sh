@@ -26,7 +26,9 @@ python3 -m pytest -q -p no:cacheprovider tests/gpu -rs 2>&1 | tee "$OUT/gpu_test
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 step "compute-sanitizer memcheck (reduced set)"
-MEMCHECK_K='poisoned and (7-12- or 19-20- or 7-112- or 1-4096- or 19-16384- or 7-12288- or 4097-7-) or strided or repeated or graph or stream or capsule'
+# graph capture is left out: with the caching allocator off (needed to see out-of-bounds accesses) torch
+# calls cudaMalloc inside the capture, which CUDA forbids, so those tests cannot run under memcheck
+MEMCHECK_K='(poisoned and (7-12- or 19-20- or 7-112- or 1-4096- or 19-16384- or 7-12288- or 4097-7-) or strided or repeated or stream or capsule) and not graph'
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/gpu -k "$MEMCHECK_K" > "$OUT/memcheck.txt" 2>&1
 rc=$?; echo "memcheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -6 "$OUT/memcheck.txt"
