@@ -32,6 +32,10 @@ typedef void palu_sorgqr_fn(int *m, int *n, int *k, float *a, int *lda, float *t
                             int *info);
 typedef void palu_dorgqr_fn(int *m, int *n, int *k, double *a, int *lda, double *tau, double *work, int *lwork,
                             int *info);
+typedef void palu_sgetrf_fn(int *m, int *n, float *a, int *lda, int *ipiv, int *info);
+typedef void palu_dgetrf_fn(int *m, int *n, double *a, int *lda, int *ipiv, int *info);
+typedef void palu_slaswp_fn(int *n, float *a, int *lda, int *k1, int *k2, int *ipiv, int *incx);
+typedef void palu_dlaswp_fn(int *n, double *a, int *lda, int *k1, int *k2, int *ipiv, int *incx);
 typedef void palu_dpotrf_fn(char *uplo, int *n, double *a, int *lda, int *info);
 typedef void palu_sgemm_fn(char *transa, char *transb, int *m, int *n, int *k, float *alpha, float *a, int *lda,
                            float *b, int *ldb, float *beta, float *c, int *ldc);
@@ -51,6 +55,10 @@ typedef struct palu_lapack_api {
     palu_dgeqrf_fn *dgeqrf;
     palu_sorgqr_fn *sorgqr;
     palu_dorgqr_fn *dorgqr;
+    palu_sgetrf_fn *sgetrf;
+    palu_dgetrf_fn *dgetrf;
+    palu_slaswp_fn *slaswp;
+    palu_dlaswp_fn *dlaswp;
     palu_dpotrf_fn *dpotrf;
     palu_sgemm_fn *sgemm;
     palu_dgemm_fn *dgemm;

@@ -13,6 +13,8 @@
 #define XGESVD palu_lapack.sgesvd
 #define XGEQRF palu_lapack.sgeqrf
 #define XORGQR palu_lapack.sorgqr
+#define XGETRF palu_lapack.sgetrf
+#define XLASWP palu_lapack.slaswp
 #define XGEMM palu_lapack.sgemm
 #include "svd_impl.h"
 #undef REAL
@@ -21,6 +23,8 @@
 #undef XGESVD
 #undef XGEQRF
 #undef XORGQR
+#undef XGETRF
+#undef XLASWP
 #undef XGEMM
 
 #define REAL double
@@ -29,6 +33,8 @@
 #define XGESVD palu_lapack.dgesvd
 #define XGEQRF palu_lapack.dgeqrf
 #define XORGQR palu_lapack.dorgqr
+#define XGETRF palu_lapack.dgetrf
+#define XLASWP palu_lapack.dlaswp
 #define XGEMM palu_lapack.dgemm
 #include "svd_impl.h"
 #undef REAL
@@ -37,6 +43,8 @@
 #undef XGESVD
 #undef XGEQRF
 #undef XORGQR
+#undef XGETRF
+#undef XLASWP
 #undef XGEMM
 
 /* Shared argument checks; LAPACK takes 32-bit sizes and workspace lengths. */

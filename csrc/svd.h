@@ -13,9 +13,10 @@
  * Exact: xGESDD (divide and conquer, thin factors only); if it reports non-convergence (info > 0), the
  * routine retries with xGESVD (QR iteration) on a fresh copy before giving up with PALU_ERR_LINALG.
  * Randomized (Halko, Martinsson & Tropp 2011): l = k + oversample Gaussian test vectors (palu_rng, so a
- * seed reproduces the result), `power_iters` rounds of subspace iteration with QR re-orthonormalization
- * after every product (keeps small singular directions from being lost in round-off), then an exact SVD
- * of the small l x n projection. Cost O(m n l (2 power_iters + 2)) instead of O(m n min(m, n)).
+ * seed reproduces the result), `power_iters` rounds of subspace iteration (A A^T), re-normalizing the
+ * basis after every product with a pivoted LU (P L spans the same space; keeps small singular directions
+ * from being lost in round-off at a quarter of QR's cost), one QR of the final basis Q, then an exact SVD
+ * of the small projection Q^T A. Cost O(m n l (2 power_iters + 2)) instead of O(m n min(m, n)).
  */
 #ifndef PALU_SVD_H
 #define PALU_SVD_H

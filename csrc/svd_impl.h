@@ -1,7 +1,7 @@
 /* svd_impl.h -- precision-generic body of svd.c, included once per real type (a C "template").
  *
  * Before including, define: REAL (float/double), SFX (suffix token f32/f64), XGESDD, XGESVD, XGEQRF,
- * XORGQR, XGEMM (the palu_lapack members of that precision). Not a public header.
+ * XORGQR, XGETRF, XLASWP, XGEMM (the palu_lapack members of that precision). Not a public header.
  */
 
 #define PALU_CAT2(a, b) a##_##b
@@ -85,6 +85,30 @@ done:
     return st;
 }
 
+/* Overwrite column-major (rows x cols) Y, rows >= cols, with P L from its pivoted LU factorization: a basis
+ * of the same column space, well enough conditioned to carry on with, for a quarter of the work of an
+ * orthonormal basis (geqrf + orgqr, which also run at lower BLAS efficiency). Used between power
+ * iterations, where only the span matters (Halko, Martinsson & Tropp 2011, sec. 4.5); the last basis,
+ * which projects A, is always orthonormalized with QR. */
+static palu_status FN(lu_basis)(REAL *y, int rows, int cols)
+{
+    int info = 0, k1 = 1, k2 = cols, backwards = -1;
+    int *ipiv = (int *)malloc(sizeof(int) * (size_t)cols);
+    if (ipiv == NULL) return palu_fail(PALU_ERR_NOMEM, "out of memory for LU (%d x %d)", rows, cols);
+    XGETRF(&rows, &cols, y, &rows, ipiv, &info); /* info > 0: U is singular; L is still a valid basis */
+    if (info < 0) {
+        free(ipiv);
+        return palu_fail(PALU_ERR_INTERNAL, "getrf rejected argument %d", -info);
+    }
+    for (int j = 0; j < cols; j++) { /* keep the unit lower trapezoid L */
+        for (int i = 0; i < j; i++) y[i + (size_t)j * rows] = 0;
+        y[j + (size_t)j * rows] = 1;
+    }
+    XLASWP(&cols, y, &rows, &k1, &k2, ipiv, &backwards); /* P^T Y = L U  =>  apply P: swaps in reverse */
+    free(ipiv);
+    return PALU_OK;
+}
+
 /* Copy the leading k columns of row-major (rows x ld) src into row-major (rows x k) dst. */
 static void FN(copy_cols)(REAL *dst, const REAL *src, int64_t rows, int64_t ld, int64_t k)
 {
@@ -146,13 +170,13 @@ static palu_status FN(svd_randomized)(const REAL *a, int m, int n, int k, int l,
     for (size_t i = 0; i < (size_t)m * (size_t)l; i++) omega[i] = (REAL)gauss[i];
 
     XGEMM(&N, &N, &n, &l, &m, &one, x, &n, omega, &m, &zero, q, &n); /* Q = X Omega  (n x l) */
-    if ((st = FN(orthonormalize)(q, n, l)) != PALU_OK) goto done;
     for (int it = 0; it < power_iters; it++) {
+        if ((st = FN(lu_basis)(q, n, l)) != PALU_OK) goto done;
         XGEMM(&T, &N, &m, &l, &n, &one, x, &n, q, &n, &zero, b, &m); /* Z = X^T Q  (m x l) */
-        if ((st = FN(orthonormalize)(b, m, l)) != PALU_OK) goto done;
+        if ((st = FN(lu_basis)(b, m, l)) != PALU_OK) goto done;
         XGEMM(&N, &N, &n, &l, &m, &one, x, &n, b, &m, &zero, q, &n); /* Q = X Z  (n x l) */
-        if ((st = FN(orthonormalize)(q, n, l)) != PALU_OK) goto done;
     }
+    if ((st = FN(orthonormalize)(q, n, l)) != PALU_OK) goto done;
     XGEMM(&T, &N, &l, &m, &n, &one, q, &n, x, &n, &zero, b, &l); /* B = Q^T X  (l x m) */
     memcpy(omega, b, sizeof(REAL) * (size_t)l * (size_t)m);     /* pristine copy for the gesvd fallback */
     if ((st = FN(thin_svd_colmajor)(b, omega, l, m, sb, ub, vtb)) != PALU_OK) goto done;

@@ -8,6 +8,7 @@ refused with a message saying what to do, because CPU functions must never read 
 
 from __future__ import annotations
 
+import operator
 from typing import Any
 
 import numpy as np
@@ -51,3 +52,28 @@ def as_host_array(obj: Any, name: str, func: str) -> Any:
         dtype = getattr(obj, "dtype", "?")
         raise TypeError(f"{func}: `{name}` of dtype {dtype} cannot be read as a NumPy array ({exc}); "
                         f"convert it to float32 or float64 first") from exc
+
+
+def as_int(value: Any, name: str, func: str, *, low: int | None = None, high: int | None = None) -> int:
+    """``value`` as a Python int; bool, float and other types are a TypeError, out-of-range a ValueError.
+
+    bool is refused although it is an int subclass (``rank=True`` is a bug, not a rank of 1), and floats are
+    refused rather than truncated.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: `{name}` must be an int, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{func}: `{name}` must be an int, got {type(value).__name__}") from None
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise ValueError(f"{func}: `{name}` must be in {bounds}, got {value}")
+    return value
+
+
+def as_bool(value: Any, name: str, func: str) -> bool:
+    """``value`` as a bool; anything but True/False (including 0/1) is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{func}: `{name}` must be True or False, got {type(value).__name__}")
+    return bool(value)

@@ -27,21 +27,9 @@ from typing import Any
 import numpy as np
 
 from . import _C
-from ._arrays import as_host_array, dlpack_device_name
+from ._arrays import as_bool, as_host_array, as_int, dlpack_device_name
 
 __all__ = ["hadamard", "hadamard_matrix"]
-
-
-def _as_bool(value: Any, name: str, func: str) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{func}: `{name}` must be True or False, got {type(value).__name__}")
-    return bool(value)
-
-
-def _as_int(value: Any, name: str, func: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{func}: `{name}` must be an int, got {type(value).__name__}")
-    return int(value)
 
 
 def hadamard(x: Any, axis: int = -1, *, inverse: bool = False) -> Any:
@@ -86,8 +74,8 @@ def hadamard(x: Any, axis: int = -1, *, inverse: bool = False) -> Any:
     RuntimeError
         CUDA input but palu_c was built without CUDA, or a CUDA launch error.
     """
-    inverse = _as_bool(inverse, "inverse", "hadamard")
-    axis = _as_int(axis, "axis", "hadamard")
+    inverse = as_bool(inverse, "inverse", "hadamard")
+    axis = as_int(axis, "axis", "hadamard")
     device = dlpack_device_name(x)
     if device is not None and device.startswith("cuda:"):
         return _hadamard_cuda(x, axis, inverse, device)
@@ -110,7 +98,7 @@ def hadamard_matrix(n: int, dtype: Any = np.float64) -> np.ndarray:
         H, with ``H @ H.T == I``, no zero entry, ``H == H.T`` for powers of two and Householder lengths
         (see the module docstring for the construction). O(n**2) memory.
     """
-    n = _as_int(n, "n", "hadamard_matrix")
+    n = as_int(n, "n", "hadamard_matrix")
     if n < 1:
         raise ValueError(f"hadamard_matrix: `n` must be >= 1, got {n}")
     try:

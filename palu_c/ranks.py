@@ -8,13 +8,12 @@ the dtypes the binding takes (float64 scores/costs/spectra, int64 sizes).
 from __future__ import annotations
 
 import numbers
-import operator
 from typing import Any, Sequence
 
 import numpy as np
 
 from . import _C
-from ._arrays import as_host_array
+from ._arrays import as_host_array, as_int
 
 _FUNC = "allocate_ranks"
 _METHODS = ("proportional", "greedy")
@@ -60,18 +59,6 @@ def _size_vector(obj: Any) -> np.ndarray:
     if arr.dtype.kind != "i":
         raise TypeError(f"{_FUNC}: `sizes` must hold integers (the largest rank of each item), got dtype {arr.dtype}")
     return arr.astype(np.int64, copy=False)
-
-
-def _int_arg(value: Any, name: str, low: int) -> int:
-    if isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{_FUNC}: `{name}` must be an integer, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{_FUNC}: `{name}` must be an integer, got {type(value).__name__}") from None
-    if value < low or value > _MAX_INT:
-        raise ValueError(f"{_FUNC}: `{name}` must be in [{low}, 2^53], got {value}")
-    return value
 
 
 def allocate_ranks(scores: Any, sizes: Any, budget: float, *, method: str = "proportional", multiple_of: int = 1,
@@ -128,8 +115,8 @@ def allocate_ranks(scores: Any, sizes: Any, budget: float, *, method: str = "pro
         raise ValueError(f"{_FUNC}: unknown `method` {method!r}; choose one of {', '.join(map(repr, _METHODS))}")
     if isinstance(budget, (bool, np.bool_)) or not isinstance(budget, numbers.Real):
         raise TypeError(f"{_FUNC}: `budget` must be a real number, got {type(budget).__name__}")
-    multiple_of = _int_arg(multiple_of, "multiple_of", 1)
-    minimum = _int_arg(minimum, "minimum", 0)
+    multiple_of = as_int(multiple_of, "multiple_of", _FUNC, low=1, high=_MAX_INT)
+    minimum = as_int(minimum, "minimum", _FUNC, low=0, high=_MAX_INT)
     scores_arr = _real_vector(scores, "scores")
     sizes_arr = _size_vector(sizes)
     costs_arr = None if costs is None else _real_vector(costs, "costs")
