@@ -1,0 +1,132 @@
+"""Saving and loading Palu-compressed models: safetensors weights + a JSON config (format in
+docs/design/latent_cache.md section 5).
+
+A save writes ``model.safetensors`` and ``palu_config.json`` under temporary names in the target folder and
+renames them into place, the config last: a failed save leaves no file under a final name, and a folder whose
+config is missing is not a palu_c model. Loading rebuilds the base architecture from the saved transformers
+config (no download), installs Palu attention modules of the saved shapes and loads the weights strictly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .kv_config import FORMAT_VERSION, LATENT_CACHE_VERSION, PaluConfig
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "palu_config.json"
+
+
+def _atomic_write(target: Path, write) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def save(model, path: str | os.PathLike) -> None:
+    """Save a Palu-compressed model to the folder ``path`` (created if needed)."""
+    from safetensors.torch import save_model
+
+    cfg = getattr(model, "palu_config", None)
+    if not isinstance(cfg, PaluConfig):
+        raise ValueError("palu_c.save: the model is not Palu-compressed (no palu_config); call palu_c.compress_kv first")
+    folder = Path(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": "palu_c", "format_version": FORMAT_VERSION, "latent_cache_version": LATENT_CACHE_VERSION,
+            "base_config": model.config.to_dict(), "palu": cfg.to_dict()}
+    tmp_weights = tmp_config = None
+    try:
+        tmp_weights = _atomic_write(folder / WEIGHTS_NAME, lambda p: save_model(model, p, metadata={"format": "pt"}))
+        tmp_config = _atomic_write(folder / CONFIG_NAME,
+                                   lambda p: Path(p).write_text(json.dumps(meta, indent=1, default=str)))
+        os.replace(tmp_weights, folder / WEIGHTS_NAME)
+        tmp_weights = None
+        os.replace(tmp_config, folder / CONFIG_NAME)
+        tmp_config = None
+    finally:
+        for tmp in (tmp_weights, tmp_config):
+            if tmp is not None:
+                Path(tmp).unlink(missing_ok=True)
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    config_path = folder / CONFIG_NAME
+    if not folder.is_dir():
+        raise FileNotFoundError(f"palu_c.load: {folder} is not a folder")
+    if not config_path.is_file():
+        raise FileNotFoundError(f"palu_c.load: {config_path} is missing; {folder} was not written by palu_c.save "
+                                f"(or the save did not finish)")
+    try:
+        meta = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"palu_c.load: {config_path} is corrupt ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "palu_c":
+        raise ValueError(f"palu_c.load: {config_path} is not a palu_c config")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"palu_c.load: format version {meta.get('format_version')} is not supported by this palu_c "
+                         f"(reads version {FORMAT_VERSION}); upgrade palu_c")
+    return meta
+
+
+def load(path: str | os.PathLike, *, device: Any = None, dtype: Any = None):
+    """Load a model saved by :func:`save`; ``device``/``dtype`` move or cast it after loading."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from .attention import PaluAttention
+
+    folder = Path(path)
+    meta = _read_meta(folder)
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"palu_c.load: {weights} is missing")
+    base = dict(meta["base_config"])
+    model_type = base.pop("model_type", None)
+    try:
+        config = AutoConfig.for_model(model_type, **base)
+        cfg = PaluConfig.from_dict(meta["palu"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"palu_c.load: {folder / CONFIG_NAME} does not describe a model ({exc})") from exc
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    model = model.to_empty(device="cpu")
+    layers = model.model.layers
+    if len(cfg.layers) != len(layers):
+        raise ValueError(f"palu_c.load: config lists {len(cfg.layers)} Palu layers for a {len(layers)}-layer model")
+    rows = cfg.group_size * cfg.head_dim
+    for layer_cfg, layer in zip(cfg.layers, layers):
+        attn = layer.self_attn
+        dt = attn.q_proj.weight.dtype
+        zeros = lambda *shape: torch.zeros(*shape, dtype=dt)  # noqa: E731
+        layer.self_attn = PaluAttention(
+            attn, layer_cfg, zeros(layer_cfg.k_rank, cfg.hidden_size), [zeros(rows, r) for r in layer_cfg.k_ranks],
+            zeros(layer_cfg.v_rank, cfg.hidden_size), [zeros(rows, r) for r in layer_cfg.v_ranks],
+            model.model.rotary_emb, bits=cfg.bits, residual=cfg.residual, quant_group=cfg.quant_group)
+    try:
+        missing, unexpected = load_model(model, str(weights), strict=False)
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise ValueError(f"palu_c.load: {weights} is corrupt or does not match {CONFIG_NAME} ({exc})") from exc
+    # rotary inv_freq buffers are recomputed by the model, not saved: anything else missing is a mismatch
+    missing = [k for k in missing if not k.endswith("inv_freq") and "rotary" not in k]
+    if missing or unexpected:
+        raise ValueError(f"palu_c.load: {weights} does not match {CONFIG_NAME}: missing {missing[:5]}, "
+                         f"unexpected {list(unexpected)[:5]}")
+    model.model.rotary_emb.__init__(config=config)  # inv_freq: recomputed, never read from the file
+    model.palu_config = cfg
+    if dtype is not None:
+        model = model.to(dtype)
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    return model
