@@ -129,6 +129,10 @@ def search_ranks(stats, weights, *, ratio: float, group_size: int, head_dim: int
         raise ValueError(f"palu_c.compress_kv: rank_multiple={rank_multiple} exceeds the largest group rank {size}")
     n_items = n_layers * 2 * n_groups
     budget = ratio * n_items * group_size * head_dim
+    if budget < n_items * rank_multiple:
+        raise ValueError(f"palu_c.compress_kv: ratio {ratio:g} keeps {ratio * group_size * head_dim:g} dims per head "
+                         f"group on average, less than one rank_multiple ({rank_multiple}); raise the ratio or the "
+                         f"group size, or lower rank_multiple")
     if search == "uniform":
         r = int(min(cap, max(rank_multiple, round(ratio * size / rank_multiple) * rank_multiple)))
         return [([r] * n_groups, [r] * n_groups) for _ in range(n_layers)]
