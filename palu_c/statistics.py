@@ -21,10 +21,12 @@ Memory: L*C*C float64 Grams and 2*L*O float64 row sums, plus per batch what the 
 
 Cache: with ``cache_dir`` (or env ``PALU_C_CACHE_DIR``) results are stored as ``kv_stats-<sha256>.pt``. The
 key hashes the model class, ``config.to_json_string()``, the name, dtype, shape and bytes of EVERY parameter
-and buffer (content-faithful; cost: one pass over the weights, e.g. ~1 s per GB on a CPU, plus a device to host
-copy for GPU models), the calibration ids (bytes, shape) and the grams/fisher flags. batch_size and device are
-not in the key: they change results only by rounding. Files are written to a temporary name and renamed
-(atomic); an unreadable or inconsistent file is reported with a ``StatisticsCacheWarning`` and recomputed.
+and buffer, the calibration ids (bytes, shape) and the grams/fisher flags. Hashing every weight is
+content-faithful but costs one pass over the model: sha256 runs at ~1-2 GB/s on one core (~10 s for a 7B fp16
+model), plus a device-to-host copy for GPU models; cheap next to the forward and backward passes it saves.
+batch_size and device are not in the key: they change results only by rounding. Files are written to a
+temporary name and renamed (atomic); an unreadable or inconsistent file is reported with a
+``StatisticsCacheWarning`` and recomputed.
 
 torch and tqdm are imported lazily: ``import palu_c`` never needs them.
 """
@@ -313,6 +315,8 @@ def _collect(model: Any, projections: list, calib: "torch.Tensor", grams: bool, 
     try:
         if device is not None:
             device = torch.device(device)
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
             homes = {p.device for p in model.parameters()}
             if homes != {device}:
                 if len(homes) > 1:
@@ -365,7 +369,8 @@ def _collect(model: Any, projections: list, calib: "torch.Tensor", grams: bool, 
         bar = tqdm(total=n, desc=f"KV statistics ({what})", unit="sample", disable=not progress)
         try:
             for start in range(0, n, batch_size):
-                ids = calib[start:start + batch_size].to(run_device)
+                # A clone is a normal tensor even when calib was made under torch.inference_mode().
+                ids = calib[start:start + batch_size].to(run_device).clone()
                 if fisher:
                     _fisher_batch(model, ids, captured, k_rows, v_rows, acc_device)
                 else:
@@ -400,7 +405,7 @@ def _fisher_batch(model: Any, ids: "torch.Tensor", captured: dict, k_rows: list,
 
     captured.clear()
     try:
-        with torch.inference_mode(False), torch.enable_grad():
+        with torch.enable_grad():
             logits = model(input_ids=ids, use_cache=False).logits
             loss = _sample_losses(logits, ids).sum()
             del logits
@@ -484,7 +489,9 @@ def collect_kv_statistics(model: Any, calib: "torch.Tensor", *, grams: bool = Tr
         if cached is not None:
             return cached
 
-    stats = _collect(model, projections, calib, grams, fisher, batch_size, progress, device)
+    # Accumulators and autograd need normal tensors, also when the caller sits in torch.inference_mode().
+    with torch.inference_mode(False):
+        stats = _collect(model, projections, calib, grams, fisher, batch_size, progress, device)
     if path is not None:
         stats.cache_key = key
         _save_cache(path, stats)

@@ -148,7 +148,8 @@ def test_all_sources_give_the_same_windows(rng, tmp_path, monkeypatch):
     expected = calibration_tokens(ByteTokenizer(), joined, 5, 11, seed=seed)
     assert_windows_of(list(joined.encode("utf-8")), expected, 5, 11)
     monkeypatch.chdir(tmp_path)
-    for source in (parts, tuple(parts), path, str(path), "calib.txt", FakeDataset({"text": parts, "id": [1, 2, 3]})):
+    dataset = FakeDataset({"text": parts, "id": [1, 2, 3]})
+    for source in (parts, tuple(parts), path, str(path), "calib.txt", dataset):
         assert torch.equal(calibration_tokens(ByteTokenizer(), source, 5, 11, seed=seed), expected), source
 
 
@@ -375,6 +376,11 @@ def test_model_state_restored_also_on_error(rng):
     with torch.no_grad():  # the Fisher pass must enable gradients itself
         stats = collect_kv_statistics(model, calib, progress=False)
     assert stats.fisher_k_rows[0].abs().sum() > 0
+    assert model_state(model) == before and no_hooks_left(model)
+    with torch.inference_mode():  # also under inference mode, with calib an inference tensor
+        again = collect_kv_statistics(model, calib.clone(), progress=False)
+    for a, b in zip(stats.gram + stats.fisher_k_rows, again.gram + again.fisher_k_rows):
+        assert torch.equal(a, b)  # same computation on the same data: bit-identical
     assert model_state(model) == before and no_hooks_left(model)
 
     def boom(*args, **kwargs):
