@@ -1,0 +1,244 @@
+"""PaluAttention: a Llama / Mistral / Qwen2 attention module whose cache holds low-rank K/V latents.
+
+PyTorch reference path of docs/design/latent_cache.md. The key and value projections ``W_k``, ``W_v``
+(Hkv*D, hidden) are replaced by per-head-group factor pairs: down-projections stacked as ``k_down`` (Rk,
+hidden) / ``v_down`` (Rv, hidden) and up-projections ``k_ups[g]`` (G*D, rk_g) / ``v_ups[g]`` (G*D, rv_g).
+Per step the module
+
+1. projects queries as the base module did and applies RoPE to them with the ``position_embeddings`` the
+   model passes in;
+2. computes the latents ``hk = x k_down^T`` (B, T, Rk) and ``hv = x v_down^T`` (B, T, Rv) and, with a cache,
+   appends them with their positions to this layer's :class:`~palu_c.cache.LatentLayer` (installed in the
+   transformers cache on first use) and gets back every cached latent and position;
+3. rebuilds keys ``K = RoPE(up_k(hk) + b_k, positions)`` and values ``V = up_v(hv) + b_v`` for all cached
+   tokens (heads of group g are the rows of ``k_ups[g]``; biases are applied after the up-projection and
+   never cached, so they stay exact), with cos/sin of the CACHED positions from the model's rotary module;
+4. calls the model's configured attention implementation (``ALL_ATTENTION_FUNCTIONS``, eager fallback)
+   exactly as ``LlamaAttention`` does, so masks, GQA head repetition, sdpa and eager behave as upstream;
+   then ``o_proj``.
+
+Positions: ``position_ids`` from the decoder layer (transformers 5.18 always passes it; for left-padded
+``generate`` batches it is cumsum(attention_mask) - 1). When it is missing, ``cache_position`` from the
+keyword arguments is used if present, else ``arange(past, past + T)`` with ``past`` the cached length.
+
+RoPE here is the half-rotation form of Llama, Mistral and Qwen2, ``x*cos + rotate_half(x)*sin``, evaluated
+with the same operations as transformers' ``apply_rotary_pos_emb`` so that full-rank factors reproduce the
+original module to float32 rounding.
+
+Legend: B batch, T new tokens, S tokens attended, H query heads, Hkv KV heads, D head_dim, G KV heads per
+group, NG = Hkv / G groups.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.llama.modeling_llama import eager_attention_forward
+
+from .cache import LatentLayer, install_latent_layer
+from .kv_config import PaluLayerConfig
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, heads, S, D), cos/sin (B, S, D): the operations of transformers' apply_rotary_pos_emb."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    return (x * cos) + (_rotate_half(x) * sin)
+
+
+def _as_weight(x: Any, shape: tuple[int, int], name: str, like: torch.Tensor) -> torch.Tensor:
+    """A factor (NumPy array or tensor) checked for shape and finiteness, as a copy in ``like``'s dtype/device."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+    else:
+        try:
+            t = torch.as_tensor(x)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"PaluAttention: `{name}` must be a 2-D array or tensor, got {type(x).__name__}") from exc
+    if not t.is_floating_point():
+        raise TypeError(f"PaluAttention: `{name}` must be floating point, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"PaluAttention: `{name}` must have shape {shape}, got {tuple(t.shape)}")
+    if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"PaluAttention: `{name}` holds NaN or Inf")
+    return t.to(dtype=like.dtype, device=like.device).clone()
+
+
+class PaluAttention(nn.Module):
+    """Drop-in replacement of a Llama / Mistral / Qwen2 attention module that caches K/V latents.
+
+    Parameters
+    ----------
+    base_attn : nn.Module
+        The attention module replaced; provides ``q_proj``, ``o_proj`` (reused, not copied), ``k_proj`` /
+        ``v_proj`` (only their biases are kept, exact), ``config``, ``layer_idx``, ``head_dim``, ``scaling``,
+        ``num_key_value_groups`` and optionally ``sliding_window`` / ``attention_dropout`` / ``is_causal``.
+    layer_cfg : PaluLayerConfig
+        Group size G and per-group ranks; ``layer_cfg.layer_idx`` must equal ``base_attn.layer_idx``.
+    k_down : array_like (Rk, hidden)
+    k_ups : sequence of array_like, ``k_ups[g]`` (G*D, rk_g)
+    v_down : array_like (Rv, hidden)
+    v_ups : sequence of array_like, ``v_ups[g]`` (G*D, rv_g)
+        The factors, as ``palu_c.lowrank_factor_grouped(w, ranks, G*D)`` returns them for ``k_proj.weight``
+        and ``v_proj.weight``; cast to the base module's dtype and device.
+    rotary_emb : nn.Module
+        The model's rotary embedding (``model.model.rotary_emb``), called as ``rotary_emb(x, position_ids)``
+        for the cached positions. Held by reference, not registered (the model owns it and its state).
+    bits, residual, quant_group : optional
+        Latent quantization options of the layer's cache (see :class:`palu_c.cache.LatentLayer`).
+
+    Notes
+    -----
+    ``forward`` has the signature and return value of ``LlamaAttention.forward``: ``(attn_output (B, T,
+    hidden), attn_weights or None)``. Attention outputs are not recorded by transformers'
+    ``output_attentions`` capture, which hooks the original attention classes.
+    """
+
+    def __init__(self, base_attn: nn.Module, layer_cfg: PaluLayerConfig, k_down: Any, k_ups: Sequence[Any],
+                 v_down: Any, v_ups: Sequence[Any], rotary_emb: nn.Module, *, bits: int | None = None,
+                 residual: int = 128, quant_group: int | None = None):
+        super().__init__()
+        if not isinstance(layer_cfg, PaluLayerConfig):
+            raise TypeError(f"PaluAttention: `layer_cfg` must be a PaluLayerConfig, got {type(layer_cfg).__name__}")
+        for attr in ("q_proj", "k_proj", "v_proj", "o_proj", "config", "layer_idx", "head_dim", "scaling",
+                     "num_key_value_groups"):
+            if not hasattr(base_attn, attr):
+                raise TypeError(f"PaluAttention: `base_attn` must be a Llama-style attention module; "
+                                f"{type(base_attn).__name__} has no `{attr}`")
+        if not callable(rotary_emb):
+            raise TypeError(f"PaluAttention: `rotary_emb` must be the model's rotary embedding module, got "
+                            f"{type(rotary_emb).__name__}")
+        self.config = base_attn.config
+        self.layer_idx = int(base_attn.layer_idx)
+        self.head_dim = int(base_attn.head_dim)
+        self.num_key_value_groups = int(base_attn.num_key_value_groups)
+        self.scaling = base_attn.scaling
+        self.attention_dropout = getattr(base_attn, "attention_dropout", 0.0)
+        self.is_causal = getattr(base_attn, "is_causal", True)
+        # Qwen2 keeps the window on the module (None on full-attention layers); Mistral passes the config's.
+        self.sliding_window = getattr(base_attn, "sliding_window", getattr(self.config, "sliding_window", None))
+        if layer_cfg.layer_idx != self.layer_idx:
+            raise ValueError(f"PaluAttention: `layer_cfg` is for layer {layer_cfg.layer_idx}, `base_attn` is layer "
+                             f"{self.layer_idx}")
+
+        weight = base_attn.k_proj.weight
+        hidden = int(weight.shape[1])
+        kv_rows = int(weight.shape[0])
+        D, G = self.head_dim, int(layer_cfg.group_size)
+        if G < 1 or kv_rows % (G * D):
+            raise ValueError(f"PaluAttention: group_size {G} does not divide the {kv_rows // D} KV heads of layer "
+                             f"{self.layer_idx}")
+        groups = kv_rows // (G * D)
+        for name, ranks, ups in (("k", layer_cfg.k_ranks, k_ups), ("v", layer_cfg.v_ranks, v_ups)):
+            if len(ranks) != groups:
+                raise ValueError(f"PaluAttention: layer_cfg.{name}_ranks has {len(ranks)} entries, the layer has "
+                                 f"{groups} head groups of {G} KV heads")
+            if len(ups) != groups:
+                raise ValueError(f"PaluAttention: `{name}_ups` has {len(ups)} factors, expected {groups}")
+        self.layer_cfg = layer_cfg
+        self.k_ranks = tuple(int(r) for r in layer_cfg.k_ranks)
+        self.v_ranks = tuple(int(r) for r in layer_cfg.v_ranks)
+
+        self.q_proj = base_attn.q_proj
+        self.o_proj = base_attn.o_proj
+        self.k_down = nn.Linear(hidden, sum(self.k_ranks), bias=False, dtype=weight.dtype, device=weight.device)
+        self.v_down = nn.Linear(hidden, sum(self.v_ranks), bias=False, dtype=weight.dtype, device=weight.device)
+        with torch.no_grad():
+            self.k_down.weight.copy_(_as_weight(k_down, (sum(self.k_ranks), hidden), "k_down", weight))
+            self.v_down.weight.copy_(_as_weight(v_down, (sum(self.v_ranks), hidden), "v_down", weight))
+        self.k_ups = nn.ParameterList(
+            [nn.Parameter(_as_weight(u, (G * D, r), f"k_ups[{g}]", weight)) for g, (u, r) in
+             enumerate(zip(k_ups, self.k_ranks))])
+        self.v_ups = nn.ParameterList(
+            [nn.Parameter(_as_weight(u, (G * D, r), f"v_ups[{g}]", weight)) for g, (u, r) in
+             enumerate(zip(v_ups, self.v_ranks))])
+        for name, proj in (("k_bias", base_attn.k_proj), ("v_bias", base_attn.v_proj)):
+            bias = getattr(proj, "bias", None)
+            self.register_parameter(name, None if bias is None else nn.Parameter(bias.detach().clone()))
+        self._rotary = (rotary_emb,)  # a tuple: not registered as a submodule, not in state_dict
+
+        self.bits, self.residual, self.quant_group = bits, residual, quant_group
+        self.make_latent_layer()  # validates the cache options now rather than at the first forward
+
+    @property
+    def rotary_emb(self) -> nn.Module:
+        return self._rotary[0]
+
+    def make_latent_layer(self) -> LatentLayer:
+        """A fresh, empty cache layer with this module's ranks, quantization options and sliding window."""
+        return LatentLayer(self.k_ranks, self.v_ranks, bits=self.bits, residual=self.residual,
+                           quant_group=self.quant_group, sliding_window=self.sliding_window)
+
+    def _up(self, h: torch.Tensor, ups: nn.ParameterList, ranks: tuple[int, ...],
+            bias: torch.Tensor | None) -> torch.Tensor:
+        """Latents (B, S, R) -> (B, Hkv, S, D): group g's columns through ups[g], then the exact bias."""
+        outs, off = [], 0
+        for u, r in zip(ups, ranks):
+            outs.append(F.linear(h[..., off:off + r], u))
+            off += r
+        x = torch.cat(outs, dim=-1) if len(outs) > 1 else outs[0]
+        if bias is not None:
+            x = x + bias
+        return x.view(*h.shape[:2], -1, self.head_dim).transpose(1, 2)
+
+    def _positions(self, position_ids: torch.Tensor | None, past_key_values: Any, batch: int, tokens: int,
+                   device: torch.device, kwargs: dict) -> torch.Tensor:
+        pos = position_ids if position_ids is not None else kwargs.get("cache_position")
+        if pos is None:
+            past = past_key_values.get_seq_length(self.layer_idx) if past_key_values is not None else 0
+            pos = torch.arange(past, past + tokens, device=device)
+        if pos.dim() == 1:
+            pos = pos[None]
+        if pos.dim() != 2 or pos.shape[-1] != tokens or pos.shape[0] not in (1, batch):
+            raise ValueError(f"PaluAttention: position_ids must have shape ({batch}, {tokens}) or (1, {tokens}), "
+                             f"got {tuple(pos.shape)} (multi-axis RoPE position ids are not supported)")
+        return pos.expand(batch, tokens)
+
+    def forward(self, hidden_states: torch.Tensor, position_embeddings: tuple[torch.Tensor, torch.Tensor],
+                attention_mask: torch.Tensor | None, past_key_values: Any = None,
+                position_ids: torch.Tensor | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """hidden_states (B, T, hidden) -> (attn_output (B, T, hidden), attn_weights (B, H, T, S) or None)."""
+        batch, tokens = hidden_states.shape[:2]
+        query = self.q_proj(hidden_states).view(batch, tokens, -1, self.head_dim).transpose(1, 2)
+        cos, sin = position_embeddings
+        query = _rope(query, cos, sin)
+
+        hk = self.k_down(hidden_states)
+        hv = self.v_down(hidden_states)
+        pos = self._positions(position_ids, past_key_values, batch, tokens, hidden_states.device, kwargs)
+        if past_key_values is not None:
+            layer = install_latent_layer(past_key_values, self.layer_idx, self.make_latent_layer)
+            hk, hv, pos = layer.update_latent(hk, hv, pos)
+
+        key = self._up(hk, self.k_ups, self.k_ranks, self.k_bias)
+        k_cos, k_sin = self.rotary_emb(key, pos)
+        key = _rope(key, k_cos, k_sin)
+        value = self._up(hv, self.v_ups, self.v_ranks, self.v_bias)
+
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward)
+        extra = {} if self.sliding_window is None else {"sliding_window": self.sliding_window}
+        if position_ids is not None:
+            extra["position_ids"] = position_ids  # LlamaAttention forwards it to the interface in **kwargs
+        attn_output, attn_weights = attention_interface(
+            self, query, key, value, attention_mask,
+            dropout=0.0 if not self.training else self.attention_dropout,
+            scaling=self.scaling, **extra, **kwargs)
+        attn_output = attn_output.reshape(batch, tokens, -1).contiguous()
+        return self.o_proj(attn_output), attn_weights
+
+    def extra_repr(self) -> str:
+        quant = "" if self.bits is None else f", bits={self.bits}, residual={self.residual}"
+        return (f"layer_idx={self.layer_idx}, group_size={self.layer_cfg.group_size}, k_ranks={list(self.k_ranks)}, "
+                f"v_ranks={list(self.v_ranks)}{quant}")
+
+
+__all__ = ["PaluAttention"]
