@@ -17,7 +17,36 @@ from .ranks import allocate_ranks
 __all__ = [
     "__version__", "build_info", "svd", "lowrank_factor", "lowrank_factor_grouped", "hadamard",
     "hadamard_matrix", "quantize", "QuantizedTensor", "allocate_ranks", "LinAlgError", "WhiteningWarning",
+    # model level (need torch + transformers: imported on first use, so `import palu_c` stays NumPy-only)
+    "calibration_tokens", "collect_kv_statistics", "compress_kv", "summary", "kv_bytes_per_token", "kv_cache_bytes",
+    "save", "load", "LatentCache", "eval",
 ]
+
+_LAZY = {
+    "calibration_tokens": ("calibration", "calibration_tokens"),
+    "collect_kv_statistics": ("statistics", "collect_kv_statistics"),
+    "compress_kv": ("kv", "compress_kv"),
+    "summary": ("kv", "summary"),
+    "kv_bytes_per_token": ("kv", "kv_bytes_per_token"),
+    "kv_cache_bytes": ("cache", "kv_cache_bytes"),
+    "LatentCache": ("cache", "LatentCache"),
+    "save": ("io", "save"),
+    "load": ("io", "load"),
+    "eval": ("eval", None),
+}
+
+
+def __getattr__(name: str):
+    """Model-level names load torch/transformers lazily, on first access."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'palu_c' has no attribute {name!r}")
+    import importlib
+
+    module_name, attr = _LAZY[name]
+    module = importlib.import_module(f".{module_name}", __name__)
+    value = module if attr is None else getattr(module, attr)
+    globals()[name] = value
+    return value
 
 
 def build_info() -> dict:

@@ -42,7 +42,9 @@ def save(model, path: str | os.PathLike) -> None:
     folder = Path(path)
     folder.mkdir(parents=True, exist_ok=True)
     meta = {"format": "palu_c", "format_version": FORMAT_VERSION, "latent_cache_version": LATENT_CACHE_VERSION,
-            "base_config": model.config.to_dict(), "palu": cfg.to_dict()}
+            "base_config": model.config.to_dict(), "palu": cfg.to_dict(),
+            # not part of config.to_dict(); restored so a loaded model computes exactly what was saved
+            "attn_implementation": getattr(model.config, "_attn_implementation", None)}
     tmp_weights = tmp_config = None
     try:
         tmp_weights = _atomic_write(folder / WEIGHTS_NAME, lambda p: save_model(model, p, metadata={"format": "pt"}))
@@ -98,8 +100,9 @@ def load(path: str | os.PathLike, *, device: Any = None, dtype: Any = None):
         cfg = PaluConfig.from_dict(meta["palu"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ValueError(f"palu_c.load: {folder / CONFIG_NAME} does not describe a model ({exc})") from exc
+    attn = meta.get("attn_implementation")
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config, **({"attn_implementation": attn} if attn else {}))
     model = model.to_empty(device="cpu")
     layers = model.model.layers
     if len(cfg.layers) != len(layers):
