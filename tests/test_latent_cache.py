@@ -55,6 +55,16 @@ from palu_c.kv_config import PaluLayerConfig  # noqa: E402
 
 ATOL = 1e-4  # see the module docstring
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # tiny models gain nothing from intra-op threads, and on a loaded 2-core machine spinning OpenMP threads
+    # made this file 10x slower; restored afterwards so other test files keep their setting
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 KINDS = {
     "llama_gqa": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=2, head_dim=16)),
     "llama_mha32": (LlamaConfig, LlamaForCausalLM, dict(num_key_value_heads=4, head_dim=32)),
