@@ -37,7 +37,12 @@ def _load_text(text_or_dataset: Any) -> str:
 def perplexity(model, tokenizer, text_or_dataset: Any, *, seq_len: int = 2048, max_windows: int | None = None,
                progress: bool = False) -> float:
     """exp(mean next-token cross-entropy) over non-overlapping windows of ``seq_len`` tokens (the tail shorter
-    than one window is dropped; at most ``max_windows`` windows, from the start)."""
+    than one window is dropped; at most ``max_windows`` windows, from the start).
+
+    Each window runs with a fresh cache (``use_cache=True``), so a Palu model with quantized latents is scored
+    on what its cache really returns: every token older than the full-precision residual window is read back
+    from its quantized block (the usual KV-quantization protocol; slightly pessimistic for generation, where
+    a token's own early queries saw it unquantized)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -54,7 +59,7 @@ def perplexity(model, tokenizer, text_or_dataset: Any, *, seq_len: int = 2048, m
     with torch.no_grad():
         for w in tqdm(range(n), desc="perplexity", disable=not progress):
             window = ids[w * seq_len:(w + 1) * seq_len].unsqueeze(0).to(device)
-            logits = model(window, use_cache=False).logits.float()
+            logits = model(window, use_cache=True).logits.float()
             loss = torch.nn.functional.cross_entropy(logits[0, :-1], window[0, 1:], reduction="sum")
             total += float(loss)
             count += seq_len - 1
