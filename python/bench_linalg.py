@@ -23,6 +23,7 @@ import statistics
 import time
 
 import numpy as np
+from report import emit
 
 import palu_c
 
@@ -156,13 +157,7 @@ def main():
             checks.append(f"- exact, {r['matrix']} {r['shape']}: x{r['speedup_vs_numpy']:.2f} vs NumPy -> "
                           f"{'meets' if ok else 'MISSES'} target (no slower; 5% timing noise allowed)")
     lines += ["", "Targets:"] + checks
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import time
 import warnings
 
 import torch
+from report import emit
 
 import palu_c
 from palu_c.models import EMBEDDED_NAME, load_model
@@ -81,13 +82,7 @@ def main():
     for name, ratio, group, search, bits, had, value, kv, secs in rows:
         lines.append(f"| {name} | {ratio} | {group} | {search} | {bits} | {had} | {value:.3f} | {kv:,.0f} | "
                      f"{kv / full_bytes:.1%} | {secs:.0f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        tmp = args.out + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, args.out)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

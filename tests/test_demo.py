@@ -57,3 +57,19 @@ def test_cli_demo_rejects_bad_ratio():
     proc = run_cli("demo", "--ratio", "1.5")
     assert proc.returncode == 2
     assert "ratio must be in (0, 1]" in proc.stderr
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+def test_palu_demo_on_embedded_model():
+    from palu_c.demo import run_palu_demo
+
+    lines = []
+    result = run_palu_demo(n_samples=4, seq_len=128, eval_windows=2, max_new_tokens=8, progress=False,
+                           out=lines.append)
+    assert 1.0 < result["ppl_before"] < result["ppl_after"] < 10 * result["ppl_before"]
+    # ratio 0.5 with 3-bit latents: well under a fifth of the float32 DynamicCache, metadata and window counted
+    assert result["bytes_after"] < 0.2 * result["bytes_before"]
+    assert all(isinstance(s, str) and s.strip() for s in result["samples"].values())
+    assert any("KV bytes/token" in line for line in lines)
