@@ -73,3 +73,20 @@ def test_palu_demo_on_embedded_model():
     assert result["bytes_after"] < 0.2 * result["bytes_before"]
     assert all(isinstance(s, str) and s.strip() for s in result["samples"].values())
     assert any("KV bytes/token" in line for line in lines)
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+def test_cli_compress_then_eval(tmp_path):
+    out = tmp_path / "smollm2-palu"
+    proc = run_cli("compress", str(out), "--calib", "palu_c/data/calibration_emma.txt", "--samples", "2",
+                   "--seq-len", "64", "--ratio", "0.5", "--group-size", "3", "--bits", "4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "saved to" in proc.stdout and (out / "palu_config.json").is_file()
+    proc = run_cli("eval", str(out), "--text", "palu_c/data/eval_persuasion.txt", "--seq-len", "128", "--windows", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    value = float(proc.stdout.strip().split("perplexity:")[1])
+    assert 1.0 < value < 1000.0
+    bad = run_cli("eval", str(tmp_path / "missing"), "--text", "palu_c/data/eval_persuasion.txt")
+    assert bad.returncode != 0
