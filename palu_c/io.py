@@ -104,6 +104,7 @@ def load(path: str | os.PathLike, *, device: Any = None, dtype: Any = None):
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, **({"attn_implementation": attn} if attn else {}))
     model = model.to_empty(device="cpu")
+    model.tie_weights()  # to_empty gives every parameter new storage, which unties tied embeddings
     layers = model.model.layers
     if len(cfg.layers) != len(layers):
         raise ValueError(f"palu_c.load: config lists {len(cfg.layers)} Palu layers for a {len(layers)}-layer model")
@@ -120,8 +121,12 @@ def load(path: str | os.PathLike, *, device: Any = None, dtype: Any = None):
         missing, unexpected = load_model(model, str(weights), strict=False)
     except (SafetensorError, OSError, RuntimeError) as exc:
         raise ValueError(f"palu_c.load: {weights} is corrupt or does not match {CONFIG_NAME} ({exc})") from exc
-    # rotary inv_freq buffers are recomputed by the model, not saved: anything else missing is a mismatch
-    missing = [k for k in missing if not k.endswith("inv_freq") and "rotary" not in k]
+    # safetensors stores a tied tensor once (tied embeddings: lm_head.weight); the duplicate name is "missing"
+    # but is the very same Parameter as a loaded one. Rotary inv_freq buffers are recomputed, never saved.
+    params = dict(model.named_parameters(remove_duplicate=False))
+    loaded = {id(p) for name, p in params.items() if name not in missing}
+    missing = [k for k in missing if not (k in params and id(params[k]) in loaded)
+               and not k.endswith("inv_freq") and "rotary" not in k]
     if missing or unexpected:
         raise ValueError(f"palu_c.load: {weights} does not match {CONFIG_NAME}: missing {missing[:5]}, "
                          f"unexpected {list(unexpected)[:5]}")
