@@ -163,3 +163,13 @@ def test_unsupported_models():
                                                 sliding_window=16))
     with pytest.raises(NotImplementedError, match="sliding"):
         compress_kv(windowed, torch.zeros((1, 8), dtype=torch.long), progress=False)
+
+
+def test_dynamic_ntk_rope_is_refused():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                      num_key_value_heads=2, vocab_size=64,
+                      rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})
+    with pytest.raises(NotImplementedError, match="dynamic"):
+        compress_kv(LlamaForCausalLM(cfg), torch.zeros((1, 8), dtype=torch.long), progress=False)
