@@ -68,6 +68,7 @@ static int palu_exec(PyObject *mod)
     if (palu_quant_module_init(mod) < 0) return -1;
     if (palu_rank_alloc_module_init(mod) < 0) return -1;
     if (palu_hadamard_module_init(mod) < 0) return -1;
+    if (palu_latent_attention_module_init(mod) < 0) return -1;
     return 0;
 }
 

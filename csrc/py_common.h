@@ -63,5 +63,6 @@ int palu_linalg_module_init(PyObject *mod);
 int palu_quant_module_init(PyObject *mod);
 int palu_rank_alloc_module_init(PyObject *mod);
 int palu_hadamard_module_init(PyObject *mod);
+int palu_latent_attention_module_init(PyObject *mod);
 
 #endif /* PALU_PY_COMMON_H */

@@ -1,0 +1,173 @@
+/* latent_attention.c -- scalar CPU reference of one decode step of attention over a latent KV cache.
+ *
+ * Shape legend: B batch, T cached slots, H query heads, Hkv KV heads, n_rep = H / Hkv, D head_dim, half = D/2,
+ * G KV heads per group, NG groups, rk / rv ranks of a group, Rk / Rv summed ranks. See latent_attention.h.
+ *
+ * Loop order: sequence b -> group g -> KV head of the group -> its n_rep query heads. The RoPE table of b's
+ * valid slots is built once per sequence and shared by all heads; a KV head's rotated keys (T, D) once and
+ * shared by its query heads. Values stay latent until the end (exact because softmax weights sum to 1).
+ */
+#include "latent_attention.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+static palu_status validate(const palu_latent_attn_shape *s, const float *q, const float *k_latent,
+                            const float *v_latent, const int32_t *positions, const int32_t *pad_start,
+                            const float *k_up, const float *v_up, const float *inv_freq, float attention_scaling,
+                            float scaling, const float *out)
+{
+    if (s == NULL) return palu_fail(PALU_ERR_VALUE, "`shape` is NULL");
+    if (s->batch < 1 || s->tokens < 1 || s->heads < 1 || s->kv_heads < 1 || s->head_dim < 1 || s->group_size < 1)
+        return palu_fail(PALU_ERR_VALUE,
+                         "sizes must be >= 1, got batch=%lld tokens=%lld heads=%lld kv_heads=%lld head_dim=%lld "
+                         "group_size=%lld",
+                         (long long)s->batch, (long long)s->tokens, (long long)s->heads, (long long)s->kv_heads,
+                         (long long)s->head_dim, (long long)s->group_size);
+    if (s->head_dim % 2 != 0)
+        return palu_fail(PALU_ERR_VALUE, "head_dim must be even (RoPE rotates its two halves), got %lld",
+                         (long long)s->head_dim);
+    if (s->heads % s->kv_heads != 0)
+        return palu_fail(PALU_ERR_VALUE, "heads (%lld) must be a multiple of kv_heads (%lld)", (long long)s->heads,
+                         (long long)s->kv_heads);
+    if (s->kv_heads % s->group_size != 0)
+        return palu_fail(PALU_ERR_VALUE, "group_size (%lld) must divide kv_heads (%lld)", (long long)s->group_size,
+                         (long long)s->kv_heads);
+    /* Scratch is (T, D) floats; refuse sizes whose byte counts would not fit a size_t. */
+    if ((uint64_t)s->tokens > (uint64_t)(SIZE_MAX / sizeof(double)) / (uint64_t)s->head_dim)
+        return palu_fail(PALU_ERR_VALUE, "tokens x head_dim = %lld x %lld is too large", (long long)s->tokens,
+                         (long long)s->head_dim);
+    if (!s->k_ranks || !s->v_ranks || !q || !k_latent || !v_latent || !positions || !pad_start || !k_up || !v_up ||
+        !inv_freq || !out)
+        return palu_fail(PALU_ERR_VALUE, "a required pointer (ranks, q, latents, positions, pad_start, k_up, v_up, "
+                                         "inv_freq or out) is NULL");
+    int64_t groups = s->kv_heads / s->group_size;
+    for (int64_t g = 0; g < groups; g++) {
+        if (s->k_ranks[g] < 1)
+            return palu_fail(PALU_ERR_VALUE, "k rank of group %lld must be >= 1, got %lld", (long long)g,
+                             (long long)s->k_ranks[g]);
+        if (s->v_ranks[g] < 1)
+            return palu_fail(PALU_ERR_VALUE, "v rank of group %lld must be >= 1, got %lld", (long long)g,
+                             (long long)s->v_ranks[g]);
+    }
+    if (!isfinite(attention_scaling) || !isfinite(scaling))
+        return palu_fail(PALU_ERR_VALUE, "attention_scaling (%g) and scaling (%g) must be finite",
+                         (double)attention_scaling, (double)scaling);
+    for (int64_t b = 0; b < s->batch; b++) {
+        int32_t ps = pad_start[b];
+        if (ps < 0 || ps >= s->tokens)
+            return palu_fail(PALU_ERR_VALUE,
+                             "pad_start[%lld] = %d is out of range; it must be in [0, tokens - 1] = [0, %lld] so "
+                             "that at least one slot is attended",
+                             (long long)b, (int)ps, (long long)(s->tokens - 1));
+        for (int64_t t = ps; t < s->tokens; t++)
+            if (positions[b * s->tokens + t] < 0)
+                return palu_fail(PALU_ERR_VALUE, "positions[%lld, %lld] = %d is negative (valid slots need a position >= 0)",
+                                 (long long)b, (long long)t, (int)positions[b * s->tokens + t]);
+    }
+    return PALU_OK;
+}
+
+static float dot_f32(const float *a, const float *b, int64_t n)
+{
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+palu_status palu_latent_decode_attention_ref(const palu_latent_attn_shape *shape, const float *q,
+                                             const float *k_latent, const float *v_latent,
+                                             const int32_t *positions, const int32_t *pad_start,
+                                             const float *k_up, const float *v_up, const float *k_bias,
+                                             const float *v_bias, const float *inv_freq, float attention_scaling,
+                                             float scaling, float *out)
+{
+    palu_status st = validate(shape, q, k_latent, v_latent, positions, pad_start, k_up, v_up, inv_freq,
+                              attention_scaling, scaling, out);
+    if (st != PALU_OK) return st;
+    const int64_t B = shape->batch, T = shape->tokens, H = shape->heads, Hkv = shape->kv_heads;
+    const int64_t D = shape->head_dim, G = shape->group_size, NG = Hkv / G, n_rep = H / Hkv, half = D / 2;
+    int64_t Rk = 0, Rv = 0, max_rv = 0;
+    for (int64_t g = 0; g < NG; g++) {
+        Rk += shape->k_ranks[g];
+        Rv += shape->v_ranks[g];
+        if (shape->v_ranks[g] > max_rv) max_rv = shape->v_ranks[g];
+    }
+
+    /* One allocation: cos and sin tables (T, half), rotated keys (T, D), weights p (T) and the p-weighted
+     * value latent (max_rv), the doubles first for alignment. */
+    size_t n_dbl = (size_t)T + (size_t)max_rv, n_flt = (size_t)T * (size_t)D * 2;
+    double *scratch = (double *)malloc(n_dbl * sizeof(double) + n_flt * sizeof(float));
+    if (scratch == NULL) return palu_fail(PALU_ERR_NOMEM, "cannot allocate %zu bytes of scratch",
+                                          n_dbl * sizeof(double) + n_flt * sizeof(float));
+    double *p = scratch, *hv_avg = scratch + T;
+    float *cos_t = (float *)(scratch + n_dbl), *sin_t = cos_t + (size_t)T * half, *keys = sin_t + (size_t)T * half;
+
+    for (int64_t b = 0; b < B; b++) {
+        const int64_t t0 = pad_start[b];
+        for (int64_t t = t0; t < T; t++) {
+            double pos = (double)positions[b * T + t];
+            for (int64_t i = 0; i < half; i++) {
+                double angle = pos * (double)inv_freq[i];
+                cos_t[t * half + i] = (float)cos(angle) * attention_scaling;
+                sin_t[t * half + i] = (float)sin(angle) * attention_scaling;
+            }
+        }
+        const float *uk_g = k_up, *uv_g = v_up;
+        int64_t k_col = 0, v_col = 0;
+        for (int64_t g = 0; g < NG; g++) {
+            const int64_t rk = shape->k_ranks[g], rv = shape->v_ranks[g];
+            for (int64_t j = 0; j < G; j++) {
+                const int64_t kvh = g * G + j;
+                const float *uk = uk_g + j * D * rk, *uv = uv_g + j * D * rv;
+                const float *bk = k_bias ? k_bias + kvh * D : NULL, *bv = v_bias ? v_bias + kvh * D : NULL;
+                for (int64_t t = t0; t < T; t++) {
+                    const float *hk = k_latent + (b * T + t) * Rk + k_col;
+                    float *key = keys + t * D;
+                    for (int64_t d = 0; d < D; d++) key[d] = dot_f32(uk + d * rk, hk, rk) + (bk ? bk[d] : 0.0f);
+                    const float *c = cos_t + t * half, *sn = sin_t + t * half;
+                    for (int64_t i = 0; i < half; i++) {
+                        float lo = key[i], hi = key[i + half];
+                        key[i] = lo * c[i] - hi * sn[i];
+                        key[i + half] = hi * c[i] + lo * sn[i];
+                    }
+                }
+                for (int64_t r = 0; r < n_rep; r++) {
+                    const int64_t h = kvh * n_rep + r;
+                    const float *qh = q + (b * H + h) * D;
+                    float *oh = out + (b * H + h) * D;
+                    /* Scores into p (double storage of float32 scores), then a max-shifted softmax. */
+                    double smax = -INFINITY;
+                    for (int64_t t = t0; t < T; t++) {
+                        float sc = dot_f32(qh, keys + t * D, D) * scaling;
+                        p[t] = (double)sc;
+                        if (p[t] > smax) smax = p[t];
+                    }
+                    double sum = 0.0;
+                    for (int64_t t = t0; t < T; t++) {
+                        p[t] = exp(p[t] - smax);
+                        sum += p[t];
+                    }
+                    for (int64_t i = 0; i < rv; i++) hv_avg[i] = 0.0;
+                    for (int64_t t = t0; t < T; t++) {
+                        const float *hv = v_latent + (b * T + t) * Rv + v_col;
+                        for (int64_t i = 0; i < rv; i++) hv_avg[i] += p[t] * (double)hv[i];
+                    }
+                    for (int64_t i = 0; i < rv; i++) hv_avg[i] /= sum;
+                    for (int64_t d = 0; d < D; d++) {
+                        const float *row = uv + d * rv;
+                        float acc = 0.0f;
+                        for (int64_t i = 0; i < rv; i++) acc += row[i] * (float)hv_avg[i];
+                        oh[d] = acc + (bv ? bv[d] : 0.0f);
+                    }
+                }
+            }
+            uk_g += G * D * rk;
+            uv_g += G * D * rv;
+            k_col += rk;
+            v_col += rv;
+        }
+    }
+    free(scratch);
+    return PALU_OK;
+}
