@@ -325,6 +325,18 @@ def test_missing_and_unknown_arguments(rng):
         _C.latent_decode_attention(**a)
 
 
+def test_concurrent_calls_from_threads(rng):
+    # the GIL is released around the numeric call: threads must get exactly the single-threaded results
+    from concurrent.futures import ThreadPoolExecutor
+
+    cases = [make_case(rng, 3, 3, 3, 64, 3, 129, True) for _ in range(4)]
+    expected = [_C.latent_decode_attention(**a) for a in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        got = list(pool.map(lambda a: _C.latent_decode_attention(**a), cases * 4))
+    for i, out in enumerate(got):
+        np.testing.assert_array_equal(out, expected[i % len(cases)])
+
+
 # ---- resources ------------------------------------------------------------------------------------------
 
 
