@@ -39,6 +39,7 @@ from torch.nn import functional as F
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
+from . import _C
 from .cache import LatentLayer, install_latent_layer
 from .kv_config import PaluLayerConfig
 
@@ -164,6 +165,9 @@ class PaluAttention(nn.Module):
             bias = getattr(proj, "bias", None)
             self.register_parameter(name, None if bias is None else nn.Parameter(bias.detach().clone()))
         self._rotary = (rotary_emb,)  # a tuple: not registered as a submodule, not in state_dict
+        # "auto": one-token decode steps on CPU float32 run in C (csrc/latent_attention.c); "torch": always the
+        # PyTorch reference path (kept selectable: it is the reference the C and CUDA paths are tested against)
+        self.decode_backend = "auto"
 
         self.bits, self.residual, self.quant_group = bits, residual, quant_group
         self.make_latent_layer()  # validates the cache options now rather than at the first forward
@@ -218,6 +222,11 @@ class PaluAttention(nn.Module):
             layer = install_latent_layer(past_key_values, self.layer_idx, self.make_latent_layer)
             hk, hv, pos = layer.update_latent(hk, hv, pos)
 
+        if tokens == 1 and self.decode_backend != "torch" and not kwargs.get("output_attentions"):
+            out = self._c_decode(query, hk, hv, pos, attention_mask)
+            if out is not None:
+                return self.o_proj(out.reshape(batch, 1, -1)), None
+
         key = self._up(hk, self.k_ups, self.k_ranks, self.k_bias)
         k_cos, k_sin = self.rotary_emb(key, pos)
         key = _rope(key, k_cos, k_sin)
@@ -235,10 +244,55 @@ class PaluAttention(nn.Module):
         attn_output = attn_output.reshape(batch, tokens, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
+    def _c_decode(self, query: torch.Tensor, hk: torch.Tensor, hv: torch.Tensor, pos: torch.Tensor,
+                  attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """One decode step through the C core (csrc/latent_attention.c) on CPU float32: keys rebuilt and rotated
+        per KV head, the value up-projection applied once to the probability-weighted latent (never per token).
+        Returns (B, H, D), or None when the step is outside what the C path covers (another device or dtype,
+        autograd, a sliding window, a mask that is not plain left padding); the PyTorch path then runs."""
+        if (query.device.type != "cpu" or query.dtype != torch.float32 or self.sliding_window is not None
+                or (torch.is_grad_enabled() and (self.training or query.requires_grad))):
+            return None
+        slots = hk.shape[1]
+        pad_start = _left_padding(attention_mask, hk.shape[0], slots)
+        if pad_start is None:
+            return None
+        rotary = self.rotary_emb
+        inv_freq = getattr(rotary, "inv_freq", None)
+        if inv_freq is None or inv_freq.numel() * 2 != self.head_dim:
+            return None
+        to_np = lambda t: t.detach().contiguous().numpy()  # noqa: E731
+        with torch.no_grad():
+            out = _C.latent_decode_attention(
+                to_np(query[:, :, 0]), to_np(hk), to_np(hv), to_np(pos.to(torch.int32)), pad_start,
+                [to_np(u) for u in self.k_ups], [to_np(u) for u in self.v_ups], self.layer_cfg.group_size,
+                to_np(inv_freq.float()), float(getattr(rotary, "attention_scaling", 1.0)), float(self.scaling),
+                k_bias=None if self.k_bias is None else to_np(self.k_bias),
+                v_bias=None if self.v_bias is None else to_np(self.v_bias))
+        return torch.from_numpy(out)
+
     def extra_repr(self) -> str:
         quant = "" if self.bits is None else f", bits={self.bits}, residual={self.residual}"
         return (f"layer_idx={self.layer_idx}, group_size={self.layer_cfg.group_size}, k_ranks={list(self.k_ranks)}, "
                 f"v_ranks={list(self.v_ranks)}{quant}")
+
+
+def _left_padding(mask: torch.Tensor | None, batch: int, slots: int):
+    """Leading masked slots per sequence (int32 NumPy array) for a one-query decode mask, or None when the mask
+    is anything but plain left padding (then the caller falls back to the mask-driven PyTorch path)."""
+    import numpy as np
+
+    if mask is None:
+        return np.zeros(batch, dtype=np.int32)
+    if mask.dim() != 4 or mask.shape[0] != batch or mask.shape[-1] != slots or mask.shape[-2] != 1:
+        return None
+    row = mask[:, 0, -1, :]
+    keep = row if row.dtype == torch.bool else row == 0
+    start = (~keep).to(torch.int32).cumprod(dim=1).sum(dim=1)  # length of the masked prefix
+    expected = torch.arange(slots, device=row.device)[None, :] >= start[:, None]
+    if not torch.equal(keep, expected) or bool((start >= slots).any()):
+        return None
+    return start.cpu().numpy().astype(np.int32)
 
 
 __all__ = ["PaluAttention"]
