@@ -7,45 +7,22 @@
 
 #include "lapack.h"
 
+/* Instantiate svd_impl.h once per precision; LP is the LAPACK/BLAS name prefix (s or d). */
 #define REAL float
 #define SFX f32
-#define XGESDD palu_lapack.sgesdd
-#define XGESVD palu_lapack.sgesvd
-#define XGEQRF palu_lapack.sgeqrf
-#define XORGQR palu_lapack.sorgqr
-#define XGETRF palu_lapack.sgetrf
-#define XLASWP palu_lapack.slaswp
-#define XGEMM palu_lapack.sgemm
+#define LP s
 #include "svd_impl.h"
 #undef REAL
 #undef SFX
-#undef XGESDD
-#undef XGESVD
-#undef XGEQRF
-#undef XORGQR
-#undef XGETRF
-#undef XLASWP
-#undef XGEMM
+#undef LP
 
 #define REAL double
 #define SFX f64
-#define XGESDD palu_lapack.dgesdd
-#define XGESVD palu_lapack.dgesvd
-#define XGEQRF palu_lapack.dgeqrf
-#define XORGQR palu_lapack.dorgqr
-#define XGETRF palu_lapack.dgetrf
-#define XLASWP palu_lapack.dlaswp
-#define XGEMM palu_lapack.dgemm
+#define LP d
 #include "svd_impl.h"
 #undef REAL
 #undef SFX
-#undef XGESDD
-#undef XGESVD
-#undef XGEQRF
-#undef XORGQR
-#undef XGETRF
-#undef XLASWP
-#undef XGEMM
+#undef LP
 
 /* Shared argument checks; LAPACK takes 32-bit sizes and workspace lengths. */
 static palu_status check_shape(palu_dtype dt, int64_t m, int64_t n, int64_t k)

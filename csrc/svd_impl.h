@@ -1,8 +1,18 @@
 /* svd_impl.h -- precision-generic body of svd.c, included once per real type (a C "template").
  *
- * Before including, define: REAL (float/double), SFX (suffix token f32/f64), XGESDD, XGESVD, XGEQRF,
- * XORGQR, XGETRF, XLASWP, XGEMM (the palu_lapack members of that precision). Not a public header.
+ * Before including, define: REAL (float/double), SFX (suffix token f32/f64) and LP (the LAPACK/BLAS name
+ * prefix of that precision, s or d). Not a public header.
  */
+
+#define PALU_PASTE2(a, b) a##b
+#define PALU_PASTE(a, b) PALU_PASTE2(a, b)
+#define XGESDD palu_lapack.PALU_PASTE(LP, gesdd)
+#define XGESVD palu_lapack.PALU_PASTE(LP, gesvd)
+#define XGEQRF palu_lapack.PALU_PASTE(LP, geqrf)
+#define XORGQR palu_lapack.PALU_PASTE(LP, orgqr)
+#define XGETRF palu_lapack.PALU_PASTE(LP, getrf)
+#define XLASWP palu_lapack.PALU_PASTE(LP, laswp)
+#define XGEMM palu_lapack.PALU_PASTE(LP, gemm)
 
 #define PALU_CAT2(a, b) a##_##b
 #define PALU_CAT(a, b) PALU_CAT2(a, b)
@@ -200,3 +210,12 @@ done:
 #undef FN
 #undef PALU_CAT
 #undef PALU_CAT2
+#undef XGESDD
+#undef XGESVD
+#undef XGEQRF
+#undef XORGQR
+#undef XGETRF
+#undef XLASWP
+#undef XGEMM
+#undef PALU_PASTE
+#undef PALU_PASTE2

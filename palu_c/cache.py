@@ -57,20 +57,12 @@ from transformers.cache_utils import (
     EncoderDecoderCache,
 )
 
+from ._arrays import as_int
 from .quant import quantize
 
 CHUNK = 256  # capacity grows by whole chunks of slots (spec section 2)
 _ALLOWED_BITS = (2, 3, 4, 8)
 _REPLACEABLE = (DynamicLayer, DynamicSlidingWindowLayer)  # exact types a LatentLayer may take the place of
-
-
-def _as_count(value: Any, name: str, func: str, minimum: int) -> int:
-    # bool is an int subclass and 4.0 would silently truncate: both are refused.
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{func}: `{name}` must be an int, got {value!r}")
-    if int(value) < minimum:
-        raise ValueError(f"{func}: `{name}` must be >= {minimum}, got {value}")
-    return int(value)
 
 
 def check_quant_device(device: torch.device, bits: int | None) -> None:
@@ -152,16 +144,16 @@ class LatentLayer(CacheLayerMixin):
                                  or int(bits) not in _ALLOWED_BITS):
             raise ValueError(f"{func}: `bits` must be one of {{2, 3, 4, 8}} or None, got {bits!r}")
         self.bits = None if bits is None else int(bits)
-        self.residual = _as_count(residual, "residual", func, 0)
-        self.quant_group = None if quant_group is None else _as_count(quant_group, "quant_group", func, 1)
+        self.residual = as_int(residual, "residual", func, low=0)
+        self.quant_group = None if quant_group is None else as_int(quant_group, "quant_group", func, low=1)
         if self.quant_group is not None:
             bad = [r for r in self.k_ranks + self.v_ranks if r % self.quant_group]
             if bad:
                 raise ValueError(f"{func}: `quant_group` ({self.quant_group}) must divide every group rank; it "
                                  f"does not divide {sorted(set(bad))} (ranks k={list(self.k_ranks)}, "
                                  f"v={list(self.v_ranks)})")
-        self.sliding_window = None if sliding_window is None else _as_count(sliding_window, "sliding_window",
-                                                                            func, 1)
+        self.sliding_window = None if sliding_window is None else as_int(sliding_window, "sliding_window",
+                                                                            func, low=1)
         self.is_sliding = self.sliding_window is not None
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
@@ -170,7 +162,7 @@ class LatentLayer(CacheLayerMixin):
     @staticmethod
     def _check_ranks(ranks: Sequence[int], name: str) -> tuple[int, ...]:
         try:
-            out = tuple(_as_count(r, f"{name}[{i}]", "LatentLayer", 1) for i, r in enumerate(ranks))
+            out = tuple(as_int(r, f"{name}[{i}]", "LatentLayer", low=1) for i, r in enumerate(ranks))
         except TypeError as exc:
             if "must be an int" in str(exc):
                 raise
@@ -298,7 +290,7 @@ class LatentLayer(CacheLayerMixin):
 
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat every sequence ``repeats`` times in place (sequence b becomes rows b*repeats ...)."""
-        repeats = _as_count(repeats, "repeats", "LatentLayer.batch_repeat_interleave", 1)
+        repeats = as_int(repeats, "repeats", "LatentLayer.batch_repeat_interleave", low=1)
         if self.positions is None:
             return
         index = torch.arange(self.positions.shape[0]).repeat_interleave(repeats)

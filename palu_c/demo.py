@@ -39,32 +39,12 @@ def _windows(tokenizer, text: str, n_samples: int, seq_len: int):
     return ids[: n * seq_len].view(n, seq_len).to(torch.long)
 
 
-def _kv_input_grams(model, batches):
-    """Gram X^T X (float64) of the input of every layer's k_proj (v_proj reads the same input)."""
-    import torch
+def _kv_input_grams(model, windows):
+    """Gram X^T X (float64 NumPy) of the input of every layer's k_proj (v_proj reads the same input)."""
+    from .statistics import collect_kv_statistics
 
-    layers = model.model.layers
-    grams = [None] * len(layers)
-    hooks = []
-
-    def make_hook(i):
-        def hook(_module, inputs):
-            x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float64)
-            g = x.T @ x
-            grams[i] = g if grams[i] is None else grams[i] + g
-
-        return hook
-
-    for i, layer in enumerate(layers):
-        hooks.append(layer.self_attn.k_proj.register_forward_pre_hook(make_hook(i)))
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(batch)
-    finally:
-        for h in hooks:
-            h.remove()
-    return [g.cpu().numpy() for g in grams]
+    stats = collect_kv_statistics(model, windows, grams=True, fisher=False, batch_size=4, progress=False)
+    return [g.cpu().numpy() for g in stats.gram]
 
 
 def _rel_output_error(w, approx, gram):
@@ -94,8 +74,8 @@ def run_demo(model_name: str | None = None, *, ratio: float = 0.5, n_samples: in
     t1 = time.perf_counter()
     calib = _windows(tokenizer, _sample_text("calibration_emma.txt"), n_samples, seq_len)
     held_out = _windows(tokenizer, _sample_text("eval_persuasion.txt"), max(2, n_samples // 2), seq_len)
-    calib_grams = _kv_input_grams(model, calib.split(4))
-    eval_grams = _kv_input_grams(model, held_out.split(4))
+    calib_grams = _kv_input_grams(model, calib)
+    eval_grams = _kv_input_grams(model, held_out)
     out(f"Grams from {calib.numel()} calibration tokens (Emma) and {held_out.numel()} held-out tokens "
         f"(Persuasion) in {time.perf_counter() - t1:.1f} s")
 
