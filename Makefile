@@ -23,7 +23,7 @@ test: install install-model  ## the whole suite, then the core tests under ASan/
 
 # AddressSanitizer + UBSan: a CPU-only instrumented build of the extension in $(ASAN_DIR), beside a copy of
 # the Python package, then the core tests (no torch: torch and ASan do not mix) with libasan preloaded.
-CORE_TESTS := tests/test_svd.py tests/test_lowrank.py tests/test_quant.py tests/test_rank_alloc.py tests/test_hadamard.py tests/test_latent_attention.py
+CORE_TESTS := tests/test_svd.py tests/test_lowrank.py tests/test_quant.py tests/test_rank_alloc.py tests/test_hadamard.py tests/test_latent_attention.py tests/test_latent_cache_core.py
 test-asan:
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR)
 	PALU_C_CUDA=0 PALU_C_SANITIZE=1 $(PYTHON) setup.py -q build_ext --build-temp $(ASAN_DIR)/tmp --build-lib $(ASAN_DIR)/lib

@@ -30,6 +30,7 @@
 #ifndef PALU_LATENT_ATTENTION_H
 #define PALU_LATENT_ATTENTION_H
 
+#include "latent_cache.h"
 #include "palu.h"
 
 #ifdef __cplusplus
@@ -76,6 +77,17 @@ palu_status palu_latent_decode_attention_ref(const palu_latent_attn_shape *shape
                                              const float *k_up, const float *v_up, const float *k_bias,
                                              const float *v_bias, const float *inv_freq, float attention_scaling,
                                              float scaling, float *out);
+
+/* The same decode step reading the latents and positions straight from a host latent cache (latent_cache.h):
+ * sealed slots are dequantized per (sequence, group) into scratch, exact slots are read in place. shape->batch
+ * and shape->tokens must equal the cache's batch and length, shape->k_ranks / v_ranks its group ranks and
+ * kv_heads = groups x group_size; the other arguments are as above (pad_start[b] in [0, length - 1]). The
+ * step's own latents must already be appended. Extra scratch: O(T * (max rk + max rv)) floats. */
+palu_status palu_latent_cache_decode_attention_ref(const palu_latent_attn_shape *shape,
+                                                   const palu_latent_cache *cache, const float *q,
+                                                   const int32_t *pad_start, const float *k_up, const float *v_up,
+                                                   const float *k_bias, const float *v_bias, const float *inv_freq,
+                                                   float attention_scaling, float scaling, float *out);
 
 #ifdef __cplusplus
 }

@@ -69,6 +69,7 @@ static int palu_exec(PyObject *mod)
     if (palu_rank_alloc_module_init(mod) < 0) return -1;
     if (palu_hadamard_module_init(mod) < 0) return -1;
     if (palu_latent_attention_module_init(mod) < 0) return -1;
+    if (palu_latent_cache_module_init(mod) < 0) return -1;
     return 0;
 }
 
@@ -77,6 +78,8 @@ static int palu_traverse(PyObject *mod, visitproc visit, void *arg)
     palu_module_state *st = palu_get_state(mod);
     Py_VISIT(st->linalg_error);
     Py_VISIT(st->quantized_tensor_type);
+    Py_VISIT(st->latent_cache_type);
+    Py_VISIT(st->latent_cache_buffer_type);
     return 0;
 }
 
@@ -85,6 +88,8 @@ static int palu_clear(PyObject *mod)
     palu_module_state *st = palu_get_state(mod);
     Py_CLEAR(st->linalg_error);
     Py_CLEAR(st->quantized_tensor_type);
+    Py_CLEAR(st->latent_cache_type);
+    Py_CLEAR(st->latent_cache_buffer_type);
     return 0;
 }
 

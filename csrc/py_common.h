@@ -24,6 +24,8 @@
 typedef struct palu_module_state {
     PyObject *linalg_error;              /* owned: numpy.linalg.LinAlgError */
     PyTypeObject *quantized_tensor_type; /* owned: palu_c._C.QuantizedTensor (py_quant.c) */
+    PyTypeObject *latent_cache_type;     /* owned: palu_c._C.LatentCache (py_latent_cache.c) */
+    PyTypeObject *latent_cache_buffer_type; /* owned: palu_c._C.LatentCacheBuffer (py_latent_cache.c) */
 } palu_module_state;
 
 extern PyModuleDef palu_module_def;
@@ -64,5 +66,13 @@ int palu_quant_module_init(PyObject *mod);
 int palu_rank_alloc_module_init(PyObject *mod);
 int palu_hadamard_module_init(PyObject *mod);
 int palu_latent_attention_module_init(PyObject *mod);
+int palu_latent_cache_module_init(PyObject *mod);
+
+/* py_latent_cache.c: the palu_latent_cache inside a LatentCache object, marked busy so that no other thread
+ * touches it while the caller works with the GIL released; NULL with TypeError (not a LatentCache) or
+ * RuntimeError (busy). Pair every success with palu_py_latent_cache_release(obj) (GIL held). */
+struct palu_latent_cache;
+const struct palu_latent_cache *palu_py_latent_cache_acquire(PyObject *module, PyObject *obj, const char *func);
+void palu_py_latent_cache_release(PyObject *obj);
 
 #endif /* PALU_PY_COMMON_H */

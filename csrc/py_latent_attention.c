@@ -1,4 +1,5 @@
-/* py_latent_attention.c -- binding of latent_attention.c: _C.latent_decode_attention.
+/* py_latent_attention.c -- binding of latent_attention.c: _C.latent_decode_attention and
+ * _C.latent_cache_decode_attention.
  *
  * Converts and validates every argument (float32 only, C-contiguous copies when needed, consistent shapes),
  * concatenates the per-group up-projections into the flat layout the C function takes, releases the GIL
@@ -282,11 +283,122 @@ done:
     return result;
 }
 
+/* _C.latent_cache_decode_attention(cache, q, pad_start, k_ups, v_ups, group_size, inv_freq, attention_scaling,
+ *                                  scaling, k_bias=None, v_bias=None) -> out (B, H, D) float32
+ * The same step reading latents and positions from a LatentCache (py_latent_cache.c), quantized or not. */
+static PyObject *py_latent_cache_decode_attention(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"cache", "q", "pad_start", "k_ups", "v_ups", "group_size", "inv_freq",
+                             "attention_scaling", "scaling", "k_bias", "v_bias", NULL};
+    const char *func = "latent_cache_decode_attention";
+    PyObject *cache_obj, *q_obj, *pad_obj, *kups_obj, *vups_obj, *freq_obj, *gs_obj, *as_obj, *sc_obj;
+    PyObject *kb_obj = Py_None, *vb_obj = Py_None, *result = NULL;
+    long long group_size;
+    double attention_scaling, scaling;
+    PyArrayObject *q = NULL, *pad = NULL, *freq = NULL, *kb = NULL, *vb = NULL, *out = NULL;
+    float *k_up = NULL, *v_up = NULL;
+    int64_t *k_ranks = NULL, *v_ranks = NULL;
+    Py_ssize_t nk = 0, nv = 0;
+    const palu_latent_cache *cache = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|OO:latent_cache_decode_attention", kwlist, &cache_obj,
+                                     &q_obj, &pad_obj, &kups_obj, &vups_obj, &gs_obj, &freq_obj, &as_obj, &sc_obj,
+                                     &kb_obj, &vb_obj))
+        return NULL;
+    if (read_int(gs_obj, "group_size", &group_size) < 0 || read_real(as_obj, "attention_scaling", &attention_scaling) < 0 ||
+        read_real(sc_obj, "scaling", &scaling) < 0)
+        return NULL;
+    if ((q = f32_array(q_obj, "q", 3)) == NULL) goto done;
+    const npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), D = PyArray_DIM(q, 2);
+    if (D % 2 != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: head_dim (q.shape[2]) must be even for RoPE, got %zd", func, D);
+        goto done;
+    }
+    if (group_size < 1 || group_size > PY_SSIZE_T_MAX / D) {
+        PyErr_Format(PyExc_ValueError, "%s: `group_size` must be >= 1 (and G*D must fit an index), got %lld", func,
+                     group_size);
+        goto done;
+    }
+    if (read_ups(kups_obj, "k_ups", (npy_intp)group_size * D, &k_up, &k_ranks, &nk) < 0) goto done;
+    if (read_ups(vups_obj, "v_ups", (npy_intp)group_size * D, &v_up, &v_ranks, &nv) < 0) goto done;
+    if (nk != nv) {
+        PyErr_Format(PyExc_ValueError, "%s: `k_ups` has %zd groups but `v_ups` has %zd; give one of each per group",
+                     func, nk, nv);
+        goto done;
+    }
+    const npy_intp Hkv = (npy_intp)(nk * group_size);
+    if (H % Hkv != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: q has %zd heads, not a multiple of the %zd KV heads (len(k_ups) x group_size = %zd x %lld)",
+                     func, H, Hkv, nk, group_size);
+        goto done;
+    }
+    const npy_intp want_pad[1] = {B}, want_freq[1] = {D / 2}, want_bias[1] = {Hkv * D};
+    if ((pad = i32_array(pad_obj, "pad_start", 1)) == NULL) goto done;
+    if (check_shape(pad, "pad_start", 1, want_pad, "(B,)") < 0) goto done;
+    if ((freq = f32_array(freq_obj, "inv_freq", 1)) == NULL) goto done;
+    if (check_shape(freq, "inv_freq", 1, want_freq, "(D/2,)") < 0) goto done;
+    if (kb_obj != Py_None) {
+        if ((kb = f32_array(kb_obj, "k_bias", 1)) == NULL) goto done;
+        if (check_shape(kb, "k_bias", 1, want_bias, "(Hkv*D,)") < 0) goto done;
+    }
+    if (vb_obj != Py_None) {
+        if ((vb = f32_array(vb_obj, "v_bias", 1)) == NULL) goto done;
+        if (check_shape(vb, "v_bias", 1, want_bias, "(Hkv*D,)") < 0) goto done;
+    }
+    const npy_intp out_dims[3] = {B, H, D};
+    if ((out = (PyArrayObject *)PyArray_SimpleNew(3, (npy_intp *)out_dims, NPY_FLOAT32)) == NULL) goto done;
+    if ((cache = palu_py_latent_cache_acquire(module, cache_obj, func)) == NULL) goto done;
+    {
+        const palu_latent_attn_shape shape = {.batch = B, .tokens = cache->length, .heads = H, .kv_heads = Hkv,
+                                              .head_dim = D, .group_size = group_size, .k_ranks = k_ranks,
+                                              .v_ranks = v_ranks};
+        const float *qp = PyArray_DATA(q), *fp = PyArray_DATA(freq);
+        const float *kbp = kb ? PyArray_DATA(kb) : NULL, *vbp = vb ? PyArray_DATA(vb) : NULL;
+        const int32_t *padp = PyArray_DATA(pad);
+        float *op = PyArray_DATA(out);
+        const float as = (float)attention_scaling, sc = (float)scaling;
+        palu_status st;
+        if (nk != cache->k.n_groups) {
+            PyErr_Format(PyExc_ValueError, "%s: %zd up-projection groups given, the cache has %lld head groups", func,
+                         nk, (long long)cache->k.n_groups);
+            palu_py_latent_cache_release(cache_obj);
+            goto done;
+        }
+        Py_BEGIN_ALLOW_THREADS
+        st = palu_latent_cache_decode_attention_ref(&shape, cache, qp, padp, k_up, v_up, kbp, vbp, fp, as, sc, op);
+        Py_END_ALLOW_THREADS
+        palu_py_latent_cache_release(cache_obj);
+        if (st != PALU_OK) {
+            palu_py_raise(module, st, func);
+            goto done;
+        }
+    }
+    result = (PyObject *)out;
+    out = NULL;
+done:
+    Py_XDECREF(q);
+    Py_XDECREF(pad);
+    Py_XDECREF(freq);
+    Py_XDECREF(kb);
+    Py_XDECREF(vb);
+    Py_XDECREF(out);
+    PyMem_Free(k_up);
+    PyMem_Free(v_up);
+    PyMem_Free(k_ranks);
+    PyMem_Free(v_ranks);
+    return result;
+}
+
 static PyMethodDef latent_attention_methods[] = {
     {"latent_decode_attention", (PyCFunction)(void (*)(void))py_latent_decode_attention, METH_VARARGS | METH_KEYWORDS,
      "latent_decode_attention(q, k_latent, v_latent, positions, pad_start, k_ups, v_ups, group_size, inv_freq, "
      "attention_scaling, scaling, k_bias=None, v_bias=None) -> out (B, H, D) float32.\n\n"
      "One decode step of attention over a latent KV cache (CPU reference, csrc/latent_attention.h)."},
+    {"latent_cache_decode_attention", (PyCFunction)(void (*)(void))py_latent_cache_decode_attention,
+     METH_VARARGS | METH_KEYWORDS,
+     "latent_cache_decode_attention(cache, q, pad_start, k_ups, v_ups, group_size, inv_freq, attention_scaling, "
+     "scaling, k_bias=None, v_bias=None) -> out (B, H, D) float32.\n\n"
+     "The same step reading the latents from a LatentCache (quantized slots dequantized on the fly)."},
     {NULL, NULL, 0, NULL},
 };
 
