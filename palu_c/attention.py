@@ -176,10 +176,11 @@ class PaluAttention(nn.Module):
     def rotary_emb(self) -> nn.Module:
         return self._rotary[0]
 
-    def make_latent_layer(self) -> LatentLayer:
-        """A fresh, empty cache layer with this module's ranks, quantization options and sliding window."""
+    def make_latent_layer(self, max_tokens: int | None = None) -> LatentLayer:
+        """A fresh, empty cache layer with this module's ranks, quantization options and sliding window
+        (``max_tokens``: a reserved fixed capacity, see :class:`palu_c.cache.LatentLayer`)."""
         return LatentLayer(self.k_ranks, self.v_ranks, bits=self.bits, residual=self.residual,
-                           quant_group=self.quant_group, sliding_window=self.sliding_window)
+                           quant_group=self.quant_group, sliding_window=self.sliding_window, max_tokens=max_tokens)
 
     def _up(self, h: torch.Tensor, ups: nn.ParameterList, ranks: tuple[int, ...],
             bias: torch.Tensor | None) -> torch.Tensor:
@@ -218,13 +219,22 @@ class PaluAttention(nn.Module):
         hk = self.k_down(hidden_states)
         hv = self.v_down(hidden_states)
         pos = self._positions(position_ids, past_key_values, batch, tokens, hidden_states.device, kwargs)
+        c_step = tokens == 1 and self._c_decode_applies(query, kwargs)
         if past_key_values is not None:
             layer = install_latent_layer(past_key_values, self.layer_idx, self.make_latent_layer)
-            hk, hv, pos = layer.update_latent(hk, hv, pos)
-
-        if tokens == 1 and self.decode_backend != "torch" and not kwargs.get("output_attentions"):
-            out = self._c_decode(query, hk, hv, pos, attention_mask)
-            if out is not None:
+            if c_step and layer.host_cache is not None:
+                layer.append_latent(hk, hv, pos)
+                pad_start = _left_padding(attention_mask, batch, layer.length)
+                if pad_start is not None:
+                    out = self._c_decode(query, pad_start, cache=layer.host_cache)
+                    return self.o_proj(out.reshape(batch, 1, -1)), None
+                hk, hv, pos = layer.latents()  # a mask the C path does not cover: PyTorch path below
+            else:
+                hk, hv, pos = layer.update_latent(hk, hv, pos)
+        elif c_step:
+            pad_start = _left_padding(attention_mask, batch, 1)
+            if pad_start is not None:
+                out = self._c_decode(query, pad_start, latents=(hk, hv, pos))
                 return self.o_proj(out.reshape(batch, 1, -1)), None
 
         key = self._up(hk, self.k_ups, self.k_ranks, self.k_bias)
@@ -244,31 +254,35 @@ class PaluAttention(nn.Module):
         attn_output = attn_output.reshape(batch, tokens, -1).contiguous()
         return self.o_proj(attn_output), attn_weights
 
-    def _c_decode(self, query: torch.Tensor, hk: torch.Tensor, hv: torch.Tensor, pos: torch.Tensor,
-                  attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """One decode step through the C core (csrc/latent_attention.c) on CPU float32: keys rebuilt and rotated
-        per KV head, the value up-projection applied once to the probability-weighted latent (never per token).
-        Returns (B, H, D), or None when the step is outside what the C path covers (another device or dtype,
-        autograd, a sliding window, a mask that is not plain left padding); the PyTorch path then runs."""
+    def _c_decode_applies(self, query: torch.Tensor, kwargs: dict) -> bool:
+        """Whether a one-token step may run in C (csrc/latent_attention.c): CPU float32, no autograd, no sliding
+        window, no attention weights requested, plain-RoPE inverse frequencies of the right size."""
+        if self.decode_backend == "torch" or kwargs.get("output_attentions"):
+            return False
         if (query.device.type != "cpu" or query.dtype != torch.float32 or self.sliding_window is not None
                 or (torch.is_grad_enabled() and (self.training or query.requires_grad))):
-            return None
-        slots = hk.shape[1]
-        pad_start = _left_padding(attention_mask, hk.shape[0], slots)
-        if pad_start is None:
-            return None
-        rotary = self.rotary_emb
-        inv_freq = getattr(rotary, "inv_freq", None)
-        if inv_freq is None or inv_freq.numel() * 2 != self.head_dim:
-            return None
+            return False
+        inv_freq = getattr(self.rotary_emb, "inv_freq", None)
+        return inv_freq is not None and inv_freq.numel() * 2 == self.head_dim
+
+    def _c_decode(self, query: torch.Tensor, pad_start, *, cache=None, latents=None) -> torch.Tensor:
+        """One decode step in C: keys rebuilt and rotated per KV head, the value up-projection applied once to the
+        probability-weighted latent (never per token). Reads the layer's C cache in place (``cache``) or dense
+        ``latents`` = (hk, hv, positions). Returns (B, H, D)."""
         to_np = lambda t: t.detach().contiguous().numpy()  # noqa: E731
-        with torch.no_grad():
-            out = _C.latent_decode_attention(
-                to_np(query[:, :, 0]), to_np(hk), to_np(hv), to_np(pos.to(torch.int32)), pad_start,
-                [to_np(u) for u in self.k_ups], [to_np(u) for u in self.v_ups], self.layer_cfg.group_size,
-                to_np(inv_freq.float()), float(getattr(rotary, "attention_scaling", 1.0)), float(self.scaling),
-                k_bias=None if self.k_bias is None else to_np(self.k_bias),
-                v_bias=None if self.v_bias is None else to_np(self.v_bias))
+        rotary = self.rotary_emb
+        common = dict(
+            k_ups=[to_np(u) for u in self.k_ups], v_ups=[to_np(u) for u in self.v_ups],
+            group_size=self.layer_cfg.group_size, inv_freq=to_np(rotary.inv_freq.float()),
+            attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), scaling=float(self.scaling),
+            k_bias=None if self.k_bias is None else to_np(self.k_bias),
+            v_bias=None if self.v_bias is None else to_np(self.v_bias))
+        q = to_np(query[:, :, 0])
+        if cache is not None:
+            out = _C.latent_cache_decode_attention(cache, q, pad_start, **common)
+        else:
+            hk, hv, pos = latents
+            out = _C.latent_decode_attention(q, to_np(hk), to_np(hv), to_np(pos.to(torch.int32)), pad_start, **common)
         return torch.from_numpy(out)
 
     def extra_repr(self) -> str:

@@ -1,10 +1,16 @@
-"""The latent KV cache of Palu attention layers (PyTorch reference path) and its transformers integration.
+"""The latent KV cache of Palu attention layers and its transformers integration.
 
 Spec: docs/design/latent_cache.md. Per layer and per token the cache holds the key latent ``hk`` (Rk values),
 the value latent ``hv`` (Rv values) and the token's RoPE position (int32); keys and values are rebuilt from
 them by the attention module (palu_c.attention.PaluAttention). Optionally the latents are quantized per token
-and per head group (section 3 of the spec) into sealed blocks held as :class:`palu_c.QuantizedTensor`
-objects from the C core, so that stored latents really occupy only their packed codes, scales and zeros.
+and per head group (section 3 of the spec): sealed slots keep only packed codes plus float32 scales and zeros,
+the newest 1..residual slots stay exact.
+
+Layers: :class:`LatentLayer` is the transformers-facing cache layer (validation, mask sizes, crop / reorder
+semantics); it keeps its tokens in a store picked from the latents' device and dtype: :class:`HostLatentStore`
+(the C object ``palu_c._C.LatentCache``, CPU float32; the C decode attention reads it in place) or
+``palu_c.device_store.DeviceLatentStore`` (torch buffers with a fixed, chunk-grown capacity: CUDA, fp16/bf16,
+or a reserved ``max_tokens``).
 
 Legend: B batch, T tokens appended, L tokens held (``length``), C capacity (slots), NG head groups,
 r_g rank of group g, Rk = sum_g rk_g, Rv = sum_g rv_g.
@@ -38,8 +44,7 @@ generation/utils.py and models/llama/modeling_llama.py of 5.18.0):
    none are given and passes them to every decoder layer, which forwards them to its attention module;
    ``generate`` computes them from the attention mask. ``cache_position`` is gone from 5.18 model code.
 
-Layer objects own torch tensors on the device of the latents they receive (CPU or CUDA). Quantized latents
-run on CPU only for now (the C core); on another device ``bits`` raises NotImplementedError.
+Stores own their memory on the device of the latents they receive (CPU or CUDA).
 """
 
 from __future__ import annotations
@@ -58,44 +63,59 @@ from transformers.cache_utils import (
 )
 
 from ._arrays import as_int
-from .quant import quantize
+from . import _C
 
 CHUNK = 256  # capacity grows by whole chunks of slots (spec section 2)
 _ALLOWED_BITS = (2, 3, 4, 8)
 _REPLACEABLE = (DynamicLayer, DynamicSlidingWindowLayer)  # exact types a LatentLayer may take the place of
 
 
-def check_quant_device(device: torch.device, bits: int | None) -> None:
-    """Refuse quantized latents on a device other than the CPU (the C core is host-only for now).
+class HostLatentStore:
+    """Storage of a layer's latents on the CPU in float32: a C :class:`palu_c._C.LatentCache` (csrc/latent_cache.c).
 
-    Raises
-    ------
-    NotImplementedError
-        ``bits`` is set and ``device`` is not the CPU.
-    """
-    if bits is not None and torch.device(device).type != "cpu":
-        raise NotImplementedError(
-            f"LatentLayer: quantized latents (bits={bits}) live on the CPU only for now; the latents are on "
-            f"{torch.device(device)}. Quantized latents on CUDA arrive with the CUDA kernels; until then use "
-            f"bits=None on this device or run the model on the CPU")
-
-
-class _Block:
-    """One sealed block: slots [start, start + size) of every sequence, quantized per head group.
-
-    ``k[g]`` / ``v[g]`` are QuantizedTensor objects of shape (B0, size, r_g), B0 the batch size when the block
-    was sealed. ``rows`` maps the current sequences to rows of that B0 axis (None: identity), so that beam
-    reordering, selection and repetition never requantize: they only compose this index.
+    Same interface as :class:`palu_c.device_store.DeviceLatentStore`; torch tensors in and out (reads are fresh
+    tensors sharing memory with the NumPy arrays C allocated). The C object is also what the C decode attention
+    reads directly (:attr:`c_cache`).
     """
 
-    __slots__ = ("start", "size", "k", "v", "rows")
+    def __init__(self, k_ranks: Sequence[int], v_ranks: Sequence[int], *, bits: int | None, residual: int,
+                 quant_group: int | None):
+        self.c_cache = _C.LatentCache(list(k_ranks), list(v_ranks), bits=bits, residual=residual,
+                                      quant_group=quant_group)
 
-    def __init__(self, start: int, size: int, k: list, v: list):
-        self.start, self.size, self.k, self.v = start, size, k, v
-        self.rows: torch.Tensor | None = None
+    batch = property(lambda self: self.c_cache.batch)
+    length = property(lambda self: self.c_cache.length)
+    sealed = property(lambda self: self.c_cache.sealed)
+    capacity = property(lambda self: self.c_cache.capacity)
+    nbytes = property(lambda self: self.c_cache.nbytes)
+    reserved_bytes = property(lambda self: self.c_cache.reserved_bytes)
 
-    def select_rows(self, index: torch.Tensor) -> None:
-        self.rows = index.clone() if self.rows is None else self.rows[index]
+    def append(self, hk: torch.Tensor, hv: torch.Tensor, pos: torch.Tensor) -> None:
+        as_np = lambda t: t.detach().contiguous().numpy()  # noqa: E731
+        self.c_cache.append(as_np(hk), as_np(hv), as_np(pos))
+
+    def read(self, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return tuple(torch.from_numpy(x) for x in self.c_cache.read(start))
+
+    def crop(self, keep: int) -> None:
+        self.c_cache.crop(keep)
+
+    def select(self, index: torch.Tensor) -> None:
+        self.c_cache.select(index.to(torch.int64).cpu().numpy())
+
+    def reset(self) -> None:
+        self.c_cache.reset()
+
+
+def _make_store(k_ranks, v_ranks, bits, residual, quant_group, dtype, device, max_tokens):
+    """The C store for CPU float32 latents without a fixed capacity; the torch store for everything else
+    (CUDA, other dtypes, or a reserved capacity: docs/design/latent_cache.md section 4)."""
+    if torch.device(device).type == "cpu" and dtype == torch.float32 and max_tokens is None:
+        return HostLatentStore(k_ranks, v_ranks, bits=bits, residual=residual, quant_group=quant_group)
+    from .device_store import DeviceLatentStore
+
+    return DeviceLatentStore(k_ranks, v_ranks, bits=bits, residual=residual, quant_group=quant_group, dtype=dtype,
+                             device=device, max_tokens=max_tokens)
 
 
 class LatentLayer(CacheLayerMixin):
@@ -116,18 +136,17 @@ class LatentLayer(CacheLayerMixin):
     sliding_window : int or None, optional
         The layer's attention window (Mistral, Qwen2 sliding layers). Mask sizes and the latents returned by
         :meth:`update_latent` follow ``DynamicSlidingWindowLayer``; every token is still kept (no eviction).
+    max_tokens : int or None, optional
+        Reserve a fixed capacity of this many slots at the first append (rounded up to 256); appending past it
+        raises. Needed for CUDA graphs (fixed addresses) and honest peak-memory figures. None: grow in chunks.
 
     Notes
     -----
-    Storage. Unquantized: ``k_latent`` (B, C, Rk), ``v_latent`` (B, C, Rv) and ``positions`` (B, C) int32 with C
-    a multiple of 256, slots [0, length) filled. Quantized: slots [0, sealed) are sealed blocks (``residual``
-    slots each; with residual 0 one block per append), ``k_latent`` / ``v_latent`` hold only the window, slots
-    [sealed, length), as exact-size (B, length - sealed, R) tensors; sealed = residual * floor((length-1) /
-    residual). Reading dequantizes the blocks (float32, then the model dtype) every time.
-
-    ``crop`` into a sealed block re-opens it: the kept slots of every block past the new ``sealed`` are
-    dequantized back into the window (they keep exactly the values attention read before the crop); with
-    residual 0 they are sealed again right away, so those tokens are quantized a second time.
+    Storage is a store object picked at the first append from the latents' device and dtype: CPU float32 ->
+    :class:`HostLatentStore` (the C object ``palu_c._C.LatentCache``, also read directly by the C decode
+    attention); anything else (CUDA, fp16/bf16, a reserved capacity) -> ``palu_c.device_store.DeviceLatentStore``
+    (torch buffers in the spec's layout). Both keep quantized slots as packed codes + float32 scales and zeros,
+    and the newest 1..residual slots exact.
     """
 
     is_compileable = False
@@ -135,11 +154,15 @@ class LatentLayer(CacheLayerMixin):
     supports_early_init = False  # Cache.early_initialization would pass full K/V shapes
 
     def __init__(self, k_ranks: Sequence[int], v_ranks: Sequence[int], *, bits: int | None = None,
-                 residual: int = 128, quant_group: int | None = None, sliding_window: int | None = None):
+                 residual: int = 128, quant_group: int | None = None, sliding_window: int | None = None,
+                 max_tokens: int | None = None):
         super().__init__()
         func = "LatentLayer"
         self.k_ranks = self._check_ranks(k_ranks, "k_ranks")
         self.v_ranks = self._check_ranks(v_ranks, "v_ranks")
+        if len(self.k_ranks) != len(self.v_ranks):
+            raise ValueError(f"{func}: `k_ranks` ({len(self.k_ranks)} entries) and `v_ranks` ({len(self.v_ranks)}) "
+                             f"must hold one rank per head group each")
         if bits is not None and (isinstance(bits, bool) or not isinstance(bits, numbers.Integral)
                                  or int(bits) not in _ALLOWED_BITS):
             raise ValueError(f"{func}: `bits` must be one of {{2, 3, 4, 8}} or None, got {bits!r}")
@@ -154,10 +177,11 @@ class LatentLayer(CacheLayerMixin):
                                  f"v={list(self.v_ranks)})")
         self.sliding_window = None if sliding_window is None else as_int(sliding_window, "sliding_window",
                                                                             func, low=1)
+        self.max_tokens = None if max_tokens is None else as_int(max_tokens, "max_tokens", func, low=1)
         self.is_sliding = self.sliding_window is not None
         self.dtype: torch.dtype | None = None
         self.device: torch.device | None = None
-        self._clear()
+        self._store = None
 
     @staticmethod
     def _check_ranks(ranks: Sequence[int], name: str) -> tuple[int, ...]:
@@ -170,14 +194,6 @@ class LatentLayer(CacheLayerMixin):
         if not out:
             raise ValueError(f"LatentLayer: `{name}` must hold one rank per head group, got an empty sequence")
         return out
-
-    def _clear(self) -> None:
-        self.k_latent: torch.Tensor | None = None
-        self.v_latent: torch.Tensor | None = None
-        self.positions: torch.Tensor | None = None
-        self.length = 0
-        self.sealed = 0
-        self._blocks: list[_Block] = []
 
     # ---- properties -------------------------------------------------------------------------------------
 
@@ -194,37 +210,36 @@ class LatentLayer(CacheLayerMixin):
         return self.bits is not None
 
     @property
+    def length(self) -> int:
+        return 0 if self._store is None else self._store.length
+
+    @property
+    def sealed(self) -> int:
+        """Slots [0, sealed) are quantized."""
+        return 0 if self._store is None else self._store.sealed
+
+    @property
     def capacity(self) -> int:
-        """Slots allocated in ``positions`` (and, unquantized, in ``k_latent`` / ``v_latent``)."""
-        return 0 if self.positions is None else int(self.positions.shape[1])
+        """Slots allocated."""
+        return 0 if self._store is None else self._store.capacity
 
     @property
     def nbytes(self) -> int:
-        """True bytes held for the filled slots: latents (or codes + scales + zeros + window) + positions.
+        """True bytes held for the filled slots: latents (or codes + scales + zeros + window) + positions."""
+        return 0 if self._store is None else self._store.nbytes
 
-        Quantized: every sealed block's ``QuantizedTensor.nbytes`` (payload + scales + zeros), the batch row
-        maps left by beam reordering (int64, if any), the full-precision window and the int32 positions.
-        """
-        if self.positions is None:
-            return 0
-        batch = self.positions.shape[0]
-        total = batch * self.length * self.positions.element_size()
-        if not self.quantized:
-            return total + batch * self.length * (self.k_rank + self.v_rank) * self.k_latent.element_size()
-        total += self.k_latent.numel() * self.k_latent.element_size()
-        total += self.v_latent.numel() * self.v_latent.element_size()
-        for block in self._blocks:
-            total += sum(q.nbytes for q in block.k) + sum(q.nbytes for q in block.v)
-            if block.rows is not None:
-                total += block.rows.numel() * block.rows.element_size()
-        return total
+    @property
+    def host_cache(self):
+        """The C ``palu_c._C.LatentCache`` holding this layer's latents, or None (not on the CPU in float32)."""
+        return getattr(self._store, "c_cache", None)
 
     # ---- transformers CacheLayerMixin interface ---------------------------------------------------------
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         """Take dtype and device from the first latents appended (``key_states`` = hk, ``value_states`` = hv)."""
-        check_quant_device(key_states.device, self.bits)
         self.dtype, self.device = key_states.dtype, key_states.device
+        self._store = _make_store(self.k_ranks, self.v_ranks, self.bits, self.residual, self.quant_group, self.dtype,
+                                  self.device, self.max_tokens)
         self.is_initialized = True
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
@@ -249,8 +264,9 @@ class LatentLayer(CacheLayerMixin):
         return min(self.length, self.sliding_window - 1) + query_length, kv_offset
 
     def reset(self) -> None:
-        """Drop every token (buffers released); the options stay."""
-        self._clear()
+        """Drop every token and buffer; the options stay (the next append may bring another dtype or device)."""
+        self._store = None
+        self.dtype = self.device = None
         self.is_initialized = False
 
     def offload(self) -> None:
@@ -263,22 +279,15 @@ class LatentLayer(CacheLayerMixin):
         """Remove ``-tokens_to_remove`` newest tokens (n < 0), or keep the first n tokens (n > 0, legacy form).
 
         Same semantics as ``DynamicLayer.crop``: a positive value not below the current length is a no-op.
-        Quantized: blocks past the new sealed boundary are re-opened (see the class notes).
+        Quantized: slots past the new window boundary return to the window as their dequantized values, so
+        attention reads exactly what it read before the crop.
         """
         if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, numbers.Integral):
             raise TypeError(f"LatentLayer.crop: `tokens_to_remove` must be an int, got {tokens_to_remove!r}")
         n = int(tokens_to_remove)
-        if n > 0:
-            if n >= self.length:
-                return
-            keep = n
-        elif n == 0:
+        if n == 0 or self._store is None or (n > 0 and n >= self.length):
             return
-        else:
-            keep = max(self.length + n, 0)
-        if self.quantized and self.positions is not None:
-            self._crop_quantized(keep)
-        self.length = keep
+        self._store.crop(n if n > 0 else max(self.length + n, 0))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         """Reorder the batch (beam search): sequence i becomes the old sequence ``beam_idx[i]``."""
@@ -291,51 +300,29 @@ class LatentLayer(CacheLayerMixin):
     def batch_repeat_interleave(self, repeats: int) -> None:
         """Repeat every sequence ``repeats`` times in place (sequence b becomes rows b*repeats ...)."""
         repeats = as_int(repeats, "repeats", "LatentLayer.batch_repeat_interleave", low=1)
-        if self.positions is None:
+        if self._store is None or self._store.batch == 0:
             return
-        index = torch.arange(self.positions.shape[0]).repeat_interleave(repeats)
+        index = torch.arange(self._store.batch).repeat_interleave(repeats)
         self._batch_index(index, "repeats")
 
     def _batch_index(self, index: Any, name: str) -> None:
-        if self.positions is None:
+        if self._store is None or self._store.batch == 0:
             return
         index = torch.as_tensor(index, dtype=torch.long)
-        if index.dim() != 1:
-            raise ValueError(f"LatentLayer: `{name}` must be a 1-D index over the batch, got shape "
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(f"LatentLayer: `{name}` must be a non-empty 1-D index over the batch, got shape "
                              f"{tuple(index.shape)}")
-        batch = self.positions.shape[0]
-        if index.numel() and (int(index.min()) < -batch or int(index.max()) >= batch):
+        batch = self._store.batch
+        host = index.cpu()
+        if int(host.min()) < -batch or int(host.max()) >= batch:
             raise IndexError(f"LatentLayer: `{name}` indexes a batch of {batch} sequences, got values in "
-                             f"[{int(index.min())}, {int(index.max())}]")
-        dev = self.positions.device
-        self.positions = self.positions.index_select(0, index.to(dev) % batch)
-        self.k_latent = self.k_latent.index_select(0, index.to(dev) % batch)
-        self.v_latent = self.v_latent.index_select(0, index.to(dev) % batch)
-        for block in self._blocks:
-            block.select_rows(index.cpu() % batch)
+                             f"[{int(host.min())}, {int(host.max())}]")
+        self._store.select(index % batch)
 
     # ---- latents --------------------------------------------------------------------------------------------
 
-    def update_latent(self, hk: torch.Tensor, hv: torch.Tensor, positions: torch.Tensor):
-        """Append T tokens and return the latents attention must read.
-
-        Parameters
-        ----------
-        hk : Tensor (B, T, Rk)
-        hv : Tensor (B, T, Rv)
-            New key / value latents, floating point, same dtype and device (fixed by the first call).
-        positions : Tensor (B, T), (1, T) or (T,), integer
-            RoPE positions of the new tokens (stored as int32).
-
-        Returns
-        -------
-        hk_all : Tensor (B, S, Rk)
-        hv_all : Tensor (B, S, Rv)
-        positions_all : Tensor (B, S) int32
-            S = length for full attention; with a sliding window the last ``min(old length, window - 1) + T``
-            slots (what ``get_mask_sizes`` announced). Unquantized results are views of the buffers, valid
-            until the next call that changes this layer.
-        """
+    def append_latent(self, hk: torch.Tensor, hv: torch.Tensor, positions: torch.Tensor) -> None:
+        """Append T tokens' latents (see :meth:`update_latent` for the arguments) without reading anything back."""
         func = "LatentLayer.update_latent"
         for name, x, r in (("hk", hk, self.k_rank), ("hv", hv, self.v_rank)):
             if not isinstance(x, torch.Tensor):
@@ -354,19 +341,40 @@ class LatentLayer(CacheLayerMixin):
                              f"{hk.device} (reset the cache to change either)")
         batch, tokens = hk.shape[:2]
         pos = self._check_positions(positions, batch, tokens, func)
-        if self.positions is not None and self.length > 0 and self.positions.shape[0] != batch:
-            raise ValueError(f"{func}: the cache holds {self.positions.shape[0]} sequences, got a batch of {batch} "
+        if self.length > 0 and self._store.batch != batch:
+            raise ValueError(f"{func}: the cache holds {self._store.batch} sequences, got a batch of {batch} "
                              f"(reorder/select the cache, or reset it for a new batch)")
+        self._store.append(hk, hv, pos)
+
+    def update_latent(self, hk: torch.Tensor, hv: torch.Tensor, positions: torch.Tensor):
+        """Append T tokens and return the latents attention must read.
+
+        Parameters
+        ----------
+        hk : Tensor (B, T, Rk)
+        hv : Tensor (B, T, Rv)
+            New key / value latents, floating point, same dtype and device (fixed by the first call).
+        positions : Tensor (B, T), (1, T) or (T,), integer
+            RoPE positions of the new tokens (stored as int32).
+
+        Returns
+        -------
+        hk_all : Tensor (B, S, Rk)
+        hv_all : Tensor (B, S, Rv)
+        positions_all : Tensor (B, S) int32
+            S = length for full attention; with a sliding window the last ``min(old length, window - 1) + T``
+            slots (what ``get_mask_sizes`` announced). Valid until the next call that changes this layer.
+        """
         old = self.length
-        self._append(hk, hv, pos)
+        self.append_latent(hk, hv, positions)
         start = 0 if self.sliding_window is None else max(old - self.sliding_window + 1, 0)
-        return self._read(start)
+        return self._store.read(start)
 
     def latents(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """All held tokens as attention reads them: ``(hk (B, L, Rk), hv (B, L, Rv), positions (B, L))``."""
-        if self.positions is None:
+        if self._store is None or self._store.batch == 0:
             raise ValueError("LatentLayer.latents: the layer holds no tokens yet")
-        return self._read(0)
+        return self._store.read(0)
 
     def _check_positions(self, positions: Any, batch: int, tokens: int, func: str) -> torch.Tensor:
         if not isinstance(positions, torch.Tensor):
@@ -383,128 +391,6 @@ class LatentLayer(CacheLayerMixin):
             raise ValueError(f"{func}: `positions` must lie in [0, 2**31 - 1], got values in "
                              f"[{int(pos.min())}, {int(pos.max())}]")
         return pos.to(device=self.device, dtype=torch.int32).expand(batch, tokens)
-
-    def _grow(self, batch: int, need: int, dense: bool) -> None:
-        """Make room for ``need`` slots (positions, and latents when unquantized), keeping filled slots."""
-        fresh = self.positions is None or self.positions.shape[0] != batch
-        if not fresh and need <= self.capacity:
-            return
-        cap = -(-need // CHUNK) * CHUNK
-        keep = 0 if fresh else self.length
-        pos = torch.zeros((batch, cap), dtype=torch.int32, device=self.device)
-        if keep:
-            pos[:, :keep] = self.positions[:, :keep]
-        self.positions = pos
-        if dense:
-            for name, r in (("k_latent", self.k_rank), ("v_latent", self.v_rank)):
-                buf = torch.zeros((batch, cap, r), dtype=self.dtype, device=self.device)
-                if keep:
-                    buf[:, :keep] = getattr(self, name)[:, :keep]
-                setattr(self, name, buf)
-
-    def _append(self, hk: torch.Tensor, hv: torch.Tensor, pos: torch.Tensor) -> None:
-        batch, tokens = hk.shape[:2]
-        if self.length == 0 and self.positions is not None and self.positions.shape[0] != batch:
-            self._clear()  # empty layer, new batch size: start over
-        end = self.length + tokens
-        self._grow(batch, end, dense=not self.quantized)
-        self.positions[:, self.length:end] = pos
-        if not self.quantized:
-            self.k_latent[:, self.length:end] = hk
-            self.v_latent[:, self.length:end] = hv
-        else:
-            if self.k_latent is None:
-                self.k_latent = hk.new_zeros((batch, 0, self.k_rank))
-                self.v_latent = hv.new_zeros((batch, 0, self.v_rank))
-            self.k_latent = torch.cat([self.k_latent, hk], dim=1)
-            self.v_latent = torch.cat([self.v_latent, hv], dim=1)
-            self._seal_to(self._sealed_target(end))
-        self.length = end
-
-    # ---- quantization ---------------------------------------------------------------------------------------
-
-    def _sealed_target(self, length: int) -> int:
-        """Spec section 3: slots [0, sealed) quantized, 1..residual newest in full precision (residual 0: none)."""
-        if length <= 0:
-            return 0
-        if self.residual == 0:
-            return length
-        return self.residual * ((length - 1) // self.residual)
-
-    def _quantize_cols(self, x: torch.Tensor, ranks: tuple[int, ...]) -> list:
-        out, off = [], 0
-        for r in ranks:
-            part = x[:, :, off:off + r].to(torch.float32).contiguous()
-            out.append(quantize(part, self.bits, group_size=self.quant_group or r))
-            off += r
-        return out
-
-    def _seal_to(self, target: int) -> None:
-        """Quantize window slots [sealed, target) into blocks of ``residual`` slots (residual 0: one block)."""
-        count = target - self.sealed
-        if count <= 0:
-            return
-        step = self.residual if self.residual > 0 else count
-        for off in range(0, count, step):
-            size = min(step, count - off)
-            k = self._quantize_cols(self.k_latent[:, off:off + size], self.k_ranks)
-            v = self._quantize_cols(self.v_latent[:, off:off + size], self.v_ranks)
-            self._blocks.append(_Block(self.sealed + off, size, k, v))
-        # clone: the sealed slots' full-precision copies are really released
-        self.k_latent = self.k_latent[:, count:].clone()
-        self.v_latent = self.v_latent[:, count:].clone()
-        self.sealed = target
-
-    def _dequantize_block(self, block: _Block, parts: list, ranks: tuple[int, ...], lo: int, hi: int) -> torch.Tensor:
-        """Block slots [lo, hi) (block-relative), every group, current batch order: (B, hi - lo, R)."""
-        cols = []
-        for q in parts:
-            x = torch.from_numpy(q.dequantize())[:, lo:hi]
-            if block.rows is not None:
-                x = x.index_select(0, block.rows)
-            cols.append(x)
-        x = torch.cat(cols, dim=2) if len(cols) > 1 else cols[0]
-        return x.to(device=self.device, dtype=self.dtype)
-
-    def _read(self, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        pos = self.positions[:, start:self.length]
-        if not self.quantized:
-            return self.k_latent[:, start:self.length], self.v_latent[:, start:self.length], pos
-        batch = self.positions.shape[0]
-        hk = torch.empty((batch, self.length - start, self.k_rank), dtype=self.dtype, device=self.device)
-        hv = torch.empty((batch, self.length - start, self.v_rank), dtype=self.dtype, device=self.device)
-        for block in self._blocks:
-            lo, hi = max(start, block.start), min(self.length, block.start + block.size)
-            if lo >= hi:
-                continue
-            a, b = lo - block.start, hi - block.start
-            hk[:, lo - start:hi - start] = self._dequantize_block(block, block.k, self.k_ranks, a, b)
-            hv[:, lo - start:hi - start] = self._dequantize_block(block, block.v, self.v_ranks, a, b)
-        w0 = max(start, self.sealed)
-        hk[:, w0 - start:] = self.k_latent[:, w0 - self.sealed:self.length - self.sealed]
-        hv[:, w0 - start:] = self.v_latent[:, w0 - self.sealed:self.length - self.sealed]
-        return hk, hv, pos
-
-    def _crop_quantized(self, keep: int) -> None:
-        target = self._sealed_target(keep)
-        if target >= self.sealed:  # the cut falls inside the window
-            self.k_latent = self.k_latent[:, :keep - self.sealed].clone()
-            self.v_latent = self.v_latent[:, :keep - self.sealed].clone()
-            return
-        reopened_k, reopened_v, kept = [], [], []
-        for block in self._blocks:
-            if block.start + block.size <= target:
-                kept.append(block)
-            elif block.start < keep:
-                hi = min(block.size, keep - block.start)
-                reopened_k.append(self._dequantize_block(block, block.k, self.k_ranks, 0, hi))
-                reopened_v.append(self._dequantize_block(block, block.v, self.v_ranks, 0, hi))
-        batch = self.positions.shape[0]
-        self._blocks = kept
-        self.sealed = kept[-1].start + kept[-1].size if kept else 0
-        self.k_latent = torch.cat(reopened_k, 1) if reopened_k else self.k_latent.new_zeros((batch, 0, self.k_rank))
-        self.v_latent = torch.cat(reopened_v, 1) if reopened_v else self.v_latent.new_zeros((batch, 0, self.v_rank))
-        self._seal_to(target)  # residual 0 only: re-seal what was re-opened
 
     def __repr__(self) -> str:
         quant = "" if self.bits is None else f", bits={self.bits}, residual={self.residual}, sealed={self.sealed}"
@@ -560,10 +446,13 @@ class LatentCache(Cache):
     Parameters
     ----------
     model : transformers PreTrainedModel, optional
-        When given, one layer is created per decoder layer right away: ``module.make_latent_layer()`` for every
+        When given, one layer is created per decoder layer right away: ``module.make_latent_layer(max_tokens)`` for every
         Palu attention module (found by that method and its ``layer_idx``), and for the others the layer
         ``DynamicCache(config=...)`` would create. Without it the list grows on first use (``DynamicLayer`` for
         uncompressed layers, a LatentLayer installed by each Palu layer).
+    max_tokens : int, optional
+        Reserve this many slots per Palu layer at the first append (fixed addresses for CUDA graphs, peak
+        memory known up front); appending past it raises. Needs ``model``.
 
     Examples
     --------
@@ -572,8 +461,10 @@ class LatentCache(Cache):
     >>> palu_c.cache.kv_cache_bytes(cache)
     """
 
-    def __init__(self, model: Any = None):
+    def __init__(self, model: Any = None, *, max_tokens: int | None = None):
         if model is None:
+            if max_tokens is not None:
+                raise ValueError("LatentCache: `max_tokens` needs `model` (the layers are created from it)")
             super().__init__(layer_class_to_replicate=DynamicLayer)
             return
         config = getattr(model, "config", None)
@@ -586,7 +477,7 @@ class LatentCache(Cache):
                 idx = int(module.layer_idx)
                 while len(layers) <= idx:
                     layers.append(DynamicLayer())
-                layers[idx] = make()
+                layers[idx] = make(max_tokens=max_tokens)
         super().__init__(layers=layers)
 
 
@@ -635,4 +526,4 @@ def kv_cache_bytes(cache: Any) -> int:
     return sum(_layer_bytes(layer, seen) for layer in layers)
 
 
-__all__ = ["CHUNK", "LatentLayer", "LatentCache", "install_latent_layer", "kv_cache_bytes", "check_quant_device"]
+__all__ = ["CHUNK", "HostLatentStore", "LatentLayer", "LatentCache", "install_latent_layer", "kv_cache_bytes"]

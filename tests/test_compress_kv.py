@@ -186,8 +186,9 @@ def test_c_decode_path_matches_torch_path(rng, monkeypatch, family, kw, bits):
     model = compress_kv(copy.deepcopy(base), calib_tokens(base, rng), ratio=0.5, group_size=kw["kv_heads"],
                         bits=bits, residual=4, rank_multiple=8, progress=False)
     calls = []
-    real = attention._C.latent_decode_attention
-    monkeypatch.setattr(attention._C, "latent_decode_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = attention._C.latent_cache_decode_attention
+    monkeypatch.setattr(attention._C, "latent_cache_decode_attention",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     ids = torch.as_tensor(rng.integers(1, base.config.vocab_size, (3, 7)))
     mask = torch.ones_like(ids)
     mask[1, :2] = 0

@@ -47,7 +47,6 @@ from palu_c.cache import (  # noqa: E402
     CHUNK,
     LatentCache,
     LatentLayer,
-    check_quant_device,
     install_latent_layer,
     kv_cache_bytes,
 )
@@ -562,7 +561,7 @@ def test_quantized_layer_crop_and_batch_ops(rng, residual):
 
 
 def test_dense_layer_growth_crop_batch_ops_and_sliding(rng):
-    layer = LatentLayer([16], [8, 8])
+    layer = LatentLayer([8, 8], [8, 8])
     hist_k, hist_v, hist_p = [], [], []
     length = 0
     for t in (250, 7, 1, 60):  # crosses the 256-slot chunk
@@ -575,7 +574,7 @@ def test_dense_layer_growth_crop_batch_ops_and_sliding(rng):
     want = [torch.cat(hist_k, 1), torch.cat(hist_v, 1), torch.cat(hist_p, 1).int()]
     for x, y in zip(layer.latents(), want):
         assert torch.equal(x, y)
-    assert layer.nbytes == ref_nbytes(2, length, [16], [8, 8]) and layer.get_mask_sizes(3) == (length + 3, 0)
+    assert layer.nbytes == ref_nbytes(2, length, [8, 8], [8, 8]) and layer.get_mask_sizes(3) == (length + 3, 0)
     layer.crop(-19)
     layer.batch_repeat_interleave(3)
     idx = torch.arange(2).repeat_interleave(3)
@@ -666,14 +665,8 @@ def test_errors(rng):
     cache.layers.append(layer)
     with pytest.raises(TypeError, match="never full keys/values"):
         cache.update(torch.zeros(1, 2, 3, 4), torch.zeros(1, 2, 3, 4), 0)
-    # quantized latents on a non-CPU device (meta tensors stand for CUDA ones)
-    q = LatentLayer([8], [8], bits=4)
+    # latents on another device (meta tensors stand for CUDA ones) go to the torch store
     meta = torch.zeros((1, 2, 8), device="meta")
-    with pytest.raises(NotImplementedError, match="CUDA kernels"):
-        q.update_latent(meta, meta, torch.arange(2))
-    with pytest.raises(NotImplementedError, match="CUDA kernels"):
-        check_quant_device(torch.device("cuda", 0), 2)
-    check_quant_device(torch.device("cuda", 0), None)
     dense_meta = LatentLayer([8], [8])
     assert dense_meta.update_latent(meta, meta, torch.arange(2))[0].shape == (1, 2, 8)
     # options
@@ -683,9 +676,11 @@ def test_errors(rng):
                              (dict(residual=2.0), TypeError, "residual"),
                              (dict(sliding_window=0), ValueError, "sliding_window")]:
         with pytest.raises(exc, match=msg):
-            LatentLayer([8, 16], [8], **kwargs)
+            LatentLayer([8, 16], [8, 8], **kwargs)
     with pytest.raises(ValueError, match="k_ranks"):
         LatentLayer([], [8])
+    with pytest.raises(ValueError, match="one rank per head group each"):
+        LatentLayer([8, 8], [8])
     with pytest.raises(ValueError, match="k_ranks\\[0\\]"):
         LatentLayer([0], [8])
     # update_latent arguments
