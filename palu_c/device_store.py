@@ -81,14 +81,18 @@ class _GroupCodec:
         self.pack_idx = torch.tensor(idx, dtype=torch.long, device=device).flatten()
         self.pack_lsh = torch.tensor(lsh, dtype=torch.long, device=device)
         self.pack_rsh = torch.tensor(rsh, dtype=torch.long, device=device)
-        first = [i * b // 32 for i in range(n)]
-        shift = [i * b % 32 for i in range(n)]
-        # with 32 % b == 0 no code straddles a word: unpacking stays in int32 (an arithmetic right shift then
-        # the mask drops the sign-extended bits, which land at positions >= 32 - shift >= b)
+        # unpacking: with 32 % b == 0 no code straddles a word, and word w holds codes w*32/b .. as fields at
+        # shifts 0, b, 2b ...: a broadcast shift of every word (int32; the arithmetic shift's sign bits land at
+        # positions >= 32 - shift >= b and are masked off). Otherwise (3 bits) each code gathers its first word
+        # and the next one as an int64 pair and shifts.
         self.straddles = 32 % b != 0
-        self.unpack_lo = torch.tensor(first, dtype=torch.long, device=device)
-        self.unpack_hi = torch.tensor([min(w + 1, W - 1) for w in first], dtype=torch.long, device=device)
-        self.unpack_shift = torch.tensor(shift, dtype=torch.long if self.straddles else torch.int32, device=device)
+        if self.straddles:
+            first = [i * b // 32 for i in range(n)]
+            self.unpack_lo = torch.tensor(first, dtype=torch.long, device=device)
+            self.unpack_hi = torch.tensor([min(w + 1, W - 1) for w in first], dtype=torch.long, device=device)
+            self.unpack_shift = torch.tensor([i * b % 32 for i in range(n)], dtype=torch.long, device=device)
+        else:
+            self.unpack_shift = torch.arange(0, 32, b, dtype=torch.int32, device=device)
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, S, n) floating -> codes (B, S, W) int32, scales (B, S, n_sub) float32, zeros (B, S, n_sub)."""
@@ -110,17 +114,24 @@ class _GroupCodec:
         words = (((parts << self.pack_lsh) >> self.pack_rsh) & _MASK32).sum(-1)
         return _to_int32_bits(words), scale, zero
 
-    def dequantize(self, codes: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor) -> torch.Tensor:
-        """codes (B, S, W) int32, scales / zeros (B, S, n_sub) float32 -> x' (B, S, n) float32."""
+    def dequantize_into(self, out: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor,
+                        zeros: torch.Tensor) -> None:
+        """codes (B, S, W) int32, scales / zeros (B, S, n_sub) float32 -> out (B, S, n), any dtype / strides.
+
+        x' = code * scale + zero in the compute dtype, rounded to float32 (the C core's output), then to
+        ``out``'s dtype.
+        """
         lead = codes.shape[:-1]
         if self.straddles:
             words = codes.to(torch.int64) & _MASK32
             pair = words.index_select(-1, self.unpack_lo) | (words.index_select(-1, self.unpack_hi) << 32)
+            q = (pair >> self.unpack_shift) & self.levels
         else:
-            pair = codes.index_select(-1, self.unpack_lo)
-        q = ((pair >> self.unpack_shift) & self.levels).to(self.cdtype).view(*lead, self.n_sub, self.sub)
-        x = q * scales.to(self.cdtype).unsqueeze(-1) + zeros.to(self.cdtype).unsqueeze(-1)
-        return x.to(torch.float32).view(*lead, self.n)
+            q = ((codes.unsqueeze(-1) >> self.unpack_shift) & self.levels).view(*lead, -1)[..., :self.n]
+        q = q.to(self.cdtype).reshape(*lead, self.n_sub, self.sub)
+        x = torch.addcmul(zeros.to(self.cdtype).unsqueeze(-1), q, scales.to(self.cdtype).unsqueeze(-1))
+        x = x.view(*lead, self.n)
+        out.copy_(x if out.dtype == torch.float32 else x.to(torch.float32))
 
 
 class DeviceLatentStore:
@@ -419,19 +430,23 @@ class DeviceLatentStore:
                 zeros[g][:, start:end] = zero
                 off += c.n
 
-    def _dequantize(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sealed slots [lo, hi) as fresh (B, hi - lo, R) tensors in ``dtype`` (float32 values, then cast)."""
-        out = []
-        for codecs, codes, scales, zeros, rank in (
-                (self._k_codecs, self.k_codes, self.k_scales, self.k_zeros, self.k_rank),
-                (self._v_codecs, self.v_codes, self.v_scales, self.v_zeros, self.v_rank)):
-            x = torch.empty((self.batch, hi - lo, rank), dtype=self.dtype, device=self.device)
+    def _dequantize_into(self, hk: torch.Tensor, hv: torch.Tensor, lo: int, hi: int) -> None:
+        """Write sealed slots [lo, hi) into hk (B, hi - lo, Rk) / hv (B, hi - lo, Rv) (views allowed)."""
+        for out, codecs, codes, scales, zeros in (
+                (hk, self._k_codecs, self.k_codes, self.k_scales, self.k_zeros),
+                (hv, self._v_codecs, self.v_codes, self.v_scales, self.v_zeros)):
             off = 0
             for g, c in enumerate(codecs):
-                x[:, :, off:off + c.n] = c.dequantize(codes[g][:, lo:hi], scales[g][:, lo:hi], zeros[g][:, lo:hi])
+                c.dequantize_into(out[:, :, off:off + c.n], codes[g][:, lo:hi], scales[g][:, lo:hi],
+                                  zeros[g][:, lo:hi])
                 off += c.n
-            out.append(x)
-        return out[0], out[1]
+
+    def _dequantize(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sealed slots [lo, hi) as fresh (B, hi - lo, R) tensors in ``dtype``."""
+        hk = torch.empty((self.batch, hi - lo, self.k_rank), dtype=self.dtype, device=self.device)
+        hv = torch.empty((self.batch, hi - lo, self.v_rank), dtype=self.dtype, device=self.device)
+        self._dequantize_into(hk, hv, lo, hi)
+        return hk, hv
 
     def read(self, start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Slots [start, length) as attention reads them.
@@ -461,9 +476,7 @@ class DeviceLatentStore:
         hk = torch.empty((self.batch, L - start, self.k_rank), dtype=self.dtype, device=self.device)
         hv = torch.empty((self.batch, L - start, self.v_rank), dtype=self.dtype, device=self.device)
         if start < S0:
-            qk, qv = self._dequantize(start, S0)
-            hk[:, :S0 - start] = qk
-            hv[:, :S0 - start] = qv
+            self._dequantize_into(hk[:, :S0 - start], hv[:, :S0 - start], start, S0)
         w0 = max(start, S0)  # first window slot read
         if L > w0:
             hk[:, w0 - start:] = self.k_window[:, w0 - S0:L - S0]

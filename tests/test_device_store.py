@@ -248,13 +248,11 @@ def check_error_bound(store, ref) -> None:
             assert (np.abs(got.reshape(xs.shape) - xs) <= bound).all()
 
 
-def random_latents(rng, B, T, dtype, spread=True):
+def random_latents(rng, B, T, dtype):
     """(B, T, Rk), (B, T, Rv) in dtype with per-channel scales and offsets (groups of varied ranges)."""
     out = []
     for R in (sum(K_RANKS), sum(V_RANKS)):
-        x = rng.standard_normal((B, T, R))
-        if spread:
-            x = x * rng.uniform(0.1, 4.0, R) + rng.uniform(-2.0, 2.0, R)
+        x = rng.standard_normal((B, T, R)) * rng.uniform(0.1, 4.0, R) + rng.uniform(-2.0, 2.0, R)
         out.append(torch.from_numpy(x).to(dtype))
     return out
 
