@@ -13,7 +13,8 @@ Design
 * Quantized latents in torch. Sealed slots hold layout-v1 codes (the uint32 words kept as int32 bit patterns,
   since torch has no uint32 arithmetic on every device), float32 scales and zero points; packing and unpacking
   are gathers and shifts over small static index tables, so they run on any device with no atomics.
-* Same numbers as the C core. Encoding and decoding are evaluated in float64 where the device has it (not MPS),
+* Same numbers as the C core. Encoding and decoding are evaluated in float64 where the device has it (not MPS,
+  which gets float32 and is untested),
   exactly as csrc/quant.c does: the codes, scales, zeros and dequantized float32 values are then bit for bit
   those of ``palu_c.quantize`` (one code times a float32 scale is exact in float64, so fused or unfused
   multiply-add round the same). On a float32-only device the layout doc's allowance applies (a neighbouring
@@ -57,7 +58,7 @@ class _GroupCodec:
 
     Packing gathers, for each of the W output words, the K codes that overlap it and shifts them into place
     (a code straddling two words is gathered by both, shifted right for the second); bits never overlap, so
-    the sum over K is the bitwise OR. Index tables are built once per device.
+    the sum over K is the bitwise OR. The index tables live on the store's device, built at its first allocation.
     """
 
     def __init__(self, n: int, bits: int, sub: int, device: torch.device):
@@ -101,7 +102,7 @@ class _GroupCodec:
             x = x.to(torch.float32)
         xs = x.to(self.cdtype).reshape(*lead, self.n_sub, self.sub)
         lo, hi = xs.amin(-1), xs.amax(-1)
-        scale = ((hi - lo) / self.levels).to(torch.float32)  # f32((max - min) / Q), the subtraction exact
+        scale = ((hi - lo) / self.levels).to(torch.float32)  # f32((max - min) / Q) in float64, as the C core
         zero = lo.to(torch.float32)
         s = scale.to(self.cdtype).unsqueeze(-1)
         z = zero.to(self.cdtype).unsqueeze(-1)
