@@ -13,9 +13,8 @@ Design
 * Quantized latents in torch. Sealed slots hold layout-v1 codes (the uint32 words kept as int32 bit patterns,
   since torch has no uint32 arithmetic on every device), float32 scales and zero points; packing and unpacking
   are gathers and shifts over small static index tables, so they run on any device with no atomics.
-* Same numbers as the C core. Encoding and decoding are evaluated in float64 where the device has it (not MPS,
-  which gets float32 and is untested),
-  exactly as csrc/quant.c does: the codes, scales, zeros and dequantized float32 values are then bit for bit
+* Same numbers as the C core. Encoding and decoding are evaluated in float64 where the device has it, exactly
+  as csrc/quant.c does (MPS has no float64 and gets float32; that path is untested): the codes, scales, zeros and dequantized float32 values are then bit for bit
   those of ``palu_c.quantize`` (one code times a float32 scale is exact in float64, so fused or unfused
   multiply-add round the same). On a float32-only device the layout doc's allowance applies (a neighbouring
   code within rounding of a half-integer).
