@@ -14,10 +14,10 @@ Design
   since torch has no uint32 arithmetic on every device), float32 scales and zero points; packing and unpacking
   are gathers and shifts over small static index tables, so they run on any device with no atomics.
 * Same numbers as the C core. Encoding and decoding are evaluated in float64 where the device has it, exactly
-  as csrc/quant.c does (MPS has no float64 and gets float32; that path is untested): the codes, scales, zeros and dequantized float32 values are then bit for bit
-  those of ``palu_c.quantize`` (one code times a float32 scale is exact in float64, so fused or unfused
-  multiply-add round the same). On a float32-only device the layout doc's allowance applies (a neighbouring
-  code within rounding of a half-integer).
+  as csrc/quant.c does: the codes, scales, zeros and dequantized float32 values are then bit for bit those of
+  ``palu_c.quantize`` (one code times a float32 scale is exact in float64, so fused or unfused multiply-add
+  round the same). MPS has no float64 and gets float32 (untested there): the layout doc's allowance then
+  applies (a neighbouring code within rounding of a half-integer).
 * No host synchronization in :meth:`append` / :meth:`read`: every decision (seal or not, which slots) depends on
   Python integer counters only, never on tensor values, so a decode step can be captured in a CUDA graph.
   Allocation happens at the first append, on growth and on a batch change, never in the steady state.
