@@ -172,8 +172,8 @@ class DeviceLatentStore:
     -----
     Slots [0, sealed) are quantized and slots [sealed, length) sit in the window, with
     ``sealed = residual * floor((length - 1) / residual)`` (residual 0: sealed = length). Unquantized stores
-    have sealed = 0. With residual 0 every append is one sealed block; the block boundaries (Python ints) are
-    kept because :meth:`crop` re-quantizes the kept part of a block it cuts (spec section 3).
+    have sealed = 0. Quantization is per token, so a slot's codes never depend on when it was sealed; with
+    residual 0 a crop re-opens nothing (spec section 3).
     """
 
     def __init__(self, k_ranks: Sequence[int], v_ranks: Sequence[int], *, bits: int | None, residual: int,
@@ -232,7 +232,6 @@ class DeviceLatentStore:
         self.v_window: torch.Tensor | None = None
         self._length = 0
         self._sealed = 0
-        self._block_ends: list[int] = []  # residual 0: end slot of every sealed block, ascending
 
     # ---- metadata ---------------------------------------------------------------------------------------------
 
@@ -406,8 +405,6 @@ class DeviceLatentStore:
                 self._seal(self.k_window[:, :w], self.v_window[:, :w], s0)
             if s1 > L0:
                 self._seal(hk[:, :s1 - L0], hv[:, :s1 - L0], L0)
-            if self.residual == 0:
-                self._block_ends.append(s1)
         if self.residual:
             if s1 > s0:
                 self.k_window[:, :L1 - s1] = hk[:, s1 - L0:]
@@ -488,7 +485,7 @@ class DeviceLatentStore:
 
         Quantized (spec section 3): sealed blocks ending after the new sealed boundary are re-opened; their kept
         slots go back into the window as their dequantized values (attention reads what it read before). With
-        residual 0 the kept part of a cut block is re-quantized at once (those tokens are quantized twice).
+        residual 0 nothing is re-opened.
         """
         keep = int(keep)
         if keep >= self._length:
@@ -503,14 +500,7 @@ class DeviceLatentStore:
                     self.k_window[:, :keep - target] = qk
                     self.v_window[:, :keep - target] = qv
                 self._sealed = target
-            else:
-                ends = [e for e in self._block_ends if e <= keep]
-                start = ends[-1] if ends else 0
-                if keep > start:  # the block [start, ...) is cut: its kept slots are quantized again at once
-                    qk, qv = self._dequantize(start, keep)
-                    self._seal(qk, qv, start)
-                    ends.append(keep)
-                self._block_ends = ends
+            else:  # residual 0: every kept slot stays sealed as it is (quantization is per token)
                 self._sealed = keep
         self._length = keep
 
@@ -539,7 +529,6 @@ class DeviceLatentStore:
         addresses, same batch) so captured CUDA graphs stay valid."""
         if self._fixed_capacity is not None and self.positions is not None:
             self._length = self._sealed = 0
-            self._block_ends = []
             return
         self._release()
 

@@ -87,7 +87,6 @@ class RefStore:
         self.bits, self.residual, self.quant_group, self.dtype = bits, residual, quant_group, dtype
         self.B = 0
         self.length = self.sealed = 0
-        self.block_ends: list[int] = []
         self.pos = np.zeros((0, 0), np.int64)
         self.val = {s: np.zeros((0, 0, sum(r))) for s, r in self.ranks.items()}  # what attention reads
         self.src = {s: np.zeros((0, 0, sum(r))) for s, r in self.ranks.items()}  # what was quantized
@@ -130,8 +129,6 @@ class RefStore:
                 deq = qt.dequantize().reshape(x.shape)
                 self.val[s][:, lo:target, off:off + r] = to_dtype64(deq, self.dtype)
                 self._put(s, g, lo, target, payload, scales, zeros)
-        if self.residual == 0:
-            self.block_ends.append(target)
         self.sealed = target
 
     def _put(self, s, g, lo, hi, payload, scales, zeros):
@@ -149,9 +146,8 @@ class RefStore:
                 # blocks ending after sealed(keep) re-open: their kept slots keep their dequantized values
                 self.sealed = ref_sealed(keep, self.residual, self.bits)
             else:
-                # one block per append: keep whole blocks, re-open the cut one and seal it again at once
-                self.block_ends = [e for e in self.block_ends if e <= keep]
-                self.sealed = self.block_ends[-1] if self.block_ends else 0
+                # per-token quantization: every kept slot stays sealed as it is, nothing re-opens
+                self.sealed = keep
         self.length = keep
         self.pos = self.pos[:, :keep]
         for s in ("k", "v"):
@@ -379,15 +375,18 @@ def test_crop_into_sealed_blocks_then_append(rng, residual, bits, dtype):
             check(store, ref, rng)
 
 
-def test_crop_residual_zero_requantizes_the_cut_block_once(rng):
-    # one block per append: [0, 7), [7, 12); crop(4) cuts block 0, whose slots 0..3 are quantized again
+def test_crop_residual_zero_reopens_nothing(rng):
+    # appends of 7 and 5 slots, all sealed at once; crop(4) keeps slots 0..3 exactly as they were sealed
     store, ref = make(4, 0, None)
     append_both(store, ref, rng, 2, 7, torch.float32)
     append_both(store, ref, rng, 2, 5, torch.float32)
+    before = [x.clone() for x in store.read(0)]
     store.crop(4)
     ref.crop(4)
     check(store, ref, rng)
-    assert store.sealed == 4 and ref.block_ends == [4] and store._block_ends == [4]
+    assert store.sealed == 4
+    for x, y in zip(store.read(0), before):
+        assert torch.equal(x, y[:, :4])
     store.crop(4)  # no-op
     check(store, ref, rng)
     store.crop(0)
