@@ -72,7 +72,7 @@ class PaluBuildExt(build_ext):
             use_cuda = False
         stamp = self._force_on_flavour_change(f"cuda={use_cuda} sanitize={sanitize}")
         if sanitize:
-            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g"]
+            san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g", "-DPALU_SANITIZE"]
             ext.extra_compile_args += san
             ext.extra_link_args += ["-fsanitize=address,undefined"]
         if use_cuda:
@@ -127,7 +127,7 @@ extension = Extension(
     sources=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.c")),
     include_dirs=[numpy.get_include(), "csrc", "kernels", "third_party/dlpack/include"],
     define_macros=[("PALU_VERSION", f'"{_version()}"')],
-    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-O2", "-fvisibility=hidden"],
+    extra_compile_args=["-std=c11", "-Wall", "-Wextra", "-O3", "-fvisibility=hidden"],
     extra_link_args=[],
     extra_objects=[],
     libraries=["m"],

@@ -13,11 +13,12 @@
  *     out[b, h] = Uv_head @ (sum_t p_t hv_t[g]) + bv_head,
  * which is exact and costs one (D x rv_g) product per query head instead of one per token.
  *
- * This is the `_ref` twin of the future CUDA decode kernel (STYLE.md rule 9): float32 in and out, float32
- * arithmetic for the up-projections, RoPE and scores; the softmax normalizer and the p-weighted latent
- * sum are accumulated in double. The RoPE angle pos * inv_freq[i] is formed and its cos/sin evaluated in
- * double before rounding to float32 (transformers forms the angle in float32, which loses up to about
- * pos * 2^-24 rad of phase at large positions); cos and sin are then multiplied by attention_scaling.
+ * This is the `_ref` twin of the CUDA decode kernel (STYLE.md rule 9) and the CPU path: float32 in and out,
+ * float32 products (key rebuild, scores, probability-weighted value latents; vectorized loops, see the .c file),
+ * the softmax normalizer accumulated in double. The RoPE angle pos * inv_freq[i] is formed and its
+ * cos/sin evaluated in double before rounding to float32 (transformers forms the angle in float32, which loses
+ * up to about pos * 2^-24 rad of phase at large positions); cos and sin are then multiplied by
+ * attention_scaling.
  *
  * RoPE is the half-rotation (rotate_half) form of Llama / Mistral / Qwen2: with half = D / 2,
  * a_i = pos * inv_freq[i mod half], c_i = cos(a_i) * attention_scaling, s_i = sin(a_i) * attention_scaling,
