@@ -1,0 +1,140 @@
+"""Palu-compressed models on CUDA (the PyTorch path over DeviceLatentStore), against the same model on the CPU.
+
+Reference: the compressed model on the CPU (its C decode path is itself checked against the PyTorch path and
+the uncompressed model in tests/test_compress_kv.py). Tolerances: float32 on both devices (TF32 off, as torch's
+default for matmuls), so logits agree to 1e-3 absolute over prefill and 24 decode steps; greedy generations are
+token-identical. bf16 on CUDA is compared to float32 loosely (it only has to decode sensibly: argmax
+agreement on most steps).
+
+Skips unless palu_c was built with CUDA and torch sees a GPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import palu_c
+
+if not palu_c.build_info()["cuda_compiled"]:
+    pytest.skip("palu_c was built without CUDA (PALU_C_CUDA=0 or no nvcc)", allow_module_level=True)
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+if not torch.cuda.is_available():
+    pytest.skip("torch sees no CUDA device", allow_module_level=True)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tiny_models import tiny_model  # noqa: E402
+
+from palu_c.cache import LatentCache  # noqa: E402
+from palu_c.device_store import DeviceLatentStore  # noqa: E402
+
+CUDA = torch.device("cuda")
+FAMILIES = [("llama", dict(kv_heads=2, head_dim=16)), ("qwen2", dict(kv_heads=2, head_dim=32)),
+            ("mistral", dict(kv_heads=4, head_dim=16))]
+
+
+def compressed(rng, family, kw, bits):
+    base = tiny_model(family=family, layers=2, seed=int(rng.integers(1 << 30)), **kw)
+    calib = torch.as_tensor(rng.integers(0, base.config.vocab_size, (4, 32)))
+    return palu_c.compress_kv(base, calib, ratio=0.5, group_size=kw["kv_heads"], bits=bits, residual=4,
+                              rank_multiple=8, progress=False)
+
+
+def batch(rng, model):
+    ids = torch.as_tensor(rng.integers(1, model.config.vocab_size, (3, 9)))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    mask[2, :5] = 0  # left padding, unequal lengths
+    return ids, mask
+
+
+def run(model, ids, mask, device, **kw):
+    with torch.no_grad():
+        out = model.to(device).generate(ids.to(device), attention_mask=mask.to(device), max_new_tokens=24,
+                                        do_sample=False, output_logits=True, return_dict_in_generate=True, **kw)
+    return out.sequences.cpu(), torch.stack(out.logits, 1).float().cpu()
+
+
+@pytest.mark.parametrize("family, kw", FAMILIES, ids=lambda v: v if isinstance(v, str) else "-".join(map(str, v.values())))
+@pytest.mark.parametrize("bits", [None, 4, 3])
+def test_generate_on_cuda_matches_cpu(rng, family, kw, bits):
+    model = compressed(rng, family, kw, bits)
+    ids, mask = batch(rng, model)
+    seq_cpu, logits_cpu = run(model, ids, mask, "cpu")
+    seq_gpu, logits_gpu = run(model, ids, mask, CUDA)
+    np.testing.assert_allclose(logits_gpu.numpy(), logits_cpu.numpy(), atol=1e-3, rtol=0)
+    assert torch.equal(seq_gpu, seq_cpu)
+
+
+def test_sampling_beam_search_and_crop_on_cuda(rng):
+    model = compressed(rng, "llama", dict(kv_heads=2, head_dim=16), 4).to(CUDA)
+    ids, mask = batch(rng, model)
+    with torch.no_grad():
+        torch.manual_seed(int(rng.integers(1 << 30)))
+        sampled = model.generate(ids.to(CUDA), attention_mask=mask.to(CUDA), max_new_tokens=12, do_sample=True,
+                                 top_k=20)
+        beams = model.generate(ids.to(CUDA), attention_mask=mask.to(CUDA), max_new_tokens=12, num_beams=3,
+                               do_sample=False)
+    assert sampled.shape == (3, 21) and beams.shape == (3, 21)
+    assert int(sampled.max()) < model.config.vocab_size
+    cache = LatentCache(model)
+    with torch.no_grad():
+        model(ids.to(CUDA), attention_mask=mask.to(CUDA), past_key_values=cache, use_cache=True)
+    before = [t.clone() for t in cache.layers[0].latents()]
+    cache.crop(-3)
+    for got, old in zip(cache.layers[0].latents(), before):
+        assert torch.equal(got, old[:, :-3])
+
+
+@pytest.mark.parametrize("bits", [None, 3])
+def test_reserved_capacity_keeps_addresses_and_refuses_overflow(rng, bits):
+    model = compressed(rng, "llama", dict(kv_heads=2, head_dim=16), bits).to(CUDA)
+    ids, mask = batch(rng, model)
+    cache = LatentCache(model, max_tokens=40)
+    with torch.no_grad():
+        out = model(ids.to(CUDA), attention_mask=mask.to(CUDA), past_key_values=cache, use_cache=True)
+        store = cache.layers[0]._store
+        assert isinstance(store, DeviceLatentStore) and store.capacity == 256
+        ptr = store.positions.data_ptr()
+        nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+        full = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1).to(CUDA)
+        for _ in range(5):
+            out = model(nxt, attention_mask=full, past_key_values=cache, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+            full = torch.cat([full, torch.ones(3, 1, dtype=full.dtype, device=CUDA)], 1)
+        assert store.positions.data_ptr() == ptr and store.length == 14
+        big = torch.ones(3, 250, dtype=torch.long, device=CUDA)
+        with pytest.raises(ValueError, match="max_tokens"):
+            model(big, past_key_values=cache, use_cache=True)
+
+
+def test_bf16_on_cuda_decodes_sensibly(rng):
+    model = compressed(rng, "qwen2", dict(kv_heads=2, head_dim=32), 4)
+    ids, mask = batch(rng, model)
+    _, logits32 = run(copy.deepcopy(model), ids, mask, CUDA)
+    seq16, logits16 = run(model.to(torch.bfloat16), ids, mask, CUDA)
+    # the first step sees identical inputs: its argmax should agree almost everywhere
+    agree = (logits16[:, 0].argmax(-1) == logits32[:, 0].argmax(-1)).float().mean()
+    assert agree >= 2 / 3 and torch.isfinite(logits16).all()
+
+
+def test_cache_bytes_match_what_cuda_allocates(rng):
+    """kv_cache_bytes counts the filled slots; the allocator sees the reserved capacity (reserved_bytes)."""
+    model = compressed(rng, "llama", dict(kv_heads=2, head_dim=16), 3).to(CUDA)
+    ids, mask = batch(rng, model)
+    torch.cuda.synchronize()
+    cache = LatentCache(model)
+    before = torch.cuda.memory_allocated()
+    with torch.no_grad():
+        model(ids.to(CUDA), attention_mask=mask.to(CUDA), past_key_values=cache, use_cache=True)
+    torch.cuda.synchronize()
+    reserved = sum(layer._store.reserved_bytes for layer in cache.layers)
+    assert 0 < palu_c.kv_cache_bytes(cache) <= reserved
+    # the layers' buffers are all the cache adds once the forward's temporaries are freed
+    grown = torch.cuda.memory_allocated() - before
+    assert reserved <= grown <= reserved + 64 * 1024
