@@ -173,6 +173,88 @@ static int check_shape(PyArrayObject *arr, const char *name, int nd, const npy_i
     return 0;
 }
 
+/* The arguments both entry points share, converted and checked against each other. */
+typedef struct step_args {
+    PyArrayObject *q, *pad, *freq, *kb, *vb; /* owned (kb, vb NULL when not given) */
+    float *k_up, *v_up;                      /* PyMem: the groups' up-projections one after another */
+    int64_t *k_ranks, *v_ranks;              /* PyMem: NG ranks each */
+    Py_ssize_t groups;                       /* NG */
+    long long group_size;                    /* G */
+    double attention_scaling, scaling;
+    npy_intp B, H, D, Hkv;
+} step_args;
+
+static void step_args_release(step_args *a)
+{
+    Py_XDECREF(a->q);
+    Py_XDECREF(a->pad);
+    Py_XDECREF(a->freq);
+    Py_XDECREF(a->kb);
+    Py_XDECREF(a->vb);
+    PyMem_Free(a->k_up);
+    PyMem_Free(a->v_up);
+    PyMem_Free(a->k_ranks);
+    PyMem_Free(a->v_ranks);
+    memset(a, 0, sizeof *a);
+}
+
+/* Fill `a` from the Python objects; 0, or -1 with an exception set (call step_args_release either way). */
+static int step_args_read(step_args *a, PyObject *q_obj, PyObject *pad_obj, PyObject *kups_obj, PyObject *vups_obj,
+                          PyObject *gs_obj, PyObject *freq_obj, PyObject *as_obj, PyObject *sc_obj, PyObject *kb_obj,
+                          PyObject *vb_obj)
+{
+    Py_ssize_t nv = 0;
+    if (read_int(gs_obj, "group_size", &a->group_size) < 0 ||
+        read_real(as_obj, "attention_scaling", &a->attention_scaling) < 0 || read_real(sc_obj, "scaling", &a->scaling) < 0)
+        return -1;
+    if ((a->q = f32_array(q_obj, "q", 3)) == NULL) return -1;
+    a->B = PyArray_DIM(a->q, 0), a->H = PyArray_DIM(a->q, 1), a->D = PyArray_DIM(a->q, 2);
+    if (a->D % 2 != 0) {
+        PyErr_Format(PyExc_ValueError, "%s: head_dim (q.shape[2]) must be even for RoPE, got %zd", FUNC, a->D);
+        return -1;
+    }
+    if (a->group_size < 1 || a->group_size > PY_SSIZE_T_MAX / a->D) {
+        PyErr_Format(PyExc_ValueError, "%s: `group_size` must be >= 1 (and G*D must fit an index), got %lld", FUNC,
+                     a->group_size);
+        return -1;
+    }
+    const npy_intp rows = (npy_intp)a->group_size * a->D;
+    if (read_ups(kups_obj, "k_ups", rows, &a->k_up, &a->k_ranks, &a->groups) < 0) return -1;
+    if (read_ups(vups_obj, "v_ups", rows, &a->v_up, &a->v_ranks, &nv) < 0) return -1;
+    if (a->groups != nv) {
+        PyErr_Format(PyExc_ValueError, "%s: `k_ups` has %zd groups but `v_ups` has %zd; give one of each per group",
+                     FUNC, a->groups, nv);
+        return -1;
+    }
+    a->Hkv = (npy_intp)(a->groups * a->group_size);
+    if (a->H % a->Hkv != 0) {
+        PyErr_Format(PyExc_ValueError,
+                     "%s: q has %zd heads, not a multiple of the %zd KV heads (len(k_ups) x group_size = %zd x %lld)",
+                     FUNC, a->H, a->Hkv, a->groups, a->group_size);
+        return -1;
+    }
+    const npy_intp want_pad[1] = {a->B}, want_freq[1] = {a->D / 2}, want_bias[1] = {a->Hkv * a->D};
+    if ((a->pad = i32_array(pad_obj, "pad_start", 1)) == NULL) return -1;
+    if (check_shape(a->pad, "pad_start", 1, want_pad, "(B,)") < 0) return -1;
+    if ((a->freq = f32_array(freq_obj, "inv_freq", 1)) == NULL) return -1;
+    if (check_shape(a->freq, "inv_freq", 1, want_freq, "(D/2,)") < 0) return -1;
+    if (kb_obj != Py_None) {
+        if ((a->kb = f32_array(kb_obj, "k_bias", 1)) == NULL) return -1;
+        if (check_shape(a->kb, "k_bias", 1, want_bias, "(Hkv*D,)") < 0) return -1;
+    }
+    if (vb_obj != Py_None) {
+        if ((a->vb = f32_array(vb_obj, "v_bias", 1)) == NULL) return -1;
+        if (check_shape(a->vb, "v_bias", 1, want_bias, "(Hkv*D,)") < 0) return -1;
+    }
+    return 0;
+}
+
+static PyArrayObject *new_out(const step_args *a)
+{
+    const npy_intp dims[3] = {a->B, a->H, a->D};
+    return (PyArrayObject *)PyArray_SimpleNew(3, (npy_intp *)dims, NPY_FLOAT32);
+}
+
 /* _C.latent_decode_attention(q, k_latent, v_latent, positions, pad_start, k_ups, v_ups, group_size, inv_freq,
  *                            attention_scaling, scaling, k_bias=None, v_bias=None) -> out (B, H, D) float32 */
 static PyObject *py_latent_decode_attention(PyObject *module, PyObject *args, PyObject *kwargs)
@@ -181,84 +263,41 @@ static PyObject *py_latent_decode_attention(PyObject *module, PyObject *args, Py
                              "inv_freq", "attention_scaling", "scaling", "k_bias", "v_bias", NULL};
     PyObject *q_obj, *kl_obj, *vl_obj, *pos_obj, *pad_obj, *kups_obj, *vups_obj, *freq_obj;
     PyObject *gs_obj, *as_obj, *sc_obj, *kb_obj = Py_None, *vb_obj = Py_None, *result = NULL;
-    long long group_size;
-    double attention_scaling, scaling;
-    PyArrayObject *q = NULL, *kl = NULL, *vl = NULL, *pos = NULL, *pad = NULL, *freq = NULL, *kb = NULL, *vb = NULL;
-    PyArrayObject *out = NULL;
-    float *k_up = NULL, *v_up = NULL;
-    int64_t *k_ranks = NULL, *v_ranks = NULL;
-    Py_ssize_t nk = 0, nv = 0;
+    PyArrayObject *kl = NULL, *vl = NULL, *pos = NULL, *out = NULL;
+    step_args a;
+    memset(&a, 0, sizeof a);
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOO|OO:latent_decode_attention", kwlist, &q_obj,
                                      &kl_obj, &vl_obj, &pos_obj, &pad_obj, &kups_obj, &vups_obj, &gs_obj,
                                      &freq_obj, &as_obj, &sc_obj, &kb_obj, &vb_obj))
         return NULL;
-    if (read_int(gs_obj, "group_size", &group_size) < 0 || read_real(as_obj, "attention_scaling", &attention_scaling) < 0 ||
-        read_real(sc_obj, "scaling", &scaling) < 0)
-        return NULL;
-    if ((q = f32_array(q_obj, "q", 3)) == NULL) goto done;
-    const npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), D = PyArray_DIM(q, 2);
-    if (D % 2 != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: head_dim (q.shape[2]) must be even for RoPE, got %zd", FUNC, D);
+    if (step_args_read(&a, q_obj, pad_obj, kups_obj, vups_obj, gs_obj, freq_obj, as_obj, sc_obj, kb_obj, vb_obj) < 0)
         goto done;
-    }
-    if (group_size < 1 || group_size > PY_SSIZE_T_MAX / D) {
-        PyErr_Format(PyExc_ValueError, "%s: `group_size` must be >= 1 (and G*D must fit an index), got %lld", FUNC,
-                     group_size);
-        goto done;
-    }
-    if (read_ups(kups_obj, "k_ups", (npy_intp)group_size * D, &k_up, &k_ranks, &nk) < 0) goto done;
-    if (read_ups(vups_obj, "v_ups", (npy_intp)group_size * D, &v_up, &v_ranks, &nv) < 0) goto done;
-    if (nk != nv) {
-        PyErr_Format(PyExc_ValueError, "%s: `k_ups` has %zd groups but `v_ups` has %zd; give one of each per group",
-                     FUNC, nk, nv);
-        goto done;
-    }
-    const npy_intp Hkv = (npy_intp)(nk * group_size);
-    if (H % Hkv != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s: q has %zd heads, not a multiple of the %zd KV heads (len(k_ups) x group_size = %zd x %lld)",
-                     FUNC, H, Hkv, nk, group_size);
-        goto done;
-    }
     npy_intp Rk = 0, Rv = 0;
-    for (Py_ssize_t g = 0; g < nk; g++) {
-        Rk += (npy_intp)k_ranks[g];
-        Rv += (npy_intp)v_ranks[g];
+    for (Py_ssize_t g = 0; g < a.groups; g++) {
+        Rk += (npy_intp)a.k_ranks[g];
+        Rv += (npy_intp)a.v_ranks[g];
     }
     if ((kl = f32_array(kl_obj, "k_latent", 3)) == NULL) goto done;
     const npy_intp T = PyArray_DIM(kl, 1);
-    const npy_intp want_kl[3] = {B, T, Rk}, want_vl[3] = {B, T, Rv}, want_pos[2] = {B, T}, want_pad[1] = {B};
-    const npy_intp want_freq[1] = {D / 2}, want_bias[1] = {Hkv * D};
+    const npy_intp want_kl[3] = {a.B, T, Rk}, want_vl[3] = {a.B, T, Rv}, want_pos[2] = {a.B, T};
     if (check_shape(kl, "k_latent", 3, want_kl, "(B, T, sum of k ranks)") < 0) goto done;
     if ((vl = f32_array(vl_obj, "v_latent", 3)) == NULL) goto done;
     if (check_shape(vl, "v_latent", 3, want_vl, "(B, T, sum of v ranks)") < 0) goto done;
     if ((pos = i32_array(pos_obj, "positions", 2)) == NULL) goto done;
     if (check_shape(pos, "positions", 2, want_pos, "(B, T)") < 0) goto done;
-    if ((pad = i32_array(pad_obj, "pad_start", 1)) == NULL) goto done;
-    if (check_shape(pad, "pad_start", 1, want_pad, "(B,)") < 0) goto done;
-    if ((freq = f32_array(freq_obj, "inv_freq", 1)) == NULL) goto done;
-    if (check_shape(freq, "inv_freq", 1, want_freq, "(D/2,)") < 0) goto done;
-    if (kb_obj != Py_None) {
-        if ((kb = f32_array(kb_obj, "k_bias", 1)) == NULL) goto done;
-        if (check_shape(kb, "k_bias", 1, want_bias, "(Hkv*D,)") < 0) goto done;
-    }
-    if (vb_obj != Py_None) {
-        if ((vb = f32_array(vb_obj, "v_bias", 1)) == NULL) goto done;
-        if (check_shape(vb, "v_bias", 1, want_bias, "(Hkv*D,)") < 0) goto done;
-    }
-    const npy_intp out_dims[3] = {B, H, D};
-    if ((out = (PyArrayObject *)PyArray_SimpleNew(3, (npy_intp *)out_dims, NPY_FLOAT32)) == NULL) goto done;
+    if ((out = new_out(&a)) == NULL) goto done;
 
-    const palu_latent_attn_shape shape = {.batch = B, .tokens = T, .heads = H, .kv_heads = Hkv, .head_dim = D,
-                                          .group_size = group_size, .k_ranks = k_ranks, .v_ranks = v_ranks};
-    const float *qp = PyArray_DATA(q), *klp = PyArray_DATA(kl), *vlp = PyArray_DATA(vl), *fp = PyArray_DATA(freq);
-    const float *kbp = kb ? PyArray_DATA(kb) : NULL, *vbp = vb ? PyArray_DATA(vb) : NULL;
-    const int32_t *posp = PyArray_DATA(pos), *padp = PyArray_DATA(pad);
+    const palu_latent_attn_shape shape = {.batch = a.B, .tokens = T, .heads = a.H, .kv_heads = a.Hkv,
+                                          .head_dim = a.D, .group_size = a.group_size, .k_ranks = a.k_ranks,
+                                          .v_ranks = a.v_ranks};
+    const float *qp = PyArray_DATA(a.q), *klp = PyArray_DATA(kl), *vlp = PyArray_DATA(vl), *fp = PyArray_DATA(a.freq);
+    const float *kbp = a.kb ? PyArray_DATA(a.kb) : NULL, *vbp = a.vb ? PyArray_DATA(a.vb) : NULL;
+    const int32_t *posp = PyArray_DATA(pos), *padp = PyArray_DATA(a.pad);
     float *op = PyArray_DATA(out);
-    const float as = (float)attention_scaling, sc = (float)scaling;
+    const float as = (float)a.attention_scaling, sc = (float)a.scaling;
     palu_status st;
     Py_BEGIN_ALLOW_THREADS
-    st = palu_latent_decode_attention_ref(&shape, qp, klp, vlp, posp, padp, k_up, v_up, kbp, vbp, fp, as, sc, op);
+    st = palu_latent_decode_attention_ref(&shape, qp, klp, vlp, posp, padp, a.k_up, a.v_up, kbp, vbp, fp, as, sc, op);
     Py_END_ALLOW_THREADS
     if (st != PALU_OK) {
         palu_py_raise(module, st, FUNC);
@@ -267,19 +306,11 @@ static PyObject *py_latent_decode_attention(PyObject *module, PyObject *args, Py
     result = (PyObject *)out;
     out = NULL;
 done:
-    Py_XDECREF(q);
     Py_XDECREF(kl);
     Py_XDECREF(vl);
     Py_XDECREF(pos);
-    Py_XDECREF(pad);
-    Py_XDECREF(freq);
-    Py_XDECREF(kb);
-    Py_XDECREF(vb);
     Py_XDECREF(out);
-    PyMem_Free(k_up);
-    PyMem_Free(v_up);
-    PyMem_Free(k_ranks);
-    PyMem_Free(v_ranks);
+    step_args_release(&a);
     return result;
 }
 
@@ -293,79 +324,36 @@ static PyObject *py_latent_cache_decode_attention(PyObject *module, PyObject *ar
     const char *func = "latent_cache_decode_attention";
     PyObject *cache_obj, *q_obj, *pad_obj, *kups_obj, *vups_obj, *freq_obj, *gs_obj, *as_obj, *sc_obj;
     PyObject *kb_obj = Py_None, *vb_obj = Py_None, *result = NULL;
-    long long group_size;
-    double attention_scaling, scaling;
-    PyArrayObject *q = NULL, *pad = NULL, *freq = NULL, *kb = NULL, *vb = NULL, *out = NULL;
-    float *k_up = NULL, *v_up = NULL;
-    int64_t *k_ranks = NULL, *v_ranks = NULL;
-    Py_ssize_t nk = 0, nv = 0;
+    PyArrayObject *out = NULL;
     const palu_latent_cache *cache = NULL;
+    step_args a;
+    memset(&a, 0, sizeof a);
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOO|OO:latent_cache_decode_attention", kwlist, &cache_obj,
                                      &q_obj, &pad_obj, &kups_obj, &vups_obj, &gs_obj, &freq_obj, &as_obj, &sc_obj,
                                      &kb_obj, &vb_obj))
         return NULL;
-    if (read_int(gs_obj, "group_size", &group_size) < 0 || read_real(as_obj, "attention_scaling", &attention_scaling) < 0 ||
-        read_real(sc_obj, "scaling", &scaling) < 0)
-        return NULL;
-    if ((q = f32_array(q_obj, "q", 3)) == NULL) goto done;
-    const npy_intp B = PyArray_DIM(q, 0), H = PyArray_DIM(q, 1), D = PyArray_DIM(q, 2);
-    if (D % 2 != 0) {
-        PyErr_Format(PyExc_ValueError, "%s: head_dim (q.shape[2]) must be even for RoPE, got %zd", func, D);
+    if (step_args_read(&a, q_obj, pad_obj, kups_obj, vups_obj, gs_obj, freq_obj, as_obj, sc_obj, kb_obj, vb_obj) < 0)
         goto done;
-    }
-    if (group_size < 1 || group_size > PY_SSIZE_T_MAX / D) {
-        PyErr_Format(PyExc_ValueError, "%s: `group_size` must be >= 1 (and G*D must fit an index), got %lld", func,
-                     group_size);
-        goto done;
-    }
-    if (read_ups(kups_obj, "k_ups", (npy_intp)group_size * D, &k_up, &k_ranks, &nk) < 0) goto done;
-    if (read_ups(vups_obj, "v_ups", (npy_intp)group_size * D, &v_up, &v_ranks, &nv) < 0) goto done;
-    if (nk != nv) {
-        PyErr_Format(PyExc_ValueError, "%s: `k_ups` has %zd groups but `v_ups` has %zd; give one of each per group",
-                     func, nk, nv);
-        goto done;
-    }
-    const npy_intp Hkv = (npy_intp)(nk * group_size);
-    if (H % Hkv != 0) {
-        PyErr_Format(PyExc_ValueError,
-                     "%s: q has %zd heads, not a multiple of the %zd KV heads (len(k_ups) x group_size = %zd x %lld)",
-                     func, H, Hkv, nk, group_size);
-        goto done;
-    }
-    const npy_intp want_pad[1] = {B}, want_freq[1] = {D / 2}, want_bias[1] = {Hkv * D};
-    if ((pad = i32_array(pad_obj, "pad_start", 1)) == NULL) goto done;
-    if (check_shape(pad, "pad_start", 1, want_pad, "(B,)") < 0) goto done;
-    if ((freq = f32_array(freq_obj, "inv_freq", 1)) == NULL) goto done;
-    if (check_shape(freq, "inv_freq", 1, want_freq, "(D/2,)") < 0) goto done;
-    if (kb_obj != Py_None) {
-        if ((kb = f32_array(kb_obj, "k_bias", 1)) == NULL) goto done;
-        if (check_shape(kb, "k_bias", 1, want_bias, "(Hkv*D,)") < 0) goto done;
-    }
-    if (vb_obj != Py_None) {
-        if ((vb = f32_array(vb_obj, "v_bias", 1)) == NULL) goto done;
-        if (check_shape(vb, "v_bias", 1, want_bias, "(Hkv*D,)") < 0) goto done;
-    }
-    const npy_intp out_dims[3] = {B, H, D};
-    if ((out = (PyArrayObject *)PyArray_SimpleNew(3, (npy_intp *)out_dims, NPY_FLOAT32)) == NULL) goto done;
+    if ((out = new_out(&a)) == NULL) goto done;
     if ((cache = palu_py_latent_cache_acquire(module, cache_obj, func)) == NULL) goto done;
+    if (a.groups != cache->k.n_groups) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd up-projection groups given, the cache has %lld head groups", func,
+                     a.groups, (long long)cache->k.n_groups);
+        palu_py_latent_cache_release(cache_obj);
+        goto done;
+    }
     {
-        const palu_latent_attn_shape shape = {.batch = B, .tokens = cache->length, .heads = H, .kv_heads = Hkv,
-                                              .head_dim = D, .group_size = group_size, .k_ranks = k_ranks,
-                                              .v_ranks = v_ranks};
-        const float *qp = PyArray_DATA(q), *fp = PyArray_DATA(freq);
-        const float *kbp = kb ? PyArray_DATA(kb) : NULL, *vbp = vb ? PyArray_DATA(vb) : NULL;
-        const int32_t *padp = PyArray_DATA(pad);
+        const palu_latent_attn_shape shape = {.batch = a.B, .tokens = cache->length, .heads = a.H, .kv_heads = a.Hkv,
+                                              .head_dim = a.D, .group_size = a.group_size, .k_ranks = a.k_ranks,
+                                              .v_ranks = a.v_ranks};
+        const float *qp = PyArray_DATA(a.q), *fp = PyArray_DATA(a.freq);
+        const float *kbp = a.kb ? PyArray_DATA(a.kb) : NULL, *vbp = a.vb ? PyArray_DATA(a.vb) : NULL;
+        const int32_t *padp = PyArray_DATA(a.pad);
         float *op = PyArray_DATA(out);
-        const float as = (float)attention_scaling, sc = (float)scaling;
+        const float as = (float)a.attention_scaling, sc = (float)a.scaling;
         palu_status st;
-        if (nk != cache->k.n_groups) {
-            PyErr_Format(PyExc_ValueError, "%s: %zd up-projection groups given, the cache has %lld head groups", func,
-                         nk, (long long)cache->k.n_groups);
-            palu_py_latent_cache_release(cache_obj);
-            goto done;
-        }
         Py_BEGIN_ALLOW_THREADS
-        st = palu_latent_cache_decode_attention_ref(&shape, cache, qp, padp, k_up, v_up, kbp, vbp, fp, as, sc, op);
+        st = palu_latent_cache_decode_attention_ref(&shape, cache, qp, padp, a.k_up, a.v_up, kbp, vbp, fp, as, sc, op);
         Py_END_ALLOW_THREADS
         palu_py_latent_cache_release(cache_obj);
         if (st != PALU_OK) {
@@ -376,16 +364,8 @@ static PyObject *py_latent_cache_decode_attention(PyObject *module, PyObject *ar
     result = (PyObject *)out;
     out = NULL;
 done:
-    Py_XDECREF(q);
-    Py_XDECREF(pad);
-    Py_XDECREF(freq);
-    Py_XDECREF(kb);
-    Py_XDECREF(vb);
     Py_XDECREF(out);
-    PyMem_Free(k_up);
-    PyMem_Free(v_up);
-    PyMem_Free(k_ranks);
-    PyMem_Free(v_ranks);
+    step_args_release(&a);
     return result;
 }
 
