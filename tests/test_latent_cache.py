@@ -747,3 +747,26 @@ def test_errors(rng):
         PaluAttention(base, lc, kd, kus, vd, vus, rot, bits=1)
     with pytest.raises(TypeError, match="Llama-style"):
         PaluAttention(torch.nn.Linear(2, 2), lc, kd, kus, vd, vus, rot)
+
+
+def test_store_routing_by_device_dtype_and_capacity(rng):
+    """CPU float32 latents live in the C LatentCache (read in place by the C decode path); other dtypes and a
+    reserved capacity use the torch store; both report the same bytes for the same tokens (float32)."""
+    from palu_c.cache import HostLatentStore
+    from palu_c.device_store import DeviceLatentStore
+
+    hk, hv = _random_latents(rng, 2, 9, 32, 16)
+    pos = torch.arange(9)
+    host, fixed, half = (LatentLayer([16, 16], [8, 8], bits=3, residual=4), LatentLayer([16, 16], [8, 8], bits=3,
+                         residual=4, max_tokens=20), LatentLayer([16, 16], [8, 8], bits=3, residual=4))
+    host.update_latent(hk, hv, pos)
+    fixed.update_latent(hk, hv, pos)
+    half.update_latent(hk.to(torch.bfloat16), hv.to(torch.bfloat16), pos)
+    assert isinstance(host._store, HostLatentStore) and isinstance(host.host_cache, palu_c._C.LatentCache)
+    assert isinstance(fixed._store, DeviceLatentStore) and fixed.host_cache is None and fixed.capacity == 256
+    assert isinstance(half._store, DeviceLatentStore) and half.latents()[0].dtype == torch.bfloat16
+    assert host.nbytes == fixed.nbytes
+    for x, y in zip(host.latents(), fixed.latents()):
+        assert torch.equal(x, y)  # same quantization formulas (float64) on both stores
+    with pytest.raises(ValueError, match="max_tokens"):
+        fixed.update_latent(*_random_latents(rng, 2, 250, 32, 16), torch.arange(9, 259))
