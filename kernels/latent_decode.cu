@@ -19,6 +19,7 @@
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #ifndef PALU_EMULATE
@@ -39,7 +40,6 @@ constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles)
 constexpr int kMergeThreads = 128;
 constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
 constexpr size_t kDefaultSmem = 48 * 1024;
-constexpr float kLog2e = 1.4426950408889634f;
 
 /* Ranks and column offsets of every group (the kernels read their own group's entry). */
 struct GroupTable {
@@ -409,6 +409,304 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams 
     }
 }
 
+/* ---- v2: tensor cores ---------------------------------------------------------------------------------------- */
+
+/* Shared memory of a v2 CTA: Uk of the head (D rows of rk + 8 halves: the 16-byte pad makes the 8 row addresses
+ * of every ldmatrix hit 8 different bank groups), the key bias, the RoPE table (hi, lo turn split of inv_freq,
+ * cos and sin of 8 * inv_freq) and, per warp, two stages of a 32-token tile: key latents, value latents (rows
+ * padded likewise) and positions. */
+struct V2Layout {
+    size_t uk, bias, turn, stages, stage_bytes, hk, hv, pos, total;
+    int ukst, hkst, hvst; /* row strides in bytes */
+};
+
+__host__ __device__ inline V2Layout v2_layout(int D, int rk, int rv, int warps)
+{
+    V2Layout L;
+    L.ukst = (rk + 8) * 2, L.hkst = (rk + 8) * 2, L.hvst = (rv + 8) * 2;
+    size_t o = 0;
+    L.uk = o, o = align16(o + (size_t)D * L.ukst);
+    L.bias = o, o = align16(o + (size_t)D * 4);
+    L.turn = o, o = align16(o + (size_t)(D / 2) * 16);
+    L.hk = 0;
+    L.hv = align16((size_t)kV2Tile * L.hkst);
+    L.pos = align16(L.hv + (size_t)kV2Tile * L.hvst);
+    L.stage_bytes = align16(L.pos + (size_t)kV2Tile * 4);
+    L.stages = o, o += (size_t)warps * 2 * L.stage_bytes;
+    L.total = o;
+    return L;
+}
+
+/* One CTA = (KV head, slice, sequence), `warps` warps that each stream their own part of the slice in 32-token
+ * tiles (two stages, cp.async) and write their own partial. Per tile and warp (m16n8k16 fragments; g = lane / 4
+ * and c = lane % 4 below):
+ *   K (32 x D)  = HK (32 x rk) . Uk^T      two m16 row tiles x four n8 column tiles per pass: columns
+ *                                          {2kk, 2kk+1} and their RoPE partners + D/2, so dims d and d + D/2
+ *                                          land in the same thread; accumulators start at the bias
+ *   RoPE on the fp32 accumulators (precise angle; consecutive positions: one angle per (token, pair) in four,
+ *   the others by rotating with cos/sin(8 inv_freq))
+ *   S (16 x 32) = Q (n_rep rows of 16) . K^T   the rotated accumulators, rounded to T, are S's B operand as they
+ *                                          sit (rows g of tile m = tokens 16m + g, columns = dims)
+ *   online softmax on S's rows g (heads), max over the quad by shuffles
+ *   z^T (rv x 8) += HV^T (rv x 32) . P^T   A by ldmatrix.trans from the value tile, B = P straight from S's
+ *                                          registers; the rescale of column (head) 2c+e takes head 2c+e's alpha
+ *                                          from lane 4 (2c+e)
+ * RKT k-steps of HK stay in registers across the D/32 passes when rk <= 16 RKT (else reloaded per pass);
+ * RVT bounds rv / 16. */
+template <typename T, int D, int RKT, int RVT>
+__global__ void __launch_bounds__(128) decode_v2_kernel(const DecodeParams p)
+{
+    constexpr int HALF = D / 2, KSTEPS = D / 16, PASSES = D / 32;
+    char *smem = dev::dyn_smem();
+    const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int g = kvh / p.G, j = kvh - g * p.G;
+    const int rk = p.groups.rk[g], rv = p.groups.rv[g], kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
+    const int n_rep = p.n_rep, T_len = p.T, h0 = kvh * n_rep, tid = threadIdx.x;
+    const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
+    const int gq = lane >> 2, cq = lane & 3;
+    const int rkt = rk / 16, rvt = rv / 16, nch = (rkt + RKT - 1) / RKT;
+    const bool resident = nch == 1;
+    const V2Layout L = v2_layout(D, rk, rv, warps);
+    char *uk = smem + L.uk;
+    float *bias = reinterpret_cast<float *>(smem + L.bias);
+    float4 *turn = reinterpret_cast<float4 *>(smem + L.turn);
+
+    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * rk;
+    const int ukc = rk / 8; /* 16-byte chunks per row */
+    for (int e = tid; e < D * ukc; e += blockDim.x) {
+        const int d = e / ukc, cc = e - d * ukc;
+        dev::cp_async16(uk + d * L.ukst + cc * 16, ukg + (size_t)d * rk + cc * 8, true);
+    }
+    dev::cp_async_commit();
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int i = tid; i < HALF; i += blockDim.x) {
+        const float2 tr = turn_split(p.inv_freq[i]);
+        double s8, c8;
+        sincos(8.0 * (double)p.inv_freq[i], &s8, &c8);
+        turn[i] = make_float4(tr.x, tr.y, (float)c8, (float)s8);
+    }
+    dev::cp_async_wait<0>();
+    dev::sync_cta();
+
+    /* this warp's slots [wb, we): the slice of pidx among splits * warps, in whole tiles */
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps, pidx = split * warps + warp;
+    const int chunk = ((len + nparts - 1) / nparts + kV2Tile - 1) / kV2Tile * kV2Tile;
+    const int wb = ps + pidx * chunk;
+    const int we = bad_pad ? wb : min(T_len, wb + chunk);
+    const int ntiles = we > wb ? (we - wb + kV2Tile - 1) / kV2Tile : 0;
+
+    /* Q as the A operand: row g = head h0 + g (rows >= n_rep and g + 8 are zero); qa/qb = dims 16ks + 2c (+8) */
+    uint32_t qa[KSTEPS], qb[KSTEPS];
+    {
+        const T *qr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ks++) {
+            qa[ks] = gq < n_rep ? *reinterpret_cast<const uint32_t *>(qr + 16 * ks) : 0u;
+            qb[ks] = gq < n_rep ? *reinterpret_cast<const uint32_t *>(qr + 16 * ks + 8) : 0u;
+        }
+    }
+
+    float zacc[RVT][4];
+#pragma unroll
+    for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
+    float m_run = -INFINITY, l_run = 0.0f;
+
+    char *stage0 = smem + L.stages + (size_t)warp * 2 * L.stage_bytes;
+    const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
+    const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
+    const int32_t *posg = p.positions + (size_t)b * p.pbs;
+    auto load_tile = [&](int it, char *st) {
+        const int tb = wb + it * kV2Tile, kc = rk / 8, vc = rv / 8;
+        for (int e = lane; e < kV2Tile * kc; e += 32) {
+            const int r = e / kc, cc = e - r * kc;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + L.hk + r * L.hkst + cc * 16, ok ? klg + (size_t)(tb + r) * p.kts + cc * 8 : klg, ok);
+        }
+        for (int e = lane; e < kV2Tile * vc; e += 32) {
+            const int r = e / vc, cc = e - r * vc;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + L.hv + r * L.hvst + cc * 16, ok ? vlg + (size_t)(tb + r) * p.vts + cc * 8 : vlg, ok);
+        }
+        const bool ok = tb + lane < we;
+        dev::cp_async4(st + L.pos + lane * 4, ok ? posg + tb + lane : posg, ok);
+        dev::cp_async_commit();
+    };
+
+    if (ntiles > 0) load_tile(0, stage0);
+    for (int it = 0; it < ntiles; it++) {
+        const char *st = stage0 + (it & 1) * L.stage_bytes;
+        if (it + 1 < ntiles) {
+            load_tile(it + 1, stage0 + ((it + 1) & 1) * L.stage_bytes);
+            dev::cp_async_wait<1>();
+        } else {
+            dev::cp_async_wait<0>();
+        }
+        dev::sync_warp();
+        const int nvalid = min(kV2Tile, we - (wb + it * kV2Tile));
+        const char *hk = st + L.hk, *hv = st + L.hv;
+        const int *tpos_s = reinterpret_cast<const int *>(st + L.pos);
+        const int mypos = tpos_s[lane];
+        const int p0 = dev::shfl_int(mypos, 0);
+        const bool consec = dev::all_lanes(lane >= nvalid || mypos == p0 + lane);
+        int tpos[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) tpos[u] = tpos_s[gq + 8 * u];
+
+        uint32_t af[2][RKT][4];
+        auto load_a = [&](int s0) {
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int s = 0; s < RKT; s++)
+                    if (s0 + s < rkt)
+                        dev::ldsm_x4(af[m][s], hk + (16 * m + (lane & 15)) * L.hkst + (16 * (s0 + s) + (lane >> 4) * 8) * 2);
+        };
+        if (resident) load_a(0);
+
+        float sacc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++) {
+            float acc[2][4][4]; /* [m tile][column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment] */
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int dim = 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq;
+                const float b0 = bias[dim], b1 = bias[dim + 1];
+#pragma unroll
+                for (int m = 0; m < 2; m++) acc[m][q][0] = b0, acc[m][q][1] = b1, acc[m][q][2] = b0, acc[m][q][3] = b1;
+            }
+            for (int ch = 0; ch < nch; ch++) {
+                if (!resident) load_a(ch * RKT);
+#pragma unroll
+                for (int s = 0; s < RKT; s++) {
+                    const int ks = ch * RKT + s;
+                    if (ks < rkt) {
+                        uint32_t blo[4], bhi[4];
+                        const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
+                        const int rcol = 16 * ks + ((lane >> 3) & 1) * 8;
+                        dev::ldsm_x4(blo, uk + drow * L.ukst + rcol * 2);
+                        dev::ldsm_x4(bhi, uk + (drow + HALF) * L.ukst + rcol * 2);
+#pragma unroll
+                        for (int m = 0; m < 2; m++) {
+                            dev::mma16816<T>(acc[m][0], af[m][s], blo[0], blo[1]);
+                            dev::mma16816<T>(acc[m][1], af[m][s], blo[2], blo[3]);
+                            dev::mma16816<T>(acc[m][2], af[m][s], bhi[0], bhi[1]);
+                            dev::mma16816<T>(acc[m][3], af[m][s], bhi[2], bhi[3]);
+                        }
+                    }
+                }
+            }
+            /* RoPE: pair i = 16kk + 8qq + 2c + e, tokens g + 8u (u = 2m + row half) */
+#pragma unroll
+            for (int qq = 0; qq < 2; qq++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float4 tf = turn[16 * kk + 8 * qq + 2 * cq + e];
+                    const float2 tr = make_float2(tf.x, tf.y);
+                    float cs[4], sn[4];
+                    if (consec) {
+                        rope_cos_sin(p0 + gq, tr, &cs[0], &sn[0]);
+#pragma unroll
+                        for (int u = 1; u < 4; u++) {
+                            cs[u] = cs[u - 1] * tf.z - sn[u - 1] * tf.w;
+                            sn[u] = sn[u - 1] * tf.z + cs[u - 1] * tf.w;
+                        }
+                    } else {
+#pragma unroll
+                        for (int u = 0; u < 4; u++) rope_cos_sin(tpos[u], tr, &cs[u], &sn[u]);
+                    }
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        const int m = u >> 1, r = (u & 1) * 2 + e;
+                        const float lo = acc[m][qq][r], hi = acc[m][qq + 2][r];
+                        acc[m][qq][r] = lo * cs[u] - hi * sn[u];
+                        acc[m][qq + 2][r] = hi * cs[u] + lo * sn[u];
+                    }
+                }
+            /* scores: k-steps kk (dims 16kk..) and kk + D/32 (their partners), token column tiles n = 2m + half */
+            const uint32_t qlo[4] = {qa[kk], 0u, qb[kk], 0u};
+            const uint32_t qhi[4] = {qa[kk + KSTEPS / 2], 0u, qb[kk + KSTEPS / 2], 0u};
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const int m = n >> 1, rh = (n & 1) * 2;
+                dev::mma16816<T>(sacc[n], qlo, Num<T>::pack(acc[m][0][rh], acc[m][0][rh + 1]),
+                                 Num<T>::pack(acc[m][1][rh], acc[m][1][rh + 1]));
+                dev::mma16816<T>(sacc[n], qhi, Num<T>::pack(acc[m][2][rh], acc[m][2][rh + 1]),
+                                 Num<T>::pack(acc[m][3][rh], acc[m][3][rh + 1]));
+            }
+        }
+
+        /* online softmax over this tile: row g = head, tokens 8n + 2c + e */
+        float pv[4][2], mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float v = 8 * n + 2 * cq + e < nvalid ? sacc[n][e] * p.score_scale : -INFINITY;
+                pv[n][e] = v;
+                mx = fmaxf(mx, v);
+            }
+        mx = fmaxf(mx, dev::shfl_xor(mx, 1));
+        mx = fmaxf(mx, dev::shfl_xor(mx, 2));
+        const float m_new = fmaxf(m_run, mx); /* finite: every tile holds a valid slot */
+        const float alpha = dev::ex2(m_run - m_new);
+        float lsum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                pv[n][e] = dev::ex2(pv[n][e] - m_new);
+                lsum += pv[n][e];
+            }
+        l_run = l_run * alpha + lsum;
+        m_run = m_new;
+        const float a0 = dev::shfl(alpha, 8 * cq), a1 = dev::shfl(alpha, 8 * cq + 4);
+#pragma unroll
+        for (int u = 0; u < RVT; u++)
+            if (u < rvt) zacc[u][0] *= a0, zacc[u][1] *= a1, zacc[u][2] *= a0, zacc[u][3] *= a1;
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const uint32_t pb0 = Num<T>::pack(pv[2 * s][0], pv[2 * s][1]);
+            const uint32_t pb1 = Num<T>::pack(pv[2 * s + 1][0], pv[2 * s + 1][1]);
+            const int tok = 16 * s + ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+            for (int u = 0; u < RVT; u++) {
+                if (u < rvt) {
+                    uint32_t av[4];
+                    dev::ldsm_x4_trans(av, hv + tok * L.hvst + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+                    dev::mma16816<T>(zacc[u], av, pb0, pb1);
+                }
+            }
+        }
+        dev::sync_warp(); /* every lane is done with this stage before it is refilled */
+    }
+
+    /* partials: m, l (summed over the quad) and z^T (dims 16u + g (+8), heads 2c + e) */
+    float l = l_run + dev::shfl_xor(l_run, 1);
+    l += dev::shfl_xor(l, 2);
+    const float nan = __int_as_float(0x7fc00000);
+    if (cq == 0 && gq < n_rep) {
+        float *w = partial(p, b, h0 + gq, pidx);
+        w[0] = bad_pad ? nan : m_run;
+        w[1] = bad_pad ? nan : l;
+    }
+#pragma unroll
+    for (int u = 0; u < RVT; u++)
+        if (u < rvt)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int head = 2 * cq + e;
+                if (head < n_rep) {
+                    float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
+                    w[0] = bad_pad ? nan : zacc[u][e];
+                    w[8] = bad_pad ? nan : zacc[u][2 + e];
+                }
+            }
+}
+
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
@@ -530,18 +828,83 @@ int64_t workspace_floats(const palu_latent_decode_args *a, const Plan &pl)
     return a->batch * a->heads * (int64_t)pl.splits_max * pl.partials_per_cta * pl.ws_stride;
 }
 
-/* v1 only in this version: the tensor-core kernel lands next. */
+/* Why v2 cannot run this call (NULL when it can); *warps and *smem get its CTA shape. Pointers that are NULL
+ * (the workspace query) count as aligned. */
 const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
                            size_t *smem, char *why, size_t why_len)
 {
-    (void)a, (void)max_rk, (void)max_rv, (void)smem_optin, (void)warps, (void)smem, (void)why, (void)why_len;
-    return "this build has no tensor-core kernel yet";
+    const int64_t D = a->head_dim, n_rep = a->heads / a->kv_heads;
+    if (D != 64 && D != 128) return snprintf(why, why_len, "head_dim %lld (v2 takes 64 or 128)", (long long)D), why;
+    if (n_rep > 8)
+        return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v2 takes at most 8)", (long long)n_rep), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] % 16 || a->v_ranks[g] % 16)
+            return snprintf(why, why_len, "group %lld has ranks k %lld / v %lld; v2 needs multiples of 16", (long long)g,
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g]),
+                   why;
+    if (max_rv > 16 * 16) return snprintf(why, why_len, "value rank %d (v2 takes at most 256)", max_rv), why;
+    const bool misaligned = (a->q && ((uintptr_t)a->q & 3)) || (a->k_latent && !aligned16(a->k_latent)) ||
+                            (a->v_latent && !aligned16(a->v_latent)) || (a->k_up && !aligned16(a->k_up)) ||
+                            a->k_token_stride % 8 || a->k_batch_stride % 8 || a->v_token_stride % 8 ||
+                            a->v_batch_stride % 8;
+    if (misaligned)
+        return snprintf(why, why_len, "latents / k_up not 16-byte aligned, or latent strides (k %lld/%lld, v "
+                        "%lld/%lld) not multiples of 8 elements", (long long)a->k_batch_stride,
+                        (long long)a->k_token_stride, (long long)a->v_batch_stride, (long long)a->v_token_stride),
+               why;
+    for (int w = 4; w >= 1; w /= 2) {
+        const size_t need = v2_layout((int)D, max_rk, max_rv, w).total;
+        if (need <= (size_t)smem_optin) {
+            *warps = w;
+            *smem = need;
+            return NULL;
+        }
+    }
+    return snprintf(why, why_len, "ranks up to k %d / v %d need %zu bytes of shared memory with one warp; the device "
+                    "allows %d", max_rk, max_rv, v2_layout((int)D, max_rk, max_rv, 1).total, smem_optin),
+           why;
+}
+
+template <typename T, int D, int RKT, int RVT>
+palu_status launch_v2(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    void (*kern)(DecodeParams) = decode_v2_kernel<T, D, RKT, RVT>;
+    if (pl.smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+/* Rank buckets: HK fragments resident for rk <= 64 (RKT 4) or <= 128 (RKT 8); larger keys reload them per pass. */
+template <typename T, int D> palu_status launch_v2_bucket(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.max_rk <= 64 && pl.max_rv <= 64) return launch_v2<T, D, 4, 4>(p, pl, stream);
+    if (pl.max_rk <= 128 && pl.max_rv <= 128) return launch_v2<T, D, 8, 8>(p, pl, stream);
+    return launch_v2<T, D, 4, 16>(p, pl, stream);
 }
 
 palu_status dispatch_v2(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    (void)a, (void)p, (void)pl, (void)stream;
-    return palu_fail(PALU_ERR_INTERNAL, "no tensor-core kernel in this build");
+    switch (a->dtype) {
+    case PALU_DTYPE_F16:
+        switch (p.D) {
+        case 64: return launch_v2_bucket<__half, 64>(p, pl, stream);
+        case 128: return launch_v2_bucket<__half, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    case PALU_DTYPE_BF16:
+        switch (p.D) {
+        case 64: return launch_v2_bucket<__nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_v2_bucket<__nv_bfloat16, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no tensor-core kernel", palu_dtype_name(a->dtype));
+    }
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no tensor-core kernel (64 or 128)", p.D);
 }
 
 palu_status check_pointers(const palu_latent_decode_args *a)
@@ -667,10 +1030,19 @@ extern "C" palu_status palu_latent_decode_cuda_workspace(const palu_latent_decod
 {
     if (floats == NULL) return palu_fail(PALU_ERR_VALUE, "`floats` is NULL");
     return on_device(device, [&]() -> palu_status {
+        /* auto may fall back to v1 at launch (e.g. misaligned pointers, unknown here): size for both */
         Plan pl;
         palu_status st = make_plan(a, device, &pl);
-        if (st == PALU_OK) *floats = workspace_floats(a, pl);
-        return st;
+        if (st != PALU_OK) return st;
+        *floats = workspace_floats(a, pl);
+        if (a->impl == PALU_LATENT_DECODE_AUTO && pl.impl == 2) {
+            palu_latent_decode_args v1 = *a;
+            v1.impl = PALU_LATENT_DECODE_V1;
+            Plan p1;
+            if (make_plan(&v1, device, &p1) == PALU_OK && workspace_floats(a, p1) > *floats)
+                *floats = workspace_floats(a, p1);
+        }
+        return PALU_OK;
     });
 }
 
