@@ -70,6 +70,7 @@ static int palu_exec(PyObject *mod)
     if (palu_hadamard_module_init(mod) < 0) return -1;
     if (palu_latent_attention_module_init(mod) < 0) return -1;
     if (palu_latent_cache_module_init(mod) < 0) return -1;
+    if (palu_latent_decode_module_init(mod) < 0) return -1;
     return 0;
 }
 

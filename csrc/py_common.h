@@ -67,6 +67,7 @@ int palu_rank_alloc_module_init(PyObject *mod);
 int palu_hadamard_module_init(PyObject *mod);
 int palu_latent_attention_module_init(PyObject *mod);
 int palu_latent_cache_module_init(PyObject *mod);
+int palu_latent_decode_module_init(PyObject *mod);
 
 /* py_latent_cache.c: the palu_latent_cache inside a LatentCache object, marked busy so that no other thread
  * touches it while the caller works with the GIL released; NULL with TypeError (not a LatentCache) or

@@ -1,0 +1,1076 @@
+/* latent_decode.cu -- fused decode attention over latent keys/values (see latent_decode.cuh for the design and
+ * the output contract; palu_latent_decode_attention_ref in csrc/latent_attention.c is the scalar twin).
+ *
+ * Shape legend: B batch, T slots, H query heads, Hkv KV heads, n_rep = H / Hkv, D head_dim, half = D / 2,
+ * G KV heads per group, rk / rv ranks of the CTA's group, P partials per (sequence, query head), W floats per
+ * partial (m, l, z[rv_max], padded), TT tokens per tile.
+ *
+ * Sections: device helpers (every PTX instruction and warp intrinsic sits in one small wrapper, so that a CPU
+ * lock-step emulator can stand in for them when PALU_EMULATE is defined), the RoPE angle, kernel v1 (CUDA
+ * cores), kernel v2 (tensor cores), the merge kernel, the plan (implementation, warps, splits, workspace),
+ * and the one dispatch switch.
+ */
+#ifndef PALU_EMULATE
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#endif
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifndef PALU_EMULATE
+#include "cuda_check.cuh"
+#endif
+#include "latent_decode.cuh"
+
+#ifndef PALU_EMU_LAUNCH
+#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, args) kernel<<<grid, block, smem, stream>>>(args)
+#endif
+
+namespace {
+
+constexpr int kMaxGroups = PALU_LATENT_DECODE_MAX_GROUPS;
+constexpr int kV1Threads = 128;
+constexpr int kV1Tile = 16;        /* tokens per v1 tile */
+constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles) */
+constexpr int kMergeThreads = 128;
+constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
+constexpr size_t kDefaultSmem = 48 * 1024;
+
+/* Ranks and column offsets of every group (the kernels read their own group's entry). */
+struct GroupTable {
+    int rk[kMaxGroups], rv[kMaxGroups], kcol[kMaxGroups], vcol[kMaxGroups];
+};
+
+struct DecodeParams {
+    const void *q, *k_latent, *v_latent, *k_up;
+    const int32_t *positions, *pad_start;
+    const float *k_bias, *inv_freq;
+    float *ws;
+    long long kbs, kts, vbs, vts, pbs; /* element strides: batch / token of the latents, batch of positions */
+    int B, H, Hkv, D, G, n_rep, T;
+    int splits;      /* gridDim.y */
+    int partials;    /* P = splits * (partials per CTA) */
+    int ws_stride;   /* W */
+    int max_rk, max_rv;
+    float score_scale; /* scaling * attention_scaling * log2(e) */
+    GroupTable groups;
+};
+
+struct MergeParams {
+    const float *ws;
+    void *out;
+    int H, G, n_rep, partials, ws_stride, z_width;
+    GroupTable groups;
+};
+
+/* ---- device helpers ------------------------------------------------------------------------------------ */
+
+#ifndef PALU_EMULATE
+namespace dev {
+
+__device__ __forceinline__ unsigned smem_u32(const void *p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
+__device__ __forceinline__ int warp_id() { return threadIdx.x >> 5; }
+__device__ __forceinline__ void sync_cta() { __syncthreads(); }
+/* The CTA's dynamic shared memory (16-byte aligned). */
+__device__ __forceinline__ char *dyn_smem()
+{
+    extern __shared__ float4 smem_f4[];
+    return reinterpret_cast<char *>(smem_f4);
+}
+__device__ __forceinline__ void sync_warp() { __syncwarp(); }
+__device__ __forceinline__ float shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+__device__ __forceinline__ int shfl_int(int v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+__device__ __forceinline__ float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+__device__ __forceinline__ bool all_lanes(bool pred) { return __all_sync(0xffffffffu, pred) != 0; }
+/* 2^x (ex2.approx: relative error ~2^-22; ex2(-inf) = +0, which the online softmax relies on) */
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ void sincos_turn(float x, float *s, float *c) { __sincosf(x, s, c); }
+
+/* 16 bytes global -> shared, bypassing L1; valid = false writes 16 zero bytes (src-size 0, nothing is read) */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 4 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Four 8x8 b16 matrices; lane l gives the row address of matrix l/8, row l%8; register k holds matrix k's
+ * (row lane/4, cols 2*(lane%4) .. +1), or with .trans its (rows 2*(lane%4) .. +1, col lane/4). */
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+/* d += a (16x16, row) . b (16x8, col), fp32 accumulators (PTX ISA fragment layouts for m16n8k16). */
+template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                             uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                                     uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+} // namespace dev
+#endif /* !PALU_EMULATE */
+
+template <typename T> struct Num;
+template <> struct Num<__half> {
+    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
+    {
+        __half2 h = __floats2half2_rn(lo, hi);
+        uint32_t u;
+        memcpy(&u, &h, sizeof u);
+        return u;
+    }
+};
+template <> struct Num<__nv_bfloat16> {
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        uint32_t u;
+        memcpy(&u, &h, sizeof u);
+        return u;
+    }
+};
+template <> struct Num<float> {
+    static __device__ __forceinline__ float to_f(float v) { return v; }
+    static __device__ __forceinline__ float from_f(float v) { return v; }
+};
+
+/* ---- RoPE angle ------------------------------------------------------------------------------------------ */
+
+/* (hi, lo) floats with hi + lo = inv_freq / (2 pi) to ~2^-48 relative (computed in double). */
+__device__ __forceinline__ float2 turn_split(float inv_freq)
+{
+    const double f = (double)inv_freq * 0.15915494309189533577; /* 1 / (2 pi) */
+    const float hi = (float)f;
+    return make_float2(hi, (float)(f - (double)hi));
+}
+
+/* cos and sin of pos * inv_freq for |pos| < 2^24, inv_freq given as turn_split(inv_freq). pos * hi is split
+ * exactly into r1 + e1 (FMA), r1 - rint(r1) is exact, so the fraction of a turn carries ~2^-25 absolute error;
+ * __sincosf on [-pi, pi] adds at most ~2^-21; total ~1e-6 absolute at every position. */
+__device__ __forceinline__ void rope_cos_sin(int pos, float2 turn, float *c, float *s)
+{
+    const float p = (float)pos;
+    const float r1 = p * turn.x;
+    const float e1 = fmaf(p, turn.x, -r1);
+    const float fr = (r1 - rintf(r1)) + fmaf(p, turn.y, e1);
+    dev::sincos_turn(fr * 6.28318530717958648f, s, c);
+}
+
+/* Partial record of (sequence b, query head h, partial index pidx). */
+__device__ __forceinline__ float *partial(const DecodeParams &p, int b, int h, int pidx)
+{
+    return p.ws + ((size_t)(b * p.H + h) * p.partials + pidx) * p.ws_stride;
+}
+
+/* ---- v1: CUDA cores ---------------------------------------------------------------------------------------- */
+
+struct V1Layout {
+    size_t uk, qs, ks, hk, hv, ss, zs, ml, al, turn, bias, pos, total; /* byte offsets */
+};
+
+__host__ __device__ inline size_t align16(size_t x) { return (x + 15) & ~(size_t)15; }
+
+__host__ __device__ inline V1Layout v1_layout(int D, int rk, int rv, int n_rep, size_t elem)
+{
+    V1Layout L;
+    size_t o = 0;
+    L.uk = o, o = align16(o + (size_t)D * rk * elem);
+    L.qs = o, o = align16(o + (size_t)n_rep * D * 4);
+    L.ks = o, o = align16(o + (size_t)kV1Tile * D * 4);
+    L.hk = o, o = align16(o + (size_t)kV1Tile * rk * 4);
+    L.hv = o, o = align16(o + (size_t)kV1Tile * rv * 4);
+    L.ss = o, o = align16(o + (size_t)n_rep * kV1Tile * 4);
+    L.zs = o, o = align16(o + (size_t)n_rep * rv * 4);
+    L.ml = o, o = align16(o + (size_t)n_rep * 2 * 4);
+    L.al = o, o = align16(o + (size_t)n_rep * 4);
+    L.turn = o, o = align16(o + (size_t)(D / 2) * 8);
+    L.bias = o, o = align16(o + (size_t)D * 4);
+    L.pos = o, o = align16(o + (size_t)kV1Tile * 4);
+    L.total = o;
+    return L;
+}
+
+/* One CTA = (KV head, slice of the sequence, sequence); one partial per query head of the KV head. fp32 math
+ * everywhere, a barrier between stages: the reference-quality kernel and the fallback for any shape. */
+template <typename E>
+__global__ void __launch_bounds__(kV1Threads) decode_v1_kernel(const DecodeParams p)
+{
+    char *smem = dev::dyn_smem();
+    const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int g = kvh / p.G, j = kvh - g * p.G;
+    const int rk = p.groups.rk[g], rv = p.groups.rv[g], kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
+    const int D = p.D, half = D / 2, n_rep = p.n_rep, T = p.T, h0 = kvh * n_rep, tid = threadIdx.x;
+    const V1Layout L = v1_layout(D, rk, rv, n_rep, sizeof(E));
+    E *uk = reinterpret_cast<E *>(smem + L.uk);
+    float *qs = reinterpret_cast<float *>(smem + L.qs), *ks = reinterpret_cast<float *>(smem + L.ks);
+    float *hk = reinterpret_cast<float *>(smem + L.hk), *hv = reinterpret_cast<float *>(smem + L.hv);
+    float *ss = reinterpret_cast<float *>(smem + L.ss), *zs = reinterpret_cast<float *>(smem + L.zs);
+    float *ml = reinterpret_cast<float *>(smem + L.ml), *al = reinterpret_cast<float *>(smem + L.al);
+    float2 *turn = reinterpret_cast<float2 *>(smem + L.turn);
+    float *bias = reinterpret_cast<float *>(smem + L.bias);
+    int *pos = reinterpret_cast<int *>(smem + L.pos);
+
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T;
+    const int len = bad_pad ? 0 : T - ps;
+    const int chunk = (len + p.splits - 1) / p.splits;
+    const int t_begin = ps + split * chunk;
+    const int t_end = bad_pad ? t_begin : min(T, t_begin + chunk);
+
+    const E *ukg = static_cast<const E *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * rk;
+    for (int e = tid; e < D * rk; e += blockDim.x) uk[e] = ukg[e];
+    const E *qg = static_cast<const E *>(p.q) + ((size_t)b * p.H + h0) * D;
+    for (int e = tid; e < n_rep * D; e += blockDim.x) qs[e] = Num<E>::to_f(qg[e]);
+    for (int i = tid; i < half; i += blockDim.x) turn[i] = turn_split(p.inv_freq[i]);
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int e = tid; e < n_rep * rv; e += blockDim.x) zs[e] = 0.0f;
+    for (int r = tid; r < n_rep; r += blockDim.x) ml[2 * r] = -INFINITY, ml[2 * r + 1] = 0.0f;
+    dev::sync_cta();
+
+    const E *klg = static_cast<const E *>(p.k_latent) + (size_t)b * p.kbs + kcol;
+    const E *vlg = static_cast<const E *>(p.v_latent) + (size_t)b * p.vbs + vcol;
+    const int32_t *posg = p.positions + (size_t)b * p.pbs;
+    for (int t0 = t_begin; t0 < t_end; t0 += kV1Tile) {
+        const int nt = min(kV1Tile, t_end - t0);
+        for (int e = tid; e < kV1Tile * rk; e += blockDim.x) {
+            const int t = e / rk, r = e - t * rk;
+            hk[e] = t < nt ? Num<E>::to_f(klg[(size_t)(t0 + t) * p.kts + r]) : 0.0f;
+        }
+        for (int e = tid; e < kV1Tile * rv; e += blockDim.x) {
+            const int t = e / rv, r = e - t * rv;
+            hv[e] = t < nt ? Num<E>::to_f(vlg[(size_t)(t0 + t) * p.vts + r]) : 0.0f;
+        }
+        for (int t = tid; t < kV1Tile; t += blockDim.x) pos[t] = t < nt ? posg[t0 + t] : 0;
+        dev::sync_cta();
+        for (int e = tid; e < kV1Tile * D; e += blockDim.x) { /* K = Uk hk + bias */
+            const int t = e / D, d = e - t * D;
+            const float *h = hk + t * rk;
+            const E *u = uk + d * rk;
+            float acc = bias[d];
+            for (int r = 0; r < rk; r++) acc = fmaf(h[r], Num<E>::to_f(u[r]), acc);
+            ks[e] = acc;
+        }
+        dev::sync_cta();
+        for (int e = tid; e < kV1Tile * half; e += blockDim.x) { /* RoPE, rotate_half form */
+            const int t = e / half, i = e - t * half;
+            float c, s;
+            rope_cos_sin(pos[t], turn[i], &c, &s);
+            float *k = ks + t * D;
+            const float lo = k[i], hi = k[i + half];
+            k[i] = lo * c - hi * s;
+            k[i + half] = hi * c + lo * s;
+        }
+        dev::sync_cta();
+        for (int e = tid; e < n_rep * kV1Tile; e += blockDim.x) { /* scores, log2 domain */
+            const int r = e / kV1Tile, t = e - r * kV1Tile;
+            float acc = 0.0f;
+            for (int d = 0; d < D; d++) acc = fmaf(qs[r * D + d], ks[t * D + d], acc);
+            ss[e] = t < nt ? acc * p.score_scale : -INFINITY;
+        }
+        dev::sync_cta();
+        for (int r = tid; r < n_rep; r += blockDim.x) { /* online softmax, one thread per head */
+            float *sr = ss + r * kV1Tile;
+            float mx = -INFINITY;
+            for (int t = 0; t < nt; t++) mx = fmaxf(mx, sr[t]);
+            const float m_old = ml[2 * r], m_new = fmaxf(m_old, mx);
+            const float alpha = exp2f(m_old - m_new);
+            float sum = 0.0f;
+            for (int t = 0; t < kV1Tile; t++) {
+                const float pt = t < nt ? exp2f(sr[t] - m_new) : 0.0f;
+                sr[t] = pt;
+                sum += pt;
+            }
+            ml[2 * r] = m_new;
+            ml[2 * r + 1] = ml[2 * r + 1] * alpha + sum;
+            al[r] = alpha;
+        }
+        dev::sync_cta();
+        for (int e = tid; e < n_rep * rv; e += blockDim.x) { /* z = alpha z + P hv */
+            const int r = e / rv, i = e - r * rv;
+            const float *pr = ss + r * kV1Tile;
+            float acc = zs[e] * al[r];
+            for (int t = 0; t < nt; t++) acc = fmaf(pr[t], hv[t * rv + i], acc);
+            zs[e] = acc;
+        }
+        dev::sync_cta();
+    }
+    /* empty slice: m = -inf, l = 0, z = 0 (the merge gives it weight 0); bad pad_start: NaN everywhere */
+    const float nan = __int_as_float(0x7fc00000);
+    for (int r = 0; r < n_rep; r++) {
+        float *w = partial(p, b, h0 + r, split);
+        for (int e = tid; e < rv + 2; e += blockDim.x) {
+            float v = e == 0 ? ml[2 * r] : e == 1 ? ml[2 * r + 1] : zs[r * rv + e - 2];
+            w[e] = bad_pad ? nan : v;
+        }
+    }
+}
+
+/* ---- merge ------------------------------------------------------------------------------------------------ */
+
+/* Block-wide reduction of one float (max or sum) over kMergeThreads threads. */
+template <bool MAX> __device__ float block_reduce(float v, float *scratch)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const float w = dev::shfl_xor(v, o);
+        v = MAX ? fmaxf(v, w) : v + w;
+    }
+    const int warp = dev::warp_id(), lane = dev::lane_id(), warps = blockDim.x >> 5;
+    dev::sync_cta(); /* scratch may still be read by a previous call */
+    if (lane == 0) scratch[warp] = v;
+    dev::sync_cta();
+    v = scratch[0];
+    for (int w = 1; w < warps; w++) v = MAX ? fmaxf(v, scratch[w]) : v + scratch[w];
+    return v;
+}
+
+/* One CTA per (query head, sequence): z = sum_s 2^(m_s - M) z_s / sum_s 2^(m_s - M) l_s; a NaN partial (bad
+ * pad_start) makes the head NaN. */
+template <typename OT>
+__global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams p)
+{
+    float *wt = reinterpret_cast<float *>(dev::dyn_smem()); /* [P] weights, then [32] scratch */
+    float *scratch = wt + p.partials;
+    const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
+    const int kvh = h / p.n_rep, g = kvh / p.G, rv = p.groups.rv[g];
+    const int col = p.n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * p.n_rep) * rv;
+    const float *base = p.ws + (size_t)(b * p.H + h) * p.partials * p.ws_stride;
+    float mx = -INFINITY, bad = 0.0f;
+    for (int s = tid; s < p.partials; s += blockDim.x) {
+        const float m = base[(size_t)s * p.ws_stride];
+        if (isnan(m)) bad = 1.0f;
+        mx = fmaxf(mx, m);
+    }
+    mx = block_reduce<true>(mx, scratch);
+    bad = block_reduce<true>(bad, scratch);
+    float lsum = 0.0f;
+    for (int s = tid; s < p.partials; s += blockDim.x) {
+        const float *r = base + (size_t)s * p.ws_stride;
+        const float w = r[0] == -INFINITY ? 0.0f : dev::ex2(r[0] - mx);
+        wt[s] = w;
+        lsum += w * r[1];
+    }
+    lsum = block_reduce<false>(lsum, scratch); /* its barriers also publish wt[] */
+    const float inv = bad != 0.0f ? __int_as_float(0x7fc00000) : 1.0f / lsum;
+    OT *out = static_cast<OT *>(p.out) + (size_t)b * p.z_width + col;
+    for (int d = tid; d < rv; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int s = 0; s < p.partials; s++) acc = fmaf(wt[s], base[(size_t)s * p.ws_stride + 2 + d], acc);
+        out[d] = Num<OT>::from_f(acc * inv);
+    }
+}
+
+/* ---- v2: tensor cores ---------------------------------------------------------------------------------------- */
+
+/* Shared memory of a v2 CTA: Uk of the head (D rows of rk + 8 halves: the 16-byte pad makes the 8 row addresses
+ * of every ldmatrix hit 8 different bank groups), the key bias, the RoPE table (hi, lo turn split of inv_freq,
+ * cos and sin of 8 * inv_freq) and, per warp, two stages of a 32-token tile: key latents, value latents (rows
+ * padded likewise) and positions. */
+struct V2Layout {
+    size_t uk, bias, turn, stages, stage_bytes, hk, hv, pos, total;
+    int ukst, hkst, hvst; /* row strides in bytes */
+};
+
+__host__ __device__ inline V2Layout v2_layout(int D, int rk, int rv, int warps)
+{
+    V2Layout L;
+    L.ukst = (rk + 8) * 2, L.hkst = (rk + 8) * 2, L.hvst = (rv + 8) * 2;
+    size_t o = 0;
+    L.uk = o, o = align16(o + (size_t)D * L.ukst);
+    L.bias = o, o = align16(o + (size_t)D * 4);
+    L.turn = o, o = align16(o + (size_t)(D / 2) * 16);
+    L.hk = 0;
+    L.hv = align16((size_t)kV2Tile * L.hkst);
+    L.pos = align16(L.hv + (size_t)kV2Tile * L.hvst);
+    L.stage_bytes = align16(L.pos + (size_t)kV2Tile * 4);
+    L.stages = o, o += (size_t)warps * 2 * L.stage_bytes;
+    L.total = o;
+    return L;
+}
+
+/* One CTA = (KV head, slice, sequence), `warps` warps that each stream their own part of the slice in 32-token
+ * tiles (two stages, cp.async) and write their own partial. Per tile and warp (m16n8k16 fragments; g = lane / 4
+ * and c = lane % 4 below):
+ *   K (32 x D)  = HK (32 x rk) . Uk^T      two m16 row tiles x four n8 column tiles per pass: columns
+ *                                          {2kk, 2kk+1} and their RoPE partners + D/2, so dims d and d + D/2
+ *                                          land in the same thread; accumulators start at the bias
+ *   RoPE on the fp32 accumulators (precise angle; consecutive positions: one angle per (token, pair) in four,
+ *   the others by rotating with cos/sin(8 inv_freq))
+ *   S (16 x 32) = Q (n_rep rows of 16) . K^T   the rotated accumulators, rounded to T, are S's B operand as they
+ *                                          sit (rows g of tile m = tokens 16m + g, columns = dims)
+ *   online softmax on S's rows g (heads), max over the quad by shuffles
+ *   z^T (rv x 8) += HV^T (rv x 32) . P^T   A by ldmatrix.trans from the value tile, B = P straight from S's
+ *                                          registers; the rescale of column (head) 2c+e takes head 2c+e's alpha
+ *                                          from lane 4 (2c+e)
+ * RKT k-steps of HK stay in registers across the D/32 passes when rk <= 16 RKT (else reloaded per pass);
+ * RVT bounds rv / 16. */
+template <typename T, int D, int RKT, int RVT>
+__global__ void __launch_bounds__(128) decode_v2_kernel(const DecodeParams p)
+{
+    constexpr int HALF = D / 2, KSTEPS = D / 16, PASSES = D / 32;
+    char *smem = dev::dyn_smem();
+    const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int g = kvh / p.G, j = kvh - g * p.G;
+    const int rk = p.groups.rk[g], rv = p.groups.rv[g], kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
+    const int n_rep = p.n_rep, T_len = p.T, h0 = kvh * n_rep, tid = threadIdx.x;
+    const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
+    const int gq = lane >> 2, cq = lane & 3;
+    const int rkt = rk / 16, rvt = rv / 16, nch = (rkt + RKT - 1) / RKT;
+    const bool resident = nch == 1;
+    const V2Layout L = v2_layout(D, rk, rv, warps);
+    char *uk = smem + L.uk;
+    float *bias = reinterpret_cast<float *>(smem + L.bias);
+    float4 *turn = reinterpret_cast<float4 *>(smem + L.turn);
+
+    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * rk;
+    const int ukc = rk / 8; /* 16-byte chunks per row */
+    for (int e = tid; e < D * ukc; e += blockDim.x) {
+        const int d = e / ukc, cc = e - d * ukc;
+        dev::cp_async16(uk + d * L.ukst + cc * 16, ukg + (size_t)d * rk + cc * 8, true);
+    }
+    dev::cp_async_commit();
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int i = tid; i < HALF; i += blockDim.x) {
+        const float2 tr = turn_split(p.inv_freq[i]);
+        double s8, c8;
+        sincos(8.0 * (double)p.inv_freq[i], &s8, &c8);
+        turn[i] = make_float4(tr.x, tr.y, (float)c8, (float)s8);
+    }
+    dev::cp_async_wait<0>();
+    dev::sync_cta();
+
+    /* this warp's slots [wb, we): the slice of pidx among splits * warps, in whole tiles */
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps, pidx = split * warps + warp;
+    const int chunk = ((len + nparts - 1) / nparts + kV2Tile - 1) / kV2Tile * kV2Tile;
+    const int wb = ps + pidx * chunk;
+    const int we = bad_pad ? wb : min(T_len, wb + chunk);
+    const int ntiles = we > wb ? (we - wb + kV2Tile - 1) / kV2Tile : 0;
+
+    /* Q as the A operand: row g = head h0 + g (rows >= n_rep and g + 8 are zero); qa/qb = dims 16ks + 2c (+8) */
+    uint32_t qa[KSTEPS], qb[KSTEPS];
+    {
+        const T *qr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ks++) {
+            qa[ks] = gq < n_rep ? *reinterpret_cast<const uint32_t *>(qr + 16 * ks) : 0u;
+            qb[ks] = gq < n_rep ? *reinterpret_cast<const uint32_t *>(qr + 16 * ks + 8) : 0u;
+        }
+    }
+
+    float zacc[RVT][4];
+#pragma unroll
+    for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
+    float m_run = -INFINITY, l_run = 0.0f;
+
+    char *stage0 = smem + L.stages + (size_t)warp * 2 * L.stage_bytes;
+    const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
+    const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
+    const int32_t *posg = p.positions + (size_t)b * p.pbs;
+    auto load_tile = [&](int it, char *st) {
+        const int tb = wb + it * kV2Tile, kc = rk / 8, vc = rv / 8;
+        for (int e = lane; e < kV2Tile * kc; e += 32) {
+            const int r = e / kc, cc = e - r * kc;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + L.hk + r * L.hkst + cc * 16, ok ? klg + (size_t)(tb + r) * p.kts + cc * 8 : klg, ok);
+        }
+        for (int e = lane; e < kV2Tile * vc; e += 32) {
+            const int r = e / vc, cc = e - r * vc;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + L.hv + r * L.hvst + cc * 16, ok ? vlg + (size_t)(tb + r) * p.vts + cc * 8 : vlg, ok);
+        }
+        const bool ok = tb + lane < we;
+        dev::cp_async4(st + L.pos + lane * 4, ok ? posg + tb + lane : posg, ok);
+        dev::cp_async_commit();
+    };
+
+    if (ntiles > 0) load_tile(0, stage0);
+    for (int it = 0; it < ntiles; it++) {
+        const char *st = stage0 + (it & 1) * L.stage_bytes;
+        if (it + 1 < ntiles) {
+            load_tile(it + 1, stage0 + ((it + 1) & 1) * L.stage_bytes);
+            dev::cp_async_wait<1>();
+        } else {
+            dev::cp_async_wait<0>();
+        }
+        dev::sync_warp();
+        const int nvalid = min(kV2Tile, we - (wb + it * kV2Tile));
+        const char *hk = st + L.hk, *hv = st + L.hv;
+        const int *tpos_s = reinterpret_cast<const int *>(st + L.pos);
+        const int mypos = tpos_s[lane];
+        const int p0 = dev::shfl_int(mypos, 0);
+        const bool consec = dev::all_lanes(lane >= nvalid || mypos == p0 + lane);
+        int tpos[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) tpos[u] = tpos_s[gq + 8 * u];
+
+        uint32_t af[2][RKT][4];
+        auto load_a = [&](int s0) {
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int s = 0; s < RKT; s++)
+                    if (s0 + s < rkt)
+                        dev::ldsm_x4(af[m][s], hk + (16 * m + (lane & 15)) * L.hkst + (16 * (s0 + s) + (lane >> 4) * 8) * 2);
+        };
+        if (resident) load_a(0);
+
+        float sacc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++) {
+            float acc[2][4][4]; /* [m tile][column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment] */
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int dim = 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq;
+                const float b0 = bias[dim], b1 = bias[dim + 1];
+#pragma unroll
+                for (int m = 0; m < 2; m++) acc[m][q][0] = b0, acc[m][q][1] = b1, acc[m][q][2] = b0, acc[m][q][3] = b1;
+            }
+            for (int ch = 0; ch < nch; ch++) {
+                if (!resident) load_a(ch * RKT);
+#pragma unroll
+                for (int s = 0; s < RKT; s++) {
+                    const int ks = ch * RKT + s;
+                    if (ks < rkt) {
+                        uint32_t blo[4], bhi[4];
+                        const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
+                        const int rcol = 16 * ks + ((lane >> 3) & 1) * 8;
+                        dev::ldsm_x4(blo, uk + drow * L.ukst + rcol * 2);
+                        dev::ldsm_x4(bhi, uk + (drow + HALF) * L.ukst + rcol * 2);
+#pragma unroll
+                        for (int m = 0; m < 2; m++) {
+                            dev::mma16816<T>(acc[m][0], af[m][s], blo[0], blo[1]);
+                            dev::mma16816<T>(acc[m][1], af[m][s], blo[2], blo[3]);
+                            dev::mma16816<T>(acc[m][2], af[m][s], bhi[0], bhi[1]);
+                            dev::mma16816<T>(acc[m][3], af[m][s], bhi[2], bhi[3]);
+                        }
+                    }
+                }
+            }
+            /* RoPE: pair i = 16kk + 8qq + 2c + e, tokens g + 8u (u = 2m + row half) */
+#pragma unroll
+            for (int qq = 0; qq < 2; qq++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const float4 tf = turn[16 * kk + 8 * qq + 2 * cq + e];
+                    const float2 tr = make_float2(tf.x, tf.y);
+                    float cs[4], sn[4];
+                    if (consec) {
+                        rope_cos_sin(p0 + gq, tr, &cs[0], &sn[0]);
+#pragma unroll
+                        for (int u = 1; u < 4; u++) {
+                            cs[u] = cs[u - 1] * tf.z - sn[u - 1] * tf.w;
+                            sn[u] = sn[u - 1] * tf.z + cs[u - 1] * tf.w;
+                        }
+                    } else {
+#pragma unroll
+                        for (int u = 0; u < 4; u++) rope_cos_sin(tpos[u], tr, &cs[u], &sn[u]);
+                    }
+#pragma unroll
+                    for (int u = 0; u < 4; u++) {
+                        const int m = u >> 1, r = (u & 1) * 2 + e;
+                        const float lo = acc[m][qq][r], hi = acc[m][qq + 2][r];
+                        acc[m][qq][r] = lo * cs[u] - hi * sn[u];
+                        acc[m][qq + 2][r] = hi * cs[u] + lo * sn[u];
+                    }
+                }
+            /* scores: k-steps kk (dims 16kk..) and kk + D/32 (their partners), token column tiles n = 2m + half */
+            const uint32_t qlo[4] = {qa[kk], 0u, qb[kk], 0u};
+            const uint32_t qhi[4] = {qa[kk + KSTEPS / 2], 0u, qb[kk + KSTEPS / 2], 0u};
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const int m = n >> 1, rh = (n & 1) * 2;
+                dev::mma16816<T>(sacc[n], qlo, Num<T>::pack(acc[m][0][rh], acc[m][0][rh + 1]),
+                                 Num<T>::pack(acc[m][1][rh], acc[m][1][rh + 1]));
+                dev::mma16816<T>(sacc[n], qhi, Num<T>::pack(acc[m][2][rh], acc[m][2][rh + 1]),
+                                 Num<T>::pack(acc[m][3][rh], acc[m][3][rh + 1]));
+            }
+        }
+
+        /* online softmax over this tile: row g = head, tokens 8n + 2c + e */
+        float pv[4][2], mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float v = 8 * n + 2 * cq + e < nvalid ? sacc[n][e] * p.score_scale : -INFINITY;
+                pv[n][e] = v;
+                mx = fmaxf(mx, v);
+            }
+        mx = fmaxf(mx, dev::shfl_xor(mx, 1));
+        mx = fmaxf(mx, dev::shfl_xor(mx, 2));
+        const float m_new = fmaxf(m_run, mx); /* finite: every tile holds a valid slot */
+        const float alpha = dev::ex2(m_run - m_new);
+        float lsum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                pv[n][e] = dev::ex2(pv[n][e] - m_new);
+                lsum += pv[n][e];
+            }
+        l_run = l_run * alpha + lsum;
+        m_run = m_new;
+        const float a0 = dev::shfl(alpha, 8 * cq), a1 = dev::shfl(alpha, 8 * cq + 4);
+#pragma unroll
+        for (int u = 0; u < RVT; u++)
+            if (u < rvt) zacc[u][0] *= a0, zacc[u][1] *= a1, zacc[u][2] *= a0, zacc[u][3] *= a1;
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const uint32_t pb0 = Num<T>::pack(pv[2 * s][0], pv[2 * s][1]);
+            const uint32_t pb1 = Num<T>::pack(pv[2 * s + 1][0], pv[2 * s + 1][1]);
+            const int tok = 16 * s + ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+            for (int u = 0; u < RVT; u++) {
+                if (u < rvt) {
+                    uint32_t av[4];
+                    dev::ldsm_x4_trans(av, hv + tok * L.hvst + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+                    dev::mma16816<T>(zacc[u], av, pb0, pb1);
+                }
+            }
+        }
+        dev::sync_warp(); /* every lane is done with this stage before it is refilled */
+    }
+
+    /* partials: m, l (summed over the quad) and z^T (dims 16u + g (+8), heads 2c + e) */
+    float l = l_run + dev::shfl_xor(l_run, 1);
+    l += dev::shfl_xor(l, 2);
+    const float nan = __int_as_float(0x7fc00000);
+    if (cq == 0 && gq < n_rep) {
+        float *w = partial(p, b, h0 + gq, pidx);
+        w[0] = bad_pad ? nan : m_run;
+        w[1] = bad_pad ? nan : l;
+    }
+#pragma unroll
+    for (int u = 0; u < RVT; u++)
+        if (u < rvt)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int head = 2 * cq + e;
+                if (head < n_rep) {
+                    float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
+                    w[0] = bad_pad ? nan : zacc[u][e];
+                    w[8] = bad_pad ? nan : zacc[u][2 + e];
+                }
+            }
+}
+
+/* ---- plan ---------------------------------------------------------------------------------------------------- */
+
+struct Plan {
+    int impl;        /* 1 or 2 */
+    int warps;       /* v2: warps per CTA */
+    int splits_max;  /* splits for the largest length (sizes the workspace) */
+    int splits;      /* splits for this length */
+    int partials_per_cta;
+    int ws_stride;
+    int max_rk, max_rv;
+    size_t smem;
+    int sm_count;
+};
+
+palu_status check_sizes(const palu_latent_decode_args *a)
+{
+    if (a == NULL) return palu_fail(PALU_ERR_VALUE, "`args` is NULL");
+    if (a->batch < 1 || a->heads < 1 || a->kv_heads < 1 || a->head_dim < 2 || a->group_size < 1 || a->length < 1 ||
+        a->n_groups < 1)
+        return palu_fail(PALU_ERR_VALUE,
+                         "sizes must be >= 1 (head_dim >= 2), got batch=%lld heads=%lld kv_heads=%lld head_dim=%lld "
+                         "group_size=%lld length=%lld groups=%lld",
+                         (long long)a->batch, (long long)a->heads, (long long)a->kv_heads, (long long)a->head_dim,
+                         (long long)a->group_size, (long long)a->length, (long long)a->n_groups);
+    if (a->head_dim % 2)
+        return palu_fail(PALU_ERR_VALUE, "head_dim must be even (RoPE rotates halves), got %lld", (long long)a->head_dim);
+    if (a->heads % a->kv_heads)
+        return palu_fail(PALU_ERR_VALUE, "heads (%lld) must be a multiple of kv_heads (%lld)", (long long)a->heads,
+                         (long long)a->kv_heads);
+    if (a->kv_heads != a->n_groups * a->group_size)
+        return palu_fail(PALU_ERR_VALUE, "kv_heads (%lld) must equal groups (%lld) x group_size (%lld)",
+                         (long long)a->kv_heads, (long long)a->n_groups, (long long)a->group_size);
+    if (a->n_groups > kMaxGroups)
+        return palu_fail(PALU_ERR_UNSUPPORTED, "%lld head groups; the CUDA decode kernel takes at most %d",
+                         (long long)a->n_groups, kMaxGroups);
+    if (a->k_ranks == NULL || a->v_ranks == NULL) return palu_fail(PALU_ERR_VALUE, "`k_ranks` / `v_ranks` is NULL");
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] < 1 || a->v_ranks[g] < 1 || a->k_ranks[g] > 4096 || a->v_ranks[g] > 4096)
+            return palu_fail(PALU_ERR_VALUE, "group %lld: ranks must be in [1, 4096], got k %lld, v %lld", (long long)g,
+                             (long long)a->k_ranks[g], (long long)a->v_ranks[g]);
+    if (a->batch > 65535 || a->kv_heads > INT_MAX / 2 || a->heads > 65535 || a->length > INT_MAX / 2 ||
+        a->head_dim > 1024)
+        return palu_fail(PALU_ERR_UNSUPPORTED,
+                         "batch %lld (max 65535), heads %lld (max 65535), length %lld or head_dim %lld (max 1024) is "
+                         "out of the CUDA kernel's range",
+                         (long long)a->batch, (long long)a->heads, (long long)a->length, (long long)a->head_dim);
+    if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
+        return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
+                         palu_dtype_name(a->dtype));
+    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V2)
+        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2)", a->impl);
+    return PALU_OK;
+}
+
+bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
+
+/* Why v2 cannot run this call (NULL when it can); `smem` gets its shared memory. */
+const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           size_t *smem, char *why, size_t why_len);
+
+palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
+{
+    palu_status st = check_sizes(a);
+    if (st != PALU_OK) return st;
+    memset(pl, 0, sizeof *pl);
+    for (int64_t g = 0; g < a->n_groups; g++) {
+        if (a->k_ranks[g] > pl->max_rk) pl->max_rk = (int)a->k_ranks[g];
+        if (a->v_ranks[g] > pl->max_rv) pl->max_rv = (int)a->v_ranks[g];
+    }
+    int smem_optin = 0;
+    PALU_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    PALU_CUDA_CHECK(cudaDeviceGetAttribute(&pl->sm_count, cudaDevAttrMultiProcessorCount, device));
+    const int n_rep = (int)(a->heads / a->kv_heads), D = (int)a->head_dim;
+
+    char why[256] = "";
+    int warps = 0;
+    size_t smem2 = 0;
+    const char *no_v2 = a->impl == PALU_LATENT_DECODE_V1
+                            ? "v1 requested"
+                            : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
+    if (no_v2 == NULL) {
+        pl->impl = 2;
+        pl->warps = warps;
+        pl->smem = smem2;
+        pl->partials_per_cta = warps;
+    } else if (a->impl == PALU_LATENT_DECODE_V2) {
+        return palu_fail(PALU_ERR_UNSUPPORTED, "the tensor-core decode kernel (v2) does not support this call: %s",
+                         no_v2);
+    } else {
+        const size_t elem = 2;
+        const V1Layout L = v1_layout(D, pl->max_rk, pl->max_rv, n_rep, elem);
+        if (L.total > (size_t)smem_optin)
+            return palu_fail(PALU_ERR_UNSUPPORTED,
+                             "head_dim %d with ranks up to k %d / v %d and n_rep %d needs %zu bytes of shared memory "
+                             "per block; device %d allows %d",
+                             D, pl->max_rk, pl->max_rv, n_rep, L.total, device, smem_optin);
+        pl->impl = 1;
+        pl->smem = L.total;
+        pl->partials_per_cta = 1;
+    }
+    /* Splits: enough CTAs for about two waves, but no slice shorter than min_tokens. */
+    const int ctas_per_sm = pl->impl == 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
+    const int64_t target = 2LL * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
+    int64_t smax = (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
+    if (smax < 1) smax = 1;
+    if (smax > kMaxSplits) smax = kMaxSplits;
+    const int64_t min_tokens = pl->impl == 2 ? 64LL * pl->warps : 64;
+    int64_t s = (a->length + min_tokens - 1) / min_tokens;
+    if (s > smax) s = smax;
+    if (s < 1) s = 1;
+    pl->splits_max = (int)smax;
+    pl->splits = (int)s;
+    pl->ws_stride = (pl->max_rv + 2 + 3) & ~3;
+    return PALU_OK;
+}
+
+int64_t workspace_floats(const palu_latent_decode_args *a, const Plan &pl)
+{
+    return a->batch * a->heads * (int64_t)pl.splits_max * pl.partials_per_cta * pl.ws_stride;
+}
+
+/* Why v2 cannot run this call (NULL when it can); *warps and *smem get its CTA shape. Pointers that are NULL
+ * (the workspace query) count as aligned. */
+const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           size_t *smem, char *why, size_t why_len)
+{
+    const int64_t D = a->head_dim, n_rep = a->heads / a->kv_heads;
+    if (D != 64 && D != 128) return snprintf(why, why_len, "head_dim %lld (v2 takes 64 or 128)", (long long)D), why;
+    if (n_rep > 8)
+        return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v2 takes at most 8)", (long long)n_rep), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] % 16 || a->v_ranks[g] % 16)
+            return snprintf(why, why_len, "group %lld has ranks k %lld / v %lld; v2 needs multiples of 16", (long long)g,
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g]),
+                   why;
+    if (max_rv > 16 * 16) return snprintf(why, why_len, "value rank %d (v2 takes at most 256)", max_rv), why;
+    const bool misaligned = (a->q && ((uintptr_t)a->q & 3)) || (a->k_latent && !aligned16(a->k_latent)) ||
+                            (a->v_latent && !aligned16(a->v_latent)) || (a->k_up && !aligned16(a->k_up)) ||
+                            a->k_token_stride % 8 || a->k_batch_stride % 8 || a->v_token_stride % 8 ||
+                            a->v_batch_stride % 8;
+    if (misaligned)
+        return snprintf(why, why_len, "latents / k_up not 16-byte aligned, or latent strides (k %lld/%lld, v "
+                        "%lld/%lld) not multiples of 8 elements", (long long)a->k_batch_stride,
+                        (long long)a->k_token_stride, (long long)a->v_batch_stride, (long long)a->v_token_stride),
+               why;
+    for (int w = 4; w >= 1; w /= 2) {
+        const size_t need = v2_layout((int)D, max_rk, max_rv, w).total;
+        if (need <= (size_t)smem_optin) {
+            *warps = w;
+            *smem = need;
+            return NULL;
+        }
+    }
+    return snprintf(why, why_len, "ranks up to k %d / v %d need %zu bytes of shared memory with one warp; the device "
+                    "allows %d", max_rk, max_rv, v2_layout((int)D, max_rk, max_rv, 1).total, smem_optin),
+           why;
+}
+
+template <typename T, int D, int RKT, int RVT>
+palu_status launch_v2(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    void (*kern)(DecodeParams) = decode_v2_kernel<T, D, RKT, RVT>;
+    if (pl.smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+/* Rank buckets: HK fragments resident for rk <= 64 (RKT 4) or <= 128 (RKT 8); larger keys reload them per pass. */
+template <typename T, int D> palu_status launch_v2_bucket(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.max_rk <= 64 && pl.max_rv <= 64) return launch_v2<T, D, 4, 4>(p, pl, stream);
+    if (pl.max_rk <= 128 && pl.max_rv <= 128) return launch_v2<T, D, 8, 8>(p, pl, stream);
+    return launch_v2<T, D, 4, 16>(p, pl, stream);
+}
+
+palu_status dispatch_v2(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    switch (a->dtype) {
+    case PALU_DTYPE_F16:
+        switch (p.D) {
+        case 64: return launch_v2_bucket<__half, 64>(p, pl, stream);
+        case 128: return launch_v2_bucket<__half, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    case PALU_DTYPE_BF16:
+        switch (p.D) {
+        case 64: return launch_v2_bucket<__nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_v2_bucket<__nv_bfloat16, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no tensor-core kernel", palu_dtype_name(a->dtype));
+    }
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no tensor-core kernel (64 or 128)", p.D);
+}
+
+palu_status check_pointers(const palu_latent_decode_args *a)
+{
+    if (!a->q || !a->k_latent || !a->v_latent || !a->positions || !a->pad_start || !a->k_up || !a->inv_freq ||
+        !a->out || !a->workspace)
+        return palu_fail(PALU_ERR_VALUE, "a required pointer (q, latents, positions, pad_start, k_up, inv_freq, out "
+                                         "or workspace) is NULL");
+    int64_t Rk = 0, Rv = 0;
+    for (int64_t g = 0; g < a->n_groups; g++) Rk += a->k_ranks[g], Rv += a->v_ranks[g];
+    if (a->k_token_stride < Rk || a->v_token_stride < Rv || a->k_batch_stride < 0 || a->v_batch_stride < 0 ||
+        a->pos_batch_stride < 0 || (a->batch > 1 && (a->k_batch_stride < a->length * a->k_token_stride ||
+                                                     a->v_batch_stride < a->length * a->v_token_stride ||
+                                                     a->pos_batch_stride < a->length)))
+        return palu_fail(PALU_ERR_VALUE,
+                         "latent / position strides (k %lld/%lld, v %lld/%lld, positions %lld) do not hold rows of "
+                         "Rk=%lld / Rv=%lld for %lld slots",
+                         (long long)a->k_batch_stride, (long long)a->k_token_stride, (long long)a->v_batch_stride,
+                         (long long)a->v_token_stride, (long long)a->pos_batch_stride, (long long)Rk, (long long)Rv,
+                         (long long)a->length);
+    if (!isfinite(a->scaling) || !isfinite(a->attention_scaling))
+        return palu_fail(PALU_ERR_VALUE, "scaling (%g) and attention_scaling (%g) must be finite", (double)a->scaling,
+                         (double)a->attention_scaling);
+    if (a->out_dtype != PALU_DTYPE_F32 && a->out_dtype != a->dtype)
+        return palu_fail(PALU_ERR_TYPE, "out dtype %s must be float32 or the input dtype %s",
+                         palu_dtype_name(a->out_dtype), palu_dtype_name(a->dtype));
+    return PALU_OK;
+}
+
+void fill_params(const palu_latent_decode_args *a, const Plan &pl, DecodeParams *p, MergeParams *m)
+{
+    memset(p, 0, sizeof *p);
+    p->q = a->q, p->k_latent = a->k_latent, p->v_latent = a->v_latent, p->k_up = a->k_up;
+    p->positions = a->positions, p->pad_start = a->pad_start, p->k_bias = a->k_bias, p->inv_freq = a->inv_freq;
+    p->ws = a->workspace;
+    p->kbs = a->k_batch_stride, p->kts = a->k_token_stride, p->vbs = a->v_batch_stride, p->vts = a->v_token_stride;
+    p->pbs = a->pos_batch_stride;
+    p->B = (int)a->batch, p->H = (int)a->heads, p->Hkv = (int)a->kv_heads, p->D = (int)a->head_dim;
+    p->G = (int)a->group_size, p->n_rep = (int)(a->heads / a->kv_heads), p->T = (int)a->length;
+    p->splits = pl.splits;
+    p->partials = pl.splits * pl.partials_per_cta;
+    p->ws_stride = pl.ws_stride;
+    p->max_rk = pl.max_rk, p->max_rv = pl.max_rv;
+    p->score_scale = (float)((double)a->scaling * (double)a->attention_scaling * 1.4426950408889634);
+    int kc = 0, vc = 0;
+    for (int64_t g = 0; g < a->n_groups; g++) {
+        p->groups.rk[g] = (int)a->k_ranks[g], p->groups.rv[g] = (int)a->v_ranks[g];
+        p->groups.kcol[g] = kc, p->groups.vcol[g] = vc;
+        kc += (int)a->k_ranks[g], vc += (int)a->v_ranks[g];
+    }
+    memset(m, 0, sizeof *m);
+    m->ws = a->workspace, m->out = a->out, m->H = p->H, m->G = p->G, m->n_rep = p->n_rep;
+    m->partials = p->partials, m->ws_stride = p->ws_stride, m->z_width = p->n_rep * p->G * vc;
+    m->groups = p->groups;
+}
+
+template <typename T> palu_status launch_v1(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.smem > kDefaultSmem)
+        PALU_CUDA_CHECK(
+            cudaFuncSetAttribute(decode_v1_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(decode_v1_kernel<T>, grid, dim3(kV1Threads), pl.smem, stream, p);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+template <typename OT> palu_status launch_merge(const MergeParams &m, int B, cudaStream_t stream)
+{
+    const size_t smem = ((size_t)m.partials + 32) * sizeof(float);
+    if (smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(merge_kernel<OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    PALU_EMU_LAUNCH(merge_kernel<OT>, dim3((unsigned)m.H, (unsigned)B), dim3(kMergeThreads), smem, stream, m);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+/* The one dispatch switch: (input dtype, head_dim, rank bucket) for the decode kernel, (output dtype) for the
+ * merge. Unsupported values were refused by make_plan with their names; the defaults here name them again. */
+palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStream_t stream)
+{
+    DecodeParams p;
+    MergeParams m;
+    fill_params(a, pl, &p, &m);
+    palu_status st = PALU_ERR_INTERNAL;
+    if (pl.impl == 1) {
+        switch (a->dtype) {
+        case PALU_DTYPE_F16: st = launch_v1<__half>(p, pl, stream); break;
+        case PALU_DTYPE_BF16: st = launch_v1<__nv_bfloat16>(p, pl, stream); break;
+        default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported", palu_dtype_name(a->dtype));
+        }
+    } else {
+        st = dispatch_v2(a, p, pl, stream);
+    }
+    if (st != PALU_OK) return st;
+    switch (a->out_dtype) {
+    case PALU_DTYPE_F32: return launch_merge<float>(m, p.B, stream);
+    case PALU_DTYPE_F16: return launch_merge<__half>(m, p.B, stream);
+    case PALU_DTYPE_BF16: return launch_merge<__nv_bfloat16>(m, p.B, stream);
+    default: return palu_fail(PALU_ERR_TYPE, "out dtype %s is not supported", palu_dtype_name(a->out_dtype));
+    }
+}
+
+/* Run `fn` with `device` current, restoring the caller's device. */
+template <typename F> palu_status on_device(int device, F fn)
+{
+    int previous = 0;
+    PALU_CUDA_CHECK(cudaGetDevice(&previous));
+    if (previous != device) PALU_CUDA_CHECK(cudaSetDevice(device));
+    palu_status st = fn();
+    if (previous != device) {
+        cudaError_t err = cudaSetDevice(previous);
+        if (err != cudaSuccess && st == PALU_OK)
+            st = palu_fail(PALU_ERR_CUDA, "cudaSetDevice(%d) failed restoring the caller's device: %s", previous,
+                           cudaGetErrorString(err));
+    }
+    return st;
+}
+
+} // namespace
+
+extern "C" palu_status palu_latent_decode_cuda_workspace(const palu_latent_decode_args *a, int device, int64_t *floats)
+{
+    if (floats == NULL) return palu_fail(PALU_ERR_VALUE, "`floats` is NULL");
+    return on_device(device, [&]() -> palu_status {
+        /* auto may fall back to v1 at launch (e.g. misaligned pointers, unknown here): size for both */
+        Plan pl;
+        palu_status st = make_plan(a, device, &pl);
+        if (st != PALU_OK) return st;
+        *floats = workspace_floats(a, pl);
+        if (a->impl == PALU_LATENT_DECODE_AUTO && pl.impl == 2) {
+            palu_latent_decode_args v1 = *a;
+            v1.impl = PALU_LATENT_DECODE_V1;
+            Plan p1;
+            if (make_plan(&v1, device, &p1) == PALU_OK && workspace_floats(a, p1) > *floats)
+                *floats = workspace_floats(a, p1);
+        }
+        return PALU_OK;
+    });
+}
+
+extern "C" palu_status palu_latent_decode_cuda_impl(const palu_latent_decode_args *a, int device, int *impl)
+{
+    if (impl == NULL) return palu_fail(PALU_ERR_VALUE, "`impl` is NULL");
+    return on_device(device, [&]() -> palu_status {
+        Plan pl;
+        palu_status st = make_plan(a, device, &pl);
+        if (st == PALU_OK) *impl = pl.impl;
+        return st;
+    });
+}
+
+extern "C" palu_status palu_latent_decode_cuda(const palu_latent_decode_args *a, int device, void *stream)
+{
+    return on_device(device, [&]() -> palu_status {
+        Plan pl;
+        palu_status st = make_plan(a, device, &pl);
+        if (st != PALU_OK) return st;
+        if ((st = check_pointers(a)) != PALU_OK) return st;
+        const int64_t need = workspace_floats(a, pl);
+        if (a->workspace_floats < need)
+            return palu_fail(PALU_ERR_VALUE, "workspace holds %lld floats; this call needs %lld (ask "
+                                             "latent_decode_cuda_workspace)",
+                             (long long)a->workspace_floats, (long long)need);
+        /* A stale error left in this runtime by an earlier call would be blamed on this launch: drop it. */
+        (void)cudaGetLastError();
+        return dispatch(a, pl, static_cast<cudaStream_t>(stream));
+    });
+}

@@ -1,0 +1,133 @@
+/* latent_decode.cuh -- fused decode attention over a Palu latent KV cache on the GPU: one C-callable launcher
+ * (no CUDA types here, so the C binding includes this header without CUDA headers).
+ *
+ * What it computes. One decode step of one attention layer for a batch of sequences that share the slot count
+ * T (`length`) and differ in left padding (`pad_start[b]`): for every query head h of sequence b,
+ *
+ *     z[b, h] = sum_t p_t hv_t[g],   p = softmax_t(scaling * q[b, h] . K_t),   t in [pad_start[b], T)
+ *     K_t     = RoPE(Uk_head @ hk_t[g] + bk_head, positions[b, t])
+ *
+ * with head = h / n_rep its KV head, g = head / G its group, exactly the math of the C twin
+ * palu_latent_decode_attention_ref (csrc/latent_attention.h), up to one thing: the kernel stops at z, the
+ * probability-weighted VALUE LATENT of each query head (normalized: the weights sum to 1). The caller applies
+ * the value up-projection and the bias, o[b, h] = Uv_head @ z[b, h] + bv_head, or better folds Uv into o_proj
+ * (one (hidden x n_rep*G*Rv) matmul per step); that is the C twin's output `out`.
+ *
+ * Output layout (the contract with the caller). z is (B, Z) with Z = n_rep * G * Rv: query heads in order,
+ * head h taking rv_g(h) consecutive values. Query heads of group g are h in [g*G*n_rep, (g+1)*G*n_rep), so
+ * head h starts at column n_rep*G*ov_g + (h - g*G*n_rep)*rv_g, ov_g = sum_{j<g} rv_j. With equal ranks this
+ * is simply (B, H, rv). Written in float32 or in the input dtype.
+ *
+ * Inputs (device pointers; element strides, the last axis always contiguous):
+ *   q          (B, H, D) fp16/bf16, contiguous, RoPE already applied.
+ *   k_latent   (B, >=T, Rk) rows `k_token_stride` apart, sequences `k_batch_stride` apart; same dtype.
+ *   v_latent   (B, >=T, Rv) likewise.
+ *   positions  (B, >=T) int32, sequences `pos_batch_stride` apart; RoPE position of every slot (|pos| < 2^24).
+ *   pad_start  (B,) int32 on the device: slots [0, pad_start[b]) are ignored. It is read by the kernel (no host
+ *              synchronization), so it cannot be validated on the host: a value outside [0, T-1] makes that
+ *              sequence's whole output NaN (loud, never silent garbage).
+ *   k_up       sum_g G*D*rk_g elements of the dtype: group g's row-major (G*D, rk_g) key up-projection, groups
+ *              one after another (row j*D + d = dimension d of KV head g*G + j), as the C twin.
+ *   k_bias     (Hkv*D) float32 or NULL.   inv_freq (D/2) float32.
+ *   workspace  float32, at least palu_latent_decode_cuda_workspace(...) elements: the split partials.
+ *
+ * Design (the notes file docs/design/latent_decode_notes.md has each version's numbers).
+ *   Grid (Hkv, splits, B): one CTA per KV head, slice of the sequence and batch entry; KV heads are the fastest
+ *   grid axis so the G CTAs that read one group's latents run side by side and share them through L2. Each
+ *   CTA writes a partial (running max m, sum l, unnormalized z) per query head and per slice (per warp in v2);
+ *   a second small kernel merges the partials (log-sum-exp) and writes z. Scores live in the log2 domain
+ *   (scaling * attention_scaling * log2 e folded into one factor; attention_scaling multiplies cos and sin,
+ *   hence the rotated key, hence the score).
+ *   v1 (CUDA cores, any shape that fits shared memory): Uk of the head in shared memory, tiles of 16 tokens:
+ *   rebuild K in fp32, RoPE, scores, online softmax, z += p hv. Simple and exact (fp32 throughout).
+ *   v2 (tensor cores, D in {64, 128}, n_rep <= 8, ranks multiples of 16, rv <= 256): each warp streams its own
+ *   slice in 32-token tiles, double-buffered with cp.async (zero-fill past the end); per tile the rebuild
+ *   K = HK . Uk^T runs as mma.sync m16n8k16 (fp32 accumulators seeded with the bias), RoPE rotates the fp32
+ *   accumulators in registers (dims d and d+D/2 sit in the same thread), the rotated keys become the B operand
+ *   of S = Q . K^T without leaving registers, online softmax on S, and z^T += HV^T . P^T (ldmatrix.trans on
+ *   the value tile, P from S's registers). Keys and probabilities are rounded to the input dtype for the
+ *   products (fp32 accumulation).
+ *   RoPE angles (both versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
+ *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
+ *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
+ *   v2 takes one such evaluation per (token, pair) when the tile's positions are consecutive and derives the
+ *   tokens 8, 16, 24 slots further by rotating with cos/sin(8 inv_freq) (two FMAs each; < 1e-6 more).
+ *
+ * Shape legend: B batch, T slots, H query heads, Hkv KV heads, n_rep = H / Hkv, D head_dim, G KV heads per
+ * group, NG = Hkv / G groups, rk_g / rv_g ranks of group g, Rk / Rv their sums, Z = n_rep * G * Rv.
+ */
+#ifndef PALU_LATENT_DECODE_CUH
+#define PALU_LATENT_DECODE_CUH
+
+#include "palu.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Which kernel runs. Values are only ever appended. */
+typedef enum palu_latent_decode_impl {
+    PALU_LATENT_DECODE_AUTO = 0, /* v2 where supported, else v1 */
+    PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
+    PALU_LATENT_DECODE_V2 = 2    /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
+} palu_latent_decode_impl;
+
+/* The most head groups one call takes (their ranks travel in the kernel's parameter block). */
+#define PALU_LATENT_DECODE_MAX_GROUPS 128
+
+/* Everything one decode-attention call needs. Sizes first (what the workspace query reads), then pointers. */
+typedef struct palu_latent_decode_args {
+    int64_t batch;          /* B >= 1 */
+    int64_t heads;          /* H, a multiple of kv_heads */
+    int64_t kv_heads;       /* Hkv = NG * G */
+    int64_t head_dim;       /* D, even */
+    int64_t group_size;     /* G */
+    int64_t length;         /* T >= 1: slots filled */
+    int64_t n_groups;       /* NG, <= PALU_LATENT_DECODE_MAX_GROUPS */
+    const int64_t *k_ranks; /* host, NG entries >= 1 */
+    const int64_t *v_ranks; /* host, NG entries >= 1 */
+    palu_dtype dtype;       /* of q, latents, k_up: F16 or BF16 */
+    int impl;               /* palu_latent_decode_impl */
+
+    const void *q;
+    const void *k_latent;
+    int64_t k_batch_stride, k_token_stride; /* elements */
+    const void *v_latent;
+    int64_t v_batch_stride, v_token_stride;
+    const int32_t *positions;
+    int64_t pos_batch_stride;
+    const int32_t *pad_start;
+    const void *k_up;
+    const float *k_bias;    /* or NULL */
+    const float *inv_freq;
+    float attention_scaling; /* finite */
+    float scaling;           /* finite */
+    void *out;               /* (B, Z) */
+    palu_dtype out_dtype;    /* F32 or the input dtype */
+    float *workspace;
+    int64_t workspace_floats;
+} palu_latent_decode_args;
+
+/* Launchers */
+
+/* The float32 workspace one call with these sizes needs (reads only the size fields and impl of `a`). It does
+ * not depend on `length` beyond a cap, so a caller may size it once for the largest length it will use:
+ * the value for any length is <= the value for a larger one. PALU_ERR_VALUE / PALU_ERR_UNSUPPORTED as the
+ * launcher (naming the value). */
+palu_status palu_latent_decode_cuda_workspace(const palu_latent_decode_args *a, int device, int64_t *floats);
+
+/* Which implementation `a` runs with (1 or 2) on `device`; errors as the launcher. */
+palu_status palu_latent_decode_cuda_impl(const palu_latent_decode_args *a, int device, int *impl);
+
+/* One decode step (see above): launches the decode kernel and the merge kernel on `stream` (a cudaStream_t;
+ * NULL is the legacy default stream, only when the caller asked for it). Never allocates, never synchronizes.
+ * PALU_ERR_VALUE for inconsistent sizes, strides or a NULL pointer; PALU_ERR_TYPE for a dtype other than
+ * F16/BF16 (or an out dtype other than F32 or the input dtype); PALU_ERR_UNSUPPORTED naming the value for a
+ * valid combination no kernel handles (head_dim, ranks, n_rep, shared memory); PALU_ERR_CUDA for a launch
+ * error. `device` is made current for the launch and restored. */
+palu_status palu_latent_decode_cuda(const palu_latent_decode_args *a, int device, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* PALU_LATENT_DECODE_CUH */

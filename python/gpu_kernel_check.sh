@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One call on the GPU machine for the latent decode kernels: build with CUDA (+ the ptxas resource report of
+# kernels/latent_decode.cu), tests/gpu/test_latent_decode_cuda.py, the benchmark python/bench_attention.py, then
+# compute-sanitizer memcheck + racecheck on a reduced set. Logs go to $OUT (or ./gpu_logs), 7 files:
+# build.log ptxas.txt kernel_tests.txt bench.txt bench_attention_h200.md memcheck.txt racecheck.txt
+#   usage (device tool):  bash python/gpu_kernel_check.sh            (about 5-7 minutes on an H200)
+#   QUICK=1 bash python/gpu_kernel_check.sh                          (benchmark at 4K/16K, batch 1 only)
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo "=== $1 ($(date +%T))"; }
+
+step "machine + build (CUDA)"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
+  python3 -c "import torch; print('torch', torch.__version__)"; nvcc --version | tail -1
+  PALU_C_CUDA=1 python3 setup.py build_ext --inplace --force; } > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+grep -iE "warning|error" "$OUT/build.log" | grep -v "^palu_c" | head -20
+python3 -c "import palu_c; print(palu_c.build_info())" 2>&1 | tee -a "$OUT/build.log"
+nvcc -c kernels/latent_decode.cu -o /tmp/latent_decode_ptxas.o -O3 -std=c++17 --expt-relaxed-constexpr \
+  -gencode arch=compute_90a,code=sm_90a -I csrc -I kernels -Xptxas -v > "$OUT/ptxas.txt" 2>&1
+grep -E "spill|Used" "$OUT/ptxas.txt" | sort | uniq -c | head -20
+
+step "kernel tests"
+timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -rs -x --tb=short \
+  > "$OUT/kernel_tests.txt" 2>&1
+rc=$?; tail -15 "$OUT/kernel_tests.txt"; [ $rc -eq 0 ] || status=1
+
+step "benchmark"
+BENCH_ARGS="--v1 --out $OUT/bench_attention_h200.md"
+[ "${QUICK:-0}" = 1 ] && BENCH_ARGS="$BENCH_ARGS --quick"
+timeout 300 python3 python/bench_attention.py $BENCH_ARGS > "$OUT/bench.txt" 2>&1
+rc=$?; [ $rc -eq 0 ] || status=1
+[ -f "$OUT/bench_attention_h200.md" ] && cp "$OUT/bench_attention_h200.md" python/results/bench_attention_h200.md
+
+step "compute-sanitizer memcheck (reduced set)"
+MEMCHECK_K='(poisoned and float16 and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1)) or (append and 1-256-1-0) or bad_pad'
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$MEMCHECK_K" > "$OUT/memcheck.txt" 2>&1
+rc=$?; echo "memcheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -4 "$OUT/memcheck.txt"
+
+step "compute-sanitizer racecheck (reduced set)"
+RACECHECK_K='poisoned and float16 and (mha-d64-g1 or gqa-d128-g1)'
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$RACECHECK_K" > "$OUT/racecheck.txt" 2>&1
+rc=$?; echo "racecheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -4 "$OUT/racecheck.txt"
+
+step "summary"
+grep -E "passed|failed|error" "$OUT/kernel_tests.txt" | tail -2
+sed -n '/^| model/,$p' "$OUT/bench.txt" | head -80
+exit $status

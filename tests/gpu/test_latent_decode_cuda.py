@@ -1,0 +1,301 @@
+"""CUDA tests of the latent decode attention and latent append kernels (kernels/latent_decode.cu,
+kernels/latent_append.cu, csrc/py_latent_decode.c, palu_c/latent_kernels.py).
+
+Reference: z recomputed in float64 torch from the same (already rounded) fp16/bf16 inputs, independently of the
+kernels: keys rebuilt per KV head (Uk_head hk + bk), RoPE with angles pos * inv_freq in float64, softmax over
+[pad_start[b], length), z = p @ hv. A second check applies the value up-projection to z and compares with the
+C twin palu_c._C.latent_decode_attention (float32 CPU) on float32 copies of the inputs.
+
+Tolerances (stated, not tuned): relative Frobenius error ||z - ref|| / ||ref|| over the whole output and per
+(sequence, head) block. v2 (tensor cores) rounds the rebuilt keys and the probabilities to the input dtype for
+its products: 1e-2 in bfloat16 (eps 2^-8), 2e-3 in float16 (eps 2^-11), per the kernel's design notes. v1 keeps
+fp32 throughout: 1e-4 (fp32 sums over D + rank + T terms, RoPE cos/sin within ~1e-6). Per-head blocks get 3x the
+global bound (a head's norm can be small). The append is a bitwise copy: exact equality. NaN never passes; every
+output starts poisoned with NaN so an unwritten element fails.
+
+Skips (module level, before torch is imported) unless palu_c was built with CUDA and torch sees a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import palu_c
+
+if not palu_c.build_info()["cuda_compiled"]:
+    pytest.skip("palu_c was built without CUDA (PALU_C_CUDA=0 or no nvcc)", allow_module_level=True)
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("torch sees no CUDA device", allow_module_level=True)
+
+from palu_c import latent_kernels as lk  # noqa: E402
+
+TOL = {("v2", torch.bfloat16): 1e-2, ("v2", torch.float16): 2e-3, ("v1", torch.bfloat16): 1e-4,
+       ("v1", torch.float16): 1e-4}
+DTYPES = [torch.float16, torch.bfloat16]
+
+# (id, B, H, Hkv, D, G, k_ranks, v_ranks, T, capacity): every head_dim, group size 1..Hkv, rank bucket
+# (<= 64, <= 128, larger), odd lengths, unequal padding, T = 1, MHA and GQA, n_rep 1..12.
+SHAPES = [
+    ("mha-d64-g1", 2, 4, 4, 64, 1, [32] * 4, [32] * 4, 37, 64),
+    ("gqa-d128-g1", 3, 8, 2, 128, 1, [64, 48], [32, 64], 1037, 1280),
+    ("gqa-d64-g2", 2, 12, 4, 64, 2, [64, 80], [48, 16], 301, 512),
+    ("d128-g4-r256", 2, 8, 4, 128, 4, [256], [256], 129, 256),
+    ("d128-g2-r128", 1, 16, 4, 128, 2, [128, 112], [128, 96], 200, 256),
+    ("smollm-d64-g3", 2, 9, 3, 64, 3, [96], [96], 515, 768),
+    ("single-slot", 2, 4, 4, 128, 1, [16] * 4, [16] * 4, 1, 256),
+    ("long-split", 1, 4, 1, 128, 1, [64], [64], 4099, 4352),
+    ("nrep12-v1only", 2, 12, 1, 64, 1, [32], [48], 77, 256),
+    ("odd-rank-v1only", 2, 4, 2, 64, 1, [20, 24], [28, 12], 45, 64),
+]
+SMALL = {"mha-d64-g1", "single-slot", "odd-rank-v1only"}
+
+
+def make_case(gen, B, H, Hkv, D, G, k_ranks, v_ranks, T, C, dtype, *, consecutive=True, bias=True, q_scale=1.0):
+    """Random inputs in the kernel layout (B, C, R) latents; pad_start unequal (sequence 0 unpadded)."""
+    dev = "cuda"
+    NG = Hkv // G
+    Rk, Rv = sum(k_ranks), sum(v_ranks)
+    f = dict(device=dev, generator=gen)
+    q = (q_scale * torch.randn((B, H, D), **f)).to(dtype)
+    kl = torch.randn((B, C, Rk), **f).to(dtype)
+    vl = torch.randn((B, C, Rv), **f).to(dtype)
+    k_ups = [(torch.randn((G * D, rk), **f) / math.sqrt(rk)).to(dtype) for rk in k_ranks]
+    v_ups = [(torch.randn((G * D, rv), **f) / math.sqrt(rv)).to(dtype) for rv in v_ranks]
+    pad = torch.randint(0, max(1, min(T, 40)), (B,), device=dev, generator=gen, dtype=torch.int32)
+    pad[0] = 0
+    if consecutive:  # transformers' left padding: positions count real tokens from 0, from a random offset
+        base = torch.randint(0, 100000, (B, 1), device=dev, generator=gen, dtype=torch.int32)
+        t = torch.arange(C, device=dev, dtype=torch.int32)[None, :]
+        pos = (base + t - pad[:, None]).clamp_min(0).to(torch.int32)
+    else:
+        pos = torch.randint(0, 200000, (B, C), device=dev, generator=gen, dtype=torch.int32)
+    inv_freq = 10000.0 ** (-torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D)
+    kb = 0.5 * torch.randn((Hkv * D,), **f) if bias else None
+    vb = 0.5 * torch.randn((Hkv * D,), **f) if bias else None
+    return dict(q=q, kl=kl, vl=vl, k_ups=k_ups, v_ups=v_ups, pad=pad, pos=pos, inv_freq=inv_freq, kb=kb, vb=vb,
+                k_ranks=k_ranks, v_ranks=v_ranks, G=G, T=T, Hkv=Hkv, NG=NG)
+
+
+def reference_z(c, scaling, att):
+    """float64 z (B, Z) straight from the definition (independent of the kernels)."""
+    q = c["q"].double()
+    B, H, D = q.shape
+    T, G, Hkv = c["T"], c["G"], c["Hkv"]
+    n_rep, half = H // Hkv, D // 2
+    pos = c["pos"][:, :T].double()
+    ang = pos[:, :, None] * c["inv_freq"].double()[None, None, :]
+    cos, sin = torch.cos(ang) * att, torch.sin(ang) * att
+    t_idx = torch.arange(T, device=q.device)[None, :]
+    valid = t_idx >= c["pad"].long()[:, None]
+    zs, kc, vc = [], 0, 0
+    for g, (rk, rv) in enumerate(zip(c["k_ranks"], c["v_ranks"])):
+        hk = c["kl"][:, :T, kc:kc + rk].double()
+        hv = c["vl"][:, :T, vc:vc + rv].double()
+        for j in range(G):
+            kvh = g * G + j
+            U = c["k_ups"][g][j * D:(j + 1) * D].double()
+            K = hk @ U.T
+            if c["kb"] is not None:
+                K = K + c["kb"][kvh * D:(kvh + 1) * D].double()
+            lo, hi = K[..., :half], K[..., half:]
+            K = torch.cat([lo * cos - hi * sin, hi * cos + lo * sin], dim=-1)
+            for r in range(n_rep):
+                h = kvh * n_rep + r
+                s = torch.einsum("btd,bd->bt", K, q[:, h]) * scaling
+                s = s.masked_fill(~valid, -math.inf)
+                p = torch.softmax(s, dim=-1)
+                zs.append(torch.einsum("bt,btr->br", p, hv))
+        kc += rk
+        vc += rv
+    return torch.cat(zs, dim=1)
+
+
+def run(c, *, impl, scaling, att, out_dtype=torch.float32, poison=True, **kw):
+    B = c["q"].shape[0]
+    Z = c["q"].shape[1] // c["Hkv"] * c["G"] * sum(c["v_ranks"])
+    out = torch.full((B, Z), float("nan"), dtype=out_dtype, device="cuda") if poison else None
+    return lk.latent_decode_attention_cuda(
+        c["q"], c["kl"], c["vl"], c["pos"], c["pad"], c["T"], lk.pack_k_up(c["k_ups"]), c["k_ranks"], c["v_ranks"],
+        c["G"], c["inv_freq"], k_bias=c["kb"], scaling=scaling, attention_scaling=att, out_dtype=out_dtype,
+        impl=impl, out=out, **kw)
+
+
+def rel_errors(z, ref, c):
+    z = z.double()
+    assert torch.isfinite(z).all(), "non-finite output (unwritten element, NaN or overflow)"
+    glob = (torch.linalg.norm(z - ref) / torch.linalg.norm(ref)).item()
+    worst = 0.0
+    for col, width in lk.z_layout(c["v_ranks"], c["G"], c["q"].shape[1] // c["Hkv"]):
+        blk, rblk = z[:, col:col + width], ref[:, col:col + width]
+        worst = max(worst, ((blk - rblk).norm(dim=1) / rblk.norm(dim=1)).max().item())
+    return glob, worst
+
+
+def impl_used(c, impl):
+    B, H, D = c["q"].shape
+    return lk.latent_decode_workspace_size(B, H, c["Hkv"], D, c["G"], c["T"], c["k_ranks"], c["v_ranks"],
+                                           c["q"].dtype, "cuda", impl)[1]
+
+
+@pytest.mark.parametrize("impl", ["v1", "auto"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
+def test_matches_float64_reference_poisoned(torch_gen, shape, dtype, impl):
+    name, B, H, Hkv, D, G, kr, vr, T, C = shape
+    c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype, consecutive=True, bias=True)
+    scaling, att = D ** -0.5, 1.1
+    used = impl_used(c, impl)
+    if name.endswith("v1only"):
+        assert used == 1
+    z = run(c, impl=impl, scaling=scaling, att=att)
+    torch.cuda.synchronize()
+    tol = TOL[("v1" if used == 1 else "v2", dtype)]
+    glob, worst = rel_errors(z, reference_z(c, scaling, att), c)
+    assert glob <= tol and worst <= 3 * tol, f"v{used}: relative error {glob:.3e} (worst head {worst:.3e}) vs {tol}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [s for s in SHAPES if s[0] in ("gqa-d128-g1", "gqa-d64-g2", "long-split")],
+                         ids=lambda s: s[0])
+def test_random_positions_sharp_softmax_no_bias(torch_gen, shape, dtype):
+    """Non-consecutive positions (the per-token RoPE path), large angles, peaky softmax (q scaled by 3)."""
+    name, B, H, Hkv, D, G, kr, vr, T, C = shape
+    c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype, consecutive=False, bias=False, q_scale=3.0)
+    scaling = D ** -0.5
+    for impl in ("v1", "auto"):
+        used = impl_used(c, impl)
+        z = run(c, impl=impl, scaling=scaling, att=1.0)
+        tol = TOL[("v1" if used == 1 else "v2", dtype)]
+        glob, worst = rel_errors(z, reference_z(c, scaling, 1.0), c)
+        assert glob <= tol and worst <= 3 * tol, f"v{used}: {glob:.3e} / {worst:.3e} vs {tol}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_value_up_matches_c_twin(torch_gen, dtype):
+    """o = value_up(z) against palu_c._C.latent_decode_attention (the CPU `_ref` twin, float32)."""
+    B, H, Hkv, D, G, kr, vr, T, C = 3, 8, 4, 64, 2, [64, 48], [32, 64], 211, 256
+    c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype)
+    scaling, att = D ** -0.5, 1.0
+    f32 = lambda t: t.detach().float().cpu().numpy()  # noqa: E731
+    o_ref = palu_c._C.latent_decode_attention(
+        f32(c["q"]), np.ascontiguousarray(f32(c["kl"])[:, :T]), np.ascontiguousarray(f32(c["vl"])[:, :T]),
+        np.ascontiguousarray(c["pos"][:, :T].cpu().numpy()), c["pad"].cpu().numpy(), [f32(u) for u in c["k_ups"]],
+        [f32(u) for u in c["v_ups"]], G, f32(c["inv_freq"]), att, scaling, f32(c["kb"]), f32(c["vb"]))
+    o_ref = torch.from_numpy(o_ref).double()
+    for impl in ("v1", "auto"):
+        used = impl_used(c, impl)
+        z = run(c, impl=impl, scaling=scaling, att=att)
+        o = lk.value_up(z.double(), [u.double() for u in c["v_ups"]], G, H // Hkv, c["vb"].double()).cpu()
+        tol = TOL[("v1" if used == 1 else "v2", dtype)] + 1e-5  # + the twin's own float32 rounding
+        err = (torch.linalg.norm(o - o_ref) / torch.linalg.norm(o_ref)).item()
+        assert err <= tol, f"v{used}: {err:.3e} vs {tol}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_out_dtype_and_strided_latents(torch_gen, dtype):
+    """Output in the input dtype; latents viewed out of a wider buffer (non-compact token stride)."""
+    B, H, Hkv, D, G, kr, vr, T, C = 2, 8, 2, 128, 1, [64, 64], [64, 64], 333, 512
+    c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype)
+    wide = torch.randn((B, C, 256 + 128), device="cuda", generator=torch_gen).to(dtype)
+    wide[:, :, 16:16 + 128] = c["kl"]
+    c["kl"] = wide[:, :, 16:16 + 128]
+    ref = reference_z(c, D ** -0.5, 1.0)
+    z = run(c, impl="auto", scaling=D ** -0.5, att=1.0, out_dtype=dtype)
+    assert z.dtype == dtype
+    glob, _ = rel_errors(z, ref, c)
+    assert glob <= TOL[("v2", dtype)] + 2 ** -8  # + one rounding of z to the dtype
+
+
+def test_bad_pad_start_gives_nan_not_garbage(torch_gen):
+    c = make_case(torch_gen, 3, 4, 2, 64, 1, [32, 32], [32, 32], 50, 64, torch.float16)
+    c["pad"][1] = 50  # == length: nothing to attend
+    for impl in ("v1", "auto"):
+        z = run(c, impl=impl, scaling=0.125, att=1.0)
+        assert torch.isnan(z[1]).all() and torch.isfinite(z[0]).all() and torch.isfinite(z[2]).all()
+
+
+def test_side_stream_and_graph_capture(torch_gen):
+    c = make_case(torch_gen, 2, 8, 2, 128, 1, [64, 64], [64, 64], 700, 768, torch.bfloat16)
+    ref = run(c, impl="auto", scaling=0.088, att=1.0)
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        z = run(c, impl="auto", scaling=0.088, att=1.0)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    B, H, D = c["q"].shape
+    floats, _ = lk.latent_decode_workspace_size(B, H, 2, D, 1, c["T"], [64, 64], [64, 64], torch.bfloat16, "cuda")
+    ws = torch.empty(floats, device="cuda")
+    out = torch.empty_like(ref)
+    k_up = lk.pack_k_up(c["k_ups"])
+    args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], c["T"], k_up, [64, 64], [64, 64], 1, c["inv_freq"])
+    kw = dict(k_bias=c["kb"], scaling=0.088, out=out, workspace=ws)
+    with torch.cuda.stream(side):
+        lk.latent_decode_attention_cuda(*args, **kw)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lk.latent_decode_attention_cuda(*args, **kw)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
+def test_errors_name_the_argument(torch_gen):
+    c = make_case(torch_gen, 2, 4, 2, 64, 1, [32, 32], [32, 32], 20, 32, torch.float16)
+    k_up = lk.pack_k_up(c["k_ups"])
+    base = dict(q=c["q"], k_latent=c["kl"], v_latent=c["vl"], positions=c["pos"], pad_start=c["pad"], length=20,
+                k_up=k_up, k_ranks=[32, 32], v_ranks=[32, 32], group_size=1, inv_freq=c["inv_freq"])
+    with pytest.raises(TypeError, match="q"):
+        lk.latent_decode_attention_cuda(**{**base, "q": c["q"].float()})
+    with pytest.raises(TypeError, match="positions"):
+        lk.latent_decode_attention_cuda(**{**base, "positions": c["pos"].long()})
+    with pytest.raises(ValueError, match="k_latent"):
+        lk.latent_decode_attention_cuda(**{**base, "k_latent": c["kl"][:, :, :48]})
+    with pytest.raises(ValueError, match="length"):
+        lk.latent_decode_attention_cuda(**{**base, "length": 33})
+    with pytest.raises(ValueError, match="q"):
+        lk.latent_decode_attention_cuda(**{**base, "q": c["q"].cpu()})
+    with pytest.raises(ValueError, match="impl"):
+        lk.latent_decode_attention_cuda(**base, impl="v3")
+    odd = make_case(torch_gen, 1, 4, 2, 64, 1, [20, 32], [32, 32], 20, 32, torch.float16)
+    with pytest.raises(NotImplementedError, match="16"):
+        lk.latent_decode_attention_cuda(odd["q"], odd["kl"], odd["vl"], odd["pos"], odd["pad"], 20,
+                                        lk.pack_k_up(odd["k_ups"]), [20, 32], [32, 32], 1, odd["inv_freq"],
+                                        impl="v2")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("B, C, S, start, Rk, Rv", [(1, 256, 1, 0, 64, 64), (3, 512, 7, 300, 96, 48),
+                                                    (2, 256, 19, 237, 20, 12), (5, 1024, 1, 1023, 256, 128)])
+def test_append_matches_indexing_poisoned(torch_gen, dtype, B, C, S, start, Rk, Rv):
+    kc = torch.full((B, C, Rk), float("nan"), dtype=dtype, device="cuda")
+    vc = torch.full((B, C, Rv), float("nan"), dtype=dtype, device="cuda")
+    pc = torch.full((B, C), -7, dtype=torch.int32, device="cuda")
+    # new latents as views into one fused projection output (non-compact token stride), positions int64
+    fused = torch.randn((B, S, Rk + Rv + 8), device="cuda", generator=torch_gen).to(dtype)
+    kn, vn = fused[:, :, :Rk], fused[:, :, Rk + 8:]
+    pn = torch.randint(0, 1 << 20, (B, S), device="cuda", generator=torch_gen)
+    ek, ev, ep = kc.clone(), vc.clone(), pc.clone()
+    ek[:, start:start + S], ev[:, start:start + S], ep[:, start:start + S] = kn, vn, pn.to(torch.int32)
+    lk.latent_append_cuda(kc, vc, pc, kn, vn, pn, start)
+    torch.cuda.synchronize()
+    assert torch.equal(kc[:, start:start + S], ek[:, start:start + S])
+    assert torch.equal(vc[:, start:start + S], ev[:, start:start + S])
+    assert torch.equal(pc, ep)
+    assert torch.isnan(kc[:, :start]).all() and torch.isnan(kc[:, start + S:]).all()  # nothing else written
+
+
+def test_append_refuses_overflow_and_dtype_mismatch():
+    kc = torch.zeros((1, 8, 16), dtype=torch.float16, device="cuda")
+    vc, pc = torch.zeros_like(kc), torch.zeros((1, 8), dtype=torch.int32, device="cuda")
+    kn = torch.zeros((1, 2, 16), dtype=torch.float16, device="cuda")
+    with pytest.raises(ValueError, match="start"):
+        lk.latent_append_cuda(kc, vc, pc, kn, kn, torch.zeros((1, 2), dtype=torch.int32, device="cuda"), 7)
+    with pytest.raises(TypeError, match="v_new"):
+        lk.latent_append_cuda(kc, vc, pc, kn, kn.float(), torch.zeros((1, 2), dtype=torch.int32, device="cuda"), 0)
