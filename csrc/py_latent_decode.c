@@ -266,7 +266,7 @@ static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObjec
     long long T, G;
     double att_scaling, scaling;
     int impl = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOO$LOOLddO|i:latent_decode_cuda", kwlist, &caps[0],
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOLOOLddO|i:latent_decode_cuda", kwlist, &caps[0],
                                      &caps[1], &caps[2], &caps[3], &caps[4], &caps[5], &caps[6], &caps[7], &caps[8],
                                      &caps[9], &T, &kr_obj, &vr_obj, &G, &att_scaling, &scaling, &stream_obj, &impl))
         return NULL;
