@@ -252,7 +252,7 @@ done:
 #endif
 }
 
-/* latent_decode_cuda(q, k_latent, v_latent, positions, pad_start, k_up, inv_freq, k_bias, out, workspace, *,
+/* latent_decode_cuda(q, k_latent, v_latent, positions, pad_start, k_up, inv_freq, k_bias, out, workspace,
  *                    length, k_ranks, v_ranks, group_size, attention_scaling, scaling, stream, impl=0) -> None
  * Tensors are DLPack capsules (k_bias may be None). See kernels/latent_decode.cuh for the contract. */
 static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObject *kwargs)
