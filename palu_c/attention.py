@@ -17,6 +17,17 @@ Per step the module
    exactly as ``LlamaAttention`` does, so masks, GQA head repetition, sdpa and eager behave as upstream;
    then ``o_proj``.
 
+Decode steps (one new token) on CPU float32 skip steps 3-4: the C core (``_C.latent_cache_decode_attention``)
+reads the layer's C cache in place, rebuilds and rotates keys per KV head, and applies the value up-projection
+once per query head to the probability-weighted latent, o_h = Uv_h (sum_t p_t hv_t) + bv_h, before the
+original o_proj. That is the fold of the value up-projection into o_proj by associativity, evaluated as two
+factors. Storing the fused o_proj x Uv instead (hidden x sum_h rv_g weights) only pays when rv_g < about D: on
+SmolLM2 / Llama shapes at ratio 0.5 the fused matrix was 0.36-0.95x the time of the factored fold for group
+size 1, equal for group 3 and 1.3-2.2x slower for group 4, and rebuilding V per token was always slowest, 1.2-7.7x
+(python/results/bench_value_fold.md). The factored fold is exact, adds no weights and leaves prefill on the
+model's attention implementation, so it is the one used; prefill rebuilds K and V and calls that
+implementation (SDPA/eager), whose BLAS-backed matmuls beat a scalar C loop over T x T scores.
+
 Positions: ``position_ids`` from the decoder layer (transformers 5.18 always passes it; for left-padded
 ``generate`` batches it is cumsum(attention_mask) - 1). When it is missing, ``cache_position`` from the
 keyword arguments is used if present, else ``arange(past, past + T)`` with ``past`` the cached length.
