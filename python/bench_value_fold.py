@@ -330,7 +330,8 @@ def main():
                 f = Factors(s, G, rv, rk, gen)
                 chunk = f.chunk
                 f.chunk = 100  # also check several chunks with a ragged last one (333 = 3*100 + 33)
-                check_value(f, gen), check_key(f, gen)
+                check_value(f, gen)
+                check_key(f, gen)
                 f.chunk = chunk
                 vcheck = check_value(f, gen)
                 kcheck = check_key(f, gen)
