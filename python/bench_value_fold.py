@@ -330,7 +330,8 @@ def main():
                 f = Factors(s, G, rv, rk, gen)
                 chunk = f.chunk
                 f.chunk = 100  # also check several chunks with a ragged last one (333 = 3*100 + 33)
-                check_value(f, gen), check_key(f, gen)
+                check_value(f, gen)
+                check_key(f, gen)
                 f.chunk = chunk
                 vcheck = check_value(f, gen)
                 kcheck = check_key(f, gen)
@@ -390,6 +391,9 @@ def main():
         f"with W_fused = o_proj x Uv per head. ratio {args.ratio}: rv_g = ratio*G*D rounded to 16, keys the "
         "same rank. Times: median wall time of one call with weights and latents evicted from the caches "
         "beforehand (64 MiB rewrite); B = sequences in the batch, T = cached tokens.", "",
+        "Rule: per sequence and step, (c) costs hidden*sum_h rv_g(h) multiply-adds after the reduction, (b) "
+        "H*D*rv_g + hidden*H*D; with one rank per layer (c) is cheaper iff rv_g < hidden*D/(hidden-D) (about D: "
+        "72 for SmolLM2, 132.1 for the Llamas); the reduction z_h = p_h @ hv[g] is common to both.", "",
         "## Correctness (before timing)", "",
         f"B={CHECK_B}, T={CHECK_T}, against float64 references that rebuild V / K per token and head. Bound: "
         "|y - ref| <= n * eps32 * ref_abs elementwise (ref_abs: same computation on absolute values; n stated); "
@@ -426,17 +430,22 @@ def main():
             f"{r['p_wf'] / 1e6:+.2f} M | {net / 1e6:+.2f} M |")
     lines += [
         "", "## One decode step, value side (p given) and key side", "",
-        "a/b, c/b: time ratio against (b) (below 1 = faster than (b)). MMAC = million multiply-adds. key = keys "
-        "rebuilt from hk (same rank) + RoPE (angles in float64) + scores + softmax, i.e. what produces p; "
-        "b/key = value side (b) over key side.", "",
-        "| shape | G | rv_g | T | B | (a) ms | (b) ms | (c) ms | a/b | c/b | MMAC (a) | MMAC (b) | MMAC (c) | "
-        "key ms | MMAC key | b/key |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "a/b, c/b: time ratio against (b) (below 1 = faster than (b)). (b) and (c) run the same reduction "
+        "code, so their difference should be the epilogue's: 'c/b via epi' = 1 - (epi (b) - epi (c)) / (b), "
+        "with the cold epilogue times above; a measured c/b far from it is timing noise of the shared machine. "
+        "MMAC = million multiply-adds. key = keys rebuilt from hk (same rank) + RoPE (angles in float64) + "
+        "scores + softmax, i.e. what produces p; b/key = value side (b) over key side.", "",
+        "| shape | G | rv_g | T | B | (a) ms | (b) ms | (c) ms | a/b | c/b | c/b via epi | MMAC (a) | MMAC (b) | "
+        "MMAC (c) | key ms | MMAC key | b/key |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    epi_of = {(r["shape"], r["G"]): r["epi"] for r in static_rows}
     for r in rows:
         t, m = r["t"], r["macs"]
+        e = epi_of[r["shape"], r["G"]].get((r["B"], True))
+        via = "" if e is None else f"{1 - (e[0] - e[1]) / t['b']:.2f}"
         lines.append(
             f"| {r['shape']} | {r['G']} | {r['rv']} | {r['T']} | {r['B']} | {t['a'] * 1e3:.3f} | "
-            f"{t['b'] * 1e3:.3f} | {t['c'] * 1e3:.3f} | {t['a'] / t['b']:.2f} | {t['c'] / t['b']:.2f} | "
+            f"{t['b'] * 1e3:.3f} | {t['c'] * 1e3:.3f} | {t['a'] / t['b']:.2f} | {t['c'] / t['b']:.2f} | {via} | "
             f"{m['a'] / 1e6:.1f} | {m['b'] / 1e6:.2f} | {m['c'] / 1e6:.2f} | {t['key'] * 1e3:.3f} | "
             f"{m['key'] / 1e6:.1f} | {t['b'] / t['key']:.3f} |")
     emit(lines, args.out)
