@@ -22,8 +22,8 @@ reads the layer's C cache in place, rebuilds and rotates keys per KV head, and a
 once per query head to the probability-weighted latent, o_h = Uv_h (sum_t p_t hv_t) + bv_h, before the
 original o_proj. That is the fold of the value up-projection into o_proj by associativity, evaluated as two
 factors. Storing the fused o_proj x Uv instead (hidden x sum_h rv_g weights) only pays when rv_g < about D: on
-SmolLM2 / Llama shapes at ratio 0.5 the fused matrix was 0.36-0.95x the time of the factored fold for group
-size 1, equal for group 3 and 1.3-2.2x slower for group 4, and rebuilding V per token was always slowest, 1.2-7.7x
+SmolLM2 / Llama shapes at ratio 0.5 the fused epilogue took 0.48-0.66x the time of the factored one for group
+size 1, tied for group 3 and took 1.6-1.9x for group 4, and rebuilding V per token was always slowest, 1.2-19x
 (python/results/bench_value_fold.md). The factored fold is exact, adds no weights and leaves prefill on the
 model's attention implementation, so it is the one used; prefill rebuilds K and V and calls that
 implementation (SDPA/eager), whose BLAS-backed matmuls beat a scalar C loop over T x T scores.
