@@ -179,6 +179,8 @@ class PaluAttention(nn.Module):
         # "auto": one-token decode steps on CPU float32 run in C (csrc/latent_attention.c); "torch": always the
         # PyTorch reference path (kept selectable: it is the reference the C and CUDA paths are tested against)
         self.decode_backend = "auto"
+        self._cuda_unsupported = False  # the fused CUDA kernel refused this layer's shapes once: do not retry
+        self._k_up_packed: torch.Tensor | None = None  # k_ups packed for the CUDA kernel (per dtype/device)
 
         self.bits, self.residual, self.quant_group = bits, residual, quant_group
         self.make_latent_layer()  # validates the cache options now rather than at the first forward
@@ -240,6 +242,12 @@ class PaluAttention(nn.Module):
                     out = self._c_decode(query, pad_start, cache=layer.host_cache)
                     return self.o_proj(out.reshape(batch, 1, -1)), None
                 hk, hv, pos = layer.latents()  # a mask the C path does not cover: PyTorch path below
+            elif tokens == 1 and self._cuda_decode_applies(query, kwargs, layer):
+                layer.append_latent(hk, hv, pos)
+                out = self._cuda_decode(query, layer, attention_mask)
+                if out is not None:
+                    return self.o_proj(out.reshape(batch, 1, -1)), None
+                hk, hv, pos = layer.latents()  # the kernel does not cover this shape: PyTorch path below
             else:
                 hk, hv, pos = layer.update_latent(hk, hv, pos)
         elif c_step:
@@ -296,10 +304,75 @@ class PaluAttention(nn.Module):
             out = _C.latent_decode_attention(q, to_np(hk), to_np(hv), to_np(pos.to(torch.int32)), pad_start, **common)
         return torch.from_numpy(out)
 
+    def _cuda_decode_applies(self, query: torch.Tensor, kwargs: dict, layer: LatentLayer) -> bool:
+        """Whether a one-token step may run the fused CUDA kernel (kernels/latent_decode.cu): fp16/bf16 on CUDA,
+        unquantized latents in a torch store that already holds the prompt, no autograd, no sliding window, no
+        attention weights requested, plain-RoPE inverse frequencies, and the kernel not found unsupported for
+        this layer before."""
+        if self.decode_backend == "torch" or kwargs.get("output_attentions") or self._cuda_unsupported:
+            return False
+        if (query.device.type != "cuda" or query.dtype not in (torch.float16, torch.bfloat16) or layer.bits is not None
+                or self.sliding_window is not None or layer.length == 0
+                or (torch.is_grad_enabled() and (self.training or query.requires_grad))):
+            return False
+        if not _cuda_compiled():
+            return False
+        inv_freq = getattr(self.rotary_emb, "inv_freq", None)
+        return inv_freq is not None and inv_freq.numel() * 2 == self.head_dim
+
+    def _cuda_decode(self, query: torch.Tensor, layer: LatentLayer, attention_mask: torch.Tensor | None):
+        """One decode step through the fused CUDA kernel (tensor-core key rebuild, RoPE, online softmax over the
+        latent cache, split along the sequence), then the value up-projection per head. Returns (B, H, D) in the
+        query's dtype, or None when the kernel does not cover this layer's shapes (remembered; the PyTorch path
+        runs from then on). Never synchronizes with the host."""
+        from . import latent_kernels
+
+        store = layer._store
+        packed = self._k_up_packed
+        if packed is None or packed.dtype != query.dtype or packed.device != query.device:
+            packed = self._k_up_packed = latent_kernels.pack_k_up([u.to(query.dtype) for u in self.k_ups])
+        pad_start = _device_left_padding(attention_mask, query.shape[0], store.length, query.device)
+        rotary = self.rotary_emb
+        try:
+            z = latent_kernels.latent_decode_attention_cuda(
+                query[:, :, 0].contiguous(), store.k_latent, store.v_latent, store.positions, pad_start, store.length,
+                packed, self.k_ranks, self.v_ranks, self.layer_cfg.group_size, rotary.inv_freq.float(),
+                k_bias=self.k_bias, scaling=float(self.scaling),
+                attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl="v2")
+        except NotImplementedError:
+            self._cuda_unsupported = True
+            return None
+        o = latent_kernels.value_up(z, self.v_ups, self.layer_cfg.group_size, self.num_key_value_groups, self.v_bias)
+        return o.to(query.dtype)
+
     def extra_repr(self) -> str:
         quant = "" if self.bits is None else f", bits={self.bits}, residual={self.residual}"
         return (f"layer_idx={self.layer_idx}, group_size={self.layer_cfg.group_size}, k_ranks={list(self.k_ranks)}, "
                 f"v_ranks={list(self.v_ranks)}{quant}")
+
+
+_CUDA_COMPILED: bool | None = None
+
+
+def _cuda_compiled() -> bool:
+    global _CUDA_COMPILED
+    if _CUDA_COMPILED is None:
+        _CUDA_COMPILED = bool(_C.build_info()["cuda_compiled"])
+    return _CUDA_COMPILED
+
+
+def _device_left_padding(mask: torch.Tensor | None, batch: int, slots: int, device: torch.device) -> torch.Tensor:
+    """Leading masked slots per sequence as an int32 tensor on ``device``, computed without a host sync. A row
+    that is not plain left padding gets ``slots`` (out of range), which makes the kernel return NaN for that
+    sequence: loud, never a silently wrong attention (use ``decode_backend="torch"`` for custom masks)."""
+    if mask is None:
+        return torch.zeros(batch, dtype=torch.int32, device=device)
+    row = mask[:, 0, -1, :] if mask.dim() == 4 else mask
+    keep = row if row.dtype == torch.bool else row == 0
+    start = (~keep).to(torch.int32).cumprod(dim=1).sum(dim=1)
+    expected = torch.arange(keep.shape[-1], device=keep.device)[None, :] >= start[:, None]
+    plain = (keep == expected).all(dim=1) & (start < slots) & (keep.shape[-1] == slots)
+    return torch.where(plain, start, torch.full_like(start, slots)).to(device=device, dtype=torch.int32)
 
 
 def _left_padding(mask: torch.Tensor | None, batch: int, slots: int):
