@@ -1,0 +1,46 @@
+"""One launch of the fused latent decode kernel on one shape, for Nsight Compute (ncu) profiling.
+
+Run:  ncu --set full -k regex:latent --launch-skip 3 --launch-count 2 \
+          python python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1
+Builds random fp16 latents at ratio 0.5 (rk_g = rv_g = 0.5 G D), warms up 3 launches, then launches twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from palu_c import latent_kernels as lk
+
+SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--group", type=int, default=1)
+    ap.add_argument("--impl", default="v2")
+    args = ap.parse_args()
+    H, Hkv, D = SHAPES[args.shape]
+    G, B, T = args.group, args.batch, args.tokens
+    r = G * D // 2
+    NG = Hkv // G
+    dev, dt = torch.device("cuda"), torch.float16
+    q = torch.randn(B, H, D, device=dev, dtype=dt)
+    hk = torch.randn(B, T, NG * r, device=dev, dtype=dt)
+    hv = torch.randn(B, T, NG * r, device=dev, dtype=dt)
+    pos = torch.arange(T, device=dev, dtype=torch.int32).expand(B, T).contiguous()
+    pad = torch.zeros(B, device=dev, dtype=torch.int32)
+    k_up = lk.pack_k_up([torch.randn(G * D, r, device=dev, dtype=dt) / r ** 0.5 for _ in range(NG)])
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D))
+    for _ in range(5):
+        lk.latent_decode_attention_cuda(q, hk, hv, pos, pad, T, k_up, [r] * NG, [r] * NG, G, inv_freq,
+                                        impl=args.impl)
+    torch.cuda.synchronize()
+
+
+if __name__ == "__main__":
+    main()
