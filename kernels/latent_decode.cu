@@ -707,10 +707,359 @@ __global__ void __launch_bounds__(128) decode_v2_kernel(const DecodeParams p)
             }
 }
 
+/* ---- v3: v2 with exact compile-time ranks, RoPE from a per-CTA table, the bias as the mma's C operand ---------- */
+
+/* d = a . b + c with separate c (saves the register copies of seeding the accumulators with the bias). */
+#ifndef PALU_EMULATE
+template <typename T> __device__ __forceinline__ void mma16816c(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1, float c0, float c1);
+template <> __device__ __forceinline__ void mma16816c<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                               uint32_t b1, float c0, float c1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%10,%11};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1));
+}
+template <> __device__ __forceinline__ void mma16816c<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                                      uint32_t b0, uint32_t b1, float c0, float c1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%10,%11};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1));
+}
+#else
+template <typename T> inline void mma16816c(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, float c0,
+                                            float c1)
+{
+    d[0] = c0, d[1] = c1, d[2] = c0, d[3] = c1;
+    dev::mma16816<T>(d, a, b0, b1);
+}
+#endif
+
+/* Shared memory of a v3 CTA: as v2 (Uk padded rows, bias, per-warp two-stage tiles) plus the rotation table
+ * rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for the 32 slots tau of a tile (rows padded by 64 bytes so the 8
+ * rows one LDS.128 phase touches spread over all banks) and turn[i] = (hi, lo turn split, cos, sin of
+ * 32 * inv_freq_i). */
+template <int D, int RK, int RV> struct V3Layout {
+    static constexpr int HALF = D / 2;
+    static constexpr int UKST = (RK + 8) * 2, HKST = (RK + 8) * 2, HVST = (RV + 8) * 2, RTST = HALF * 8 + 64;
+    static constexpr size_t UK = 0;
+    static constexpr size_t BIAS = UK + (size_t)D * UKST;
+    static constexpr size_t TURN = BIAS + (size_t)D * 4;
+    static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
+    static constexpr size_t STAGES = RTAB + (size_t)kV2Tile * RTST;
+    static constexpr size_t HK = 0, HV = (size_t)kV2Tile * HKST, POS = HV + (size_t)kV2Tile * HVST;
+    static constexpr size_t STAGE = POS + kV2Tile * 4;
+    static constexpr size_t total(int warps) { return STAGES + (size_t)warps * 2 * STAGE; }
+};
+
+/* Tiles re-anchor the rotated query at most this many tiles apart (bounds the drift of the fp32 recurrence). */
+constexpr int kV3Reanchor = 8;
+
+/* One CTA = (KV head, slice, sequence), 1-4 warps streaming 32-token tiles as in v2 (see there for the fragment
+ * layout). What differs: every group has ranks exactly RK / RV (no runtime guards, constant strides); the bias
+ * seeds the rebuild as the C operand; and RoPE splits the angle. For a tile whose positions are consecutive,
+ * pos = p0 + tau, and q . R(pos) k = (R(p0)^T q) . (R(tau) k): the keys rotate by R(tau) from the CTA's table
+ * (no transcendental per key), the n_rep queries rotate by R(p0) once per tile (fp32, kept in registers,
+ * advanced by R(32) from one tile to the next and recomputed precisely every kV3Reanchor tiles or after a
+ * jump). A tile with other positions anchors the query at 0 (q itself) and rotates each key by its own precise
+ * angle, as v2. The rotated query is rounded to T for the score product (one more rounding than v2). */
+template <typename T, int D, int RK, int RV>
+__global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
+{
+    using L = V3Layout<D, RK, RV>;
+    constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16;
+    constexpr int KC = RK / 8, VC = RV / 8; /* 16-byte chunks per latent row */
+    char *smem = dev::dyn_smem();
+    const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int g = kvh / p.G, j = kvh - g * p.G;
+    const int kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
+    const int n_rep = p.n_rep, T_len = p.T, h0 = kvh * n_rep, tid = threadIdx.x;
+    const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
+    const int gq = lane >> 2, cq = lane & 3;
+    char *uk = smem + L::UK;
+    float *bias = reinterpret_cast<float *>(smem + L::BIAS);
+    float4 *turn = reinterpret_cast<float4 *>(smem + L::TURN);
+    char *rtab = smem + L::RTAB;
+
+    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * RK;
+    for (int e = tid; e < D * KC; e += blockDim.x) {
+        const int d = e / KC, cc = e - d * KC;
+        dev::cp_async16(uk + d * L::UKST + cc * 16, ukg + (size_t)d * RK + cc * 8, true);
+    }
+    dev::cp_async_commit();
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int i = tid; i < HALF; i += blockDim.x) {
+        const float2 tr = turn_split(p.inv_freq[i]);
+        double s32, c32;
+        sincos(32.0 * (double)p.inv_freq[i], &s32, &c32);
+        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+    }
+    for (int e = tid; e < kV2Tile * HALF; e += blockDim.x) {
+        const int tau = e / HALF, i = e - tau * HALF;
+        float c, s;
+        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
+        *reinterpret_cast<float2 *>(rtab + tau * L::RTST + i * 8) = make_float2(c, s);
+    }
+    dev::cp_async_wait<0>();
+    dev::sync_cta();
+
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps, pidx = split * warps + warp;
+    const int chunk = ((len + nparts - 1) / nparts + kV2Tile - 1) / kV2Tile * kV2Tile;
+    const int wb = ps + pidx * chunk;
+    const int we = bad_pad ? wb : min(T_len, wb + chunk);
+    const int ntiles = we > wb ? (we - wb + kV2Tile - 1) / kV2Tile : 0;
+
+    /* this thread's query values (row gq = head h0 + gq; zero rows past n_rep): pass kk holds dims
+     * 16kk + {2c, 2c+1, 8+2c, 8+2c+1} (lo) and the same + HALF (hi), rotated: qr = R(anchor)^T q */
+    const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
+    float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
+    int anchor = INT_MIN, age = 0; /* INT_MIN: qr not set */
+
+    float zacc[RVT][4];
+#pragma unroll
+    for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
+    float m_run = -INFINITY, l_run = 0.0f;
+
+    char *stage0 = smem + L::STAGES + (size_t)warp * 2 * L::STAGE;
+    const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
+    const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
+    const int32_t *posg = p.positions + (size_t)b * p.pbs;
+    auto load_tile = [&](int it, char *st) {
+        const int tb = wb + it * kV2Tile;
+#pragma unroll
+        for (int x = 0; x < kV2Tile * KC / 32; x++) {
+            const int e = lane + 32 * x, r = e / KC, cc = e % KC;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + L::HK + r * L::HKST + cc * 16, ok ? klg + (size_t)(tb + r) * p.kts + cc * 8 : klg, ok);
+        }
+#pragma unroll
+        for (int x = 0; x < kV2Tile * VC / 32; x++) {
+            const int e = lane + 32 * x, r = e / VC, cc = e % VC;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + L::HV + r * L::HVST + cc * 16, ok ? vlg + (size_t)(tb + r) * p.vts + cc * 8 : vlg, ok);
+        }
+        const bool ok = tb + lane < we;
+        dev::cp_async4(st + L::POS + lane * 4, ok ? posg + tb + lane : posg, ok);
+        dev::cp_async_commit();
+    };
+
+    /* qr = R(a)^T q with the precise angle (lo' = lo c + hi s, hi' = hi c - lo s); q is re-read (L1/L2) */
+    auto anchor_query = [&](int a) {
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int off = 16 * kk + 8 * (x >> 1) + (x & 1);
+                const float lo = gq < n_rep ? Num<T>::to_f(qptr[off]) : 0.0f;
+                const float hi = gq < n_rep ? Num<T>::to_f(qptr[off + HALF]) : 0.0f;
+                const float4 tf = turn[off + 2 * cq];
+                float c, s;
+                rope_cos_sin(a, make_float2(tf.x, tf.y), &c, &s);
+                qrlo[kk][x] = lo * c + hi * s;
+                qrhi[kk][x] = hi * c - lo * s;
+            }
+    };
+
+    if (ntiles > 0) load_tile(0, stage0);
+    for (int it = 0; it < ntiles; it++) {
+        const char *st = stage0 + (it & 1) * L::STAGE;
+        if (it + 1 < ntiles) {
+            load_tile(it + 1, stage0 + ((it + 1) & 1) * L::STAGE);
+            dev::cp_async_wait<1>();
+        } else {
+            dev::cp_async_wait<0>();
+        }
+        dev::sync_warp();
+        const int nvalid = min(kV2Tile, we - (wb + it * kV2Tile));
+        const char *hk = st + L::HK, *hv = st + L::HV;
+        const int *tpos_s = reinterpret_cast<const int *>(st + L::POS);
+        const int mypos = tpos_s[lane];
+        const int p0 = dev::shfl_int(mypos, 0);
+        const bool consec = dev::all_lanes(lane >= nvalid || mypos == p0 + lane);
+        const int want = consec ? p0 : 0;
+        if (anchor != want) {
+            anchor_query(want);
+            anchor = want, age = 0;
+        }
+        int tpos[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) tpos[u] = tpos_s[gq + 8 * u];
+
+        uint32_t af[2][RKT][4];
+        if (RKT <= 4) {
+#pragma unroll
+            for (int m = 0; m < 2; m++)
+#pragma unroll
+                for (int s = 0; s < RKT; s++)
+                    dev::ldsm_x4(af[m][s], hk + (16 * m + (lane & 15)) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
+        }
+
+        float sacc[4][4];
+#pragma unroll
+        for (int n = 0; n < 4; n++) sacc[n][0] = sacc[n][1] = sacc[n][2] = sacc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++) {
+            float acc[2][4][4]; /* [m tile][column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment] */
+            float2 bq[4];
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
+            const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+            for (int s = 0; s < RKT; s++) {
+                if (RKT > 4) { /* HK fragments do not fit in registers: reload this k-step's */
+#pragma unroll
+                    for (int m = 0; m < 2; m++)
+                        dev::ldsm_x4(af[m][s], hk + (16 * m + (lane & 15)) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
+                }
+                uint32_t blo[4], bhi[4];
+                const int rcol = 16 * s + ((lane >> 3) & 1) * 8;
+                dev::ldsm_x4(blo, uk + drow * L::UKST + rcol * 2);
+                dev::ldsm_x4(bhi, uk + (drow + HALF) * L::UKST + rcol * 2);
+#pragma unroll
+                for (int m = 0; m < 2; m++) {
+                    if (s == 0) {
+                        mma16816c<T>(acc[m][0], af[m][s], blo[0], blo[1], bq[0].x, bq[0].y);
+                        mma16816c<T>(acc[m][1], af[m][s], blo[2], blo[3], bq[1].x, bq[1].y);
+                        mma16816c<T>(acc[m][2], af[m][s], bhi[0], bhi[1], bq[2].x, bq[2].y);
+                        mma16816c<T>(acc[m][3], af[m][s], bhi[2], bhi[3], bq[3].x, bq[3].y);
+                    } else {
+                        dev::mma16816<T>(acc[m][0], af[m][s], blo[0], blo[1]);
+                        dev::mma16816<T>(acc[m][1], af[m][s], blo[2], blo[3]);
+                        dev::mma16816<T>(acc[m][2], af[m][s], bhi[0], bhi[1]);
+                        dev::mma16816<T>(acc[m][3], af[m][s], bhi[2], bhi[3]);
+                    }
+                }
+            }
+            /* RoPE by the angle pos - anchor: pair i = 16kk + 8qq + 2c + e, tokens tau = g + 8u (u = 2m + row half) */
+#pragma unroll
+            for (int qq = 0; qq < 2; qq++) {
+                const int i0 = 16 * kk + 8 * qq + 2 * cq;
+#pragma unroll
+                for (int u = 0; u < 4; u++) {
+                    float cs[2], sn[2];
+                    if (consec) {
+                        const float4 r = *reinterpret_cast<const float4 *>(rtab + (gq + 8 * u) * L::RTST + i0 * 8);
+                        cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const float4 tf = turn[i0 + e];
+                            rope_cos_sin(tpos[u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
+                        }
+                    }
+                    const int m = u >> 1;
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int r = (u & 1) * 2 + e;
+                        const float lo = acc[m][qq][r], hi = acc[m][qq + 2][r];
+                        acc[m][qq][r] = lo * cs[e] - hi * sn[e];
+                        acc[m][qq + 2][r] = hi * cs[e] + lo * sn[e];
+                    }
+                }
+            }
+            /* scores: k-steps kk (dims 16kk..) and kk + D/32 (their partners), token column tiles n = 2m + half */
+            const uint32_t qlo[4] = {Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), 0u, Num<T>::pack(qrlo[kk][2], qrlo[kk][3]), 0u};
+            const uint32_t qhi[4] = {Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), 0u, Num<T>::pack(qrhi[kk][2], qrhi[kk][3]), 0u};
+#pragma unroll
+            for (int n = 0; n < 4; n++) {
+                const int m = n >> 1, rh = (n & 1) * 2;
+                dev::mma16816<T>(sacc[n], qlo, Num<T>::pack(acc[m][0][rh], acc[m][0][rh + 1]),
+                                 Num<T>::pack(acc[m][1][rh], acc[m][1][rh + 1]));
+                dev::mma16816<T>(sacc[n], qhi, Num<T>::pack(acc[m][2][rh], acc[m][2][rh + 1]),
+                                 Num<T>::pack(acc[m][3][rh], acc[m][3][rh + 1]));
+            }
+        }
+        /* the next tile of a consecutive run starts 32 slots on: advance the query by R(32), or let it re-anchor */
+        if (consec) {
+            if (age + 1 < kV3Reanchor) {
+#pragma unroll
+                for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+                    for (int x = 0; x < 4; x++) {
+                        const float4 tf = turn[16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1)];
+                        const float lo = qrlo[kk][x], hi = qrhi[kk][x];
+                        qrlo[kk][x] = lo * tf.z + hi * tf.w;
+                        qrhi[kk][x] = hi * tf.z - lo * tf.w;
+                    }
+                anchor = p0 + kV2Tile, age++;
+            } else {
+                anchor = INT_MIN;
+            }
+        }
+
+        /* online softmax over this tile: row g = head, tokens 8n + 2c + e */
+        float pv[4][2], mx = -INFINITY;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float v = 8 * n + 2 * cq + e < nvalid ? sacc[n][e] * p.score_scale : -INFINITY;
+                pv[n][e] = v;
+                mx = fmaxf(mx, v);
+            }
+        mx = fmaxf(mx, dev::shfl_xor(mx, 1));
+        mx = fmaxf(mx, dev::shfl_xor(mx, 2));
+        const float m_new = fmaxf(m_run, mx); /* finite: every tile holds a valid slot */
+        const float alpha = dev::ex2(m_run - m_new);
+        float lsum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < 4; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                pv[n][e] = dev::ex2(pv[n][e] - m_new);
+                lsum += pv[n][e];
+            }
+        l_run = l_run * alpha + lsum;
+        m_run = m_new;
+        const float a0 = dev::shfl(alpha, 8 * cq), a1 = dev::shfl(alpha, 8 * cq + 4);
+#pragma unroll
+        for (int u = 0; u < RVT; u++) zacc[u][0] *= a0, zacc[u][1] *= a1, zacc[u][2] *= a0, zacc[u][3] *= a1;
+#pragma unroll
+        for (int s = 0; s < 2; s++) {
+            const uint32_t pb0 = Num<T>::pack(pv[2 * s][0], pv[2 * s][1]);
+            const uint32_t pb1 = Num<T>::pack(pv[2 * s + 1][0], pv[2 * s + 1][1]);
+            const int tok = 16 * s + ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+            for (int u = 0; u < RVT; u++) {
+                uint32_t av[4];
+                dev::ldsm_x4_trans(av, hv + tok * L::HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+                dev::mma16816<T>(zacc[u], av, pb0, pb1);
+            }
+        }
+        dev::sync_warp(); /* every lane is done with this stage before it is refilled */
+    }
+
+    float l = l_run + dev::shfl_xor(l_run, 1);
+    l += dev::shfl_xor(l, 2);
+    const float nan = __int_as_float(0x7fc00000);
+    if (cq == 0 && gq < n_rep) {
+        float *w = partial(p, b, h0 + gq, pidx);
+        w[0] = bad_pad ? nan : m_run;
+        w[1] = bad_pad ? nan : l;
+    }
+#pragma unroll
+    for (int u = 0; u < RVT; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int head = 2 * cq + e;
+            if (head < n_rep) {
+                float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
+                w[0] = bad_pad ? nan : zacc[u][e];
+                w[8] = bad_pad ? nan : zacc[u][2 + e];
+            }
+        }
+}
+
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1 or 2 */
+    int impl;        /* 1, 2 or 3 */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -756,8 +1105,8 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V2)
-        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2)", a->impl);
+    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V3)
+        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3)", a->impl);
     return PALU_OK;
 }
 
@@ -765,6 +1114,9 @@ bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
 
 /* Why v2 cannot run this call (NULL when it can); `smem` gets its shared memory. */
 const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           size_t *smem, char *why, size_t why_len);
+
+const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
                            size_t *smem, char *why, size_t why_len);
 
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
@@ -781,13 +1133,23 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     PALU_CUDA_CHECK(cudaDeviceGetAttribute(&pl->sm_count, cudaDevAttrMultiProcessorCount, device));
     const int n_rep = (int)(a->heads / a->kv_heads), D = (int)a->head_dim;
 
-    char why[256] = "";
+    char why[256] = "", why3[256] = "";
     int warps = 0;
     size_t smem2 = 0;
-    const char *no_v2 = a->impl == PALU_LATENT_DECODE_V1
-                            ? "v1 requested"
+    const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2
+                            ? "v1 or v2 requested"
+                            : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
+    const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
+                            ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (no_v2 == NULL) {
+    if (no_v3 == NULL) {
+        pl->impl = 3;
+        pl->warps = warps;
+        pl->smem = smem2;
+        pl->partials_per_cta = warps;
+    } else if (a->impl == PALU_LATENT_DECODE_V3) {
+        return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v3 does not support this call: %s", no_v3);
+    } else if (no_v2 == NULL) {
         pl->impl = 2;
         pl->warps = warps;
         pl->smem = smem2;
@@ -808,12 +1170,14 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         pl->partials_per_cta = 1;
     }
     /* Splits: enough CTAs for about two waves, but no slice shorter than min_tokens. */
-    const int ctas_per_sm = pl->impl == 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
-    const int64_t target = 2LL * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
+    /* v3: one wave (every CTA does the same work, so a second wave only adds a tail) */
+    const int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
+    const int64_t waves = pl->impl == 3 ? 1 : 2;
+    const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
     int64_t smax = (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
     if (smax > kMaxSplits) smax = kMaxSplits;
-    const int64_t min_tokens = pl->impl == 2 ? 64LL * pl->warps : 64;
+    const int64_t min_tokens = pl->impl >= 2 ? 64LL * pl->warps : 64;
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
@@ -907,6 +1271,92 @@ palu_status dispatch_v2(const palu_latent_decode_args *a, const DecodeParams &p,
     return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no tensor-core kernel (64 or 128)", p.D);
 }
 
+/* (RK, RV) pairs with a v3 instantiation; every group must have exactly one of them. */
+constexpr int kV3Ranks[][2] = {{32, 32}, {64, 64}, {128, 128}};
+
+size_t v3_smem(int D, int rk, int rv, int warps)
+{
+#define PALU_V3_SMEM(d, k, v) \
+    if (D == d && rk == k && rv == v) return V3Layout<d, k, v>::total(warps);
+    PALU_V3_SMEM(64, 32, 32) PALU_V3_SMEM(64, 64, 64) PALU_V3_SMEM(64, 128, 128)
+    PALU_V3_SMEM(128, 32, 32) PALU_V3_SMEM(128, 64, 64) PALU_V3_SMEM(128, 128, 128)
+#undef PALU_V3_SMEM
+    return 0;
+}
+
+/* Why v3 cannot run this call (NULL when it can): v2's conditions, plus equal ranks in every group with
+ * (rk, rv) one of kV3Ranks. */
+const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           size_t *smem, char *why, size_t why_len)
+{
+    int w2 = 0;
+    size_t s2 = 0;
+    const char *no = v2_unsupported(a, max_rk, max_rv, smem_optin, &w2, &s2, why, why_len);
+    if (no != NULL) return no;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] != max_rk || a->v_ranks[g] != max_rv)
+            return snprintf(why, why_len, "group %lld has ranks k %lld / v %lld, others k %d / v %d; v3 needs equal "
+                            "ranks", (long long)g, (long long)a->k_ranks[g], (long long)a->v_ranks[g], max_rk, max_rv),
+                   why;
+    bool listed = false;
+    for (const auto &r : kV3Ranks) listed = listed || (r[0] == max_rk && r[1] == max_rv);
+    if (!listed)
+        return snprintf(why, why_len, "ranks k %d / v %d (v3 takes 32/32, 64/64, 128/128)", max_rk, max_rv), why;
+    for (int w = 4; w >= 1; w /= 2) {
+        const size_t need = v3_smem((int)a->head_dim, max_rk, max_rv, w);
+        if (need > 0 && need <= (size_t)smem_optin) {
+            *warps = w;
+            *smem = need;
+            return NULL;
+        }
+    }
+    return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory with one warp; the device "
+                    "allows %d", max_rk, max_rv, v3_smem((int)a->head_dim, max_rk, max_rv, 1), smem_optin),
+           why;
+}
+
+template <typename T, int D, int RK, int RV>
+palu_status launch_v3(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    void (*kern)(DecodeParams) = decode_v3_kernel<T, D, RK, RV>;
+    if (pl.smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+template <typename T, int D> palu_status launch_v3_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v3<T, D, 32, 32>(p, pl, stream);
+    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v3<T, D, 64, 64>(p, pl, stream);
+    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v3<T, D, 128, 128>(p, pl, stream);
+    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v3 kernel", pl.max_rk, pl.max_rv);
+}
+
+palu_status dispatch_v3(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    switch (a->dtype) {
+    case PALU_DTYPE_F16:
+        switch (p.D) {
+        case 64: return launch_v3_ranks<__half, 64>(p, pl, stream);
+        case 128: return launch_v3_ranks<__half, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    case PALU_DTYPE_BF16:
+        switch (p.D) {
+        case 64: return launch_v3_ranks<__nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_v3_ranks<__nv_bfloat16, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v3 kernel", palu_dtype_name(a->dtype));
+    }
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v3 kernel (64 or 128)", p.D);
+}
+
 palu_status check_pointers(const palu_latent_decode_args *a)
 {
     if (!a->q || !a->k_latent || !a->v_latent || !a->positions || !a->pad_start || !a->k_up || !a->inv_freq ||
@@ -996,8 +1446,10 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         case PALU_DTYPE_BF16: st = launch_v1<__nv_bfloat16>(p, pl, stream); break;
         default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported", palu_dtype_name(a->dtype));
         }
-    } else {
+    } else if (pl.impl == 2) {
         st = dispatch_v2(a, p, pl, stream);
+    } else {
+        st = dispatch_v3(a, p, pl, stream);
     }
     if (st != PALU_OK) return st;
     switch (a->out_dtype) {
@@ -1035,7 +1487,7 @@ extern "C" palu_status palu_latent_decode_cuda_workspace(const palu_latent_decod
         palu_status st = make_plan(a, device, &pl);
         if (st != PALU_OK) return st;
         *floats = workspace_floats(a, pl);
-        if (a->impl == PALU_LATENT_DECODE_AUTO && pl.impl == 2) {
+        if (a->impl == PALU_LATENT_DECODE_AUTO && pl.impl >= 2) {
             palu_latent_decode_args v1 = *a;
             v1.impl = PALU_LATENT_DECODE_V1;
             Plan p1;
