@@ -7,8 +7,8 @@ kernels: keys rebuilt per KV head (Uk_head hk + bk), RoPE with angles pos * inv_
 C twin palu_c._C.latent_decode_attention (float32 CPU) on float32 copies of the inputs.
 
 Tolerances (stated, not tuned): relative Frobenius error ||z - ref|| / ||ref|| over the whole output and per
-(sequence, head) block. v2 (tensor cores) rounds the rebuilt keys and the probabilities to the input dtype for
-its products: 1e-2 in bfloat16 (eps 2^-8), 2e-3 in float16 (eps 2^-11), per the kernel's design notes. v1 keeps
+(sequence, head) block. v2 and v3 (tensor cores) round the rebuilt keys and the probabilities (v3 also the
+per-tile rotated query) to the input dtype for their products: 1e-2 in bfloat16 (eps 2^-8), 2e-3 in float16 (eps 2^-11), per the kernel's design notes. v1 keeps
 fp32 throughout: 1e-4 (fp32 sums over D + rank + T terms, RoPE cos/sin within ~1e-6). Per-head blocks get 3x the
 global bound (a head's norm can be small). The append is a bitwise copy: exact equality. NaN never passes; every
 output starts poisoned with NaN so an unwritten element fails.
@@ -172,6 +172,26 @@ def test_random_positions_sharp_softmax_no_bias(torch_gen, shape, dtype):
         tol = TOL[("v1" if used == 1 else "v2", dtype)]
         glob, worst = rel_errors(z, reference_z(c, scaling, 1.0), c)
         assert glob <= tol and worst <= 3 * tol, f"v{used}: {glob:.3e} / {worst:.3e} vs {tol}"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("G,rank", [(1, 64), (2, 128), (1, 32)])
+def test_v3_runs_of_positions_and_jumps(torch_gen, dtype, G, rank):
+    """v3 (auto on equal ranks 32/64/128): long consecutive runs (the rotated query is advanced tile to tile and
+    re-anchored), position jumps inside and at the edge of a tile, and a random-position stretch in between."""
+    B, H, Hkv, D, T, C = 2, 16, 4, 128, 3001, 3072
+    c = make_case(torch_gen, B, H, Hkv, D, G, [rank] * (Hkv // G), [rank] * (Hkv // G), T, C, dtype)
+    pos = c["pos"].clone()
+    pos[:, 1000:] += 7919                      # jump inside a run
+    pos[:, 1600:1664] = torch.randint(0, 200000, (B, 64), device="cuda", generator=torch_gen, dtype=torch.int32)
+    pos[:, 2048:] -= 50000                     # backwards jump, negative offsets clamp below
+    c["pos"] = pos.clamp_min(0)
+    assert impl_used(c, "auto") == 3
+    scaling = D ** -0.5
+    z = run(c, impl="auto", scaling=scaling, att=1.1)
+    tol = TOL[("v2", dtype)]
+    glob, worst = rel_errors(z, reference_z(c, scaling, 1.1), c)
+    assert glob <= tol and worst <= 3 * tol, f"v3: {glob:.3e} / {worst:.3e} vs {tol}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
