@@ -766,7 +766,7 @@ constexpr int kV3Reanchor = 8;
  * advanced by R(32) from one tile to the next and recomputed precisely every kV3Reanchor tiles or after a
  * jump). A tile with other positions anchors the query at 0 (q itself) and rotates each key by its own precise
  * angle, as v2. The rotated query is rounded to T for the score product (one more rounding than v2). */
-template <typename T, int D, int RK, int RV>
+template <typename T, int D, int RK, int RV, bool BIAS>
 __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
 {
     using L = V3Layout<D, RK, RV>;
@@ -905,10 +905,12 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
 #pragma unroll
         for (int kk = 0; kk < PASSES; kk++) {
             float acc[2][4][4]; /* [m tile][column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment] */
-            float2 bq[4];
+            float2 bq[4] = {};
+            if (BIAS) {
 #pragma unroll
-            for (int q = 0; q < 4; q++)
-                bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
+                for (int q = 0; q < 4; q++)
+                    bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
+            }
             const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
 #pragma unroll
             for (int s = 0; s < RKT; s++) {
@@ -923,7 +925,11 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
                 dev::ldsm_x4(bhi, uk + (drow + HALF) * L::UKST + rcol * 2);
 #pragma unroll
                 for (int m = 0; m < 2; m++) {
-                    if (s == 0) {
+                    if (s == 0 && !BIAS) { /* zero C: no register copies at all */
+#pragma unroll
+                        for (int q = 0; q < 4; q++) acc[m][q][0] = acc[m][q][1] = acc[m][q][2] = acc[m][q][3] = 0.0f;
+                    }
+                    if (s == 0 && BIAS) {
                         mma16816c<T>(acc[m][0], af[m][s], blo[0], blo[1], bq[0].x, bq[0].y);
                         mma16816c<T>(acc[m][1], af[m][s], blo[2], blo[3], bq[1].x, bq[1].y);
                         mma16816c<T>(acc[m][2], af[m][s], bhi[0], bhi[1], bq[2].x, bq[2].y);
@@ -1318,7 +1324,8 @@ const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 template <typename T, int D, int RK, int RV>
 palu_status launch_v3(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    void (*kern)(DecodeParams) = decode_v3_kernel<T, D, RK, RV>;
+    /* the bias-free build (Llama, Mistral: no k_proj bias) seeds the rebuild with zero accumulators */
+    void (*kern)(DecodeParams) = p.k_bias ? decode_v3_kernel<T, D, RK, RV, true> : decode_v3_kernel<T, D, RK, RV, false>;
     if (pl.smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
