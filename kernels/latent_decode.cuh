@@ -47,7 +47,13 @@
  *   of S = Q . K^T without leaving registers, online softmax on S, and z^T += HV^T . P^T (ldmatrix.trans on
  *   the value tile, P from S's registers). Keys and probabilities are rounded to the input dtype for the
  *   products (fp32 accumulation).
- *   RoPE angles (both versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
+ *   v3 (v2's conditions plus equal ranks (32, 32), (64, 64) or (128, 128) in every group): v2 with the ranks as
+ *   compile-time constants (no guards, constant strides and tile-load index math), a bias-free build with
+ *   zero-seeded accumulators, one wave of CTAs, and RoPE split between the operands: for a tile of consecutive
+ *   positions p0 + tau, q . R(p0 + tau) k = (R(p0)^T q) . (R(tau) k); keys rotate by R(tau) from a per-CTA table,
+ *   the query rotates once per tile (fp32 registers, advanced by R(32), re-anchored with the precise angle every
+ *   8 tiles or after a jump) and is rounded to the dtype for the score product; other tiles as v2.
+ *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
  *   v2 takes one such evaluation per (token, pair) when the tile's positions are consecutive and derives the
