@@ -181,6 +181,7 @@ class PaluAttention(nn.Module):
         self.decode_backend = "auto"
         self._cuda_unsupported = False  # the fused CUDA kernel refused this layer's shapes once: do not retry
         self._k_up_packed: torch.Tensor | None = None  # k_ups packed for the CUDA kernel (per dtype/device)
+        self._cuda_impl: str | None = None  # the CUDA kernel version that covers this layer, once known
 
         self.bits, self.residual, self.quant_group = bits, residual, quant_group
         self.make_latent_layer()  # validates the cache options now rather than at the first forward
@@ -333,13 +334,20 @@ class PaluAttention(nn.Module):
             packed = self._k_up_packed = latent_kernels.pack_k_up([u.to(query.dtype) for u in self.k_ups])
         pad_start = _device_left_padding(attention_mask, query.shape[0], store.length, query.device)
         rotary = self.rotary_emb
-        try:
-            z = latent_kernels.latent_decode_attention_cuda(
-                query[:, :, 0].contiguous(), store.k_latent, store.v_latent, store.positions, pad_start, store.length,
-                packed, self.k_ranks, self.v_ranks, self.layer_cfg.group_size, rotary.inv_freq.float(),
-                k_bias=self.k_bias, scaling=float(self.scaling),
-                attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl="v2")
-        except NotImplementedError:
+        # the fastest tensor-core kernel that covers this layer (v3: equal ranks 32/64/128; v2: the general
+        # tensor-core one), found once per module; v1 (CUDA cores) is slower than the PyTorch path, never used here
+        for impl in ((self._cuda_impl,) if self._cuda_impl else ("v3", "v2")):
+            try:
+                z = latent_kernels.latent_decode_attention_cuda(
+                    query[:, :, 0].contiguous(), store.k_latent, store.v_latent, store.positions, pad_start,
+                    store.length, packed, self.k_ranks, self.v_ranks, self.layer_cfg.group_size,
+                    rotary.inv_freq.float(), k_bias=self.k_bias, scaling=float(self.scaling),
+                    attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl=impl)
+            except NotImplementedError:
+                continue
+            self._cuda_impl = impl
+            break
+        else:
             self._cuda_unsupported = True
             return None
         o = latent_kernels.value_up(z, self.v_ups, self.layer_cfg.group_size, self.num_key_value_groups, self.v_bias)
