@@ -149,7 +149,7 @@ def main(argv=None) -> int:
         for G in (1, 2, 4):
             c = latent_case(2, H, Hkv, D, G, 2051, dtype, gen, pad_max=40)
             ref = reference_z(c)
-            for impl in ("v1", "auto"):
+            for impl in ("v1", "v2", "auto"):
                 used = lk.latent_decode_workspace_size(2, H, Hkv, D, G, c["T"], c["kr"], c["vr"], dtype, "cuda",
                                                        impl)[1]
                 z = call(c, impl).double()
@@ -189,10 +189,15 @@ def main(argv=None) -> int:
                     nb, nf = ours_cost(B, H, Hkv, D, G, T, r)
                     floor = max(nb / BW, nf / MATH) * 1e6
                     bound = "memory" if nb / BW >= nf / MATH else "compute"
-                    impls = ["auto"] + (["v1"] if args.v1 and B == 1 and T <= 16384 else [])
+                    # auto (v3 where it applies) beside v2, the previous version, for the notes' before/after
+                    impls = ["auto", "v2"] + (["v1"] if args.v1 and B == 1 and T <= 16384 else [])
+                    seen = set()
                     for impl in impls:
                         floats, used = lk.latent_decode_workspace_size(B, H, Hkv, D, G, T, c["kr"], c["vr"], dtype,
                                                                        "cuda", impl)
+                        if used in seen:
+                            continue
+                        seen.add(used)
                         if not ok_impls.get((model, G, f"v{used}"), False):
                             lines.append(f"| {model} | {B} | {T // 1024}K | {G} | v{used} | FAILED correctness | "
                                          "| | | | | | |")
