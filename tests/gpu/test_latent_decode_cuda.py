@@ -282,7 +282,7 @@ def test_errors_name_the_argument(torch_gen):
     with pytest.raises(ValueError, match="q"):
         lk.latent_decode_attention_cuda(**{**base, "q": c["q"].cpu()})
     with pytest.raises(ValueError, match="impl"):
-        lk.latent_decode_attention_cuda(**base, impl="v3")
+        lk.latent_decode_attention_cuda(**base, impl="v9")
     odd = make_case(torch_gen, 1, 4, 2, 64, 1, [20, 32], [32, 32], 20, 32, torch.float16)
     with pytest.raises(NotImplementedError, match="16"):
         lk.latent_decode_attention_cuda(odd["q"], odd["kl"], odd["vl"], odd["pos"], odd["pad"], 20,
