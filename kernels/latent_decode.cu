@@ -752,11 +752,13 @@ template <int D, int RK, int RV> struct V3Layout {
     static constexpr size_t STAGES = RTAB + (size_t)kV2Tile * RTST;
     static constexpr size_t HK = 0, HV = (size_t)kV2Tile * HKST, POS = HV + (size_t)kV2Tile * HVST;
     static constexpr size_t STAGE = POS + kV2Tile * 4;
-    static constexpr size_t total(int warps) { return STAGES + (size_t)warps * 2 * STAGE; }
+    static constexpr size_t total(int warps, int stages = 2) { return STAGES + (size_t)warps * stages * STAGE; }
 };
 
 /* Tiles re-anchor the rotated query at most this many tiles apart (bounds the drift of the fp32 recurrence). */
 constexpr int kV3Reanchor = 8;
+/* Warps per CTA of the one-stage variant v3w (two CTAs per SM: 12 warps, <= 168 registers). */
+constexpr int kV3wWarps = 6;
 
 /* One CTA = (KV head, slice, sequence), 1-4 warps streaming 32-token tiles as in v2 (see there for the fragment
  * layout). What differs: every group has ranks exactly RK / RV (no runtime guards, constant strides); the bias
@@ -766,8 +768,8 @@ constexpr int kV3Reanchor = 8;
  * advanced by R(32) from one tile to the next and recomputed precisely every kV3Reanchor tiles or after a
  * jump). A tile with other positions anchors the query at 0 (q itself) and rotates each key by its own precise
  * angle, as v2. The rotated query is rounded to T for the score product (one more rounding than v2). */
-template <typename T, int D, int RK, int RV, bool BIAS>
-__global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
+template <typename T, int D, int RK, int RV, bool BIAS, bool ONE>
+__global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel(const DecodeParams p)
 {
     using L = V3Layout<D, RK, RV>;
     constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16;
@@ -825,11 +827,12 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
     for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
     float m_run = -INFINITY, l_run = 0.0f;
 
-    char *stage0 = smem + L::STAGES + (size_t)warp * 2 * L::STAGE;
+    static_assert(!ONE || RK <= 64, "the one-stage variant keeps the HK fragments in registers");
+    char *stage0 = smem + L::STAGES + (size_t)warp * (ONE ? 1 : 2) * L::STAGE;
     const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
     const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
     const int32_t *posg = p.positions + (size_t)b * p.pbs;
-    auto load_tile = [&](int it, char *st) {
+    auto issue_k = [&](int it, char *st) { /* key latents and positions of tile it (no commit) */
         const int tb = wb + it * kV2Tile;
 #pragma unroll
         for (int x = 0; x < kV2Tile * KC / 32; x++) {
@@ -837,14 +840,21 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
             const bool ok = tb + r < we;
             dev::cp_async16(st + L::HK + r * L::HKST + cc * 16, ok ? klg + (size_t)(tb + r) * p.kts + cc * 8 : klg, ok);
         }
+        const bool ok = tb + lane < we;
+        dev::cp_async4(st + L::POS + lane * 4, ok ? posg + tb + lane : posg, ok);
+    };
+    auto issue_v = [&](int it, char *st) { /* value latents of tile it (no commit) */
+        const int tb = wb + it * kV2Tile;
 #pragma unroll
         for (int x = 0; x < kV2Tile * VC / 32; x++) {
             const int e = lane + 32 * x, r = e / VC, cc = e % VC;
             const bool ok = tb + r < we;
             dev::cp_async16(st + L::HV + r * L::HVST + cc * 16, ok ? vlg + (size_t)(tb + r) * p.vts + cc * 8 : vlg, ok);
         }
-        const bool ok = tb + lane < we;
-        dev::cp_async4(st + L::POS + lane * 4, ok ? posg + tb + lane : posg, ok);
+    };
+    auto load_tile = [&](int it, char *st) {
+        issue_k(it, st);
+        issue_v(it, st);
         dev::cp_async_commit();
     };
 
@@ -867,8 +877,11 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
 
     if (ntiles > 0) load_tile(0, stage0);
     for (int it = 0; it < ntiles; it++) {
-        const char *st = stage0 + (it & 1) * L::STAGE;
-        if (it + 1 < ntiles) {
+        /* two stages: prefetch the whole next tile now. One stage (ONE): the next tile's keys and positions are
+         * fetched once this tile's are in registers (HK fragments, positions), its values once the PV product
+         * has read this tile's */
+        char *st = ONE ? stage0 : stage0 + (it & 1) * L::STAGE;
+        if (!ONE && it + 1 < ntiles) {
             load_tile(it + 1, stage0 + ((it + 1) & 1) * L::STAGE);
             dev::cp_async_wait<1>();
         } else {
@@ -897,6 +910,11 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
 #pragma unroll
                 for (int s = 0; s < RKT; s++)
                     dev::ldsm_x4(af[m][s], hk + (16 * m + (lane & 15)) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
+        }
+        if (ONE && it + 1 < ntiles) {
+            dev::sync_warp(); /* every lane holds its fragments and positions before they are overwritten */
+            issue_k(it + 1, st);
+            dev::cp_async_commit();
         }
 
         float sacc[4][4];
@@ -1039,6 +1057,10 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
             }
         }
         dev::sync_warp(); /* every lane is done with this stage before it is refilled */
+        if (ONE && it + 1 < ntiles) {
+            issue_v(it + 1, st);
+            dev::cp_async_commit();
+        }
     }
 
     float l = l_run + dev::shfl_xor(l_run, 1);
@@ -1065,7 +1087,7 @@ __global__ void __launch_bounds__(128) decode_v3_kernel(const DecodeParams p)
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1, 2 or 3 */
+    int impl;        /* 1, 2, 3 or 4 (v3w) */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -1111,8 +1133,8 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V3)
-        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3)", a->impl);
+    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V3W)
+        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w)", a->impl);
     return PALU_OK;
 }
 
@@ -1124,6 +1146,8 @@ const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 
 const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
                            size_t *smem, char *why, size_t why_len);
+/* Shared memory of a v3 CTA with `warps` warps of `stages` stages (0 for a shape v3 has no kernel for). */
+size_t v3_smem(int D, int rk, int rv, int warps, int stages = 2);
 
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
 {
@@ -1142,13 +1166,27 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     char why[256] = "", why3[256] = "";
     int warps = 0;
     size_t smem2 = 0;
-    const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2
-                            ? "v1 or v2 requested"
+    if (a->impl == PALU_LATENT_DECODE_V3W) { /* only on request: 6 warps, one stage each, 2 CTAs per SM */
+        const char *no = v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
+        const size_t need = pl->max_rk <= 64 ? v3_smem(D, pl->max_rk, pl->max_rv, kV3wWarps, 1) : 0;
+        if (no == NULL && (need == 0 || need > (size_t)smem_optin))
+            no = "ranks above 64 or not enough shared memory for 6 one-stage warps";
+        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v3w does not support this call: %s", no);
+        pl->impl = 4;
+        pl->warps = kV3wWarps;
+        pl->smem = need;
+        pl->partials_per_cta = kV3wWarps;
+    }
+    const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
+                                a->impl == PALU_LATENT_DECODE_V3W
+                            ? "v1, v2 or v3w requested"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (no_v3 == NULL) {
+    if (pl->impl == 4) {
+        /* planned above */
+    } else if (no_v3 == NULL) {
         pl->impl = 3;
         pl->warps = warps;
         pl->smem = smem2;
@@ -1178,7 +1216,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     /* Splits: enough CTAs for about two waves, but no slice shorter than min_tokens. */
     /* v3: one wave (every CTA does the same work, so a second wave only adds a tail) */
     const int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
-    const int64_t waves = pl->impl == 3 ? 1 : 2;
+    const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
     int64_t smax = (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
@@ -1280,10 +1318,10 @@ palu_status dispatch_v2(const palu_latent_decode_args *a, const DecodeParams &p,
 /* (RK, RV) pairs with a v3 instantiation; every group must have exactly one of them. */
 constexpr int kV3Ranks[][2] = {{32, 32}, {64, 64}, {128, 128}};
 
-size_t v3_smem(int D, int rk, int rv, int warps)
+size_t v3_smem(int D, int rk, int rv, int warps, int stages)
 {
 #define PALU_V3_SMEM(d, k, v) \
-    if (D == d && rk == k && rv == v) return V3Layout<d, k, v>::total(warps);
+    if (D == d && rk == k && rv == v) return V3Layout<d, k, v>::total(warps, stages);
     PALU_V3_SMEM(64, 32, 32) PALU_V3_SMEM(64, 64, 64) PALU_V3_SMEM(64, 128, 128)
     PALU_V3_SMEM(128, 32, 32) PALU_V3_SMEM(128, 64, 64) PALU_V3_SMEM(128, 128, 128)
 #undef PALU_V3_SMEM
@@ -1321,11 +1359,12 @@ const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max
            why;
 }
 
-template <typename T, int D, int RK, int RV>
+template <typename T, int D, int RK, int RV, bool ONE>
 palu_status launch_v3(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
     /* the bias-free build (Llama, Mistral: no k_proj bias) seeds the rebuild with zero accumulators */
-    void (*kern)(DecodeParams) = p.k_bias ? decode_v3_kernel<T, D, RK, RV, true> : decode_v3_kernel<T, D, RK, RV, false>;
+    void (*kern)(DecodeParams) =
+        p.k_bias ? decode_v3_kernel<T, D, RK, RV, true, ONE> : decode_v3_kernel<T, D, RK, RV, false, ONE>;
     if (pl.smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
@@ -1336,9 +1375,14 @@ palu_status launch_v3(const DecodeParams &p, const Plan &pl, cudaStream_t stream
 
 template <typename T, int D> palu_status launch_v3_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v3<T, D, 32, 32>(p, pl, stream);
-    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v3<T, D, 64, 64>(p, pl, stream);
-    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v3<T, D, 128, 128>(p, pl, stream);
+    if (pl.impl == 4) {
+        if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v3<T, D, 32, 32, true>(p, pl, stream);
+        if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v3<T, D, 64, 64, true>(p, pl, stream);
+        return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v3w kernel", pl.max_rk, pl.max_rv);
+    }
+    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v3<T, D, 32, 32, false>(p, pl, stream);
+    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v3<T, D, 64, 64, false>(p, pl, stream);
+    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v3<T, D, 128, 128, false>(p, pl, stream);
     return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v3 kernel", pl.max_rk, pl.max_rv);
 }
 
@@ -1455,6 +1499,8 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         }
     } else if (pl.impl == 2) {
         st = dispatch_v2(a, p, pl, stream);
+    } else if (pl.impl == 4) {
+        st = dispatch_v3(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

@@ -38,7 +38,7 @@ from ._arrays import as_int
 __all__ = ["latent_decode_attention_cuda", "latent_decode_workspace_size", "latent_append_cuda", "pack_k_up",
            "value_up", "z_layout"]
 
-_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3}
+_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4}
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
 
 
@@ -202,7 +202,7 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     attention_scaling : float
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
-    impl : {"auto", "v1", "v2", "v3"}
+    impl : {"auto", "v1", "v2", "v3", "v3w"}
         Kernel choice; "v2" raises NotImplementedError (naming the value) where the tensor-core kernel does not
         apply.
     out, workspace : Tensor, optional

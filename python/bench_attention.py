@@ -40,6 +40,7 @@ from report import emit  # noqa: E402
 BW = 4.3e12     # bytes/s, device copy measured on the H200 (KINDS.md)
 MATH = 790e12   # FLOP/s, bf16 matrix product measured on the H200
 MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}
+LABEL = {1: "v1", 2: "v2", 3: "v3", 4: "v3w"}  # what latent_decode_workspace_size reports -> table name
 
 
 def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0):
@@ -126,8 +127,17 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="4K and 16K, batch 1 only")
     ap.add_argument("--v1", action="store_true", help="also time the CUDA-core kernel v1 (batch 1, <= 16K)")
+    ap.add_argument("--impls", default="auto,v2",
+                    help="comma-separated kernels to time besides SDPA (names of latent_kernels._IMPLS, e.g. "
+                         "auto,v2,v3w); one that refuses a shape is skipped for it")
     ap.add_argument("--out", default=None, help="write the markdown table here (atomically)")
     args = ap.parse_args(argv)
+    impl_list = [i for i in args.impls.split(",") if i]
+    unknown = [i for i in impl_list if i not in lk._IMPLS]  # the wrapper's accepted names
+    if not impl_list or unknown:
+        print(f"bench_attention: --impls {args.impls!r}: unknown {unknown}; accepted {sorted(lk._IMPLS)}",
+              file=sys.stderr)
+        return 2
     if not torch.cuda.is_available():
         print("bench_attention: no CUDA device", file=sys.stderr)
         return 2
@@ -149,15 +159,18 @@ def main(argv=None) -> int:
         for G in (1, 2, 4):
             c = latent_case(2, H, Hkv, D, G, 2051, dtype, gen, pad_max=40)
             ref = reference_z(c)
-            for impl in ("v1", "v2", "auto"):
-                used = lk.latent_decode_workspace_size(2, H, Hkv, D, G, c["T"], c["kr"], c["vr"], dtype, "cuda",
-                                                       impl)[1]
+            for impl in dict.fromkeys(["v1"] + impl_list):
+                try:
+                    used = lk.latent_decode_workspace_size(2, H, Hkv, D, G, c["T"], c["kr"], c["vr"], dtype, "cuda",
+                                                           impl)[1]
+                except NotImplementedError:  # e.g. v3w at rank 128
+                    continue
                 z = call(c, impl).double()
                 err = (torch.linalg.norm(z - ref) / torch.linalg.norm(ref)).item()
                 tol = 1e-4 if used == 1 else (1e-2 if dtype == torch.bfloat16 else 2e-3)
                 good = bool(torch.isfinite(z).all()) and err <= tol
-                ok_impls[(model, G, f"v{used}")] = good
-                print(f"  {model} G={G} v{used}: rel err {err:.2e} (tol {tol:.0e}) {'ok' if good else 'FAIL'}")
+                ok_impls[(model, G, LABEL[used])] = good
+                print(f"  {model} G={G} {LABEL[used]}: rel err {err:.2e} (tol {tol:.0e}) {'ok' if good else 'FAIL'}")
             del c, ref
     lines += ["Correctness (rel. error vs float64 at 2K slots): " +
               ", ".join(f"{m} G{g} {i} {'ok' if v else 'FAIL'}" for (m, g, i), v in ok_impls.items()), ""]
@@ -189,30 +202,32 @@ def main(argv=None) -> int:
                     nb, nf = ours_cost(B, H, Hkv, D, G, T, r)
                     floor = max(nb / BW, nf / MATH) * 1e6
                     bound = "memory" if nb / BW >= nf / MATH else "compute"
-                    # auto (v3 where it applies) beside v2, the previous version, for the notes' before/after
-                    impls = ["auto", "v2"] + (["v1"] if args.v1 and B == 1 and T <= 16384 else [])
-                    seen = set()
+                    impls = impl_list + (["v1"] if args.v1 and B == 1 and T <= 16384 else [])
+                    timed_used = set()
                     for impl in impls:
-                        floats, used = lk.latent_decode_workspace_size(B, H, Hkv, D, G, T, c["kr"], c["vr"], dtype,
-                                                                       "cuda", impl)
-                        if used in seen:
+                        try:
+                            floats, used = lk.latent_decode_workspace_size(B, H, Hkv, D, G, T, c["kr"], c["vr"],
+                                                                           dtype, "cuda", impl)
+                        except NotImplementedError:
                             continue
-                        seen.add(used)
-                        if not ok_impls.get((model, G, f"v{used}"), False):
-                            lines.append(f"| {model} | {B} | {T // 1024}K | {G} | v{used} | FAILED correctness | "
+                        if used in timed_used:  # auto resolving to a kernel already in the list
+                            continue
+                        timed_used.add(used)
+                        if not ok_impls.get((model, G, LABEL[used]), False):
+                            lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {LABEL[used]} | FAILED correctness | "
                                          "| | | | | | |")
                             continue
                         ws = torch.empty(floats, device="cuda")
                         out = torch.empty((B, H * r), device="cuda")
                         t = timed(lambda: call(c, impl, out, ws), flush, args.iters, args.warmup)[0]
-                        lines.append(f"| {model} | {B} | {T // 1024}K | {G} | v{used} | {t:.1f} | "
+                        lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {LABEL[used]} | {t:.1f} | "
                                      f"{t_sdpa / t:.2f}x | {nb / 1e6:.0f} | {nf / 1e9:.1f} | {nb / t / 1e3:.0f} | "
                                      f"{floor:.1f} | {100 * floor / t:.0f}% | {bound} |")
                         print(lines[-1], flush=True)
                     del c
                 torch.cuda.empty_cache()
     lines += ["", f"Command: python python/bench_attention.py --dtype {args.dtype}"
-              f"{' --quick' if args.quick else ''}{' --v1' if args.v1 else ''} ({time.strftime('%Y-%m-%d')})"]
+              f"{' --quick' if args.quick else ''}{' --v1' if args.v1 else ''} --impls {args.impls} ({time.strftime('%Y-%m-%d')})"]
     emit(lines, args.out)
     return 0 if all(ok_impls.values()) else 1
 
