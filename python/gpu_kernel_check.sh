@@ -28,7 +28,7 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decod
 rc=$?; tail -15 "$OUT/kernel_tests.txt"; [ $rc -eq 0 ] || status=1
 
 step "benchmark"
-BENCH_ARGS="--v1 --out $OUT/bench_attention_h200.md"
+BENCH_ARGS="--impls ${IMPLS:-auto,v2,v3w} --out $OUT/bench_attention_h200.md"
 [ "${QUICK:-0}" = 1 ] && BENCH_ARGS="$BENCH_ARGS --quick"
 timeout 300 python3 python/bench_attention.py $BENCH_ARGS > "$OUT/bench.txt" 2>&1
 rc=$?; [ $rc -eq 0 ] || status=1
