@@ -187,6 +187,14 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
     unit = np.array([m + n for m, n in shapes], dtype=np.float64)
     caps = np.array([dense_break_even(m, n, mult) for m, n in shapes], dtype=np.int64)
     fixed = caps < floor  # cannot save parameters at the floor: always dense
+    if search != "uniform":
+        if scores is None:
+            raise ValueError(f"{func}: search={search!r} needs the Fisher `scores`")
+        scores = np.asarray(scores, dtype=np.float64)
+        if scores.shape != (len(shapes),) or not np.all(np.isfinite(scores)) or np.any(scores < 0):
+            raise ValueError(f"{func}: scores must be {len(shapes)} finite values >= 0")
+    if search == "greedy" and (spectra is None or len(spectra) != len(shapes)):
+        raise ValueError(f"{func}: search='greedy' needs one whitened spectrum per projection")
     budget = float(ratio) * float(dense.sum())
     ranks: list[int | None] = [None] * len(shapes)
     free = np.flatnonzero(~fixed)
@@ -203,15 +211,8 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
     if search == "uniform":
         item_scores = dense[free]
     else:
-        if scores is None:
-            raise ValueError(f"{func}: search={search!r} needs the Fisher `scores`")
-        scores = np.asarray(scores, dtype=np.float64)
-        if scores.shape != (len(shapes),) or not np.all(np.isfinite(scores)) or np.any(scores < 0):
-            raise ValueError(f"{func}: scores must be {len(shapes)} finite values >= 0")
         item_scores = scores[free] * (dense[free] if search == "fisher" else 1.0)
     if search == "greedy":
-        if spectra is None or len(spectra) != len(shapes):
-            raise ValueError(f"{func}: search='greedy' needs one whitened spectrum per projection")
         alloc = allocate_ranks(item_scores, caps[free], left, method="greedy", multiple_of=mult, minimum=floor,
                                costs=unit[free], spectra=[np.asarray(spectra[i], dtype=np.float64) for i in free])
     else:
