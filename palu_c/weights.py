@@ -239,6 +239,42 @@ def _whitened_spectrum(w: np.ndarray, gram: np.ndarray) -> np.ndarray:
     return spectrum(w, gram)
 
 
+def whitened_factors(w: np.ndarray, rank: int, gram: np.ndarray, *, cache: dict | None = None, key: Any = None,
+                     cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``palu_c.lowrank_factor(w, rank, gram=gram)``, optionally through a factorization cache.
+
+    The whitened factorization truncates one exact SVD, so the rank-r pair is the first r rows of ``down``
+    and columns of ``up`` of any higher-rank pair of the same (w, gram). With ``cache`` (a dict the caller
+    keeps), the pair is computed once at rank ``max(rank, cap)`` and later calls for the same weight and Gram
+    slice it: comparing several ratios or search modes on one model then factorizes each projection once.
+    Entries are keyed by ``key`` plus a sha1 of the weight and (when ``key`` carries no Gram identity) of the
+    Gram, so a changed weight or Gram never reuses a stale pair.
+
+    Returns
+    -------
+    down : ndarray (rank, in), up : ndarray (out, rank), float64
+    """
+    import hashlib
+
+    from .linalg import lowrank_factor
+
+    if cache is None:
+        return lowrank_factor(w, rank, gram=gram)
+    if not isinstance(cache, dict):
+        raise TypeError(f"{_FUNC}: factor_cache must be a dict (or None), got {type(cache).__name__}")
+    ident = [key, hashlib.sha1(np.ascontiguousarray(w).view(np.uint8)).hexdigest(), w.shape]
+    if not (isinstance(key, tuple) and len(key) > 1 and key[1]):
+        ident.append(hashlib.sha1(np.ascontiguousarray(gram).view(np.uint8)).hexdigest())
+    ident = repr(ident)
+    hit = cache.get(ident)
+    if hit is None or hit[0].shape[0] < rank:
+        full = max(rank, cap or 0)
+        hit = lowrank_factor(w, full, gram=gram)
+        cache[ident] = hit
+    down, up = hit
+    return down[:rank], up[:, :rank]
+
+
 def _check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real) or not (0 < float(ratio) <= 1) \
             or math.isnan(float(ratio)):
@@ -274,10 +310,28 @@ def _check_explicit_ranks(ranks: Any, found: list, budget: float, mult: int, flo
     return out
 
 
+def _statistics(model, calib, found, **kwargs):
+    from .statistics import collect_linear_statistics
+
+    modules = {name: mod for name, *_, mod in found}
+    gram_of = {name: f"{i}.{_GRAM_GROUP[kind]}" for name, kind, i, *_ in found}
+    return collect_linear_statistics(model, calib, modules, gram_of=gram_of, **kwargs)
+
+
+def collect_projection_statistics(model, calib, *, targets: Any = None, grams: bool = True, fisher: bool = True,
+                                  batch_size: int = 1, progress: bool = True, cache_dir: str | None = None):
+    """The statistics :func:`compress_weights` uses (same projections, same Gram sharing, same cache files):
+    a :class:`palu_c.statistics.LinearStatistics` keyed by module path. Lets a caller time or pre-compute
+    the Gram pass and the Fisher pass separately; ``compress_weights`` then reads both from ``cache_dir``."""
+    found, _ = find_projections(model, parse_targets(targets), explicit=targets is not None)
+    return _statistics(model, calib, found, grams=grams, fisher=fisher, batch_size=batch_size, progress=progress,
+                       cache_dir=cache_dir)
+
+
 def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher", targets: Any = None,
                      progressive: Any = None, rank_multiple: int = DEFAULT_RANK_MULTIPLE, min_rank: int | None = None,
                      ranks: Mapping[str, int | None] | None = None, batch_size: int = 1, progress: bool = True,
-                     cache_dir: str | None = None):
+                     cache_dir: str | None = None, factor_cache: dict | None = None):
     """Compress the linear projections of ``model`` with FLRC; returns the same model object, modified in place.
 
     Parameters
@@ -311,6 +365,10 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
         tqdm progress bars.
     cache_dir : str, optional
         Statistics cache directory (default $PALU_C_CACHE_DIR if set).
+    factor_cache : dict, optional
+        An in-memory cache of whitened factorizations (see :func:`whitened_factors`) shared across calls on
+        the same base model: pass the same empty dict to several calls (other ratios, other searches) and
+        each projection is factorized once, at its largest useful rank. Results are identical to no cache.
 
     Returns
     -------
@@ -320,10 +378,8 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     from torch import nn
     from tqdm.auto import tqdm
 
-    from .linalg import lowrank_factor
     from .lowrank_linear import LowRankLinear
     from .progressive import install_counter, parse_schedule, rank_steps
-    from .statistics import collect_linear_statistics
 
     if not isinstance(model, nn.Module):
         raise TypeError(f"{_FUNC}: model must be a transformers causal LM, got {type(model).__name__}")
@@ -343,6 +399,8 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
         raise ValueError(f"{_FUNC}: min_rank must be None or a positive int, got {min_rank!r}")
     if not isinstance(progress, bool):
         raise TypeError(f"{_FUNC}: progress must be a bool, got {type(progress).__name__}")
+    if factor_cache is not None and not isinstance(factor_cache, dict):
+        raise TypeError(f"{_FUNC}: factor_cache must be a dict (or None), got {type(factor_cache).__name__}")
     floor = rank_multiple if min_rank is None else -(-min_rank // rank_multiple) * rank_multiple
     kinds = parse_targets(targets)
     schedule = parse_schedule(progressive, kinds)
@@ -356,13 +414,11 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     budget = ratio * sum(m * n for m, n in shapes)
 
     t0 = time.perf_counter()
-    modules = {name: mod for name, *_, mod in found}
-    gram_of = {name: f"{i}.{_GRAM_GROUP[kind]}" for name, kind, i, *_ in found}
     need_fisher = ranks is None and search in ("fisher", "greedy")
     if ranks is not None:
         explicit_ranks = _check_explicit_ranks(ranks, found, budget, rank_multiple, floor)
-    stats = collect_linear_statistics(model, calib, modules, gram_of=gram_of, grams=True, fisher=need_fisher,
-                                      batch_size=batch_size, progress=progress, cache_dir=cache_dir)
+    stats = _statistics(model, calib, found, grams=True, fisher=need_fisher, batch_size=batch_size,
+                        progress=progress, cache_dir=cache_dir)
     importance = [stats.importance(name) for name, *_ in found] if need_fisher else None
     weights64 = {name: mod.weight.detach().double().cpu().numpy() for name, *_, mod in found}
     if ranks is not None:
@@ -387,7 +443,9 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
                                               importance=None if importance is None else importance[j]))
         if r is None:
             continue
-        down, up = lowrank_factor(weights64[name], r, gram=stats.gram_for(name).numpy())
+        down, up = whitened_factors(weights64[name], r, stats.gram_for(name).numpy(), cache=factor_cache,
+                                    key=(name, stats.cache_keys.get("gram")),
+                                    cap=dense_break_even(mod.out_features, mod.in_features, rank_multiple))
         new = LowRankLinear.from_factors(down, up, mod.bias, dtype=mod.weight.dtype, device=mod.weight.device)
         if schedule is not None and kind in schedule:
             new.set_schedule(rank_steps(r, schedule[kind], rank_multiple, floor), counter)
@@ -500,5 +558,5 @@ def summary(model) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["compress_weights", "allocate_projection_ranks", "parameter_report", "install_progressive", "summary",
-           "find_projections", "parse_targets", "dense_break_even", "SEARCH_MODES", "DEFAULT_RANK_MULTIPLE"]
+__all__ = ["compress_weights", "collect_projection_statistics", "allocate_projection_ranks", "parameter_report", "install_progressive", "summary",
+           "find_projections", "parse_targets", "dense_break_even", "whitened_factors", "SEARCH_MODES", "DEFAULT_RANK_MULTIPLE"]

@@ -236,6 +236,22 @@ def test_each_projection_is_the_whitened_optimum(rng):
     assert checked >= 8
 
 
+def test_factor_cache_gives_identical_models(rng):
+    base, calib = model_and_calib(rng, "llama", bias=True)
+    cache = {}
+    ids = torch.as_tensor(rng.integers(0, 128, (2, 9)))
+    for ratio, search in ((0.8, "fisher"), (0.5, "uniform"), (0.6, "fisher")):
+        cached = compress_weights(copy.deepcopy(base), calib, ratio=ratio, search=search, rank_multiple=4,
+                                  factor_cache=cache, progress=False)
+        plain = compress_weights(copy.deepcopy(base), calib, ratio=ratio, search=search, rank_multiple=4,
+                                 progress=False)
+        with torch.no_grad():
+            assert torch.equal(cached(ids).logits, plain(ids).logits)
+    assert 0 < len(cache) <= len(projections(base))
+    with pytest.raises(TypeError, match="factor_cache"):
+        compress_weights(copy.deepcopy(base), calib, factor_cache=[], progress=False)
+
+
 def test_generate_batch_greedy_and_sampling(rng):
     base, calib = model_and_calib(rng, "mistral")
     model = compress_weights(copy.deepcopy(base), calib, ratio=0.6, rank_multiple=8, progress=False)
