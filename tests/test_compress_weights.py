@@ -62,7 +62,6 @@ def model_and_calib(rng, family="llama", dtype=torch.float32, n=6, seq=32, **kw)
 
 
 # ---------------------------------------------------------------- statistics
-@pytest.mark.slow
 def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatch):
     base, calib = model_and_calib(rng, "qwen2", dtype=torch.float64, n=3, seq=17)
     mods = projections(base)
@@ -211,7 +210,6 @@ def test_budget_and_counts_on_a_model(rng, search, ratio):
     assert model.flrc_config.search == search and "stored" in summary(model)
 
 
-@pytest.mark.slow
 def test_each_projection_is_the_whitened_optimum(rng):
     base, calib = model_and_calib(rng, "llama", dtype=torch.float64, n=8, seq=40, bias=True)
     model = compress_weights(copy.deepcopy(base), calib, ratio=0.5, search="fisher", rank_multiple=4,

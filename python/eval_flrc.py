@@ -1,0 +1,238 @@
+"""FLRC weight compression on the embedded SmolLM2-135M: Fisher per-projection ranks vs uniform ranks vs an
+ASVD-style sensitivity sweep (perplexity, search wall time, decoding fidelity by ROUGE-L), and progressive
+low-rank decoding at equal average active parameters.
+
+Calibration: Emma (64 windows x 512 tokens); perplexity: Pride and Prejudice (32 non-overlapping windows x 512
+tokens, from the start); decoding fidelity: 50 prompts of 32-64 tokens cut from Pride and Prejudice AFTER the
+perplexity windows, greedy 128-token continuations of each compressed model scored with ROUGE-L (F1, package
+rouge-score) against the uncompressed model's continuations, batched with left padding. The sweep probes
+every projection alone on a short probe set from the calibration text (``--probe-samples`` x
+``--probe-len`` tokens, ``--fractions`` kept fractions). All methods go through palu_c.compress_weights
+(the sweep's choice through ``ranks=``) and store the same parameters to within one rank unit.
+
+Search wall time: Fisher = the Fisher pass (one forward and one backward per calibration sample, timed when
+computed; the statistics cache keeps the time) + rank allocation; uniform = allocation only; sweep =
+factorizing every projection for its probes + all probes + the choice. The Gram pass (whitening) is needed by
+every method and is reported once.
+
+Run:  OPENBLAS_NUM_THREADS=1 python python/eval_flrc.py --out python/results/eval_flrc_smollm2.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+from report import emit
+
+import palu_c
+from palu_c.models import EMBEDDED_NAME, load_model
+from palu_c.weights import collect_projection_statistics, compress_weights, parameter_report
+
+# ../shared beside the checkout (CI layout); one level higher for a git worktree under <root>/wt/<name>
+_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+CORPUS = next((p for p in (os.path.join(_REPO, "..", "shared", "data", "corpus"),
+                           os.path.join(_REPO, "..", "..", "shared", "data", "corpus")) if os.path.isdir(p)),
+              os.path.join(_REPO, "..", "shared", "data", "corpus"))
+AGGRESSIVE = [(16, 0.75), (64, 0.5)]
+
+
+def prompts_from(tok, text, start_token, n, rng):
+    """n prompts of 32-64 tokens from the text after ``start_token``, evenly spaced."""
+    ids = tok(text, return_tensors="pt").input_ids[0][start_token:]
+    step = (ids.numel() - 64) // n
+    out = []
+    for k in range(n):
+        length = int(rng.integers(32, 65))
+        out.append(ids[k * step:k * step + length])
+    return out
+
+
+def generate(model, prompts, pad_id, new_tokens, eos_id):
+    """Greedy continuations (token lists, cut at EOS), one left-padded batch."""
+    width = max(p.numel() for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - p.numel():] = p
+        mask[i, width - p.numel():] = 1
+    with torch.no_grad():
+        out = model.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                             pad_token_id=pad_id)
+    conts = []
+    for row in out[:, width:].tolist():
+        conts.append(row[:row.index(eos_id)] if eos_id in row else row)
+    return conts
+
+
+def rouge_l(refs, cands, tok):
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    scores = [scorer.score(tok.decode(r, skip_special_tokens=True), tok.decode(c, skip_special_tokens=True))
+              ["rougeL"].fmeasure for r, c in zip(refs, cands)]
+    return float(np.mean(scores))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calib-file", default=os.path.join(CORPUS, "austen_emma.txt"))
+    parser.add_argument("--eval-file", default=os.path.join(CORPUS, "austen_pride_and_prejudice.txt"))
+    parser.add_argument("--calib-samples", type=int, default=64)
+    parser.add_argument("--eval-windows", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
+    parser.add_argument("--methods", nargs="+", default=["fisher", "uniform", "sweep"],
+                        choices=["fisher", "uniform", "greedy", "sweep"])
+    parser.add_argument("--prompts", type=int, default=50)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--probe-samples", type=int, default=4)
+    parser.add_argument("--probe-len", type=int, default=256)
+    parser.add_argument("--fractions", type=float, nargs="+", default=[0.4, 0.7])
+    parser.add_argument("--progressive", nargs="*", default=["0.9:default", "0.9:aggressive", "0.8:default"],
+                        help="stored ratio:schedule pairs (fisher), schedule in {default, aggressive}")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/palu_c"))
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", palu_c.WhiteningWarning)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    command = "python python/eval_flrc.py " + " ".join(sys.argv[1:])
+
+    base, tok = load_model()
+    calib = palu_c.calibration_tokens(tok, args.calib_file, args.calib_samples, args.seq_len, seed=0)
+    eval_text = open(args.eval_file, encoding="utf-8").read()
+    rng = np.random.default_rng(0)
+    prompts = prompts_from(tok, eval_text, args.eval_windows * args.seq_len, args.prompts, rng)
+    eos = tok.eos_token_id
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    t_start = time.perf_counter()
+
+    def ppl(model):
+        return palu_c.eval.perplexity(model, tok, eval_text, seq_len=args.seq_len, max_windows=args.eval_windows)
+
+    # Statistics: the Fisher pass and the Gram pass separately, each timed when it is computed.
+    st_f = collect_projection_statistics(base, calib, grams=False, fisher=True, cache_dir=args.cache_dir)
+    st_g = collect_projection_statistics(base, calib, grams=True, fisher=False, cache_dir=args.cache_dir)
+    fisher_s, gram_s = st_f.seconds["fisher"], st_g.seconds["gram"]
+    print(f"Fisher pass {fisher_s:.0f} s, Gram pass {gram_s:.0f} s", flush=True)
+    factor_cache: dict = {}
+
+    t = time.perf_counter()
+    base_ppl = ppl(base)
+    ref = generate(base, prompts, pad, args.new_tokens, eos)
+    print(f"baseline ppl {base_ppl:.3f} ({time.perf_counter() - t:.0f} s incl. reference generation)", flush=True)
+
+    sweep_result = None
+    if "sweep" in args.methods:
+        sys.path.insert(0, os.path.dirname(__file__))
+        from flrc_sweep import choose_ranks, sweep
+
+        probe_ids = palu_c.calibration_tokens(tok, args.calib_file, args.probe_samples, args.probe_len, seed=1)
+        sweep_result = sweep(base, probe_ids, st_g, fractions=tuple(args.fractions), factor_cache=factor_cache)
+        print(f"sweep: {sweep_result['probes']} probes, {sweep_result['seconds']:.0f} s", flush=True)
+
+    rows, prog_rows = [], []
+
+    def report():
+        lines = ["# FLRC weight compression on SmolLM2-135M-Instruct", "",
+                 f"Model: {EMBEDDED_NAME}, float32, CPU ({args.threads} thread(s), 2-core shared machine). "
+                 f"Calibration: {args.calib_samples} x {args.seq_len} tokens of {os.path.basename(args.calib_file)}; "
+                 f"perplexity: {args.eval_windows} x {args.seq_len} tokens of {os.path.basename(args.eval_file)}; "
+                 f"ROUGE-L: {args.prompts} prompts (32-64 tokens, from that book after the perplexity windows), "
+                 f"greedy {args.new_tokens}-token continuations vs the uncompressed model's. Targets: all q, k, v, o, "
+                 f"gate, up, down projections (210); `ratio` = fraction of their parameters kept; ranks multiples "
+                 f"of 16.", "",
+                 f"Command: `OPENBLAS_NUM_THREADS=1 {command}`".rstrip(), "",
+                 f"Uncompressed: perplexity {base_ppl:.3f}. Gram pass (whitening, needed by every method): "
+                 f"{gram_s:.0f} s. Fisher pass (one forward + one backward per calibration sample): {fisher_s:.0f} s."]
+        if sweep_result is not None:
+            lines.append(f"Sensitivity sweep: {sweep_result['probes']} probes ({len(sweep_result['shapes'])} "
+                         f"projections x kept fractions {args.fractions}) on {args.probe_samples} x "
+                         f"{args.probe_len} calibration tokens, each probe run from the probed layer on, on the "
+                         f"CPU; {sweep_result['factor_seconds']:.0f} s of it factorizing. Probe perplexity of the "
+                         f"uncompressed model: {sweep_result['base']:.3f}.")
+        lines += ["", "## Perplexity, search cost, decoding fidelity", "",
+                  "| ratio | search | stored params | stored / targeted | ppl | ROUGE-L | search time (s) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in rows:
+            lines.append(f"| {r['ratio']} | {r['method']} | {r['stored']:,} | {r['stored_ratio']:.1%} | "
+                         f"{r['ppl']:.3f} | {r['rouge']:.4f} | {r['search_s']:.0f} |")
+        if prog_rows:
+            lines += ["", "## Progressive low-rank decoding at equal average active parameters", "",
+                      f"Average active parameters over a {args.new_tokens}-token generation (the prefill at full "
+                      f"stored rank, then one decode step per token; `palu_c.weights.parameter_report`). "
+                      f"`default` = {list(palu_c.progressive.DEFAULT_SCHEDULE)}, `aggressive` = {AGGRESSIVE} "
+                      f"(tokens generated, keep fraction) for every projection class. Each progressive model is "
+                      f"compared with a Fisher model whose STORED ratio equals the progressive model's average "
+                      f"ACTIVE ratio (perplexity is a prefill-only measure, so a progressive model's perplexity is "
+                      f"that of its stored ranks).", "",
+                      "| model | stored / targeted | avg active / targeted | ppl | ROUGE-L |", "|---|---|---|---|---|"]
+            for r in prog_rows:
+                lines.append(f"| {r['name']} | {r['stored_ratio']:.1%} | {r['active_ratio']:.1%} | {r['ppl']:.3f} | "
+                             f"{r['rouge']:.4f} |")
+        lines += ["", f"Total wall time so far: {time.perf_counter() - t_start:.0f} s."]
+        emit(lines, args.out)
+
+    def run(ratio, method, progressive=None):
+        t0 = time.perf_counter()
+        kw = dict(ratio=ratio, progress=False, cache_dir=args.cache_dir, factor_cache=factor_cache,
+                  progressive=progressive)
+        if method == "sweep":
+            t_choice = time.perf_counter()
+            ranks = choose_ranks(sweep_result, ratio)
+            search_s = sweep_result["seconds"] + time.perf_counter() - t_choice
+            model = compress_weights(copy.deepcopy(base), calib, ranks=ranks, **kw)
+        else:
+            model = compress_weights(copy.deepcopy(base), calib, search=method, **kw)
+            # allocation (statistics come from the cache) + the Fisher pass where the method needs it
+            search_s = model.flrc_config.search_seconds + (fisher_s if method in ("fisher", "greedy") else 0.0)
+        compress_s = time.perf_counter() - t0
+        return model, search_s, compress_s
+
+    for ratio in args.ratios:
+        for method in args.methods:
+            model, search_s, compress_s = run(ratio, method)
+            rep = parameter_report(model)
+            row = dict(ratio=ratio, method=method, stored=rep["stored"], stored_ratio=rep["stored_ratio"],
+                       ppl=ppl(model), search_s=search_s)
+            row["rouge"] = rouge_l(ref, generate(model, prompts, pad, args.new_tokens, eos), tok)
+            rows.append(row)
+            print(f"{ratio} {method}: ppl {row['ppl']:.3f}, ROUGE-L {row['rouge']:.4f}, search {search_s:.1f} s, "
+                  f"compress {compress_s:.0f} s", flush=True)
+            report()
+            del model
+
+    for spec in args.progressive:
+        ratio_s, sched_name = spec.split(":")
+        ratio = float(ratio_s)
+        sched = True if sched_name == "default" else AGGRESSIVE
+        model, _, _ = run(ratio, "fisher", progressive=sched)
+        rep = parameter_report(model, generated_tokens=args.new_tokens)
+        prog = dict(name=f"fisher {ratio} + {sched_name} schedule", stored_ratio=rep["stored_ratio"],
+                    active_ratio=rep["active_ratio"], ppl=ppl(model))
+        prog["rouge"] = rouge_l(ref, generate(model, prompts, pad, args.new_tokens, eos), tok)
+        prog_rows.append(prog)
+        del model
+        same = round(rep["active"] / rep["targeted"], 4)
+        model, _, _ = run(same, "fisher")
+        rep2 = parameter_report(model, generated_tokens=args.new_tokens)
+        flat = dict(name=f"fisher {same} (no schedule, equal active)", stored_ratio=rep2["stored_ratio"],
+                    active_ratio=rep2["active_ratio"], ppl=ppl(model))
+        flat["rouge"] = rouge_l(ref, generate(model, prompts, pad, args.new_tokens, eos), tok)
+        prog_rows.append(flat)
+        print(f"{prog}\n{flat}", flush=True)
+        report()
+        del model
+    report()
+
+
+if __name__ == "__main__":
+    main()
