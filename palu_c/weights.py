@@ -374,7 +374,6 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     -------
     model, with ``model.flrc_config``.
     """
-    import torch
     from torch import nn
     from tqdm.auto import tqdm
 
@@ -455,7 +454,8 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
         projections=proj_cfgs, skipped=skipped, budget=budget,
         progressive=None if schedule is None else {k: [list(s) for s in v] for k, v in schedule.items()})
     model.flrc_config.seconds = time.perf_counter() - t0  # not saved; for reports
-    model.flrc_config.search_seconds = search_seconds  # statistics + allocation (cache hits make this small)
+    # statistics (computed, or read from the cache) + weights to float64 + spectra (greedy) + allocation
+    model.flrc_config.search_seconds = search_seconds
     model.flrc_config.statistics_seconds = dict(stats.seconds)  # time of the passes that computed them
     return model
 

@@ -11,8 +11,9 @@ every projection alone on a short probe set from the calibration text (``--probe
 (the sweep's choice through ``ranks=``) and store the same parameters to within one rank unit.
 
 Search wall time: Fisher = the Fisher pass (one forward and one backward per calibration sample, timed when
-computed; the statistics cache keeps the time) + rank allocation; uniform = allocation only; sweep =
-factorizing every projection for its probes + all probes + the choice. The Gram pass (whitening) is needed by
+computed; the statistics cache keeps the time) + ``flrc_config.search_seconds`` (reading the cached statistics,
+copying the weights to float64, allocating ranks); uniform = ``search_seconds`` only; sweep = factorizing
+every projection for its probes + all probes + the choice. The Gram pass (whitening) is needed by
 every method and is reported once.
 
 Run:  OPENBLAS_NUM_THREADS=1 python python/eval_flrc.py --out python/results/eval_flrc_smollm2.md

@@ -103,6 +103,23 @@ def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatc
     assert third.fisher_sums[name] == pytest.approx(ref[name], rel=1e-9)
 
 
+def test_separately_collected_parts_serve_compress_weights(rng, tmp_path, monkeypatch):
+    from palu_c.weights import collect_projection_statistics
+
+    base, calib = model_and_calib(rng)
+    fisher = collect_projection_statistics(base, calib, grams=False, fisher=True, progress=False, cache_dir=tmp_path)
+    grams = collect_projection_statistics(base, calib, grams=True, fisher=False, progress=False, cache_dir=tmp_path)
+    assert fisher.gram is None and grams.fisher_sums is None and {"fisher"} == set(fisher.seconds)
+    import palu_c.statistics as st
+
+    monkeypatch.setattr(st, "_collect_linear", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    model = compress_weights(copy.deepcopy(base), calib, ratio=0.7, rank_multiple=8, progress=False,
+                             cache_dir=tmp_path)
+    assert model.flrc_config.statistics_seconds == {"gram": grams.seconds["gram"], "fisher": fisher.seconds["fisher"]}
+    imp = {p.name: p.importance for p in model.flrc_config.projections}
+    assert all(imp[n] == pytest.approx(fisher.importance(n), rel=0) for n in imp)
+
+
 def test_linear_statistics_bad_arguments(rng):
     base, calib = model_and_calib(rng)
     mods = projections(base)
