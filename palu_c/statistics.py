@@ -513,6 +513,10 @@ def collect_kv_statistics(model: Any, calib: "torch.Tensor", *, grams: bool = Tr
 #   (float64 for a float64 model) and its squares are summed in float64: the result is a scalar importance
 #   for rank allocation, where a relative error of 1e-6 changes nothing, and float32 halves the cost of the
 #   T*O*C product that dominates the pass. ``importance(name)`` = sqrt(fisher_sums / (N * O * C)).
+# - Element Fisher (optional, ``fisher_diag=True``): ``fisher_diag[name]`` (O, C) = the same sum of grad^2 kept
+#   per weight element (the diagonal of the empirical Fisher), accumulated in float64 and stored as float32
+#   (as large as the weights themselves); it weights truncation errors element by element
+#   (``palu_c.weights``, search "fisher_loss").
 #
 # Cache: one file per part (``linear_stats-gram-<sha256>.pt`` and ``linear_stats-fisher-<sha256>.pt``), keyed
 # like the K/V cache (model class, config, every parameter and buffer, calib) plus the projection names,
@@ -541,6 +545,8 @@ class LinearStatistics:
         Projection name -> sum over samples and weight elements of grad^2; None with fisher=False.
     n_fisher_samples : int
     shapes : dict str -> (O, C)
+    fisher_diag : dict str -> torch.Tensor, or None
+        Projection name -> (O, C) float32, per weight element the sum over samples of grad^2 (fisher_diag=True).
     seconds : dict str -> float
         "gram" / "fisher": wall time of the pass that computed that part (when it was computed, also when it
         is now read from the cache; a pass computing both parts gives each the whole pass's time).
@@ -555,6 +561,7 @@ class LinearStatistics:
     shapes: dict
     seconds: dict
     cache_keys: dict
+    fisher_diag: dict | None = None
 
     def importance(self, name: str) -> float:
         """Fisher importance sqrt(mean over samples and weight elements of grad^2) of projection ``name``."""
@@ -628,6 +635,15 @@ def _load_linear_part(path: Path, key: str, part: str, modules: dict, gram_of: d
                 if not isinstance(g, torch.Tensor) or g.dtype != torch.float64 or tuple(g.shape) != (c, c) \
                         or not torch.isfinite(g).all():
                     raise ValueError(f"Gram {k!r} has the wrong dtype or shape, or holds NaN/Inf")
+        elif part == "fisher_diag":
+            diag = data["fisher_diag"]
+            if not isinstance(diag, dict) or set(diag) != set(modules):
+                raise ValueError("its projection names do not match")
+            for name, t in diag.items():
+                if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or \
+                        tuple(t.shape) != (modules[name].out_features, modules[name].in_features) \
+                        or not torch.isfinite(t).all():
+                    raise ValueError(f"element Fisher of {name!r} has the wrong dtype or shape, or holds NaN/Inf")
         else:
             sums = data["fisher_sums"]
             if not isinstance(sums, dict) or set(sums) != set(modules):
@@ -660,7 +676,7 @@ def _save_linear_part(path: Path, data: dict, func: str) -> None:
 
 
 def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tensor", grams: bool, fisher: bool,
-                    batch_size: int, progress: bool, device: Any) -> tuple[dict | None, dict | None]:
+                    batch_size: int, progress: bool, device: Any, diag: bool = False) -> tuple:
     import torch
     from tqdm.auto import tqdm
 
@@ -698,7 +714,10 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
                     gram_acc[key].addmm_(x.T, x)
 
                 hooks.append(mod.register_forward_pre_hook(gram_hook, with_kwargs=True))
+        fisher = fisher or diag  # one backward gives both
         sums = {name: 0.0 for name in modules} if fisher else None
+        diag_acc = {name: torch.zeros(mod.out_features, mod.in_features, dtype=torch.float64, device=acc_device)
+                    for name, mod in modules.items()} if diag else None
         captured: dict = {}
         if fisher:
             for name, mod in modules.items():
@@ -736,7 +755,10 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
                             for b in range(ids.shape[0]):
                                 xb = x[b].reshape(-1, x.shape[-1]).to(work)
                                 gb = dy[b].reshape(-1, dy.shape[-1]).to(work).T @ xb  # (O, C)
-                                total += float(gb.double().square().sum())
+                                sq = gb.double().square()
+                                total += float(sq.sum())
+                                if diag_acc is not None:
+                                    diag_acc[name].add_(sq.to(acc_device))
                             sums[name] += total
                     finally:
                         captured.clear()
@@ -746,7 +768,8 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
                 bar.update(ids.shape[0])
         finally:
             bar.close()
-        return ({k: g.cpu() for k, g in gram_acc.items()} if grams else None), sums
+        return (({k: g.cpu() for k, g in gram_acc.items()} if grams else None), sums,
+                ({k: d.float().cpu() for k, d in diag_acc.items()} if diag else None))
     finally:
         for handle in hooks:
             handle.remove()
@@ -760,7 +783,8 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
 
 def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *, gram_of: Any = None,
                               grams: bool = True, fisher: bool = True, batch_size: int = 1, progress: bool = True,
-                              cache_dir: str | os.PathLike | None = None, device: Any = None) -> LinearStatistics:
+                              cache_dir: str | os.PathLike | None = None, device: Any = None,
+                              fisher_diag: bool = False) -> LinearStatistics:
     """Input Grams and Fisher importances of a set of ``nn.Linear`` projections of a causal LM.
 
     Parameters
@@ -784,6 +808,9 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
         On-disk cache (None reads env ``PALU_C_CACHE_DIR``; no cache when unset).
     device : optional
         Run there (the model is moved for the call and back); None: where it is.
+    fisher_diag : bool
+        Also keep the element Fisher (O, C) of every projection (memory and cache file as large as the
+        projections' weights in float32).
 
     Returns
     -------
@@ -796,10 +823,10 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
     from torch import nn
 
     func = "collect_linear_statistics"
-    for name, value in (("grams", grams), ("fisher", fisher), ("progress", progress)):
+    for name, value in (("grams", grams), ("fisher", fisher), ("progress", progress), ("fisher_diag", fisher_diag)):
         if not isinstance(value, bool):
             raise TypeError(f"{func}: {name} must be a bool, got {type(value).__name__}")
-    if not (grams or fisher):
+    if not (grams or fisher or fisher_diag):
         raise ValueError(f"{func}: nothing to collect: pass grams=True and/or fisher=True")
     batch_size = _as_int(batch_size, "batch_size", func)
     if batch_size < 1:
@@ -830,7 +857,7 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
     if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
         raise TypeError(f"{func}: cache_dir must be a str or os.PathLike, got {type(cache_dir).__name__}")
 
-    parts = [p for p, on in (("gram", grams), ("fisher", fisher)) if on]
+    parts = [p for p, on in (("gram", grams), ("fisher", fisher), ("fisher_diag", fisher_diag)) if on]
     keys: dict = {}
     loaded: dict = {}
     if cache_dir is not None:
@@ -847,26 +874,32 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
     seconds = {p: float(loaded[p].get("seconds", float("nan"))) for p in loaded}
     gram = loaded["gram"]["gram"] if "gram" in loaded else None
     sums = loaded["fisher"]["fisher_sums"] if "fisher" in loaded else None
+    diag = loaded["fisher_diag"]["fisher_diag"] if "fisher_diag" in loaded else None
     if missing:
         t0 = time.perf_counter()
         with torch.inference_mode(False):
-            new_gram, new_sums = _collect_linear(model, modules, gram_of, calib, "gram" in missing,
-                                                 "fisher" in missing, batch_size, progress, device)
+            new_gram, new_sums, new_diag = _collect_linear(model, modules, gram_of, calib, "gram" in missing,
+                                                           "fisher" in missing, batch_size, progress, device,
+                                                           diag="fisher_diag" in missing)
         elapsed = time.perf_counter() - t0
         for part in missing:
             seconds[part] = elapsed
         gram = new_gram if "gram" in missing else gram
         sums = new_sums if "fisher" in missing else sums
+        diag = new_diag if "fisher_diag" in missing else diag
         if cache_dir is not None:
+            payload = {"gram": ("gram", gram), "fisher": ("fisher_sums", sums), "fisher_diag": ("fisher_diag", diag)}
             for part in missing:
                 data = {"format": LINEAR_CACHE_FORMAT, "version": LINEAR_CACHE_VERSION, "part": part,
                         "key": keys[part], "seconds": elapsed, "n_samples": int(calib.shape[0]),
                         "n_tokens": int(calib.numel())}
-                data["gram" if part == "gram" else "fisher_sums"] = gram if part == "gram" else sums
+                field_name, value = payload[part]
+                data[field_name] = value
                 _save_linear_part(Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt", data, func)
     return LinearStatistics(
         gram=gram, gram_of=gram_of, n_tokens=int(calib.numel()) if grams else 0,
-        fisher_sums=sums, n_fisher_samples=int(calib.shape[0]) if fisher else 0,
+        fisher_sums=sums if fisher else None, n_fisher_samples=int(calib.shape[0]) if (fisher or fisher_diag) else 0,
+        fisher_diag=diag,
         shapes={name: (mod.out_features, mod.in_features) for name, mod in modules.items()},
         seconds=seconds, cache_keys=keys)
 

@@ -39,7 +39,7 @@ import numpy as np
 from .ranks import allocate_ranks
 from .weights_config import PROJECTION_KINDS, FLRCConfig, FLRCProjectionConfig
 
-SEARCH_MODES = ("fisher", "uniform", "greedy")
+SEARCH_MODES = ("fisher", "uniform", "greedy", "fisher_loss")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # 16: the fp16/bf16 tensor-core k-tile, so every (active) rank fills whole MMA tiles on GPUs; it is also the
 # granularity Palu's KV ranks use in palu_c. Coarser (32, 64) wastes budget on small models (a 576-wide
@@ -133,8 +133,8 @@ def dense_break_even(m: int, n: int, multiple: int) -> int:
 
 def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *, search: str = "fisher",
                               scores: Any = None, spectra: Sequence[Any] | None = None,
-                              rank_multiple: int = DEFAULT_RANK_MULTIPLE, min_rank: int | None = None
-                              ) -> list[int | None]:
+                              rank_multiple: int = DEFAULT_RANK_MULTIPLE, min_rank: int | None = None,
+                              loss_curves: Sequence[Any] | None = None) -> list[int | None]:
     """Ranks of projections under one parameter budget (None = keep dense).
 
     Parameters
@@ -150,10 +150,15 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
         ``uniform``: the same kept fraction everywhere (the proportional rule with shares proportional to
         size; SVD-LLM's setting). ``greedy``: ``allocate_ranks`` greedy rule, rank units where importance x
         the next squared whitened singular values per parameter is largest (needs ``spectra``).
+        ``fisher_loss``: ``allocate_ranks`` greedy rule on the Fisher estimate of the loss each rank unit
+        saves, per parameter (needs ``loss_curves``, see :func:`fisher_loss_curve`).
     scores : array_like (N,), optional
         Fisher importances (fisher, greedy).
     spectra : sequence of N 1-D arrays, optional
         Whitened singular values of each projection (greedy).
+    loss_curves : sequence of N 1-D arrays, optional
+        fisher_loss: ``loss_curves[i][u]`` = estimated loss of projection i truncated to ``u * rank_multiple``
+        (u = 0 .. cap / rank_multiple), see :func:`fisher_loss_curve`.
     rank_multiple : int
         Every rank is a multiple of it.
     min_rank : int, optional
@@ -187,7 +192,7 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
     unit = np.array([m + n for m, n in shapes], dtype=np.float64)
     caps = np.array([dense_break_even(m, n, mult) for m, n in shapes], dtype=np.int64)
     fixed = caps < floor  # cannot save parameters at the floor: always dense
-    if search != "uniform":
+    if search in ("fisher", "greedy"):
         if scores is None:
             raise ValueError(f"{func}: search={search!r} needs the Fisher `scores`")
         scores = np.asarray(scores, dtype=np.float64)
@@ -195,6 +200,17 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
             raise ValueError(f"{func}: scores must be {len(shapes)} finite values >= 0")
     if search == "greedy" and (spectra is None or len(spectra) != len(shapes)):
         raise ValueError(f"{func}: search='greedy' needs one whitened spectrum per projection")
+    if search == "fisher_loss":
+        if loss_curves is None or len(loss_curves) != len(shapes):
+            raise ValueError(f"{func}: search='fisher_loss' needs one loss curve per projection")
+        loss_curves = [np.asarray(c, dtype=np.float64) for c in loss_curves]
+        for i, (c, cap) in enumerate(zip(loss_curves, caps)):
+            if c.ndim != 1 or c.size < cap // mult + 1 or not np.all(np.isfinite(c)):
+                raise ValueError(f"{func}: loss_curves[{i}] must hold {cap // mult + 1} finite values")
+        # A unit's value is the loss it saves (never negative: an extra unit can always be left unused).
+        gains = [np.maximum(-np.diff(c[:cap // mult + 1]), 0.0) for c, cap in zip(loss_curves, caps)]
+        spectra = [np.repeat(np.sqrt(g / mult), mult) for g in gains]
+        scores = np.ones(len(shapes))
     budget = float(ratio) * float(dense.sum())
     ranks: list[int | None] = [None] * len(shapes)
     free = np.flatnonzero(~fixed)
@@ -210,9 +226,11 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
                          f"raise ratio or lower min_rank / rank_multiple")
     if search == "uniform":
         item_scores = dense[free]
+    elif search == "fisher_loss":  # promotion order: loss left at the cap, i.e. what going dense saves
+        item_scores = np.array([loss_curves[i][caps[i] // mult] for i in free])
     else:
         item_scores = scores[free] * (dense[free] if search == "fisher" else 1.0)
-    if search == "greedy":
+    if search in ("greedy", "fisher_loss"):
         alloc = allocate_ranks(item_scores, caps[free], left, method="greedy", multiple_of=mult, minimum=floor,
                                costs=unit[free], spectra=[np.asarray(spectra[i], dtype=np.float64) for i in free])
     else:
@@ -230,6 +248,36 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
             ranks[i] = None
             left -= step
     return ranks
+
+
+def fisher_loss_curve(w: np.ndarray, down: np.ndarray, up: np.ndarray, fisher_diag: np.ndarray,
+                      multiple: int) -> np.ndarray:
+    """Fisher estimate of the loss of a projection truncated to each multiple of ``multiple``.
+
+    ``curve[u] = sum(F * (W - up[:, :k] @ down[:k])**2)`` with k = u * multiple, u = 0 .. R // multiple, F the
+    element Fisher (sum over samples of grad^2, the diagonal of the empirical Fisher) and the factors ordered as
+    the whitened factorization returns them. Up to the constant 1/2 this is the second-order estimate of the
+    calibration loss increase from replacing W by its rank-k pair (diagonal Fisher approximation).
+
+    Parameters
+    ----------
+    w : (m, n) float64; down : (R, n); up : (m, R); fisher_diag : (m, n)
+    multiple : int
+
+    Returns
+    -------
+    ndarray (R // multiple + 1,) float64
+    """
+    f = np.asarray(fisher_diag, dtype=np.float64)
+    resid = np.array(w, dtype=np.float64, copy=True)
+    units = down.shape[0] // multiple
+    out = np.empty(units + 1)
+    out[0] = float(np.einsum("ij,ij,ij->", f, resid, resid))
+    for u in range(units):
+        sl = slice(u * multiple, (u + 1) * multiple)
+        resid -= up[:, sl] @ down[sl]
+        out[u + 1] = float(np.einsum("ij,ij,ij->", f, resid, resid))
+    return out
 
 
 def _whitened_spectrum(w: np.ndarray, gram: np.ndarray) -> np.ndarray:
@@ -319,13 +367,14 @@ def _statistics(model, calib, found, **kwargs):
 
 
 def collect_projection_statistics(model, calib, *, targets: Any = None, grams: bool = True, fisher: bool = True,
-                                  batch_size: int = 1, progress: bool = True, cache_dir: str | None = None):
+                                  fisher_diag: bool = False, batch_size: int = 1, progress: bool = True,
+                                  cache_dir: str | None = None):
     """The statistics :func:`compress_weights` uses (same projections, same Gram sharing, same cache files):
     a :class:`palu_c.statistics.LinearStatistics` keyed by module path. Lets a caller time or pre-compute
     the Gram pass and the Fisher pass separately; ``compress_weights`` then reads both from ``cache_dir``."""
     found, _ = find_projections(model, parse_targets(targets), explicit=targets is not None)
-    return _statistics(model, calib, found, grams=grams, fisher=fisher, batch_size=batch_size, progress=progress,
-                       cache_dir=cache_dir)
+    return _statistics(model, calib, found, grams=grams, fisher=fisher, fisher_diag=fisher_diag,
+                       batch_size=batch_size, progress=progress, cache_dir=cache_dir)
 
 
 def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher", targets: Any = None,
@@ -342,9 +391,11 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     ratio : float in (0, 1]
         Fraction of the targeted projections' parameters KEPT (stored parameters <= ratio x targeted, within
         one rank unit). 1.0 keeps every projection dense.
-    search : {"fisher", "uniform", "greedy"}
+    search : {"fisher", "uniform", "greedy", "fisher_loss"}
         Rank allocation (see :func:`allocate_projection_ranks`): Fisher per projection (FLRC), the same kept
-        fraction everywhere (SVD-LLM-style baseline), or Fisher x whitened spectrum (ours).
+        fraction everywhere (SVD-LLM-style baseline), Fisher x whitened spectrum (ours), or rank units where
+        the element-Fisher estimate of the loss they save per parameter is largest (ours; needs the element
+        Fisher, a cache as large as the weights, and every projection factorized before allocating).
     targets : list of str, optional
         Projection classes among ``q k v o gate up down`` (``"q_proj"`` also accepted); None: all. On a Palu
         model the default skips k and v (compress_kv owns them); naming them explicitly is an error.
@@ -413,11 +464,14 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     budget = ratio * sum(m * n for m, n in shapes)
 
     t0 = time.perf_counter()
-    need_fisher = ranks is None and search in ("fisher", "greedy")
+    need_fisher = ranks is None and search in ("fisher", "greedy", "fisher_loss")
     if ranks is not None:
         explicit_ranks = _check_explicit_ranks(ranks, found, budget, rank_multiple, floor)
+    need_diag = ranks is None and search == "fisher_loss"
     stats = _statistics(model, calib, found, grams=True, fisher=need_fisher, batch_size=batch_size,
-                        progress=progress, cache_dir=cache_dir)
+                        progress=progress, cache_dir=cache_dir, fisher_diag=need_diag)
+    if need_diag and factor_cache is None:
+        factor_cache = {}  # the curves need every projection factorized at its cap; reuse those pairs below
     importance = [stats.importance(name) for name, *_ in found] if need_fisher else None
     weights64 = {name: mod.weight.detach().double().cpu().numpy() for name, *_, mod in found}
     if ranks is not None:
@@ -428,8 +482,20 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
         if search == "greedy":
             spectra = [_whitened_spectrum(weights64[name], stats.gram_for(name).numpy())
                        for name, *_ in tqdm(found, desc="FLRC: whitened spectra", disable=not progress)]
+        curves = None
+        if search == "fisher_loss":
+            curves = []
+            for name, *_, mod in tqdm(found, desc="FLRC: Fisher loss curves", disable=not progress):
+                cap = dense_break_even(mod.out_features, mod.in_features, rank_multiple)
+                if cap < floor:
+                    curves.append(np.zeros(cap // rank_multiple + 1))
+                    continue
+                down, up = whitened_factors(weights64[name], cap, stats.gram_for(name).numpy(), cache=factor_cache,
+                                            key=(name, stats.cache_keys.get("gram")), cap=cap)
+                curves.append(fisher_loss_curve(weights64[name], down, up, stats.fisher_diag[name].numpy(),
+                                                rank_multiple))
         alloc = allocate_projection_ranks(shapes, ratio, search=search, scores=importance, spectra=spectra,
-                                          rank_multiple=rank_multiple, min_rank=floor)
+                                          rank_multiple=rank_multiple, min_rank=floor, loss_curves=curves)
         search_name = search
     search_seconds = time.perf_counter() - t0
 
@@ -559,4 +625,4 @@ def summary(model) -> str:
 
 
 __all__ = ["compress_weights", "collect_projection_statistics", "allocate_projection_ranks", "parameter_report", "install_progressive", "summary",
-           "find_projections", "parse_targets", "dense_break_even", "whitened_factors", "SEARCH_MODES", "DEFAULT_RANK_MULTIPLE"]
+           "find_projections", "parse_targets", "dense_break_even", "whitened_factors", "fisher_loss_curve", "SEARCH_MODES", "DEFAULT_RANK_MULTIPLE"]

@@ -71,12 +71,13 @@ def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatc
         if name.endswith(("gate_proj", "up_proj")):
             gram_of[name] = name.rsplit(".", 1)[0] + "/mlp_in"
     stats = collect_linear_statistics(base, calib, mods, gram_of=gram_of, batch_size=2, progress=False,
-                                      cache_dir=tmp_path)
+                                      cache_dir=tmp_path, fisher_diag=True)
     xs = inputs_by_hook(base, calib)
     for name, x in xs.items():
         np.testing.assert_allclose(stats.gram_for(name).numpy(), x.T @ x, rtol=1e-12, atol=1e-12 * np.abs(x).max() ** 2)
     # Fisher: per sample, the gradient of that sample's mean next-token loss w.r.t. every weight
     ref = {name: 0.0 for name in mods}
+    ref_diag = {name: 0.0 for name in mods}
     for i in range(calib.shape[0]):
         ids = calib[i:i + 1]
         logits = base(ids, use_cache=False).logits[0, :-1]
@@ -84,8 +85,12 @@ def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatc
         grads = torch.autograd.grad(loss, [m.weight for m in mods.values()])
         for name, g in zip(mods, grads):
             ref[name] += float((g.double() ** 2).sum())
+            ref_diag[name] = ref_diag[name] + g.double().numpy() ** 2
     for name in mods:
         assert stats.fisher_sums[name] == pytest.approx(ref[name], rel=1e-9)
+        # element Fisher, stored as float32: rtol 1e-6 (float32 rounding, eps32 = 1.2e-7, plus the sum order)
+        np.testing.assert_allclose(stats.fisher_diag[name].numpy(), ref_diag[name], rtol=1e-6,
+                                   atol=1e-6 * ref_diag[name].max())
         out, inp = mods[name].weight.shape
         assert stats.importance(name) == pytest.approx(np.sqrt(ref[name] / (3 * out * inp)), rel=1e-9)
     assert all(not p.requires_grad or p.grad is None for p in base.parameters())
@@ -94,7 +99,8 @@ def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatc
 
     monkeypatch.setattr(st, "_collect_linear", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = collect_linear_statistics(base, calib, mods, gram_of=gram_of, progress=False, cache_dir=tmp_path)
-    assert again.fisher_sums == stats.fisher_sums and again.seconds == stats.seconds
+    assert again.fisher_sums == stats.fisher_sums
+    assert again.seconds == {k: stats.seconds[k] for k in ("gram", "fisher")}
     monkeypatch.undo()
     for f in tmp_path.glob("linear_stats-fisher-*.pt"):
         f.write_bytes(b"garbage")
@@ -142,7 +148,7 @@ def test_linear_statistics_bad_arguments(rng):
 
 
 # ---------------------------------------------------------------- rank allocation
-@pytest.mark.parametrize("search", ["fisher", "uniform", "greedy"])
+@pytest.mark.parametrize("search", ["fisher", "uniform", "greedy", "fisher_loss"])
 def test_allocation_respects_budget(rng, search):
     for _ in range(40):
         n_items = int(rng.integers(1, 30))
@@ -157,8 +163,10 @@ def test_allocation_respects_budget(rng, search):
         floor_cost = sum(mult * (m + n) for (m, n), c in zip(shapes, caps) if c >= mult)
         low = (fixed + floor_cost) / dense.sum()
         ratio = float(rng.uniform(min(low + 1e-3, 1.0), 1.0))
+        curves = [np.sort(rng.random(c // mult + 1))[::-1] * rng.random() for c in
+                  (dense_break_even(m, n, mult) for m, n in shapes)]
         ranks = allocate_projection_ranks(shapes, ratio, search=search, scores=scores, spectra=spectra,
-                                          rank_multiple=mult)
+                                          rank_multiple=mult, loss_curves=curves)
         budget = ratio * dense.sum()
         stored = sum(m * n if r is None else r * (m + n) for r, (m, n) in zip(ranks, shapes))
         assert stored <= budget + 1e-6
@@ -171,6 +179,29 @@ def test_allocation_respects_budget(rng, search):
                 assert r is None  # cannot save at the floor
             elif r is not None:
                 assert r % mult == 0 and mult <= r <= c and r * (m + n) < m * n
+
+
+def test_fisher_loss_curve_matches_direct_sums(rng):
+    from palu_c.weights import fisher_loss_curve
+
+    m, n, r, mult = 19, 23, 12, 4
+    w, down, up = rng.standard_normal((m, n)), rng.standard_normal((r, n)), rng.standard_normal((m, r))
+    f = rng.random((m, n))
+    curve = fisher_loss_curve(w, down, up, f, mult)
+    direct = [float((f * (w - up[:, :k] @ down[:k]) ** 2).sum()) for k in range(0, r + 1, mult)]
+    np.testing.assert_allclose(curve, direct, rtol=1e-12)  # float64, the same sums in another order
+
+
+def test_fisher_loss_puts_units_where_they_save_most():
+    # two equal projections; truncating the first costs ten times more loss per unit: it gets the rank
+    flat = np.linspace(1.0, 0.0, 5)
+    ranks = allocate_projection_ranks([(64, 64), (64, 64)], 0.5, search="fisher_loss", rank_multiple=4,
+                                      loss_curves=[np.linspace(100.0, 0.0, 8), np.linspace(10.0, 0.0, 8)])
+    assert ranks[0] > ranks[1] == 4
+    with pytest.raises(ValueError, match="loss curve"):
+        allocate_projection_ranks([(64, 64)], 0.5, search="fisher_loss", rank_multiple=4)
+    with pytest.raises(ValueError, match="finite values"):
+        allocate_projection_ranks([(64, 64)], 0.5, search="fisher_loss", rank_multiple=4, loss_curves=[flat])
 
 
 def test_allocation_rules(rng):
@@ -204,7 +235,7 @@ def test_ratio_one_reproduces_logits(rng, family, kw):
     assert rep["stored"] == rep["targeted"] == sum(m.weight.numel() for m in projections(base).values())
 
 
-@pytest.mark.parametrize("search", ["fisher", "uniform", "greedy"])
+@pytest.mark.parametrize("search", ["fisher", "uniform", "greedy", "fisher_loss"])
 @pytest.mark.parametrize("ratio", [0.45, 0.8])
 def test_budget_and_counts_on_a_model(rng, search, ratio):
     base, calib = model_and_calib(rng, "qwen2", intermediate=96)
