@@ -237,9 +237,14 @@ def rouge_l(refs, cands, tok):
     from rouge_score import rouge_scorer
 
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    scores = [scorer.score(tok.decode(r, skip_special_tokens=True), tok.decode(c, skip_special_tokens=True))
-              ["rougeL"].fmeasure for r, c in zip(refs, cands)]
-    return float(np.mean(scores))
+    return np.array([scorer.score(tok.decode(r, skip_special_tokens=True), tok.decode(c, skip_special_tokens=True))
+                     ["rougeL"].fmeasure for r, c in zip(refs, cands)])
+
+
+def mean_se(x) -> str:
+    """'mean ± standard error of the mean' of per-prompt scores (or of paired differences)."""
+    x = np.asarray(x, dtype=np.float64)
+    return f"{x.mean():.4f} ± {x.std(ddof=1) / np.sqrt(x.size):.4f}"
 
 
 def main():
@@ -251,7 +256,7 @@ def main():
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
     parser.add_argument("--methods", nargs="+", default=["fisher", "uniform", "sweep"],
-                        choices=["fisher", "uniform", "greedy", "sweep"])
+                        choices=["fisher", "uniform", "greedy", "fisher_loss", "sweep"])
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--probe-samples", type=int, default=4)
@@ -285,6 +290,10 @@ def main():
     st_g = collect_projection_statistics(base, calib, grams=True, fisher=False, cache_dir=args.cache_dir)
     fisher_s, gram_s = st_f.seconds["fisher"], st_g.seconds["gram"]
     print(f"Fisher pass {fisher_s:.0f} s, Gram pass {gram_s:.0f} s", flush=True)
+    diag_s = None
+    if "fisher_loss" in args.methods:  # the element-Fisher pass, timed on its own too
+        diag_s = collect_projection_statistics(base, calib, grams=False, fisher=False, fisher_diag=True,
+                                               cache_dir=args.cache_dir).seconds["fisher_diag"]
     factor_cache: dict = {}
 
     t = time.perf_counter()
@@ -311,7 +320,11 @@ def main():
                  f"of 16.", "",
                  f"Command: `OPENBLAS_NUM_THREADS=1 {command}`".rstrip(), "",
                  f"Uncompressed: perplexity {base_ppl:.3f}. Gram pass (whitening, needed by every method): "
-                 f"{gram_s:.0f} s. Fisher pass (one forward + one backward per calibration sample): {fisher_s:.0f} s."]
+                 f"{gram_s:.0f} s. Fisher pass (one forward + one backward per calibration sample): {fisher_s:.0f} s."
+                 + ("" if diag_s is None else f" Element-Fisher pass (fisher_loss): {diag_s:.0f} s."),
+                 "", "ROUGE-L: mean F1 over the prompts ± its standard error; the paired column is the mean per-prompt "
+                 "difference to the uniform row of the same ratio ± its standard error (|mean| < 2 SE: not "
+                 "resolved by this prompt set)."]
         if sweep_result is not None:
             lines.append(f"Sensitivity sweep: {sweep_result['probes']} probes ({len(sweep_result['shapes'])} "
                          f"projections x kept fractions {args.fractions}) on {args.probe_samples} x "
@@ -319,11 +332,14 @@ def main():
                          f"CPU; {sweep_result['factor_seconds']:.0f} s of it factorizing. Probe perplexity of the "
                          f"uncompressed model: {sweep_result['base']:.3f}.")
         lines += ["", "## Perplexity, search cost, decoding fidelity", "",
-                  "| ratio | search | stored params | stored / targeted | ppl | ROUGE-L | search time (s) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| ratio | search | stored params | stored / targeted | ppl | ROUGE-L | vs uniform (paired) | "
+                  "search time (s) |",
+                  "|---|---|---|---|---|---|---|---|"]
         for r in rows:
+            uni = next((u for u in rows if u["ratio"] == r["ratio"] and u["method"] == "uniform"), None)
+            paired = "-" if uni is None or uni is r else mean_se(r["rouge"] - uni["rouge"])
             lines.append(f"| {r['ratio']} | {r['method']} | {r['stored']:,} | {r['stored_ratio']:.1%} | "
-                         f"{r['ppl']:.3f} | {r['rouge']:.4f} | {r['search_s']:.0f} |")
+                         f"{r['ppl']:.3f} | {mean_se(r['rouge'])} | {paired} | {r['search_s']:.0f} |")
         if prog_rows:
             lines += ["", "## Progressive low-rank decoding at equal average active parameters", "",
                       f"Average active parameters over a {args.new_tokens}-token generation (the prefill at full "
@@ -333,10 +349,13 @@ def main():
                       f"compared with a Fisher model whose STORED ratio equals the progressive model's average "
                       f"ACTIVE ratio (perplexity is a prefill-only measure, so a progressive model's perplexity is "
                       f"that of its stored ranks).", "",
-                      "| model | stored / targeted | avg active / targeted | ppl | ROUGE-L |", "|---|---|---|---|---|"]
-            for r in prog_rows:
+                      "| model | stored / targeted | avg active / targeted | ppl | ROUGE-L | progressive - flat "
+                      "(paired) |", "|---|---|---|---|---|---|"]
+            for k, r in enumerate(prog_rows):
+                paired = mean_se(r["rouge"] - prog_rows[k + 1]["rouge"]) if k % 2 == 0 and k + 1 < len(prog_rows) \
+                    else "-"
                 lines.append(f"| {r['name']} | {r['stored_ratio']:.1%} | {r['active_ratio']:.1%} | {r['ppl']:.3f} | "
-                             f"{r['rouge']:.4f} |")
+                             f"{mean_se(r['rouge'])} | {paired} |")
         lines += ["", f"Total wall time so far: {time.perf_counter() - t_start:.0f} s."]
         emit(lines, args.out)
 
@@ -352,7 +371,8 @@ def main():
         else:
             model = compress_weights(copy.deepcopy(base), calib, search=method, **kw)
             # allocation (statistics come from the cache) + the Fisher pass where the method needs it
-            search_s = model.flrc_config.search_seconds + (fisher_s if method in ("fisher", "greedy") else 0.0)
+            search_s = model.flrc_config.search_seconds + (fisher_s if method in ("fisher", "greedy") else 0.0) \
+                + (diag_s if method == "fisher_loss" else 0.0)
         compress_s = time.perf_counter() - t0
         return model, search_s, compress_s
 
@@ -364,7 +384,7 @@ def main():
                        ppl=ppl(model), search_s=search_s)
             row["rouge"] = rouge_l(ref, generate(model, prompts, pad, args.new_tokens, eos), tok)
             rows.append(row)
-            print(f"{ratio} {method}: ppl {row['ppl']:.3f}, ROUGE-L {row['rouge']:.4f}, search {search_s:.1f} s, "
+            print(f"{ratio} {method}: ppl {row['ppl']:.3f}, ROUGE-L {mean_se(row['rouge'])}, search {search_s:.1f} s, "
                   f"compress {compress_s:.0f} s", flush=True)
             report()
             del model
@@ -387,7 +407,8 @@ def main():
                     active_ratio=rep2["active_ratio"], ppl=ppl(model))
         flat["rouge"] = rouge_l(ref, generate(model, prompts, pad, args.new_tokens, eos), tok)
         prog_rows.append(flat)
-        print(f"{prog}\n{flat}", flush=True)
+        print(f"{prog['name']}: ROUGE-L {mean_se(prog['rouge'])}; {flat['name']}: {mean_se(flat['rouge'])}",
+              flush=True)
         report()
         del model
     report()
