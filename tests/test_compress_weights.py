@@ -429,3 +429,39 @@ def test_unsupported_models():
         compress_weights(gpt2, torch.zeros((1, 8), dtype=torch.long), progress=False)
     with pytest.raises(TypeError, match="causal LM"):
         compress_weights("model", torch.zeros((1, 8), dtype=torch.long), progress=False)
+
+
+# ---------------------------------------------------------------- the real embedded model
+def _have_model():
+    try:
+        from palu_c.models import embedded_model_path
+
+        embedded_model_path()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.skipif(not _have_model(), reason="embedded model not installed (make install-model)")
+def test_smollm2_after_compress_kv(tmp_path):
+    """SmolLM2 (GQA 9/3 heads, 30 layers): Palu then FLRC on o/down, a schedule, batch generate, save/load."""
+    from palu_c.models import load_model
+
+    base, tok = load_model()
+    calib = palu_c.calibration_tokens(tok, "palu_c/data/calibration_emma.txt", 2, 64, seed=3)
+    model = palu_c.compress_kv(copy.deepcopy(base), calib, ratio=0.7, group_size=3, progress=False)
+    compress_weights(model, calib, ratio=0.7, targets=["o", "down"], progressive=[(4, 0.5)], progress=False)
+    rep = parameter_report(model, generated_tokens=12)
+    assert rep["stored"] <= model.flrc_config.budget and rep["active"] < rep["stored"]
+    assert len(model.flrc_config.projections) == 60
+    enc = tok(["It is a truth universally acknowledged", "Emma Woodhouse, handsome,"], return_tensors="pt",
+              padding=True, padding_side="left")
+    with torch.no_grad():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
+    palu_c.save(model, tmp_path / "s")
+    loaded = palu_c.load(tmp_path / "s")
+    with torch.no_grad():
+        again = loaded.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
+    assert torch.equal(out, again)
