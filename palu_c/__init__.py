@@ -19,7 +19,7 @@ __all__ = [
     "hadamard_matrix", "quantize", "QuantizedTensor", "allocate_ranks", "LinAlgError", "WhiteningWarning",
     # model level (need torch + transformers: imported on first use, so `import palu_c` stays NumPy-only)
     "calibration_tokens", "collect_kv_statistics", "compress_kv", "summary", "kv_bytes_per_token", "kv_cache_bytes",
-    "save", "load", "LatentCache", "eval",
+    "save", "load", "LatentCache", "eval", "compress_weights", "collect_linear_statistics", "LowRankLinear",
 ]
 
 _LAZY = {
@@ -33,6 +33,9 @@ _LAZY = {
     "save": ("io", "save"),
     "load": ("io", "load"),
     "eval": ("eval", None),
+    "compress_weights": ("weights", "compress_weights"),
+    "collect_linear_statistics": ("statistics", "collect_linear_statistics"),
+    "LowRankLinear": ("lowrank_linear", "LowRankLinear"),
 }
 
 

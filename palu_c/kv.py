@@ -214,6 +214,9 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
     from .attention import PaluAttention
     from .statistics import collect_kv_statistics
 
+    if getattr(model, "flrc_config", None) is not None:
+        raise ValueError("palu_c.compress_kv: the model is already weight-compressed (compress_weights); apply "
+                         "compress_kv first, then compress_weights")
     check_supported(model)
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio <= 1 or math.isnan(ratio):
         raise ValueError(f"palu_c.compress_kv: ratio must be in (0, 1] (fraction of K/V dims kept), got {ratio!r}")

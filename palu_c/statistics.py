@@ -498,4 +498,411 @@ def collect_kv_statistics(model: Any, calib: "torch.Tensor", *, grams: bool = Tr
     return stats
 
 
-__all__ = ["KVStatistics", "StatisticsCacheWarning", "collect_kv_statistics", "SUPPORTED_FAMILIES"]
+# ---------------------------------------------------------------------------------------------------------
+# Statistics of ANY set of linear projections (FLRC: q, k, v, o, gate, up, down of every layer).
+#
+# Shape legend: N samples, B batch, T tokens, C a projection's input width, O its output width.
+#
+# - Grams: ``gram[key]`` (C, C) float64 = X^T X over every calibration token, one per INPUT: projections that
+#   read the same tensor (q/k/v read the normed hidden state, gate/up the MLP input) share one Gram under one
+#   key (``gram_of[name]``), collected by a forward pre-hook on the first module of the key.
+# - Fisher: ``fisher_sums[name]`` = sum over the N samples and the O*C weight elements of grad^2, grad the
+#   gradient of ONE sample's mean next-token cross-entropy w.r.t. the weight. As for K/V above, the batch's
+#   summed loss is back-propagated once to the projection OUTPUTS (never to the weights) and each sample's
+#   weight gradient dY_b^T X_b is rebuilt from the hooked input and output gradient. It is formed in float32
+#   (float64 for a float64 model) and its squares are summed in float64: the result is a scalar importance
+#   for rank allocation, where a relative error of 1e-6 changes nothing, and float32 halves the cost of the
+#   T*O*C product that dominates the pass. ``importance(name)`` = sqrt(fisher_sums / (N * O * C)).
+# - Element Fisher (optional, ``fisher_diag=True``): ``fisher_diag[name]`` (O, C) = the same sum of grad^2 kept
+#   per weight element (the diagonal of the empirical Fisher), accumulated in float64 and stored as float32
+#   (as large as the weights themselves); it weights truncation errors element by element
+#   (``palu_c.weights``, search "fisher_loss").
+#
+# Cache: one file per part (``linear_stats-gram-<sha256>.pt`` and ``linear_stats-fisher-<sha256>.pt``), keyed
+# like the K/V cache (model class, config, every parameter and buffer, calib) plus the projection names,
+# shapes and Gram keys; a missing part is computed, a cached one read, so a Fisher search after a uniform
+# one reuses the Grams. Each file records the wall time of the pass that computed it (``seconds``), so
+# reports can state the search cost even when the statistics come from the cache.
+# ---------------------------------------------------------------------------------------------------------
+
+LINEAR_CACHE_FORMAT = "palu_c.linear_statistics"
+LINEAR_CACHE_VERSION = 1
+
+
+@dataclass
+class LinearStatistics:
+    """Calibration statistics of a set of linear projections (see the comment block above).
+
+    Attributes
+    ----------
+    gram : dict str -> torch.Tensor, or None
+        Gram key -> (C, C) float64 X^T X; None when collected with grams=False.
+    gram_of : dict str -> str
+        Projection name -> its Gram key.
+    n_tokens : int
+        Tokens summed into every Gram (0 with grams=False).
+    fisher_sums : dict str -> float, or None
+        Projection name -> sum over samples and weight elements of grad^2; None with fisher=False.
+    n_fisher_samples : int
+    shapes : dict str -> (O, C)
+    fisher_diag : dict str -> torch.Tensor, or None
+        Projection name -> (O, C) float32, per weight element the sum over samples of grad^2 (fisher_diag=True).
+    seconds : dict str -> float
+        "gram" / "fisher": wall time of the pass that computed that part (when it was computed, also when it
+        is now read from the cache; a pass computing both parts gives each the whole pass's time).
+    cache_keys : dict str -> str
+    """
+
+    gram: dict | None
+    gram_of: dict
+    n_tokens: int
+    fisher_sums: dict | None
+    n_fisher_samples: int
+    shapes: dict
+    seconds: dict
+    cache_keys: dict
+    fisher_diag: dict | None = None
+
+    def importance(self, name: str) -> float:
+        """Fisher importance sqrt(mean over samples and weight elements of grad^2) of projection ``name``."""
+        if self.fisher_sums is None or self.n_fisher_samples < 1:
+            raise ValueError("LinearStatistics.importance: these statistics were collected with fisher=False")
+        if name not in self.fisher_sums:
+            raise KeyError(f"LinearStatistics.importance: no projection named {name!r}")
+        out, inp = self.shapes[name]
+        return float((self.fisher_sums[name] / (self.n_fisher_samples * out * inp)) ** 0.5)
+
+    def gram_for(self, name: str) -> "torch.Tensor":
+        """The (C, C) float64 Gram of projection ``name``'s input."""
+        if self.gram is None:
+            raise ValueError("LinearStatistics.gram_for: these statistics were collected with grams=False")
+        return self.gram[self.gram_of[name]]
+
+
+def _check_linear_calib(calib: Any, vocab: int | None, func: str) -> "torch.Tensor":
+    import torch
+
+    if not isinstance(calib, torch.Tensor):
+        raise TypeError(f"{func}: calib must be a torch.LongTensor (n_samples, seq_len), got {type(calib).__name__}; "
+                        f"see palu_c.calibration_tokens")
+    if calib.dtype != torch.long:
+        raise TypeError(f"{func}: calib must hold int64 token ids, got {calib.dtype}; convert with calib.long()")
+    if calib.dim() != 2 or calib.shape[0] < 1 or calib.shape[1] < 2:
+        raise ValueError(f"{func}: calib must be (n_samples >= 1, seq_len >= 2), got shape {tuple(calib.shape)}")
+    low, high = int(calib.min()), int(calib.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        raise ValueError(f"{func}: calib token ids must lie in [0, {vocab}) (the model's vocabulary), "
+                         f"got ids in [{low}, {high}]")
+    return calib
+
+
+def _linear_base_hash(model: Any, calib: "torch.Tensor", modules: dict, gram_of: dict) -> "hashlib._Hash":
+    h = hashlib.sha256()
+    h.update(f"{LINEAR_CACHE_FORMAT}/{LINEAR_CACHE_VERSION}\0{type(model).__name__}\0".encode())
+    config = getattr(model, "config", None)
+    if hasattr(config, "to_json_string"):
+        h.update(config.to_json_string().encode())
+    tensors = list(model.named_parameters()) + [("buffer:" + n, b) for n, b in model.named_buffers()]
+    for name, t in tensors:
+        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(_tensor_bytes(t))
+    h.update(f"\0calib\0{tuple(calib.shape)}\0".encode())
+    h.update(_tensor_bytes(calib))
+    for name, mod in modules.items():
+        h.update(f"\0proj\0{name}\0{mod.out_features}x{mod.in_features}\0{gram_of[name]}".encode())
+    return h
+
+
+def _load_linear_part(path: Path, key: str, part: str, modules: dict, gram_of: dict, func: str) -> dict | None:
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if (not isinstance(data, dict) or data.get("format") != LINEAR_CACHE_FORMAT
+                or data.get("version") != LINEAR_CACHE_VERSION or data.get("part") != part):
+            raise ValueError("not a palu_c linear statistics file of this version")
+        if data.get("key") != key:
+            raise ValueError("its key does not match its file name")
+        if part == "gram":
+            grams = data["gram"]
+            keys = set(gram_of.values())
+            if not isinstance(grams, dict) or set(grams) != keys:
+                raise ValueError("its Gram keys do not match")
+            for k, g in grams.items():
+                c = next(modules[n].in_features for n in modules if gram_of[n] == k)
+                if not isinstance(g, torch.Tensor) or g.dtype != torch.float64 or tuple(g.shape) != (c, c) \
+                        or not torch.isfinite(g).all():
+                    raise ValueError(f"Gram {k!r} has the wrong dtype or shape, or holds NaN/Inf")
+        elif part == "fisher_diag":
+            diag = data["fisher_diag"]
+            if not isinstance(diag, dict) or set(diag) != set(modules):
+                raise ValueError("its projection names do not match")
+            for name, t in diag.items():
+                if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or \
+                        tuple(t.shape) != (modules[name].out_features, modules[name].in_features) \
+                        or not torch.isfinite(t).all():
+                    raise ValueError(f"element Fisher of {name!r} has the wrong dtype or shape, or holds NaN/Inf")
+        else:
+            sums = data["fisher_sums"]
+            if not isinstance(sums, dict) or set(sums) != set(modules):
+                raise ValueError("its projection names do not match")
+            if not all(isinstance(v, float) and v >= 0 and v == v and v != float("inf") for v in sums.values()):
+                raise ValueError("a Fisher sum is negative or not finite")
+        return data
+    except Exception as exc:  # unreadable or inconsistent: recompute
+        warnings.warn(f"{func}: ignoring the unreadable cache file {path} ({type(exc).__name__}: {exc}); "
+                      f"recomputing", StatisticsCacheWarning, stacklevel=3)
+        return None
+
+
+def _save_linear_part(path: Path, data: dict, func: str) -> None:
+    import torch
+
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".linear_stats-", suffix=".tmp")
+        os.close(fd)
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        warnings.warn(f"{func}: could not write the cache file {path} ({exc})", StatisticsCacheWarning, stacklevel=3)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tensor", grams: bool, fisher: bool,
+                    batch_size: int, progress: bool, device: Any, diag: bool = False) -> tuple:
+    import torch
+    from tqdm.auto import tqdm
+
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    moved_from = None
+    hooks = []
+    try:
+        if device is not None:
+            device = torch.device(device)
+            if device.type == "cuda" and device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            homes = {p.device for p in model.parameters()}
+            if homes != {device}:
+                if len(homes) > 1:
+                    raise ValueError("collect_linear_statistics: the model is spread over several devices; pass "
+                                     "device=None to run it where it is")
+                moved_from = homes.pop()
+                model.to(device)
+        run_device = model.get_input_embeddings().weight.device
+        acc_device = _accumulator_device(run_device)
+        model.eval()
+
+        gram_acc = {}
+        if grams:
+            for name, mod in modules.items():
+                key = gram_of[name]
+                if key in gram_acc:
+                    continue
+                gram_acc[key] = torch.zeros(mod.in_features, mod.in_features, dtype=torch.float64, device=acc_device)
+
+                def gram_hook(_module, args, kwargs, key=key):
+                    x = args[0] if args else kwargs["input"]
+                    x = x.detach().reshape(-1, x.shape[-1]).to(device=acc_device, dtype=torch.float64)
+                    gram_acc[key].addmm_(x.T, x)
+
+                hooks.append(mod.register_forward_pre_hook(gram_hook, with_kwargs=True))
+        fisher = fisher or diag  # one backward gives both
+        sums = {name: 0.0 for name in modules} if fisher else None
+        diag_acc = {name: torch.zeros(mod.out_features, mod.in_features, dtype=torch.float64, device=acc_device)
+                    for name, mod in modules.items()} if diag else None
+        captured: dict = {}
+        if fisher:
+            for name, mod in modules.items():
+                def capture(_module, args, kwargs, output, name=name):
+                    x = args[0] if args else kwargs["input"]
+                    captured[name] = (x.detach(), output)
+
+                hooks.append(mod.register_forward_hook(capture, with_kwargs=True))
+            for p in model.parameters():
+                p.requires_grad_(False)
+            for mod in modules.values():
+                mod.weight.requires_grad_(True)  # makes every hooked output part of the autograd graph
+
+        n = calib.shape[0]
+        what = " + ".join(w for w, on in (("Fisher", fisher), ("Gram", grams)) if on)
+        bar = tqdm(total=n, desc=f"projection statistics ({what})", unit="sample", disable=not progress)
+        try:
+            for start in range(0, n, batch_size):
+                ids = calib[start:start + batch_size].to(run_device).clone()
+                if fisher:
+                    captured.clear()
+                    try:
+                        with torch.enable_grad():
+                            logits = model(input_ids=ids, use_cache=False).logits
+                            loss = _sample_losses(logits, ids).sum()
+                            del logits
+                            names = [k for k in modules if k in captured]
+                            outs = torch.autograd.grad(loss, [captured[k][1] for k in names], allow_unused=True)
+                        for name, dy in zip(names, outs):
+                            if dy is None:  # does not reach the loss: zero gradient
+                                continue
+                            x = captured[name][0]
+                            work = torch.float64 if x.dtype == torch.float64 else torch.float32
+                            total = 0.0
+                            for b in range(ids.shape[0]):
+                                xb = x[b].reshape(-1, x.shape[-1]).to(work)
+                                gb = dy[b].reshape(-1, dy.shape[-1]).to(work).T @ xb  # (O, C)
+                                sq = gb.double().square()
+                                total += float(sq.sum())
+                                if diag_acc is not None:
+                                    diag_acc[name].add_(sq.to(acc_device))
+                            sums[name] += total
+                    finally:
+                        captured.clear()
+                else:
+                    with torch.no_grad():
+                        model(input_ids=ids, use_cache=False)
+                bar.update(ids.shape[0])
+        finally:
+            bar.close()
+        return (({k: g.cpu() for k, g in gram_acc.items()} if grams else None), sums,
+                ({k: d.float().cpu() for k, d in diag_acc.items()} if diag else None))
+    finally:
+        for handle in hooks:
+            handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+        if moved_from is not None:
+            model.to(moved_from)
+
+
+def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *, gram_of: Any = None,
+                              grams: bool = True, fisher: bool = True, batch_size: int = 1, progress: bool = True,
+                              cache_dir: str | os.PathLike | None = None, device: Any = None,
+                              fisher_diag: bool = False) -> LinearStatistics:
+    """Input Grams and Fisher importances of a set of ``nn.Linear`` projections of a causal LM.
+
+    Parameters
+    ----------
+    model : transformers causal LM (anything returning ``.logits`` (B, T, V) from ``model(input_ids=...)``)
+        Left as found (requires_grad flags, train/eval modes, device), also on error.
+    calib : torch.LongTensor (N, T)
+        Calibration token ids, N >= 1, T >= 2.
+    modules : dict str -> nn.Linear
+        The projections, by name (e.g. module paths); insertion order is kept.
+    gram_of : dict str -> str, optional
+        Gram key of each projection; projections with the same key must receive the same input tensor in
+        every forward (their Gram is collected once). Default: every projection its own key (its name).
+    grams, fisher : bool
+        Which parts to collect (at least one).
+    batch_size : int
+        Samples per forward pass; results do not depend on it beyond rounding.
+    progress : bool
+        tqdm progress bar.
+    cache_dir : str or os.PathLike, optional
+        On-disk cache (None reads env ``PALU_C_CACHE_DIR``; no cache when unset).
+    device : optional
+        Run there (the model is moved for the call and back); None: where it is.
+    fisher_diag : bool
+        Also keep the element Fisher (O, C) of every projection (memory and cache file as large as the
+        projections' weights in float32).
+
+    Returns
+    -------
+    LinearStatistics
+        On the CPU.
+    """
+    import time
+
+    import torch
+    from torch import nn
+
+    func = "collect_linear_statistics"
+    for name, value in (("grams", grams), ("fisher", fisher), ("progress", progress), ("fisher_diag", fisher_diag)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{func}: {name} must be a bool, got {type(value).__name__}")
+    if not (grams or fisher or fisher_diag):
+        raise ValueError(f"{func}: nothing to collect: pass grams=True and/or fisher=True")
+    batch_size = _as_int(batch_size, "batch_size", func)
+    if batch_size < 1:
+        raise ValueError(f"{func}: batch_size must be >= 1, got {batch_size}")
+    if not isinstance(model, nn.Module) or not hasattr(model, "get_input_embeddings"):
+        raise TypeError(f"{func}: model must be a transformers causal LM (nn.Module), got {type(model).__name__}")
+    if not isinstance(modules, dict) or not modules:
+        raise TypeError(f"{func}: modules must be a non-empty dict name -> nn.Linear")
+    for name, mod in modules.items():
+        if not isinstance(name, str) or not isinstance(mod, nn.Linear):
+            raise TypeError(f"{func}: modules[{name!r}] must be an nn.Linear under a str name, got "
+                            f"{type(mod).__name__}")
+    gram_of = {name: name for name in modules} if gram_of is None else dict(gram_of)
+    if set(gram_of) != set(modules) or not all(isinstance(k, str) for k in gram_of.values()):
+        raise ValueError(f"{func}: gram_of must map every projection name to a str Gram key")
+    widths: dict = {}
+    for name, mod in modules.items():
+        if widths.setdefault(gram_of[name], mod.in_features) != mod.in_features:
+            raise ValueError(f"{func}: projections sharing Gram key {gram_of[name]!r} read inputs of different widths")
+    calib = _check_linear_calib(calib, _vocab_size(model), func)
+    if device is not None:
+        try:
+            torch.device(device)
+        except (TypeError, RuntimeError) as exc:
+            raise ValueError(f"{func}: device {device!r} is not a torch device") from exc
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or None
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"{func}: cache_dir must be a str or os.PathLike, got {type(cache_dir).__name__}")
+
+    parts = [p for p, on in (("gram", grams), ("fisher", fisher), ("fisher_diag", fisher_diag)) if on]
+    keys: dict = {}
+    loaded: dict = {}
+    if cache_dir is not None:
+        base = _linear_base_hash(model, calib, modules, gram_of)
+        for part in parts:
+            h = base.copy()
+            h.update(f"\0part={part}".encode())
+            keys[part] = h.hexdigest()
+            path = Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt"
+            data = _load_linear_part(path, keys[part], part, modules, gram_of, func)
+            if data is not None:
+                loaded[part] = data
+    missing = [p for p in parts if p not in loaded]
+    seconds = {p: float(loaded[p].get("seconds", float("nan"))) for p in loaded}
+    gram = loaded["gram"]["gram"] if "gram" in loaded else None
+    sums = loaded["fisher"]["fisher_sums"] if "fisher" in loaded else None
+    diag = loaded["fisher_diag"]["fisher_diag"] if "fisher_diag" in loaded else None
+    if missing:
+        t0 = time.perf_counter()
+        with torch.inference_mode(False):
+            new_gram, new_sums, new_diag = _collect_linear(model, modules, gram_of, calib, "gram" in missing,
+                                                           "fisher" in missing, batch_size, progress, device,
+                                                           diag="fisher_diag" in missing)
+        elapsed = time.perf_counter() - t0
+        for part in missing:
+            seconds[part] = elapsed
+        gram = new_gram if "gram" in missing else gram
+        sums = new_sums if "fisher" in missing else sums
+        diag = new_diag if "fisher_diag" in missing else diag
+        if cache_dir is not None:
+            payload = {"gram": ("gram", gram), "fisher": ("fisher_sums", sums), "fisher_diag": ("fisher_diag", diag)}
+            for part in missing:
+                data = {"format": LINEAR_CACHE_FORMAT, "version": LINEAR_CACHE_VERSION, "part": part,
+                        "key": keys[part], "seconds": elapsed, "n_samples": int(calib.shape[0]),
+                        "n_tokens": int(calib.numel())}
+                field_name, value = payload[part]
+                data[field_name] = value
+                _save_linear_part(Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt", data, func)
+    return LinearStatistics(
+        gram=gram, gram_of=gram_of, n_tokens=int(calib.numel()) if grams else 0,
+        fisher_sums=sums if fisher else None, n_fisher_samples=int(calib.shape[0]) if (fisher or fisher_diag) else 0,
+        fisher_diag=diag,
+        shapes={name: (mod.out_features, mod.in_features) for name, mod in modules.items()},
+        seconds=seconds, cache_keys=keys)
+
+
+__all__ = ["KVStatistics", "StatisticsCacheWarning", "collect_kv_statistics", "SUPPORTED_FAMILIES",
+           "LinearStatistics", "collect_linear_statistics"]
