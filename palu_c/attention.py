@@ -51,6 +51,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.llama.modeling_llama import eager_attention_forward
 
 from . import _C
+from ._factors import as_factor
 from .cache import LatentLayer, install_latent_layer
 from .kv_config import PaluLayerConfig
 
@@ -64,24 +65,6 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     """x (B, heads, S, D), cos/sin (B, S, D): the operations of transformers' apply_rotary_pos_emb."""
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     return (x * cos) + (_rotate_half(x) * sin)
-
-
-def _as_weight(x: Any, shape: tuple[int, int], name: str, like: torch.Tensor) -> torch.Tensor:
-    """A factor (NumPy array or tensor) checked for shape and finiteness, as a copy in ``like``'s dtype/device."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"PaluAttention: `{name}` must be a 2-D array or tensor, got {type(x).__name__}") from exc
-    if not t.is_floating_point():
-        raise TypeError(f"PaluAttention: `{name}` must be floating point, got {t.dtype}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"PaluAttention: `{name}` must have shape {shape}, got {tuple(t.shape)}")
-    if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"PaluAttention: `{name}` holds NaN or Inf")
-    return t.to(dtype=like.dtype, device=like.device).clone()
 
 
 class PaluAttention(nn.Module):
@@ -163,15 +146,14 @@ class PaluAttention(nn.Module):
         self.o_proj = base_attn.o_proj
         self.k_down = nn.Linear(hidden, sum(self.k_ranks), bias=False, dtype=weight.dtype, device=weight.device)
         self.v_down = nn.Linear(hidden, sum(self.v_ranks), bias=False, dtype=weight.dtype, device=weight.device)
+        factor = lambda x, shape, name: as_factor(x, shape, name, "PaluAttention", weight.dtype, weight.device)  # noqa: E731
         with torch.no_grad():
-            self.k_down.weight.copy_(_as_weight(k_down, (sum(self.k_ranks), hidden), "k_down", weight))
-            self.v_down.weight.copy_(_as_weight(v_down, (sum(self.v_ranks), hidden), "v_down", weight))
+            self.k_down.weight.copy_(factor(k_down, (sum(self.k_ranks), hidden), "k_down"))
+            self.v_down.weight.copy_(factor(v_down, (sum(self.v_ranks), hidden), "v_down"))
         self.k_ups = nn.ParameterList(
-            [nn.Parameter(_as_weight(u, (G * D, r), f"k_ups[{g}]", weight)) for g, (u, r) in
-             enumerate(zip(k_ups, self.k_ranks))])
+            [nn.Parameter(factor(u, (G * D, r), f"k_ups[{g}]")) for g, (u, r) in enumerate(zip(k_ups, self.k_ranks))])
         self.v_ups = nn.ParameterList(
-            [nn.Parameter(_as_weight(u, (G * D, r), f"v_ups[{g}]", weight)) for g, (u, r) in
-             enumerate(zip(v_ups, self.v_ranks))])
+            [nn.Parameter(factor(u, (G * D, r), f"v_ups[{g}]")) for g, (u, r) in enumerate(zip(v_ups, self.v_ranks))])
         for name, proj in (("k_bias", base_attn.k_proj), ("v_bias", base_attn.v_proj)):
             bias = getattr(proj, "bias", None)
             self.register_parameter(name, None if bias is None else nn.Parameter(bias.detach().clone()))

@@ -19,25 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ._factors import as_factor
 from .progressive import DecodeCounter, rank_at
-
-
-def _as_factor(x: Any, shape: tuple[int, int], name: str, dtype: torch.dtype, device: Any) -> torch.Tensor:
-    """A factor (NumPy array or tensor) checked for shape and finiteness, as a fresh tensor of dtype/device."""
-    if isinstance(x, torch.Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(x)
-        except (TypeError, ValueError, RuntimeError) as exc:
-            raise TypeError(f"LowRankLinear: `{name}` must be a 2-D array or tensor, got {type(x).__name__}") from exc
-    if not (t.is_floating_point()):
-        raise TypeError(f"LowRankLinear: `{name}` must be floating point, got {t.dtype}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"LowRankLinear: `{name}` must have shape {shape}, got {tuple(t.shape)}")
-    if t.device.type != "meta" and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"LowRankLinear: `{name}` holds NaN or Inf")
-    return t.to(dtype=dtype, device=device).clone().contiguous()
 
 
 class LowRankLinear(nn.Module):
@@ -99,8 +82,8 @@ class LowRankLinear(nn.Module):
             raise ValueError(f"LowRankLinear.from_factors: `down` has {r} rows but `up` has {r2} columns")
         module = cls(n, m, r, bias=bias is not None, dtype=dtype, device=device)
         with torch.no_grad():
-            module.down.copy_(_as_factor(down, (r, n), "down", dtype, device))
-            module.up.copy_(_as_factor(up, (m, r), "up", dtype, device))
+            module.down.copy_(as_factor(down, (r, n), "down", "LowRankLinear", dtype, device))
+            module.up.copy_(as_factor(up, (m, r), "up", "LowRankLinear", dtype, device))
             if bias is not None:
                 b = bias.detach() if isinstance(bias, torch.Tensor) else torch.as_tensor(bias)
                 if tuple(b.shape) != (m,):
