@@ -33,6 +33,8 @@ torch and tqdm are imported lazily: ``import palu_c`` never needs them.
 
 from __future__ import annotations
 
+import contextlib
+
 import hashlib
 import os
 import tempfile
@@ -301,17 +303,21 @@ def _sample_losses(logits: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor
     return ce.view(b, t1).mean(dim=1)
 
 
-def _collect(model: Any, projections: list, calib: "torch.Tensor", grams: bool, fisher: bool,
-             batch_size: int, progress: bool, device: Any) -> KVStatistics:
-    import torch
-    from tqdm.auto import tqdm
+@contextlib.contextmanager
+def _statistics_run(model: Any, device: Any, func: str):
+    """Set the model up for a statistics pass and leave it as found, also on error.
 
-    n_layers = len(projections)
-    c = projections[0][0].in_features
+    Moves it to ``device`` when given (refusing a model spread over several devices), puts it in eval mode (no
+    dropout: Grams and gradients of the deterministic model), and yields ``(hooks, run_device, acc_device)``:
+    a list the caller appends its hook handles to, the device the model runs on and the one accumulators live
+    on. On exit the hooks are removed and the requires_grad flags, train/eval modes and device restored.
+    """
+    import torch
+
     modes = [(m, m.training) for m in model.modules()]
     flags = [(p, p.requires_grad) for p in model.parameters()]
     moved_from = None
-    hooks = []
+    hooks: list = []
     try:
         if device is not None:
             device = torch.device(device)
@@ -320,13 +326,32 @@ def _collect(model: Any, projections: list, calib: "torch.Tensor", grams: bool, 
             homes = {p.device for p in model.parameters()}
             if homes != {device}:
                 if len(homes) > 1:
-                    raise ValueError("collect_kv_statistics: the model is spread over several devices "
+                    raise ValueError(f"{func}: the model is spread over several devices "
                                      f"({sorted(map(str, homes))}); pass device=None to run it where it is")
                 moved_from = homes.pop()
                 model.to(device)
         run_device = model.get_input_embeddings().weight.device
-        acc_device = _accumulator_device(run_device)
-        model.eval()  # no dropout: Grams and gradients of the deterministic model
+        model.eval()
+        yield hooks, run_device, _accumulator_device(run_device)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+        if moved_from is not None:
+            model.to(moved_from)
+
+
+def _collect(model: Any, projections: list, calib: "torch.Tensor", grams: bool, fisher: bool,
+             batch_size: int, progress: bool, device: Any) -> KVStatistics:
+    import torch
+    from tqdm.auto import tqdm
+
+    n_layers = len(projections)
+    c = projections[0][0].in_features
+    with _statistics_run(model, device, "collect_kv_statistics") as (hooks, run_device, acc_device):
 
         gram_acc = [torch.zeros(c, c, dtype=torch.float64, device=acc_device) for _ in range(n_layers)] \
             if grams else None
@@ -387,15 +412,6 @@ def _collect(model: Any, projections: list, calib: "torch.Tensor", grams: bool, 
             n_fisher_samples=int(n) if fisher else 0,
             in_features=c,
         )
-    finally:
-        for handle in hooks:
-            handle.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
-        if moved_from is not None:
-            model.to(moved_from)
 
 
 def _fisher_batch(model: Any, ids: "torch.Tensor", captured: dict, k_rows: list, v_rows: list,
@@ -680,25 +696,7 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
     import torch
     from tqdm.auto import tqdm
 
-    modes = [(m, m.training) for m in model.modules()]
-    flags = [(p, p.requires_grad) for p in model.parameters()]
-    moved_from = None
-    hooks = []
-    try:
-        if device is not None:
-            device = torch.device(device)
-            if device.type == "cuda" and device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
-            homes = {p.device for p in model.parameters()}
-            if homes != {device}:
-                if len(homes) > 1:
-                    raise ValueError("collect_linear_statistics: the model is spread over several devices; pass "
-                                     "device=None to run it where it is")
-                moved_from = homes.pop()
-                model.to(device)
-        run_device = model.get_input_embeddings().weight.device
-        acc_device = _accumulator_device(run_device)
-        model.eval()
+    with _statistics_run(model, device, "collect_linear_statistics") as (hooks, run_device, acc_device):
 
         gram_acc = {}
         if grams:
@@ -770,15 +768,6 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
             bar.close()
         return (({k: g.cpu() for k, g in gram_acc.items()} if grams else None), sums,
                 ({k: d.float().cpu() for k, d in diag_acc.items()} if diag else None))
-    finally:
-        for handle in hooks:
-            handle.remove()
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        for m, mode in modes:
-            m.training = mode
-        if moved_from is not None:
-            model.to(moved_from)
 
 
 def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *, gram_of: Any = None,
