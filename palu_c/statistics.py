@@ -192,9 +192,11 @@ def _tensor_bytes(t: "torch.Tensor") -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy())
 
 
-def _cache_key(model: Any, calib: "torch.Tensor", grams: bool, fisher: bool) -> str:
+def _model_calib_hash(tag: str, model: Any, calib: "torch.Tensor") -> "hashlib._Hash":
+    """SHA-256 over a format tag, the model's class, config, every parameter and buffer, and the calibration
+    tokens: the part of a statistics cache key that says "same model, same data"."""
     h = hashlib.sha256()
-    h.update(f"{CACHE_FORMAT}/{CACHE_VERSION}\0{type(model).__name__}\0".encode())
+    h.update(f"{tag}\0{type(model).__name__}\0".encode())
     config = getattr(model, "config", None)
     if hasattr(config, "to_json_string"):
         h.update(config.to_json_string().encode())
@@ -204,6 +206,11 @@ def _cache_key(model: Any, calib: "torch.Tensor", grams: bool, fisher: bool) -> 
         h.update(_tensor_bytes(t))
     h.update(f"\0calib\0{tuple(calib.shape)}\0".encode())
     h.update(_tensor_bytes(calib))
+    return h
+
+
+def _cache_key(model: Any, calib: "torch.Tensor", grams: bool, fisher: bool) -> str:
+    h = _model_calib_hash(f"{CACHE_FORMAT}/{CACHE_VERSION}", model, calib)
     h.update(f"\0grams={grams}\0fisher={fisher}".encode())
     return h.hexdigest()
 
@@ -613,17 +620,7 @@ def _check_linear_calib(calib: Any, vocab: int | None, func: str) -> "torch.Tens
 
 
 def _linear_base_hash(model: Any, calib: "torch.Tensor", modules: dict, gram_of: dict) -> "hashlib._Hash":
-    h = hashlib.sha256()
-    h.update(f"{LINEAR_CACHE_FORMAT}/{LINEAR_CACHE_VERSION}\0{type(model).__name__}\0".encode())
-    config = getattr(model, "config", None)
-    if hasattr(config, "to_json_string"):
-        h.update(config.to_json_string().encode())
-    tensors = list(model.named_parameters()) + [("buffer:" + n, b) for n, b in model.named_buffers()]
-    for name, t in tensors:
-        h.update(f"\0{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(_tensor_bytes(t))
-    h.update(f"\0calib\0{tuple(calib.shape)}\0".encode())
-    h.update(_tensor_bytes(calib))
+    h = _model_calib_hash(f"{LINEAR_CACHE_FORMAT}/{LINEAR_CACHE_VERSION}", model, calib)
     for name, mod in modules.items():
         h.update(f"\0proj\0{name}\0{mod.out_features}x{mod.in_features}\0{gram_of[name]}".encode())
     return h
