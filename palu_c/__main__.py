@@ -1,7 +1,7 @@
 """Command line: ``palu-c`` / ``python -m palu_c``.
 
-Subcommands: ``demo`` (the main job on the embedded model, or ``--model``), ``compress`` (Palu-compress a model
-and save it), ``eval`` (perplexity of a saved palu_c model or any HF model), ``info`` (build facts).
+Subcommands: ``demo`` (the main job on the embedded model, or ``--model``), ``compress`` (Palu-compress a
+model, optionally FLRC-compress its weights too, and save it), ``eval`` (perplexity of a saved palu_c model or any HF model), ``info`` (build facts).
 ``bench`` arrives with the CUDA kernels.
 """
 
@@ -35,6 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--search", default="fisher", choices=["fisher", "fisher_uniform", "uniform", "greedy"])
     comp.add_argument("--bits", type=int, default=0, help="latent bits (2, 3, 4, 8; 0 for none)")
     comp.add_argument("--no-hadamard", action="store_true")
+    comp.add_argument("--weights-ratio", type=float, default=None,
+                      help="also compress the weights with FLRC, keeping this fraction of the projections' "
+                           "parameters (applied after the KV cache; default: off)")
+    comp.add_argument("--weights-search", default="fisher", choices=["fisher", "uniform", "greedy", "fisher_loss"])
+    comp.add_argument("--progressive", action="store_true",
+                      help="with --weights-ratio: progressive low-rank decoding with the default schedule")
     ev = sub.add_parser("eval", help="perplexity of a model on a text file")
     ev.add_argument("model", nargs="?", default=None,
                     help="folder written by `palu-c compress`, an HF id/folder, or nothing for the embedded model")
@@ -79,10 +85,21 @@ def _model_command(args) -> int:
     from .models import load_model
 
     if args.command == "compress":
+        if args.progressive and args.weights_ratio is None:
+            print("palu-c compress: --progressive needs --weights-ratio (it schedules the FLRC ranks)", file=sys.stderr)
+            return 2
         model, tok = load_model(args.model)
         calib = calibration_tokens(tok, args.calib, args.samples, args.seq_len)
         compress_kv(model, calib, ratio=args.ratio, group_size=args.group_size, search=args.search,
                     bits=args.bits or None, hadamard=not args.no_hadamard)
+        if args.weights_ratio is not None:
+            from .weights import compress_weights, parameter_report
+
+            compress_weights(model, calib, ratio=args.weights_ratio, search=args.weights_search,
+                             progressive=True if args.progressive else None)
+            r = parameter_report(model, generated_tokens=128)
+            print(f"FLRC: stored {r['stored']:,} of {r['targeted']:,} targeted parameters ({r['stored_ratio']:.1%}); "
+                  f"average active over 128 generated tokens {r['active']:,.0f} ({r['active_ratio']:.1%})")
         save(model, args.output)
         tok.save_pretrained(args.output)  # so `palu-c eval OUTPUT` finds its tokenizer
         print(summary(model))

@@ -91,3 +91,22 @@ def test_cli_compress_then_eval(tmp_path):
     assert 1.0 < value < 1000.0
     bad = run_cli("eval", str(tmp_path / "missing"), "--text", "palu_c/data/eval_persuasion.txt")
     assert bad.returncode != 0
+
+
+@pytest.mark.model
+@pytest.mark.slow
+@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+def test_cli_compress_with_weights_then_eval(tmp_path):
+    out = tmp_path / "smollm2-palu-flrc"
+    proc = run_cli("compress", str(out), "--calib", "palu_c/data/calibration_emma.txt", "--samples", "2",
+                   "--seq-len", "64", "--ratio", "0.5", "--group-size", "3", "--weights-ratio", "0.9",
+                   "--weights-search", "uniform", "--progressive")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "FLRC: stored" in proc.stdout and "saved to" in proc.stdout
+    stored = float(proc.stdout.split("FLRC: stored")[1].split("(")[1].split("%")[0])
+    assert 85.0 <= stored <= 90.0  # at or under the 90% budget, within one rank unit of it
+    proc = run_cli("eval", str(out), "--text", "palu_c/data/eval_persuasion.txt", "--seq-len", "128", "--windows", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert 1.0 < float(proc.stdout.strip().split("perplexity:")[1]) < 1000.0
+    bad = run_cli("compress", str(tmp_path / "x"), "--calib", "palu_c/data/calibration_emma.txt", "--progressive")
+    assert bad.returncode == 2 and "--weights-ratio" in bad.stderr
