@@ -310,6 +310,23 @@ def _sample_losses(logits: "torch.Tensor", ids: "torch.Tensor") -> "torch.Tensor
     return ce.view(b, t1).mean(dim=1)
 
 
+def _check_device_and_cache_dir(device: Any, cache_dir: Any, func: str) -> Any:
+    """Validate ``device`` (None or anything torch.device accepts) and ``cache_dir`` (None, str or PathLike; None
+    falls back to the environment variable CACHE_ENV). Returns the cache folder to use, or None."""
+    import torch
+
+    if device is not None:
+        try:
+            torch.device(device)
+        except (TypeError, RuntimeError) as exc:
+            raise ValueError(f"{func}: device {device!r} is not a torch device") from exc
+    if cache_dir is None:
+        cache_dir = os.environ.get(CACHE_ENV) or None
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"{func}: cache_dir must be a str or os.PathLike, got {type(cache_dir).__name__}")
+    return cache_dir
+
+
 @contextlib.contextmanager
 def _statistics_run(model: Any, device: Any, func: str):
     """Set the model up for a statistics pass and leave it as found, also on error.
@@ -494,16 +511,7 @@ def collect_kv_statistics(model: Any, calib: "torch.Tensor", *, grams: bool = Tr
         raise ValueError(f"{func}: batch_size must be >= 1, got {batch_size}")
     projections = _kv_projections(model)
     calib = _validate_calib(calib, _vocab_size(model))
-    if device is not None:
-        try:
-            torch.device(device)
-        except (TypeError, RuntimeError) as exc:
-            raise ValueError(f"{func}: device {device!r} is not a torch device") from exc
-
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_ENV) or None
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"{func}: cache_dir must be a str or os.PathLike, got {type(cache_dir).__name__}")
+    cache_dir = _check_device_and_cache_dir(device, cache_dir, func)
     path = key = None
     if cache_dir is not None:
         key = _cache_key(model, calib, grams, fisher)
@@ -833,15 +841,7 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
         if widths.setdefault(gram_of[name], mod.in_features) != mod.in_features:
             raise ValueError(f"{func}: projections sharing Gram key {gram_of[name]!r} read inputs of different widths")
     calib = _check_linear_calib(calib, _vocab_size(model), func)
-    if device is not None:
-        try:
-            torch.device(device)
-        except (TypeError, RuntimeError) as exc:
-            raise ValueError(f"{func}: device {device!r} is not a torch device") from exc
-    if cache_dir is None:
-        cache_dir = os.environ.get(CACHE_ENV) or None
-    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"{func}: cache_dir must be a str or os.PathLike, got {type(cache_dir).__name__}")
+    cache_dir = _check_device_and_cache_dir(device, cache_dir, func)
 
     parts = [p for p, on in (("gram", grams), ("fisher", fisher), ("fisher_diag", fisher_diag)) if on]
     keys: dict = {}
