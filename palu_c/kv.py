@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .group_choice import choose_group_size
 from .hadamard import hadamard_matrix
 from .kv_config import PaluConfig, PaluLayerConfig
 from .linalg import lowrank_factor_grouped, svd
@@ -35,10 +36,6 @@ from .ranks import allocate_ranks
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SEARCH_MODES = ("fisher", "fisher_uniform", "uniform", "greedy")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
-# Largest group size picked by group_size=None: key rebuilding costs G*D*r_g multiply-adds per group and token, so
-# large groups turn decode attention compute-bound (ALGORITHMS.md); a measured per-device table replaces this
-# rule when the CUDA kernels land.
-DEFAULT_MAX_GROUP = 4
 
 
 def _attention_layers(model):
@@ -82,17 +79,20 @@ def head_geometry(model) -> tuple[int, int, int, int]:
     return len(_attention_layers(model)), cfg.num_key_value_heads, head_dim, cfg.hidden_size
 
 
-def resolve_group_size(kv_heads: int, group_size: int | None) -> int:
-    """An explicit group size must divide the KV-head count; None picks the largest divisor <= DEFAULT_MAX_GROUP."""
+def resolve_group_size(kv_heads: int, group_size: int | None, *, num_heads: int | None = None, head_dim: int = 128,
+                       device=None) -> tuple[int, str]:
+    """(group size, reason). An explicit group size must divide the KV-head count; None picks one that is fast on
+    ``device`` (:func:`palu_c.group_choice.choose_group_size`: CPU, the largest divisor <= 4; CUDA, the measured
+    kernel table)."""
     if group_size is None:
-        return max(d for d in range(1, min(kv_heads, DEFAULT_MAX_GROUP) + 1) if kv_heads % d == 0)
+        return choose_group_size(kv_heads, num_heads or kv_heads, head_dim, device)
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)):
         raise TypeError(f"palu_c.compress_kv: group_size must be an int or None, got {type(group_size).__name__}")
     if group_size < 1 or kv_heads % group_size:
         divisors = [d for d in range(1, kv_heads + 1) if kv_heads % d == 0]
         raise ValueError(f"palu_c.compress_kv: group_size={group_size} does not divide the {kv_heads} KV heads; "
                          f"use one of {divisors}")
-    return int(group_size)
+    return int(group_size), "given"
 
 
 def _whitened_spectrum(w: np.ndarray, gram: np.ndarray) -> np.ndarray:
@@ -191,8 +191,11 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
     ratio : float in (0, 1]
         Fraction of K+V dimensions KEPT over the whole model (Palu's ``--param_ratio_target``; "Palu-30%" is 0.7).
     group_size : int, optional
-        KV heads per decomposition group (1: per head, kv_heads: joint). None picks the largest divisor of the
-        KV-head count that is <= 4.
+        KV heads per decomposition group (1: per head, kv_heads: joint). None picks one that divides the KV-head
+        count and is fast on the model's device (:mod:`palu_c.group_choice`): on a CPU the largest divisor <= 4
+        (accuracy first: CPU decode is compute-bound at any group size), on CUDA the largest group whose measured
+        kernel time is within 10% of the fastest (G = 1 on an H200). ``model.palu_config.group_size_reason``
+        says why.
     search : {"fisher", "fisher_uniform", "uniform", "greedy"}
     bits : {2, 3, 4, 8}, optional
         Quantize cached latents (per token and head group, asymmetric) with a full-precision window of the newest
@@ -229,7 +232,8 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
     if search not in SEARCH_MODES:
         raise ValueError(f"palu_c.compress_kv: search must be one of {SEARCH_MODES}, got {search!r}")
     n_layers, kv_heads, head_dim, hidden = head_geometry(model)
-    group_size = resolve_group_size(kv_heads, group_size)
+    group_size, group_reason = resolve_group_size(kv_heads, group_size, num_heads=model.config.num_attention_heads,
+                                                  head_dim=head_dim, device=next(model.parameters()).device)
     if quant_group is not None and (rank_multiple % quant_group if quant_group > 0 else True):
         raise ValueError(f"palu_c.compress_kv: quant_group={quant_group} must divide rank_multiple={rank_multiple} "
                          f"(so it divides every rank)")
@@ -266,6 +270,7 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
                                    hidden_size=hidden, bits=bits, hadamard=bool(hadamard), residual=residual,
                                    quant_group=quant_group, layers=layer_cfgs)
     model.palu_config.seconds = time.perf_counter() - t0  # not saved; for the summary
+    model.palu_config.group_size_reason = group_reason  # not saved; why this group size
     return model
 
 

@@ -205,3 +205,19 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
     same = seq_k == seq_r
     assert torch.allclose(logits_k[:, 0], logits_r[:, 0], atol=tol, rtol=0)
     assert bool(same[:, 0].all())
+
+
+def test_group_size_none_on_cuda_uses_the_measured_table(rng):
+    """compress_kv(group_size=None) on a CUDA model goes through the measured kernel table (palu_c.group_choice),
+    on the CPU through the CPU rule; both must divide the KV-head count."""
+    from palu_c.group_choice import choose_group_size
+
+    base = tiny_model(family="llama", layers=2, kv_heads=4, head_dim=16, seed=int(rng.integers(1 << 30)))
+    calib = torch.as_tensor(rng.integers(0, base.config.vocab_size, (4, 32)))
+    on_cpu = palu_c.compress_kv(copy.deepcopy(base), calib, ratio=0.5, rank_multiple=8, progress=False)
+    on_gpu = palu_c.compress_kv(base.to(CUDA), calib, ratio=0.5, rank_multiple=8, progress=False)
+    heads = base.config.num_attention_heads
+    assert on_cpu.palu_config.group_size == 4 and "cpu" in on_cpu.palu_config.group_size_reason
+    assert "cuda" in on_gpu.palu_config.group_size_reason
+    assert on_gpu.palu_config.group_size == choose_group_size(4, heads, 16, CUDA)[0]
+    assert 4 % on_gpu.palu_config.group_size == 0

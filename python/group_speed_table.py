@@ -1,0 +1,83 @@
+"""Turn a bench_attention table into the group-size speed table that ``compress_kv(group_size=None)`` reads.
+
+    python python/group_speed_table.py python/results/bench_attention_h200.md
+
+reads the markdown table written by ``python/bench_attention.py`` (GPU name from its header line) and merges, for
+that GPU, one row per (model shape, batch, context, group size) into ``palu_c/data/decode_group_speed.json``:
+the fastest time among the kernels ``palu_c.latent_kernels`` picks by itself (``auto`` tries v3, then v2; v1 and
+v3w run only on request) and the SDPA time of the same shape. Rewrites the JSON atomically. The rule that uses
+the table is documented in ``palu_c/group_choice.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import tempfile
+
+AUTO_KERNELS = ("v3", "v2")  # what auto dispatch can run; the time of a row is the fastest of them
+SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
+DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "..", "palu_c", "data", "decode_group_speed.json")
+
+
+def parse(path: str) -> tuple[str, str, list[dict]]:
+    text = open(path, encoding="utf-8").read()
+    m = re.search(r"^GPU: ([^,]+),", text, re.M)
+    if m is None:
+        raise SystemExit(f"{path}: no 'GPU: <name>,' header line; is it a bench_attention table?")
+    gpu = m.group(1).strip()
+    cmd = re.search(r"^Command: (.*)$", text, re.M)
+    best: dict = {}
+    sdpa: dict = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 6 or cells[0] not in SHAPES:
+            continue
+        model, batch, ctx, group, kernel, us = cells[:6]
+        tokens = int(ctx[:-1]) * 1024 if ctx.endswith("K") else int(ctx)
+        key = (model, int(batch), tokens)
+        if kernel == "SDPA":
+            sdpa[key] = float(us)
+        elif kernel in AUTO_KERNELS:
+            k = key + (int(group),)
+            best[k] = min(best.get(k, float("inf")), float(us))
+    rows = []
+    for (model, batch, tokens, group), us in sorted(best.items()):
+        heads, kv_heads, head_dim = SHAPES[model]
+        rows.append(dict(model=model, heads=heads, kv_heads=kv_heads, head_dim=head_dim, batch=batch, tokens=tokens,
+                         group=group, us=us, sdpa_us=sdpa.get((model, batch, tokens))))
+    if not rows:
+        raise SystemExit(f"{path}: no kernel rows of {AUTO_KERNELS} found")
+    return gpu, (cmd.group(1) if cmd else ""), rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("tables", nargs="+", help="bench_attention markdown tables")
+    ap.add_argument("--out", default=DEFAULT_OUT)
+    args = ap.parse_args()
+    data = {}
+    if os.path.exists(args.out):
+        with open(args.out, encoding="utf-8") as f:
+            data = json.load(f)
+    for path in args.tables:
+        gpu, cmd, rows = parse(path)
+        data[gpu] = {"source": os.path.relpath(path, os.path.join(os.path.dirname(args.out), "..", "..")),
+                     "command": cmd, "rows": rows}
+        print(f"{gpu}: {len(rows)} rows from {path}", file=sys.stderr)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(args.out)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, args.out)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+if __name__ == "__main__":
+    main()
