@@ -1,7 +1,7 @@
 """One launch of the fused latent decode kernel on one shape, for Nsight Compute (ncu) profiling.
 
 Run:  ncu --set full -k regex:latent --launch-skip 3 --launch-count 2 \
-          python python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1
+          python python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl v4
 Builds random fp16 latents at ratio 0.5 (rk_g = rv_g = 0.5 G D), warms up 3 launches, then launches twice.
 """
 
@@ -22,7 +22,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--group", type=int, default=1)
-    ap.add_argument("--impl", default="v2")
+    ap.add_argument("--impl", default="auto", choices=sorted(lk._IMPLS),
+                    help="kernel (palu_c.latent_kernels names: auto, v1, v2, v3, v3w, v4)")
     args = ap.parse_args()
     H, Hkv, D = SHAPES[args.shape]
     G, B, T = args.group, args.batch, args.tokens
