@@ -1100,7 +1100,7 @@ __global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel
  *   - one m16 tile (16 tokens) per warp tile instead of two: half the rebuild accumulators, HK fragments and
  *     score fragments, so the thread fits 128 registers at rk = rv <= 64 (168 at 128);
  *   - CTAs of 8 warps (rk <= 64, two CTAs per SM: 16 warps) or 12 warps (rk = 128, one CTA: 12 warps) that
- *     share Uk, the bias and the R(tau) table (16 rows now);
+ *     share Uk, the bias and the R(tau) table;
  *   - per warp two 16-token key stages (keys + positions) and ONE value stage. The waits sit where the data is
  *     used: a tile's keys are waited for at its top (fetched one whole tile earlier), its values just before the
  *     PV product (fetched at the end of the previous tile, so they have the rebuild, RoPE, scores and softmax of
@@ -1109,10 +1109,12 @@ __global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel
  *     why its 12 warps gained 0-3%.
  * Cost: the per-tile work (query advance and packing, softmax, tile set-up) is spread over 16 tokens instead of
  * 32, and every warp reads all of Uk per 16 tokens instead of per 32 (shared-memory traffic; the notes have the
- * budget). The rotated query advances by R(16) per tile and re-anchors every kV4Reanchor tiles (the same 256
- * tokens as v3). */
+ * budget). To keep the query's share as in v3, one anchor serves two tiles: the R(tau) table has 32 rows, a
+ * tile starting 0 or 16 slots after the anchor reads rows [0, 16) or [16, 32), and the query advances by R(32)
+ * after the second (re-anchored precisely after kV4Reanchor advances: the same 256 slots as v3). */
 constexpr int kV4Tile = 16;
-constexpr int kV4Reanchor = 16;
+constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
+constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
 /* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
 template <int RK> struct V4Shape {
@@ -1121,7 +1123,7 @@ template <int RK> struct V4Shape {
 };
 
 /* Shared memory of a v4 CTA: Uk (padded rows as v2), bias, turn[i] = (hi, lo turn split, cos, sin of
- * 16 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 16 (rows padded by 64 B as v3), then
+ * 32 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 32 (rows padded by 64 B as v3), then
  * per warp: two key stages (16 rows of HK, 16 positions) and one value tile (16 rows of HV). */
 template <int D, int RK, int RV> struct V4Layout {
     static constexpr int HALF = D / 2;
@@ -1130,7 +1132,7 @@ template <int D, int RK, int RV> struct V4Layout {
     static constexpr size_t BIAS = UK + (size_t)D * UKST;
     static constexpr size_t TURN = BIAS + (size_t)D * 4;
     static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
-    static constexpr size_t WARPS = RTAB + (size_t)kV4Tile * RTST;
+    static constexpr size_t WARPS = RTAB + (size_t)kV4Span * RTST;
     static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
     static constexpr size_t KSTAGE = KPOS + kV4Tile * 4;
     static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
@@ -1170,11 +1172,11 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
     for (int i = tid; i < HALF; i += blockDim.x) {
         const float2 tr = turn_split(p.inv_freq[i]);
-        double s16, c16;
-        sincos((double)TT * (double)p.inv_freq[i], &s16, &c16);
-        turn[i] = make_float4(tr.x, tr.y, (float)c16, (float)s16);
+        double s32, c32;
+        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
+        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
     }
-    for (int e = tid; e < TT * HALF; e += blockDim.x) {
+    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
         const int tau = e / HALF, i = e - tau * HALF;
         float c, s;
         rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
@@ -1270,11 +1272,14 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         const int mypos = tpos_s[lane & (TT - 1)];
         const int p0 = dev::shfl_int(mypos, 0);
         const bool consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
-        const int want = consec ? p0 : 0;
-        if (anchor != want) {
-            anchor_query(want);
-            anchor = want, age = 0;
+        /* keys rotate by R(pos - anchor) from table rows [off, off + 16): needs off 0 or 16 (a consecutive tile)
+         * or anchor 0 (any other tile: its keys take their own precise angle) */
+        int off = anchor == INT_MIN ? -1 : p0 - anchor;
+        if (consec ? off != 0 && off != TT : anchor != 0) {
+            anchor_query(consec ? p0 : 0);
+            anchor = consec ? p0 : 0, age = 0, off = 0;
         }
+        const char *rt = rtab + (consec ? off : 0) * L::RTST;
 
         uint32_t af[RKT][4]; /* HK (16 tokens x RK), resident across the passes */
 #pragma unroll
@@ -1323,7 +1328,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
                 for (int u = 0; u < 2; u++) {
                     float cs[2], sn[2];
                     if (consec) {
-                        const float4 r = *reinterpret_cast<const float4 *>(rtab + (gq + 8 * u) * L::RTST + i0 * 8);
+                        const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * L::RTST + i0 * 8);
                         cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
                     } else {
 #pragma unroll
@@ -1351,20 +1356,20 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
             dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
             dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
         }
-        /* the next tile of a consecutive run starts 16 slots on: advance the query by R(16), or re-anchor */
-        if (consec) {
+        /* after the second tile of an anchor: advance the query by R(32) to the next pair, or let it re-anchor */
+        if (consec && off == TT) {
             if (age + 1 < kV4Reanchor) {
 #pragma unroll
                 for (int kk = 0; kk < PASSES; kk++)
 #pragma unroll
                     for (int x = 0; x < 4; x++) {
-                        const float2 cs16 =
+                        const float2 cs32 =
                             reinterpret_cast<const float2 *>(turn + 16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1))[1];
                         const float lo = qrlo[kk][x], hi = qrhi[kk][x];
-                        qrlo[kk][x] = lo * cs16.x + hi * cs16.y;
-                        qrhi[kk][x] = hi * cs16.x - lo * cs16.y;
+                        qrlo[kk][x] = lo * cs32.x + hi * cs32.y;
+                        qrhi[kk][x] = hi * cs32.x - lo * cs32.y;
                     }
-                anchor = p0 + TT, age++;
+                anchor += kV4Span, age++;
             } else {
                 anchor = INT_MIN;
             }
@@ -1590,7 +1595,10 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
     const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
-    int64_t smax = (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
+    /* v4 rounds down, so that the grid never spills a few CTAs into a second wave (v3 rounds up: Llama-2-7B
+     * B=1 at 2 CTAs per SM gets 9 x 32 = 288 CTAs for 264 slots, rank 128 at one CTA per SM 17 x 8 = 136 for 132) */
+    int64_t smax = pl->impl == 5 ? target / (a->kv_heads * a->batch)
+                                 : (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
     if (smax > kMaxSplits) smax = kMaxSplits;
     /* v4: at least two 16-token tiles per warp, so that its prefetch has something to hide */

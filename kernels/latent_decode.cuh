@@ -57,8 +57,8 @@
  *   HK-fragment and score registers, <= 128 per thread at rk = rv <= 64, <= 168 at 128) and CTAs of 8 warps
  *   (two per SM: 16 warps) or 12 warps (rank 128, one per SM) sharing Uk and the R(tau) table; per warp two
  *   key stages and one value tile, each waited for right where it is used (keys at the top of their tile,
- *   values before the PV product), so the copies overlap a whole tile of work. The query advances by R(16)
- *   per tile. Goal: latency hiding by occupancy (v3 had 2 warps per scheduler and issued in 35% of the slots).
+ *   values before the PV product), so the copies overlap a whole tile of work. One query anchor serves two
+ *   tiles (R(tau) table of 32 rows; the query advances by R(32) per pair). Goal: latency hiding by occupancy (v3 had 2 warps per scheduler and issued in 35% of the slots).
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
