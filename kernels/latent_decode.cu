@@ -1111,7 +1111,12 @@ __global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel
  * 32, and every warp reads all of Uk per 16 tokens instead of per 32 (shared-memory traffic; the notes have the
  * budget). To keep the query's share as in v3, one anchor serves two tiles: the R(tau) table has 32 rows, a
  * tile starting 0 or 16 slots after the anchor reads rows [0, 16) or [16, 32), and the query advances by R(32)
- * after the second (re-anchored precisely after kV4Reanchor advances: the same 256 slots as v3). */
+ * after the second (re-anchored precisely after kV4Reanchor advances: the same 256 slots as v3).
+ * Resources (nvcc 13.0, sm_90a, ptxas -v; D = 128):  rk = rv = 64: 128 registers (16 B spilled: 4 loop-invariant
+ * words reloaded once per tile), 92.5 KB, 2 CTAs x 8 warps = 16 warps per SM;  128: 168 registers (no spill
+ * without bias), 208 KB, 1 CTA x 12 warps;  v3 had 230 / 243 registers, 8 / 4 warps per SM. Static SASS of the
+ * consecutive path per 16 tokens: ~735 (64/64; v3 645), ~1130 (128/128; v3 926). Shared-memory traffic per 16
+ * tokens rises to ~272 wavefronts at 64/64 (v3 ~224; the DRAM bytes take 222 SM-cycles at the floor). */
 constexpr int kV4Tile = 16;
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
