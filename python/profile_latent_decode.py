@@ -8,10 +8,14 @@ Builds random fp16 latents at ratio 0.5 (rk_g = rv_g = 0.5 G D), warms up 3 laun
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
-from palu_c import latent_kernels as lk
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
+
+from palu_c import latent_kernels as lk  # noqa: E402
 
 SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
 
