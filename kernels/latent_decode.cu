@@ -133,6 +133,14 @@ __device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p)
                  : "memory");
 }
 
+/* Transpose of an 8x8 b16 matrix held as an mma fragment (lane l: row l/4, cols 2(l%4), +1), same layout out. */
+__device__ __forceinline__ uint32_t movm_trans(uint32_t a)
+{
+    uint32_t d;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
+}
+
 /* d += a (16x16, row) . b (16x8, col), fp32 accumulators (PTX ISA fragment layouts for m16n8k16). */
 template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
                                                              uint32_t b1);
@@ -1084,10 +1092,366 @@ __global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel
         }
 }
 
+/* ---- v4: v3 with 16-token warp tiles and 8-12 warps per CTA (latency hiding by occupancy) ------------------- */
+
+/* Why v4. The v3 profile (docs/design/profiles/ncu_v3_*.txt) shows a latency-bound kernel: 230 registers and
+ * 113 KB per 4-warp CTA hold 8 warps per SM (1.9 per scheduler, 0.47 eligible, 35% of the issue slots busy).
+ * v4 keeps v3's math and fragment layouts (see there) and changes the resources:
+ *   - one m16 tile (16 tokens) per warp tile instead of two: half the rebuild accumulators, HK fragments and
+ *     score fragments, so the thread fits 128 registers at rk = rv <= 64 (168 at 128);
+ *   - CTAs of 8 warps (rk <= 64, two CTAs per SM: 16 warps) or 12 warps (rk = 128, one CTA: 12 warps) that
+ *     share Uk, the bias and the R(tau) table;
+ *   - per warp two 16-token key stages (keys + positions) and ONE value stage. The waits sit where the data is
+ *     used: a tile's keys are waited for at its top (fetched one whole tile earlier), its values just before the
+ *     PV product (fetched at the end of the previous tile, so they have the rebuild, RoPE, scores and softmax of
+ *     this tile to land). v3w waited for everything (cp.async.wait_group 0) at the top of each tile, right after
+ *     issuing the values at the end of the previous one, so every tile exposed a whole DRAM latency: that is
+ *     why its 12 warps gained 0-3%.
+ * Cost: the per-tile work (query advance and packing, softmax, tile set-up) is spread over 16 tokens instead of
+ * 32, and every warp reads all of Uk per 16 tokens instead of per 32 (shared-memory traffic; the notes have the
+ * budget). To keep the query's share as in v3, one anchor serves two tiles: the R(tau) table has 32 rows, a
+ * tile starting 0 or 16 slots after the anchor reads rows [0, 16) or [16, 32), and the query advances by R(32)
+ * after the second (re-anchored precisely after kV4Reanchor advances: the same 256 slots as v3).
+ * Resources (nvcc 13.0, sm_90a, ptxas -v; D = 128):  rk = rv = 64: 128 registers (16 B spilled: 4 loop-invariant
+ * words reloaded once per tile), 92.5 KB, 2 CTAs x 8 warps = 16 warps per SM;  128: 168 registers (no spill
+ * without bias), 208 KB, 1 CTA x 12 warps;  v3 had 230 / 243 registers, 8 / 4 warps per SM. Static SASS of the
+ * consecutive path per 16 tokens: ~735 (64/64; v3 645), ~1130 (128/128; v3 926). Shared-memory traffic per 16
+ * tokens rises to ~272 wavefronts at 64/64 (v3 ~224; the DRAM bytes take 222 SM-cycles at the floor). */
+constexpr int kV4Tile = 16;
+constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
+constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
+
+/* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
+template <int RK> struct V4Shape {
+    static constexpr int WARPS = RK <= 64 ? 8 : 12;
+    static constexpr int MINB = RK <= 64 ? 2 : 1;
+};
+
+/* Shared memory of a v4 CTA: Uk (padded rows as v2), bias, turn[i] = (hi, lo turn split, cos, sin of
+ * 32 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 32 (rows padded by 64 B as v3), then
+ * per warp: two key stages (16 rows of HK, 16 positions) and one value tile (16 rows of HV). */
+template <int D, int RK, int RV> struct V4Layout {
+    static constexpr int HALF = D / 2;
+    static constexpr int UKST = (RK + 8) * 2, HKST = (RK + 8) * 2, HVST = (RV + 8) * 2, RTST = HALF * 8 + 64;
+    static constexpr size_t UK = 0;
+    static constexpr size_t BIAS = UK + (size_t)D * UKST;
+    static constexpr size_t TURN = BIAS + (size_t)D * 4;
+    static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
+    static constexpr size_t WARPS = RTAB + (size_t)kV4Span * RTST;
+    static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
+    static constexpr size_t KSTAGE = KPOS + kV4Tile * 4;
+    static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
+    static constexpr size_t PER_WARP = VTILE + (size_t)kV4Tile * HVST;
+    static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP; }
+};
+
+/* One CTA = (KV head, slice, sequence), V4Shape<RK>::WARPS warps, each streaming its own part of the slice in
+ * 16-token tiles and writing its own partial. Fragments as v3 with one m tile: K (16 x D) = HK . Uk^T per pass
+ * of 32 dims (four n8 column tiles: 2kk, 2kk+1 and their RoPE partners), RoPE by R(tau) from the table,
+ * S (8 heads x 16 tokens) = Qr . K^T (two n8 token tiles), online softmax, z^T += HV^T . P^T (one k step). */
+template <typename T, int D, int RK, int RV, bool BIAS>
+__global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) decode_v4_kernel(const DecodeParams p)
+{
+    using L = V4Layout<D, RK, RV>;
+    constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16, TT = kV4Tile;
+    constexpr int KC = RK / 8, VC = RV / 8; /* 16-byte chunks per latent row */
+    static_assert(TT * KC % 32 == 0 && TT * VC % 32 == 0, "a tile load is whole warp-wide rounds of cp.async");
+    char *smem = dev::dyn_smem();
+    const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int g = kvh / p.G, j = kvh - g * p.G;
+    const int kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
+    const int n_rep = p.n_rep, T_len = p.T, h0 = kvh * n_rep, tid = threadIdx.x;
+    const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
+    const int gq = lane >> 2, cq = lane & 3;
+    char *uk = smem + L::UK;
+    float *bias = reinterpret_cast<float *>(smem + L::BIAS);
+    float4 *turn = reinterpret_cast<float4 *>(smem + L::TURN);
+    char *rtab = smem + L::RTAB;
+
+    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * RK;
+    for (int e = tid; e < D * KC; e += blockDim.x) {
+        const int d = e / KC, cc = e - d * KC;
+        dev::cp_async16(uk + d * L::UKST + cc * 16, ukg + (size_t)d * RK + cc * 8, true);
+    }
+    dev::cp_async_commit();
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int i = tid; i < HALF; i += blockDim.x) {
+        const float2 tr = turn_split(p.inv_freq[i]);
+        double s32, c32;
+        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
+        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+    }
+    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
+        const int tau = e / HALF, i = e - tau * HALF;
+        float c, s;
+        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
+        *reinterpret_cast<float2 *>(rtab + tau * L::RTST + i * 8) = make_float2(c, s);
+    }
+    dev::cp_async_wait<0>();
+    dev::sync_cta();
+
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps, pidx = split * warps + warp;
+    const int chunk = ((len + nparts - 1) / nparts + TT - 1) / TT * TT;
+    const int wb = ps + pidx * chunk;
+    const int we = bad_pad ? wb : min(T_len, wb + chunk);
+    const int ntiles = we > wb ? (we - wb + TT - 1) / TT : 0;
+
+    /* the rotated query qr = R(anchor)^T q, as v3: pass kk holds dims 16kk + {2c, 2c+1, 8+2c, 8+2c+1} (lo) and
+     * the same + HALF (hi) of head row gq (zero rows past n_rep) */
+    const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
+    float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
+    int anchor = INT_MIN, age = 0; /* INT_MIN: qr not set */
+
+    float zacc[RVT][4];
+#pragma unroll
+    for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2c, 2c + 1 */
+
+    char *wbase = smem + L::WARPS + (size_t)warp * L::PER_WARP;
+    char *vtile = wbase + L::VTILE;
+    const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
+    const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
+    const int32_t *posg = p.positions + (size_t)b * p.pbs;
+    auto issue_k = [&](int it) { /* key latents and positions of tile it into key stage it & 1, one group */
+        char *st = wbase + (it & 1) * L::KSTAGE;
+        const int tb = wb + it * TT;
+#pragma unroll
+        for (int x = 0; x < TT * KC / 32; x++) {
+            const int e = lane + 32 * x, r = e / KC, cc = e % KC;
+            const bool ok = tb + r < we;
+            dev::cp_async16(st + r * L::HKST + cc * 16, ok ? klg + (size_t)(tb + r) * p.kts + cc * 8 : klg, ok);
+        }
+        if (lane < TT) {
+            const bool ok = tb + lane < we;
+            dev::cp_async4(st + L::KPOS + lane * 4, ok ? posg + tb + lane : posg, ok);
+        }
+        dev::cp_async_commit();
+    };
+    auto issue_v = [&](int it) { /* value latents of tile it into the value tile, one group */
+        const int tb = wb + it * TT;
+#pragma unroll
+        for (int x = 0; x < TT * VC / 32; x++) {
+            const int e = lane + 32 * x, r = e / VC, cc = e % VC;
+            const bool ok = tb + r < we;
+            dev::cp_async16(vtile + r * L::HVST + cc * 16, ok ? vlg + (size_t)(tb + r) * p.vts + cc * 8 : vlg, ok);
+        }
+        dev::cp_async_commit();
+    };
+    auto anchor_query = [&](int a) { /* precise angle, as v3 */
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int off = 16 * kk + 8 * (x >> 1) + (x & 1);
+                const float lo = gq < n_rep ? Num<T>::to_f(qptr[off]) : 0.0f;
+                const float hi = gq < n_rep ? Num<T>::to_f(qptr[off + HALF]) : 0.0f;
+                const float4 tf = turn[off + 2 * cq];
+                float c, s;
+                rope_cos_sin(a, make_float2(tf.x, tf.y), &c, &s);
+                qrlo[kk][x] = lo * c + hi * s;
+                qrhi[kk][x] = hi * c - lo * s;
+            }
+    };
+
+    /* cp.async groups in commit order: K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
+     * of tile it the newest groups are V(it) and K(it+1), so wait_group 2 completes K(it); before PV the newest
+     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile) */
+    if (ntiles > 0) {
+        issue_k(0);
+        issue_v(0);
+    }
+    for (int it = 0; it < ntiles; it++) {
+        const bool more = it + 1 < ntiles;
+        if (more) {
+            issue_k(it + 1); /* its stage held tile it-1, whose readers all passed the end-of-tile sync_warp */
+            dev::cp_async_wait<2>();
+        } else {
+            dev::cp_async_wait<1>();
+        }
+        dev::sync_warp();
+        const char *hk = wbase + (it & 1) * L::KSTAGE;
+        const int nvalid = min(TT, we - (wb + it * TT));
+        const int *tpos_s = reinterpret_cast<const int *>(hk + L::KPOS);
+        const int mypos = tpos_s[lane & (TT - 1)];
+        const int p0 = dev::shfl_int(mypos, 0);
+        const bool consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
+        /* keys rotate by R(pos - anchor) from table rows [off, off + 16): needs off 0 or 16 (a consecutive tile)
+         * or anchor 0 (any other tile: its keys take their own precise angle) */
+        int off = anchor == INT_MIN ? -1 : p0 - anchor;
+        if (consec ? off != 0 && off != TT : anchor != 0) {
+            anchor_query(consec ? p0 : 0);
+            anchor = consec ? p0 : 0, age = 0, off = 0;
+        }
+        const char *rt = rtab + (consec ? off : 0) * L::RTST;
+
+        uint32_t af[RKT][4]; /* HK (16 tokens x RK), resident across the passes */
+#pragma unroll
+        for (int s = 0; s < RKT; s++)
+            dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
+
+        /* S^T (16 tokens x 8 heads) = K . Qr^T: entries (token g, head 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1) */
+        float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++) {
+            float acc[4][4]; /* [column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment]: rows g, g+8 = tokens */
+            float2 bq[4] = {};
+            if (BIAS) {
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
+            }
+            const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+            for (int s = 0; s < RKT; s++) {
+                uint32_t blo[4], bhi[4];
+                const int rcol = 16 * s + ((lane >> 3) & 1) * 8;
+                dev::ldsm_x4(blo, uk + drow * L::UKST + rcol * 2);
+                dev::ldsm_x4(bhi, uk + (drow + HALF) * L::UKST + rcol * 2);
+                if (s == 0 && !BIAS) {
+#pragma unroll
+                    for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+                }
+                if (s == 0 && BIAS) {
+                    mma16816c<T>(acc[0], af[s], blo[0], blo[1], bq[0].x, bq[0].y);
+                    mma16816c<T>(acc[1], af[s], blo[2], blo[3], bq[1].x, bq[1].y);
+                    mma16816c<T>(acc[2], af[s], bhi[0], bhi[1], bq[2].x, bq[2].y);
+                    mma16816c<T>(acc[3], af[s], bhi[2], bhi[3], bq[3].x, bq[3].y);
+                } else {
+                    dev::mma16816<T>(acc[0], af[s], blo[0], blo[1]);
+                    dev::mma16816<T>(acc[1], af[s], blo[2], blo[3]);
+                    dev::mma16816<T>(acc[2], af[s], bhi[0], bhi[1]);
+                    dev::mma16816<T>(acc[3], af[s], bhi[2], bhi[3]);
+                }
+            }
+            /* RoPE by pos - anchor: pair i = 16kk + 8qq + 2c + e, token tau = g + 8u in fragment entries 2u + e */
+#pragma unroll
+            for (int qq = 0; qq < 2; qq++) {
+                const int i0 = 16 * kk + 8 * qq + 2 * cq;
+#pragma unroll
+                for (int u = 0; u < 2; u++) {
+                    float cs[2], sn[2];
+                    if (consec) {
+                        const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * L::RTST + i0 * 8);
+                        cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const float4 tf = turn[i0 + e];
+                            rope_cos_sin(tpos_s[gq + 8 * u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
+                        }
+                    }
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const int r = 2 * u + e;
+                        const float lo = acc[qq][r], hi = acc[qq + 2][r];
+                        acc[qq][r] = lo * cs[e] - hi * sn[e];
+                        acc[qq + 2][r] = hi * cs[e] + lo * sn[e];
+                    }
+                }
+            }
+            /* scores, transposed: the rotated keys are the A operand as they sit (C layout of the rebuild = A
+             * layout: rows tokens g / g + 8, k = dims 2c.. of column tile 2kk / 2kk + 1), the rotated query the B
+             * operand (k = dims, n = head g): k steps kk (dims 16kk..) and their partners + HALF */
+            const uint32_t klo[4] = {Num<T>::pack(acc[0][0], acc[0][1]), Num<T>::pack(acc[0][2], acc[0][3]),
+                                     Num<T>::pack(acc[1][0], acc[1][1]), Num<T>::pack(acc[1][2], acc[1][3])};
+            const uint32_t khi[4] = {Num<T>::pack(acc[2][0], acc[2][1]), Num<T>::pack(acc[2][2], acc[2][3]),
+                                     Num<T>::pack(acc[3][0], acc[3][1]), Num<T>::pack(acc[3][2], acc[3][3])};
+            dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
+            dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
+        }
+        /* after the second tile of an anchor: advance the query by R(32) to the next pair, or let it re-anchor */
+        if (consec && off == TT) {
+            if (age + 1 < kV4Reanchor) {
+#pragma unroll
+                for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+                    for (int x = 0; x < 4; x++) {
+                        const float2 cs32 =
+                            reinterpret_cast<const float2 *>(turn + 16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1))[1];
+                        const float lo = qrlo[kk][x], hi = qrhi[kk][x];
+                        qrlo[kk][x] = lo * cs32.x + hi * cs32.y;
+                        qrhi[kk][x] = hi * cs32.x - lo * cs32.y;
+                    }
+                anchor += kV4Span, age++;
+            } else {
+                anchor = INT_MIN;
+            }
+        }
+
+        /* online softmax per head 2c + e (column e of S^T): its 16 tokens sit in entries e and 2 + e of the 8
+         * lanes with this c, so the max goes over lane bits 2..4; l_run is this lane's share (summed at the end) */
+        float alpha[2], pv[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float v0 = gq < nvalid ? sacc[e] * p.score_scale : -INFINITY;
+            const float v1 = gq + 8 < nvalid ? sacc[2 + e] * p.score_scale : -INFINITY;
+            float mx = fmaxf(v0, v1);
+            mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+            mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+            mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+            const float m_new = fmaxf(m_run[e], mx); /* finite: every tile holds a valid slot */
+            alpha[e] = dev::ex2(m_run[e] - m_new);
+            pv[e] = dev::ex2(v0 - m_new);
+            pv[2 + e] = dev::ex2(v1 - m_new);
+            l_run[e] = l_run[e] * alpha[e] + (pv[e] + pv[2 + e]);
+            m_run[e] = m_new;
+        }
+#pragma unroll
+        for (int u = 0; u < RVT; u++)
+            zacc[u][0] *= alpha[0], zacc[u][1] *= alpha[1], zacc[u][2] *= alpha[0], zacc[u][3] *= alpha[1];
+        /* P^T in S^T's layout, two 8x8 blocks (tokens 0-7, 8-15); transposed they are the B operand of the PV
+         * product: (k = tokens 2c, 2c+1 (+8), n = head g) */
+        const uint32_t pb0 = dev::movm_trans(Num<T>::pack(pv[0], pv[1]));
+        const uint32_t pb1 = dev::movm_trans(Num<T>::pack(pv[2], pv[3]));
+
+        if (more) /* this tile's values (the newest group is K(it+1)) */
+            dev::cp_async_wait<1>();
+        else
+            dev::cp_async_wait<0>();
+        dev::sync_warp();
+        const int tok = ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+        for (int u = 0; u < RVT; u++) {
+            uint32_t av[4];
+            dev::ldsm_x4_trans(av, vtile + tok * L::HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+            dev::mma16816<T>(zacc[u], av, pb0, pb1);
+        }
+        dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
+        if (more) issue_v(it + 1);
+    }
+
+    const float nan = __int_as_float(0x7fc00000);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        float l = l_run[e] + dev::shfl_xor(l_run[e], 4); /* over the 8 lanes of this c */
+        l += dev::shfl_xor(l, 8);
+        l += dev::shfl_xor(l, 16);
+        const int head = 2 * cq + e;
+        if (gq == 0 && head < n_rep) {
+            float *w = partial(p, b, h0 + head, pidx);
+            w[0] = bad_pad ? nan : m_run[e];
+            w[1] = bad_pad ? nan : l;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < RVT; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int head = 2 * cq + e;
+            if (head < n_rep) {
+                float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
+                w[0] = bad_pad ? nan : zacc[u][e];
+                w[8] = bad_pad ? nan : zacc[u][2 + e];
+            }
+        }
+}
+
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1, 2, 3 or 4 (v3w) */
+    int impl;        /* 1, 2, 3, 4 (v3w) or 5 (v4) */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -1133,8 +1497,9 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V3W)
-        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w)", a->impl);
+    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V4)
+        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4)",
+                         a->impl);
     return PALU_OK;
 }
 
@@ -1148,6 +1513,9 @@ const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max
                            size_t *smem, char *why, size_t why_len);
 /* Shared memory of a v3 CTA with `warps` warps of `stages` stages (0 for a shape v3 has no kernel for). */
 size_t v3_smem(int D, int rk, int rv, int warps, int stages = 2);
+/* Why v4 cannot run this call (NULL when it can): v3's conditions and its CTA's shared memory. */
+const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           int *ctas_per_sm, size_t *smem, char *why, size_t why_len);
 
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
 {
@@ -1163,9 +1531,22 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     PALU_CUDA_CHECK(cudaDeviceGetAttribute(&pl->sm_count, cudaDevAttrMultiProcessorCount, device));
     const int n_rep = (int)(a->heads / a->kv_heads), D = (int)a->head_dim;
 
-    char why[256] = "", why3[256] = "";
-    int warps = 0;
+    char why[256] = "", why3[256] = "", why4[256] = "";
+    int warps = 0, v4_ctas = 0;
     size_t smem2 = 0;
+    if (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO) { /* auto: v4 first */
+        int w4 = 0;
+        size_t s4 = 0;
+        const char *no = v4_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &w4, &v4_ctas, &s4, why4, sizeof why4);
+        if (no != NULL && a->impl == PALU_LATENT_DECODE_V4)
+            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v4 does not support this call: %s", no);
+        if (no == NULL) {
+            pl->impl = 5;
+            pl->warps = w4;
+            pl->smem = s4;
+            pl->partials_per_cta = w4;
+        }
+    }
     if (a->impl == PALU_LATENT_DECODE_V3W) { /* only on request: 6 warps, one stage each, 2 CTAs per SM */
         const char *no = v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
         const size_t need = pl->max_rk <= 64 ? v3_smem(D, pl->max_rk, pl->max_rv, kV3wWarps, 1) : 0;
@@ -1178,13 +1559,13 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         pl->partials_per_cta = kV3wWarps;
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
-                                a->impl == PALU_LATENT_DECODE_V3W
-                            ? "v1, v2 or v3w requested"
+                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5
+                            ? "v1, v2, v3w or v4 chosen"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (pl->impl == 4) {
+    if (pl->impl == 4 || pl->impl == 5) {
         /* planned above */
     } else if (no_v3 == NULL) {
         pl->impl = 3;
@@ -1215,13 +1596,18 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     }
     /* Splits: enough CTAs for about two waves, but no slice shorter than min_tokens. */
     /* v3: one wave (every CTA does the same work, so a second wave only adds a tail) */
-    const int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
+    int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
+    if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
     const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
-    int64_t smax = (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
+    /* v4 rounds down, so that the grid never spills a few CTAs into a second wave (v3 rounds up: Llama-2-7B
+     * B=1 at 2 CTAs per SM gets 9 x 32 = 288 CTAs for 264 slots, rank 128 at one CTA per SM 17 x 8 = 136 for 132) */
+    int64_t smax = pl->impl == 5 ? target / (a->kv_heads * a->batch)
+                                 : (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
     if (smax > kMaxSplits) smax = kMaxSplits;
-    const int64_t min_tokens = pl->impl >= 2 ? 64LL * pl->warps : 64;
+    /* v4: at least two 16-token tiles per warp, so that its prefetch has something to hide */
+    const int64_t min_tokens = pl->impl == 5 ? 32LL * pl->warps : pl->impl >= 2 ? 64LL * pl->warps : 64;
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
@@ -1328,10 +1714,10 @@ size_t v3_smem(int D, int rk, int rv, int warps, int stages)
     return 0;
 }
 
-/* Why v3 cannot run this call (NULL when it can): v2's conditions, plus equal ranks in every group with
- * (rk, rv) one of kV3Ranks. */
-const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
-                           size_t *smem, char *why, size_t why_len)
+/* Why the v3/v4 specialization does not fit this call's shape (NULL when it does): v2's conditions, plus equal
+ * ranks in every group with (rk, rv) one of kV3Ranks. */
+const char *v3_shape_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, char *why,
+                                 size_t why_len)
 {
     int w2 = 0;
     size_t s2 = 0;
@@ -1346,6 +1732,15 @@ const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max
     for (const auto &r : kV3Ranks) listed = listed || (r[0] == max_rk && r[1] == max_rv);
     if (!listed)
         return snprintf(why, why_len, "ranks k %d / v %d (v3 takes 32/32, 64/64, 128/128)", max_rk, max_rv), why;
+    return NULL;
+}
+
+/* Why v3 cannot run this call (NULL when it can): the shape (above) and shared memory for 1-4 warps. */
+const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           size_t *smem, char *why, size_t why_len)
+{
+    const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
+    if (no != NULL) return no;
     for (int w = 4; w >= 1; w /= 2) {
         const size_t need = v3_smem((int)a->head_dim, max_rk, max_rv, w);
         if (need > 0 && need <= (size_t)smem_optin) {
@@ -1406,6 +1801,82 @@ palu_status dispatch_v3(const palu_latent_decode_args *a, const DecodeParams &p,
     default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v3 kernel", palu_dtype_name(a->dtype));
     }
     return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v3 kernel (64 or 128)", p.D);
+}
+
+/* ---- v4 launch ---- */
+
+size_t v4_smem(int D, int rk, int rv)
+{
+#define PALU_V4_SMEM(d, k, v) \
+    if (D == d && rk == k && rv == v) return V4Layout<d, k, v>::total(V4Shape<k>::WARPS);
+    PALU_V4_SMEM(64, 32, 32) PALU_V4_SMEM(64, 64, 64) PALU_V4_SMEM(64, 128, 128)
+    PALU_V4_SMEM(128, 32, 32) PALU_V4_SMEM(128, 64, 64) PALU_V4_SMEM(128, 128, 128)
+#undef PALU_V4_SMEM
+    return 0;
+}
+
+const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           int *ctas_per_sm, size_t *smem, char *why, size_t why_len)
+{
+    const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
+    if (no != NULL) return no;
+    const size_t need = v4_smem((int)a->head_dim, max_rk, max_rv);
+    if (need == 0)
+        return snprintf(why, why_len, "ranks k %d / v %d (v4 takes 32/32, 64/64, 128/128)", max_rk, max_rv), why;
+    if (need > (size_t)smem_optin)
+        return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory per CTA; the device allows "
+                        "%d", max_rk, max_rv, need, smem_optin),
+               why;
+    *warps = max_rk <= 64 ? V4Shape<64>::WARPS : V4Shape<128>::WARPS;
+    *ctas_per_sm = max_rk <= 64 ? V4Shape<64>::MINB : V4Shape<128>::MINB;
+    *smem = need;
+    return NULL;
+}
+
+template <typename T, int D, int RK, int RV>
+palu_status launch_v4(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    void (*kern)(DecodeParams) =
+        p.k_bias ? decode_v4_kernel<T, D, RK, RV, true> : decode_v4_kernel<T, D, RK, RV, false>;
+    if (pl.warps != V4Shape<RK>::WARPS)
+        return palu_fail(PALU_ERR_INTERNAL, "v4 planned with %d warps, its kernel takes %d", pl.warps,
+                         V4Shape<RK>::WARPS);
+    if (pl.smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+template <typename T, int D> palu_status launch_v4_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v4<T, D, 32, 32>(p, pl, stream);
+    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v4<T, D, 64, 64>(p, pl, stream);
+    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v4<T, D, 128, 128>(p, pl, stream);
+    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v4 kernel", pl.max_rk, pl.max_rv);
+}
+
+palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    switch (a->dtype) {
+    case PALU_DTYPE_F16:
+        switch (p.D) {
+        case 64: return launch_v4_ranks<__half, 64>(p, pl, stream);
+        case 128: return launch_v4_ranks<__half, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    case PALU_DTYPE_BF16:
+        switch (p.D) {
+        case 64: return launch_v4_ranks<__nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_v4_ranks<__nv_bfloat16, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v4 kernel", palu_dtype_name(a->dtype));
+    }
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v4 kernel (64 or 128)", p.D);
 }
 
 palu_status check_pointers(const palu_latent_decode_args *a)
@@ -1501,6 +1972,8 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v2(a, p, pl, stream);
     } else if (pl.impl == 4) {
         st = dispatch_v3(a, p, pl, stream);
+    } else if (pl.impl == 5) {
+        st = dispatch_v4(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

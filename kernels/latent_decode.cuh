@@ -53,6 +53,12 @@
  *   positions p0 + tau, q . R(p0 + tau) k = (R(p0)^T q) . (R(tau) k); keys rotate by R(tau) from a per-CTA table,
  *   the query rotates once per tile (fp32 registers, advanced by R(32), re-anchored with the precise angle every
  *   8 tiles or after a jump) and is rounded to the dtype for the score product; other tiles as v2.
+ *   v4 (v3's shapes; auto's first choice): v3's math in 16-token warp tiles (one m16 tile: half the accumulator,
+ *   HK-fragment and score registers, <= 128 per thread at rk = rv <= 64, <= 168 at 128) and CTAs of 8 warps
+ *   (two per SM: 16 warps) or 12 warps (rank 128, one per SM) sharing Uk and the R(tau) table; per warp two
+ *   key stages and one value tile, each waited for right where it is used (keys at the top of their tile,
+ *   values before the PV product), so the copies overlap a whole tile of work. One query anchor serves two
+ *   tiles (R(tau) table of 32 rows; the query advances by R(32) per pair). Goal: latency hiding by occupancy (v3 had 2 warps per scheduler and issued in 35% of the slots).
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
@@ -73,11 +79,12 @@ extern "C" {
 
 /* Which kernel runs. Values are only ever appended. */
 typedef enum palu_latent_decode_impl {
-    PALU_LATENT_DECODE_AUTO = 0, /* v3 where supported, else v2, else v1 */
+    PALU_LATENT_DECODE_AUTO = 0, /* v4 where supported, else v3, else v2, else v1 */
     PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
     PALU_LATENT_DECODE_V2 = 2,   /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
-    PALU_LATENT_DECODE_V3W = 4   /* v3 with 6 warps of one stage each (ranks 32/64), only on request; likewise */
+    PALU_LATENT_DECODE_V3W = 4,  /* v3 with 6 warps of one stage each (ranks 32/64), only on request; likewise */
+    PALU_LATENT_DECODE_V4 = 5    /* v3 in 16-token warp tiles, 8-12 warps per CTA (v3's shapes); likewise */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */
@@ -124,7 +131,7 @@ typedef struct palu_latent_decode_args {
  * launcher (naming the value). */
 palu_status palu_latent_decode_cuda_workspace(const palu_latent_decode_args *a, int device, int64_t *floats);
 
-/* Which implementation `a` runs with (1 to 4) on `device`; errors as the launcher. */
+/* Which implementation `a` runs with (1 to 5) on `device`; errors as the launcher. */
 palu_status palu_latent_decode_cuda_impl(const palu_latent_decode_args *a, int device, int *impl);
 
 /* One decode step (see above): launches the decode kernel and the merge kernel on `stream` (a cudaStream_t;

@@ -7,7 +7,9 @@ Shapes: Llama-2-7B (32 heads, MHA, D 128) and Llama-3-8B (32 query / 8 KV heads,
 Method (METHOD.md): correctness first (every (model, group size) against a float64 reference of z at 2K slots,
 batch 2, unequal padding); then each timed call runs after an L2 flush (a 256 MB buffer rewritten, outside the
 timed region) and a ~1 ms GPU sleep (so the Python wrapper's launch latency is hidden, not timed), timed alone
-with CUDA events; median of --iters calls after --warmup calls. Bytes counted are the
+with CUDA events; median of --iters calls after --warmup calls. With --graphs both our step (decode kernel +
+merge, as called through palu_c.latent_kernels) and SDPA are captured once into a CUDA graph and each timed call
+is one graph replay (the flush and the sleep stay outside the graph), so the CPU launch cost is out of both. Bytes counted are the
 fewest a call must move: ours reads the latents (B * T * NG * (rk + rv) * 2 B), positions (4 B per slot), the
 key up-projections once, q, and writes z; SDPA reads K and V (B * T * Hkv * D * 2 B each), q, and writes the
 output. FLOPs: ours 2 * B * T * (Hkv * D * rk_g + H * D + H * rv_g) (key rebuild, scores, weighted values); SDPA
@@ -17,6 +19,7 @@ and bf16 matrix rate here). The ours row's "floor %" = floor / time.
     python python/bench_attention.py                          # full table (H200: about 2-3 minutes)
     python python/bench_attention.py --quick                  # 4K/16K, batch 1 only
     python python/bench_attention.py --out python/results/bench_attention_h200.md
+    python python/bench_attention.py --graphs --impls auto,v3      # CUDA-graph replay timing
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from report import emit  # noqa: E402
 BW = 4.3e12     # bytes/s, device copy measured on the H200 (KINDS.md)
 MATH = 790e12   # FLOP/s, bf16 matrix product measured on the H200
 MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}
-LABEL = {1: "v1", 2: "v2", 3: "v3", 4: "v3w"}  # what latent_decode_workspace_size reports -> table name
+LABEL = {1: "v1", 2: "v2", 3: "v3", 4: "v3w", 5: "v4"}  # what latent_decode_workspace_size reports -> table name
 
 
 def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0):
@@ -109,6 +112,21 @@ def timed(fn, flush, iters, warmup):
     return statistics.median(times), min(times), max(times)
 
 
+def graphed(fn):
+    """One call of `fn` captured into a CUDA graph (warmed up on a side stream first); returns the replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    torch.cuda.synchronize()
+    return graph.replay, graph  # keep the graph (and its memory pool) alive with the replay
+
+
 def ours_cost(B, H, Hkv, D, G, T, r):
     NG = Hkv // G
     nbytes = B * T * NG * 2 * r * 2 + B * T * 4 + Hkv * D * r * 2 + B * H * D * 2 + B * H * r * 4
@@ -130,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--impls", default="auto,v2",
                     help="comma-separated kernels to time besides SDPA (names of latent_kernels._IMPLS, e.g. "
                          "auto,v2,v3w); one that refuses a shape is skipped for it")
+    ap.add_argument("--graphs", action="store_true",
+                    help="time one CUDA-graph replay of a step (ours: kernel + merge; SDPA) instead of eager calls")
     ap.add_argument("--out", default=None, help="write the markdown table here (atomically)")
     args = ap.parse_args(argv)
     impl_list = [i for i in args.impls.split(",") if i]
@@ -150,7 +170,10 @@ def main(argv=None) -> int:
     lines = [f"# bench_attention: one decode step, latent kernel vs SDPA ({args.dtype})", "",
              f"GPU: {props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB; torch "
              f"{torch.__version__}; median of {args.iters} CUDA-event timings after an L2 flush each; floors at "
-             f"{BW / 1e12:.1f} TB/s and {MATH / 1e12:.0f} TFLOP/s.", ""]
+             f"{BW / 1e12:.1f} TB/s and {MATH / 1e12:.0f} TFLOP/s.", "",
+             "Timing mode: " + ("CUDA-graph replay of one step (ours: decode + merge; SDPA), launch cost excluded"
+                                if args.graphs else "eager calls (Python wrapper + launches, hidden behind a GPU "
+                                                    "sleep)"), ""]
 
     # ---- correctness first -------------------------------------------------------------------------------------
     ok_impls = {}
@@ -176,8 +199,9 @@ def main(argv=None) -> int:
               ", ".join(f"{m} G{g} {i} {'ok' if v else 'FAIL'}" for (m, g, i), v in ok_impls.items()), ""]
 
     flush = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device="cuda")
-    hdr = ("| model | B | T | G | kernel | time us | vs SDPA | MB moved | GFLOP | GB/s | floor us | floor % | "
-           "bound |")
+    mode = "graph" if args.graphs else "eager"
+    hdr = (f"| model | B | T | G | kernel | time us ({mode}) | vs SDPA | MB moved | GFLOP | GB/s | floor us | "
+           "floor % | bound |")
     lines += [hdr, "|" + "---|" * 13]
     for model, (H, Hkv, D) in MODELS.items():
         for B in batches:
@@ -187,8 +211,10 @@ def main(argv=None) -> int:
                 v = torch.randn_like(k)
                 qf = torch.randn((B, H, 1, D), device="cuda", dtype=dtype, generator=gen)
                 gqa = H != Hkv
-                t_sdpa = timed(lambda: F.scaled_dot_product_attention(qf, k, v, enable_gqa=gqa), flush, args.iters,
-                               args.warmup)[0]
+                sdpa = lambda: F.scaled_dot_product_attention(qf, k, v, enable_gqa=gqa)  # noqa: E731
+                keep = graphed(sdpa) if args.graphs else (sdpa, None)
+                t_sdpa = timed(keep[0], flush, args.iters, args.warmup)[0]
+                del keep
                 sb, sf = sdpa_cost(B, H, Hkv, D, T)
                 sfloor = max(sb / BW, sf / MATH) * 1e6
                 lines.append(f"| {model} | {B} | {T // 1024}K | - | SDPA | {t_sdpa:.1f} | 1.00x | {sb / 1e6:.0f} | "
@@ -219,7 +245,10 @@ def main(argv=None) -> int:
                             continue
                         ws = torch.empty(floats, device="cuda")
                         out = torch.empty((B, H * r), device="cuda")
-                        t = timed(lambda: call(c, impl, out, ws), flush, args.iters, args.warmup)[0]
+                        step = lambda: call(c, impl, out, ws)  # noqa: E731
+                        keep = graphed(step) if args.graphs else (step, None)
+                        t = timed(keep[0], flush, args.iters, args.warmup)[0]
+                        del keep
                         lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {LABEL[used]} | {t:.1f} | "
                                      f"{t_sdpa / t:.2f}x | {nb / 1e6:.0f} | {nf / 1e9:.1f} | {nb / t / 1e3:.0f} | "
                                      f"{floor:.1f} | {100 * floor / t:.0f}% | {bound} |")
@@ -227,7 +256,8 @@ def main(argv=None) -> int:
                     del c
                 torch.cuda.empty_cache()
     lines += ["", f"Command: python python/bench_attention.py --dtype {args.dtype}"
-              f"{' --quick' if args.quick else ''}{' --v1' if args.v1 else ''} --impls {args.impls} ({time.strftime('%Y-%m-%d')})"]
+              f"{' --quick' if args.quick else ''}{' --v1' if args.v1 else ''}{' --graphs' if args.graphs else ''} --impls {args.impls} "
+              f"({time.strftime('%Y-%m-%d')})"]
     emit(lines, args.out)
     return 0 if all(ok_impls.values()) else 1
 

@@ -1,17 +1,21 @@
 """One launch of the fused latent decode kernel on one shape, for Nsight Compute (ncu) profiling.
 
 Run:  ncu --set full -k regex:latent --launch-skip 3 --launch-count 2 \
-          python python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1
+          python python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl v4
 Builds random fp16 latents at ratio 0.5 (rk_g = rv_g = 0.5 G D), warms up 3 launches, then launches twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 
 import torch
 
-from palu_c import latent_kernels as lk
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
+
+from palu_c import latent_kernels as lk  # noqa: E402
 
 SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
 
@@ -22,7 +26,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=65536)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--group", type=int, default=1)
-    ap.add_argument("--impl", default="v2")
+    ap.add_argument("--impl", default="auto", choices=sorted(lk._IMPLS),
+                    help="kernel (palu_c.latent_kernels names: auto, v1, v2, v3, v3w, v4)")
     args = ap.parse_args()
     H, Hkv, D = SHAPES[args.shape]
     G, B, T = args.group, args.batch, args.tokens
