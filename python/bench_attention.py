@@ -5,8 +5,10 @@ Shapes: Llama-2-7B (32 heads, MHA, D 128) and Llama-3-8B (32 query / 8 KV heads,
 64K, 128K; batch 1 and 8; Palu at ratio 0.5 (rk_g = rv_g = 0.5 * G * D) with group sizes 1, 2, 4.
 
 Method (METHOD.md): correctness first (every (model, group size) against a float64 reference of z at 2K slots,
-batch 2, unequal padding); then each timed call runs after an L2 flush (a 256 MB buffer rewritten, outside the
-timed region) and a ~1 ms GPU sleep (so the Python wrapper's launch latency is hidden, not timed), timed alone
+batch 2, unequal padding); then each timed call runs after an L2 flush outside the timed region (--flush clean,
+the default: a 256 MB buffer READ, so the L2 holds clean lines; --flush dirty: the buffer rewritten, which leaves
+~50 MB of dirty lines whose write-backs then land inside the timed call and add the same ~12-16 us to both
+sides: ncu, which flushes clean, measured v4 at 63.7 us where dirty-flush events said 86 us) and a ~1 ms GPU sleep (so the Python wrapper's launch latency is hidden, not timed), timed alone
 with CUDA events; median of --iters calls after --warmup calls. With --graphs both our step (decode kernel +
 merge, as called through palu_c.latent_kernels) and SDPA are captured once into a CUDA graph and each timed call
 is one graph replay (the flush and the sleep stay outside the graph), so the CPU launch cost is out of both. Bytes counted are the
@@ -96,12 +98,18 @@ def reference_z(c):
     return torch.cat(zs, 1)
 
 
+FLUSH_MODE = "clean"
+
+
 def timed(fn, flush, iters, warmup):
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(iters):
-        flush.zero_()  # evict the L2 (60 MB) outside the timed region
+        if FLUSH_MODE == "clean":  # evict the L2 (60 MB) by reading: clean lines, no write-backs in the timing
+            flush.sum()
+        else:  # rewrite: dirty lines whose write-backs land in the timed call
+            flush.zero_()
         torch.cuda._sleep(2_000_000)  # ~1 ms of GPU work, so host-side launch latency stays out of the events
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         a.record()
@@ -150,8 +158,12 @@ def main(argv=None) -> int:
                          "auto,v2,v3w); one that refuses a shape is skipped for it")
     ap.add_argument("--graphs", action="store_true",
                     help="time one CUDA-graph replay of a step (ours: kernel + merge; SDPA) instead of eager calls")
+    ap.add_argument("--flush", default="clean", choices=["clean", "dirty"],
+                    help="L2 flush before each timed call: read (clean) or rewrite (dirty) a 256 MB buffer")
     ap.add_argument("--out", default=None, help="write the markdown table here (atomically)")
     args = ap.parse_args(argv)
+    global FLUSH_MODE
+    FLUSH_MODE = args.flush
     impl_list = [i for i in args.impls.split(",") if i]
     unknown = [i for i in impl_list if i not in lk._IMPLS]  # the wrapper's accepted names
     if not impl_list or unknown:
@@ -169,7 +181,8 @@ def main(argv=None) -> int:
     batches = [1] if args.quick else [1, 8]
     lines = [f"# bench_attention: one decode step, latent kernel vs SDPA ({args.dtype})", "",
              f"GPU: {props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB; torch "
-             f"{torch.__version__}; median of {args.iters} CUDA-event timings after an L2 flush each; floors at "
+             f"{torch.__version__}; median of {args.iters} CUDA-event timings after an L2 flush each ({args.flush}: "
+             f"a 256 MB buffer {'read' if args.flush == 'clean' else 'rewritten'}); floors at "
              f"{BW / 1e12:.1f} TB/s and {MATH / 1e12:.0f} TFLOP/s.", "",
              "Timing mode: " + ("CUDA-graph replay of one step (ours: decode + merge; SDPA), launch cost excluded"
                                 if args.graphs else "eager calls (Python wrapper + launches, hidden behind a GPU "
