@@ -38,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--weights-ratio", type=float, default=None,
                       help="also compress the weights with FLRC, keeping this fraction of the projections' "
                            "parameters (applied after the KV cache; default: off)")
-    comp.add_argument("--weights-search", default="fisher", choices=["fisher", "uniform", "greedy", "fisher_loss"])
+    comp.add_argument("--weights-search", default="fisher",
+                      choices=["fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss"])
     comp.add_argument("--progressive", action="store_true",
                       help="with --weights-ratio: progressive low-rank decoding with the default schedule")
     ev = sub.add_parser("eval", help="perplexity of a model on a text file")

@@ -544,6 +544,10 @@ def collect_kv_statistics(model: Any, calib: "torch.Tensor", *, grams: bool = Tr
 #   (float64 for a float64 model) and its squares are summed in float64: the result is a scalar importance
 #   for rank allocation, where a relative error of 1e-6 changes nothing, and float32 halves the cost of the
 #   T*O*C product that dominates the pass. ``importance(name)`` = sqrt(fisher_sums / (N * O * C)).
+#   The same backward also gives the OUTPUT Fisher ``output_fisher[name]`` (O,) float64: per output channel,
+#   the sum over samples and tokens of (d loss_sample / d y)^2, the diagonal of the empirical Fisher in the
+#   projection's output space. With the input Gram it makes the Kronecker-factored estimate of the loss a
+#   weight perturbation dW costs, 1/2 sum_i h_i (dW G dW^T)_ii (``palu_c.weights``, search "fisher").
 # - Element Fisher (optional, ``fisher_diag=True``): ``fisher_diag[name]`` (O, C) = the same sum of grad^2 kept
 #   per weight element (the diagonal of the empirical Fisher), accumulated in float64 and stored as float32
 #   (as large as the weights themselves); it weights truncation errors element by element
@@ -558,6 +562,9 @@ def collect_kv_statistics(model: Any, calib: "torch.Tensor", *, grams: bool = Tr
 
 LINEAR_CACHE_FORMAT = "palu_c.linear_statistics"
 LINEAR_CACHE_VERSION = 1
+# Parts whose content grew after version 1 carry a revision in their cache key, so older files of that part are
+# simply not found (and recomputed) while the other parts stay valid: "fisher" gained ``output_fisher``.
+_PART_REVISION = {"fisher": "/2"}
 
 
 @dataclass
@@ -578,6 +585,9 @@ class LinearStatistics:
     shapes : dict str -> (O, C)
     fisher_diag : dict str -> torch.Tensor, or None
         Projection name -> (O, C) float32, per weight element the sum over samples of grad^2 (fisher_diag=True).
+    output_fisher : dict str -> torch.Tensor, or None
+        Projection name -> (O,) float64, per output channel the sum over samples and tokens of the squared
+        output gradient (collected with fisher=True).
     seconds : dict str -> float
         "gram" / "fisher": wall time of the pass that computed that part (when it was computed, also when it
         is now read from the cache; a pass computing both parts gives each the whole pass's time).
@@ -593,6 +603,7 @@ class LinearStatistics:
     seconds: dict
     cache_keys: dict
     fisher_diag: dict | None = None
+    output_fisher: dict | None = None
 
     def importance(self, name: str) -> float:
         """Fisher importance sqrt(mean over samples and weight elements of grad^2) of projection ``name``."""
@@ -666,11 +677,17 @@ def _load_linear_part(path: Path, key: str, part: str, modules: dict, gram_of: d
                         or not torch.isfinite(t).all():
                     raise ValueError(f"element Fisher of {name!r} has the wrong dtype or shape, or holds NaN/Inf")
         else:
-            sums = data["fisher_sums"]
-            if not isinstance(sums, dict) or set(sums) != set(modules):
+            sums, out_f = data["fisher_sums"], data["output_fisher"]
+            if not isinstance(sums, dict) or set(sums) != set(modules) or not isinstance(out_f, dict) \
+                    or set(out_f) != set(modules):
                 raise ValueError("its projection names do not match")
             if not all(isinstance(v, float) and v >= 0 and v == v and v != float("inf") for v in sums.values()):
                 raise ValueError("a Fisher sum is negative or not finite")
+            for name, t in out_f.items():
+                if not isinstance(t, torch.Tensor) or t.dtype != torch.float64 or \
+                        tuple(t.shape) != (modules[name].out_features,) or not torch.isfinite(t).all() \
+                        or bool((t < 0).any()):
+                    raise ValueError(f"output Fisher of {name!r} has the wrong dtype or shape, or bad values")
         return data
     except Exception as exc:  # unreadable or inconsistent: recompute
         warnings.warn(f"{func}: ignoring the unreadable cache file {path} ({type(exc).__name__}: {exc}); "
@@ -719,6 +736,8 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
                 hooks.append(mod.register_forward_pre_hook(gram_hook, with_kwargs=True))
         fisher = fisher or diag  # one backward gives both
         sums = {name: 0.0 for name in modules} if fisher else None
+        out_acc = {name: torch.zeros(mod.out_features, dtype=torch.float64, device=acc_device)
+                   for name, mod in modules.items()} if fisher else None
         diag_acc = {name: torch.zeros(mod.out_features, mod.in_features, dtype=torch.float64, device=acc_device)
                     for name, mod in modules.items()} if diag else None
         captured: dict = {}
@@ -753,6 +772,8 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
                             if dy is None:  # does not reach the loss: zero gradient
                                 continue
                             x = captured[name][0]
+                            out_acc[name].add_(dy.reshape(-1, dy.shape[-1]).to(acc_device, torch.float64)
+                                               .square().sum(0))
                             work = torch.float64 if x.dtype == torch.float64 else torch.float32
                             total = 0.0
                             for b in range(ids.shape[0]):
@@ -772,7 +793,8 @@ def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tens
         finally:
             bar.close()
         return (({k: g.cpu() for k, g in gram_acc.items()} if grams else None), sums,
-                ({k: d.float().cpu() for k, d in diag_acc.items()} if diag else None))
+                ({k: d.float().cpu() for k, d in diag_acc.items()} if diag else None),
+                ({k: o.cpu() for k, o in out_acc.items()} if fisher else None))
 
 
 def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *, gram_of: Any = None,
@@ -850,7 +872,7 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
         base = _linear_base_hash(model, calib, modules, gram_of)
         for part in parts:
             h = base.copy()
-            h.update(f"\0part={part}".encode())
+            h.update(f"\0part={part}{_PART_REVISION.get(part, '')}".encode())
             keys[part] = h.hexdigest()
             path = Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt"
             data = _load_linear_part(path, keys[part], part, modules, gram_of, func)
@@ -860,11 +882,12 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
     seconds = {p: float(loaded[p].get("seconds", float("nan"))) for p in loaded}
     gram = loaded["gram"]["gram"] if "gram" in loaded else None
     sums = loaded["fisher"]["fisher_sums"] if "fisher" in loaded else None
+    out_f = loaded["fisher"]["output_fisher"] if "fisher" in loaded else None
     diag = loaded["fisher_diag"]["fisher_diag"] if "fisher_diag" in loaded else None
     if missing:
         t0 = time.perf_counter()
         with torch.inference_mode(False):
-            new_gram, new_sums, new_diag = _collect_linear(model, modules, gram_of, calib, "gram" in missing,
+            new_gram, new_sums, new_diag, new_out = _collect_linear(model, modules, gram_of, calib, "gram" in missing,
                                                            "fisher" in missing, batch_size, progress, device,
                                                            diag="fisher_diag" in missing)
         elapsed = time.perf_counter() - t0
@@ -872,6 +895,7 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
             seconds[part] = elapsed
         gram = new_gram if "gram" in missing else gram
         sums = new_sums if "fisher" in missing else sums
+        out_f = new_out if "fisher" in missing else out_f
         diag = new_diag if "fisher_diag" in missing else diag
         if cache_dir is not None:
             payload = {"gram": ("gram", gram), "fisher": ("fisher_sums", sums), "fisher_diag": ("fisher_diag", diag)}
@@ -881,11 +905,13 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
                         "n_tokens": int(calib.numel())}
                 field_name, value = payload[part]
                 data[field_name] = value
+                if part == "fisher":
+                    data["output_fisher"] = out_f
                 _save_linear_part(Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt", data, func)
     return LinearStatistics(
         gram=gram, gram_of=gram_of, n_tokens=int(calib.numel()) if grams else 0,
         fisher_sums=sums if fisher else None, n_fisher_samples=int(calib.shape[0]) if (fisher or fisher_diag) else 0,
-        fisher_diag=diag,
+        fisher_diag=diag, output_fisher=out_f if fisher else None,
         shapes={name: (mod.out_features, mod.in_features) for name, mod in modules.items()},
         seconds=seconds, cache_keys=keys)
 

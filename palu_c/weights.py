@@ -12,11 +12,22 @@ Pipeline of :func:`compress_weights` (facts of the method: ../shared/docs/ALGORI
    compressed like any other. The reverse order is refused by both functions.
 2. Statistics (``palu_c.statistics.collect_linear_statistics``): one calibration pass collects the input
    Gram of every projection input (q/k/v share one, gate/up share one) and, for the Fisher searches, one
-   backward per sample gives each projection's importance sqrt(mean over samples and weight elements of
-   grad^2). Both are cached on disk by content hash.
+   backward per sample gives each projection's output Fisher (per output channel, the summed squared
+   gradient of the loss w.r.t. the projection's output) and its weight importance sqrt(mean over samples and
+   weight elements of grad^2). Both are cached on disk by content hash.
 3. Rank allocation (:func:`allocate_projection_ranks`, solved in C by ``palu_c.allocate_ranks`` with
    ``costs``): a projection (m, n) costs m + n parameters per rank unit; the budget is ``ratio`` x the
    targeted dense parameters. See that function for the modes, the dense rule and the floor.
+
+   The default search, ``fisher``, spends rank units where the Fisher estimate of the loss they save per
+   parameter is largest. The estimate is Kronecker-factored (output Fisher x input Gram, as K-FAC): replacing W
+   by W + dW costs about 1/2 sum_i h_i (dW G dW^T)_ii, h the output Fisher, G the input Gram. For the whitened
+   rank-k factorization (G = S S^T, W S = U Sigma V^T) the error (W - W_k) S is the SVD tail, so the loss of
+   every k follows from the factors at the largest useful rank alone (:func:`output_fisher_curve`); the greedy
+   rule on these convex curves is the optimal budgeted choice. Why not the FLRC paper's rule (a kept fraction
+   proportional to the weight-gradient importance, kept as ``fisher_proportional``): it ignores how compressible a
+   projection is (two projections of equal importance can lose very different amounts at the same rank); on
+   SmolLM2 it lost to this rule on perplexity at every ratio (python/results/eval_flrc_smollm2.md).
 4. Factorization: ``palu_c.lowrank_factor(w, R, gram=...)`` (whitened, float64, in C) per low-rank
    projection; the ``nn.Linear`` is replaced by :class:`palu_c.lowrank_linear.LowRankLinear` (bias kept
    exact). Dense projections stay the original modules.
@@ -39,7 +50,7 @@ import numpy as np
 from .ranks import allocate_ranks
 from .weights_config import PROJECTION_KINDS, FLRCConfig, FLRCProjectionConfig
 
-SEARCH_MODES = ("fisher", "uniform", "greedy", "fisher_loss")
+SEARCH_MODES = ("fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # 16: the fp16/bf16 tensor-core k-tile, so every (active) rank fills whole MMA tiles on GPUs; it is also the
 # granularity Palu's KV ranks use in palu_c. Coarser (32, 64) wastes budget on small models (a 576-wide
@@ -143,21 +154,23 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
         (out, in) of each projection.
     ratio : float in (0, 1]
         Fraction of the targeted parameters kept: the budget is ``ratio * sum(m * n)``.
-    search : {"fisher", "uniform", "greedy"}
-        ``fisher``: ``allocate_ranks`` proportional rule with budget shares proportional to importance x
-        dense size, i.e. each projection's KEPT FRACTION is proportional to its Fisher importance (a
-        per-element quantity, so sizes must enter the share; with equal importances this is ``uniform``).
+    search : {"fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss"}
+        ``fisher``: ``allocate_ranks`` greedy rule on the Kronecker-factored Fisher estimate of the loss each
+        rank unit saves, per parameter (needs ``loss_curves`` from :func:`output_fisher_curve`).
+        ``fisher_proportional``: ``allocate_ranks`` proportional rule with budget shares proportional to
+        importance x dense size, i.e. each projection's KEPT FRACTION is proportional to its Fisher importance
+        (a per-element quantity, so sizes must enter the share; with equal importances this is ``uniform``).
         ``uniform``: the same kept fraction everywhere (the proportional rule with shares proportional to
         size; SVD-LLM's setting). ``greedy``: ``allocate_ranks`` greedy rule, rank units where importance x
         the next squared whitened singular values per parameter is largest (needs ``spectra``).
-        ``fisher_loss``: ``allocate_ranks`` greedy rule on the Fisher estimate of the loss each rank unit
-        saves, per parameter (needs ``loss_curves``, see :func:`fisher_loss_curve`).
+        ``fisher_loss``: the same greedy rule on the element-Fisher (diagonal) estimate of the loss (needs
+        ``loss_curves`` from :func:`fisher_loss_curve`).
     scores : array_like (N,), optional
-        Fisher importances (fisher, greedy).
+        Fisher importances (fisher_proportional, greedy).
     spectra : sequence of N 1-D arrays, optional
         Whitened singular values of each projection (greedy).
     loss_curves : sequence of N 1-D arrays, optional
-        fisher_loss: ``loss_curves[i][u]`` = estimated loss of projection i truncated to ``u * rank_multiple``
+        fisher, fisher_loss: ``loss_curves[i][u]`` = estimated loss of projection i truncated to ``u * rank_multiple``
         (u = 0 .. cap / rank_multiple), see :func:`fisher_loss_curve`.
     rank_multiple : int
         Every rank is a multiple of it.
@@ -192,7 +205,8 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
     unit = np.array([m + n for m, n in shapes], dtype=np.float64)
     caps = np.array([dense_break_even(m, n, mult) for m, n in shapes], dtype=np.int64)
     fixed = caps < floor  # cannot save parameters at the floor: always dense
-    if search in ("fisher", "greedy"):
+    curve_search = search in ("fisher", "fisher_loss")
+    if search in ("fisher_proportional", "greedy"):
         if scores is None:
             raise ValueError(f"{func}: search={search!r} needs the Fisher `scores`")
         scores = np.asarray(scores, dtype=np.float64)
@@ -200,9 +214,9 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
             raise ValueError(f"{func}: scores must be {len(shapes)} finite values >= 0")
     if search == "greedy" and (spectra is None or len(spectra) != len(shapes)):
         raise ValueError(f"{func}: search='greedy' needs one whitened spectrum per projection")
-    if search == "fisher_loss":
+    if curve_search:
         if loss_curves is None or len(loss_curves) != len(shapes):
-            raise ValueError(f"{func}: search='fisher_loss' needs one loss curve per projection")
+            raise ValueError(f"{func}: search={search!r} needs one loss curve per projection")
         loss_curves = [np.asarray(c, dtype=np.float64) for c in loss_curves]
         for i, (c, cap) in enumerate(zip(loss_curves, caps)):
             if c.ndim != 1 or c.size < cap // mult + 1 or not np.all(np.isfinite(c)):
@@ -226,11 +240,11 @@ def allocate_projection_ranks(shapes: Sequence[tuple[int, int]], ratio: float, *
                          f"raise ratio or lower min_rank / rank_multiple")
     if search == "uniform":
         item_scores = dense[free]
-    elif search == "fisher_loss":  # promotion order: loss left at the cap, i.e. what going dense saves
+    elif curve_search:  # promotion order: loss left at the cap, i.e. what going dense saves
         item_scores = np.array([loss_curves[i][caps[i] // mult] for i in free])
     else:
-        item_scores = scores[free] * (dense[free] if search == "fisher" else 1.0)
-    if search in ("greedy", "fisher_loss"):
+        item_scores = scores[free] * (dense[free] if search == "fisher_proportional" else 1.0)
+    if search in ("greedy", "fisher", "fisher_loss"):
         alloc = allocate_ranks(item_scores, caps[free], left, method="greedy", multiple_of=mult, minimum=floor,
                                costs=unit[free], spectra=[np.asarray(spectra[i], dtype=np.float64) for i in free])
     else:
@@ -278,6 +292,39 @@ def fisher_loss_curve(w: np.ndarray, down: np.ndarray, up: np.ndarray, fisher_di
         resid -= up[:, sl] @ down[sl]
         out[u + 1] = float(np.einsum("ij,ij,ij->", f, resid, resid))
     return out
+
+
+def output_fisher_curve(w: np.ndarray, up: np.ndarray, gram: np.ndarray, output_fisher: np.ndarray,
+                        multiple: int) -> np.ndarray:
+    """Kronecker-factored Fisher estimate of the loss of a projection truncated to each multiple of ``multiple``.
+
+    ``curve[u] = sum_i h_i ((W - W_k) G (W - W_k)^T)_ii`` with k = u * multiple, W_k the whitened rank-k
+    factorization, G the input Gram and h the output Fisher (per output channel, the summed squared loss
+    gradient w.r.t. the output). Up to the constant 1/2 this is the second-order estimate of the calibration
+    loss increase under the Kronecker (K-FAC) approximation of the Fisher, h x G.
+
+    Computed from the factors at the largest rank R alone: with G = S S^T and W S = U Sigma V^T, the error
+    (W - W_k) S is the SVD tail sum_{j>k} sigma_j u_j v_j^T, and ``lowrank_factor`` returns up = U Sigma^1/2, so
+    ``||up_j||^2 = sigma_j`` and the term rank j removes is sigma_j * sum_i h_i up_ij^2. The loss at k = 0 is
+    the whole sum_i h_i (W G W^T)_ii. (With a diagonal shift for a singular Gram, the shifted Gram is what the
+    factors whiten; the curve is then exact for that Gram.)
+
+    Parameters
+    ----------
+    w : (m, n) float64; up : (m, R) float64; gram : (n, n) float64; output_fisher : (m,) float64, >= 0
+    multiple : int
+
+    Returns
+    -------
+    ndarray (R // multiple + 1,) float64, non-increasing and >= 0
+    """
+    h = np.asarray(output_fisher, dtype=np.float64)
+    total = float(np.einsum("i,ij,ij->", h, w @ gram, w))
+    sigma = np.einsum("ij,ij->j", up, up)
+    removed = sigma * (h @ (up * up))
+    units = up.shape[1] // multiple
+    saved = np.concatenate([[0.0], np.cumsum(removed)])[::multiple][:units + 1]
+    return np.minimum.accumulate(np.maximum(total - saved, 0.0))
 
 
 def _whitened_spectrum(w: np.ndarray, gram: np.ndarray) -> np.ndarray:
@@ -391,11 +438,15 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     ratio : float in (0, 1]
         Fraction of the targeted projections' parameters KEPT (stored parameters <= ratio x targeted, within
         one rank unit). 1.0 keeps every projection dense.
-    search : {"fisher", "uniform", "greedy", "fisher_loss"}
-        Rank allocation (see :func:`allocate_projection_ranks`): Fisher per projection (FLRC), the same kept
-        fraction everywhere (SVD-LLM-style baseline), Fisher x whitened spectrum (ours), or rank units where
-        the element-Fisher estimate of the loss they save per parameter is largest (ours; needs the element
-        Fisher, a cache as large as the weights, and every projection factorized before allocating).
+    search : {"fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss"}
+        Rank allocation (see :func:`allocate_projection_ranks`): ``fisher`` (default) spends rank units where
+        the Kronecker-factored Fisher estimate of the loss they save per parameter is largest (one calibration
+        pass + one backward; every projection is factorized once at its largest useful rank before the
+        allocation, then again at its chosen rank unless ``factor_cache`` keeps the first); ``fisher_proportional``
+        keeps a fraction proportional to each projection's Fisher importance (the FLRC paper's rule);
+        ``uniform`` the same kept fraction everywhere (SVD-LLM-style baseline); ``greedy`` weight importance x
+        whitened spectrum; ``fisher_loss`` the element-Fisher (diagonal) loss estimate (needs a statistics
+        cache as large as the weights).
     targets : list of str, optional
         Projection classes among ``q k v o gate up down`` (``"q_proj"`` also accepted); None: all. On a Palu
         model the default skips k and v (compress_kv owns them); naming them explicitly is an error.
@@ -464,7 +515,7 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
     budget = ratio * sum(m * n for m, n in shapes)
 
     t0 = time.perf_counter()
-    need_fisher = ranks is None and search in ("fisher", "greedy", "fisher_loss")
+    need_fisher = ranks is None and search in ("fisher", "fisher_proportional", "greedy", "fisher_loss")
     if ranks is not None:
         explicit_ranks = _check_explicit_ranks(ranks, found, budget, rank_multiple, floor)
     need_diag = ranks is None and search == "fisher_loss"
@@ -483,17 +534,23 @@ def compress_weights(model, calib, *, ratio: float = 0.8, search: str = "fisher"
             spectra = [_whitened_spectrum(weights64[name], stats.gram_for(name).numpy())
                        for name, *_ in tqdm(found, desc="FLRC: whitened spectra", disable=not progress)]
         curves = None
-        if search == "fisher_loss":
+        if search in ("fisher", "fisher_loss"):
             curves = []
             for name, *_, mod in tqdm(found, desc="FLRC: Fisher loss curves", disable=not progress):
                 cap = dense_break_even(mod.out_features, mod.in_features, rank_multiple)
                 if cap < floor:
                     curves.append(np.zeros(cap // rank_multiple + 1))
                     continue
-                down, up = whitened_factors(weights64[name], cap, stats.gram_for(name).numpy(), cache=factor_cache,
+                gram = stats.gram_for(name).numpy()
+                down, up = whitened_factors(weights64[name], cap, gram, cache=factor_cache,
                                             key=(name, stats.cache_keys.get("gram")), cap=cap)
-                curves.append(fisher_loss_curve(weights64[name], down, up, stats.fisher_diag[name].numpy(),
-                                                rank_multiple))
+                if search == "fisher":
+                    curves.append(output_fisher_curve(weights64[name], up, gram, stats.output_fisher[name].numpy(),
+                                                      rank_multiple))
+                else:
+                    curves.append(fisher_loss_curve(weights64[name], down, up, stats.fisher_diag[name].numpy(),
+                                                    rank_multiple))
+                del down, up
         alloc = allocate_projection_ranks(shapes, ratio, search=search, scores=importance, spectra=spectra,
                                           rank_multiple=rank_multiple, min_rank=floor, loss_curves=curves)
         search_name = search
@@ -625,4 +682,5 @@ def summary(model) -> str:
 
 
 __all__ = ["compress_weights", "collect_projection_statistics", "allocate_projection_ranks", "parameter_report", "install_progressive", "summary",
-           "find_projections", "parse_targets", "dense_break_even", "whitened_factors", "fisher_loss_curve", "SEARCH_MODES", "DEFAULT_RANK_MULTIPLE"]
+           "find_projections", "parse_targets", "dense_break_even", "whitened_factors", "fisher_loss_curve",
+           "output_fisher_curve", "SEARCH_MODES", "DEFAULT_RANK_MULTIPLE"]

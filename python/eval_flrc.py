@@ -255,8 +255,8 @@ def main():
     parser.add_argument("--eval-windows", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
-    parser.add_argument("--methods", nargs="+", default=["fisher", "uniform", "sweep"],
-                        choices=["fisher", "uniform", "greedy", "fisher_loss", "sweep"])
+    parser.add_argument("--methods", nargs="+", default=["fisher", "fisher_proportional", "uniform", "sweep"],
+                        choices=["fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss", "sweep"])
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--probe-samples", type=int, default=4)
@@ -371,7 +371,8 @@ def main():
         else:
             model = compress_weights(copy.deepcopy(base), calib, search=method, **kw)
             # allocation (statistics come from the cache) + the Fisher pass where the method needs it
-            search_s = model.flrc_config.search_seconds + (fisher_s if method in ("fisher", "greedy") else 0.0) \
+            uses_fisher = method in ("fisher", "fisher_proportional", "greedy")
+            search_s = model.flrc_config.search_seconds + (fisher_s if uses_fisher else 0.0) \
                 + (diag_s if method == "fisher_loss" else 0.0)
         compress_s = time.perf_counter() - t0
         return model, search_s, compress_s

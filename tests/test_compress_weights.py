@@ -76,21 +76,31 @@ def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatc
     for name, x in xs.items():
         np.testing.assert_allclose(stats.gram_for(name).numpy(), x.T @ x, rtol=1e-12, atol=1e-12 * np.abs(x).max() ** 2)
     # Fisher: per sample, the gradient of that sample's mean next-token loss w.r.t. every weight
+    # output Fisher: per output channel, the summed squared gradient of that loss w.r.t. the projection's output
     ref = {name: 0.0 for name in mods}
     ref_diag = {name: 0.0 for name in mods}
+    ref_out = {name: 0.0 for name in mods}
+    outs = {}
+    handles = [mod.register_forward_hook(lambda _m, _a, y, name=name: outs.__setitem__(name, y))
+               for name, mod in mods.items()]
     for i in range(calib.shape[0]):
         ids = calib[i:i + 1]
         logits = base(ids, use_cache=False).logits[0, :-1]
         loss = torch.nn.functional.cross_entropy(logits, ids[0, 1:])
-        grads = torch.autograd.grad(loss, [m.weight for m in mods.values()])
-        for name, g in zip(mods, grads):
+        grads = torch.autograd.grad(loss, [m.weight for m in mods.values()] + [outs[n] for n in mods])
+        for name, g, gy in zip(mods, grads, grads[len(mods):]):
             ref[name] += float((g.double() ** 2).sum())
             ref_diag[name] = ref_diag[name] + g.double().numpy() ** 2
+            ref_out[name] = ref_out[name] + (gy.double() ** 2).reshape(-1, gy.shape[-1]).sum(0).numpy()
+    for h in handles:
+        h.remove()
     for name in mods:
         assert stats.fisher_sums[name] == pytest.approx(ref[name], rel=1e-9)
         # element Fisher, stored as float32: rtol 1e-6 (float32 rounding, eps32 = 1.2e-7, plus the sum order)
         np.testing.assert_allclose(stats.fisher_diag[name].numpy(), ref_diag[name], rtol=1e-6,
                                    atol=1e-6 * ref_diag[name].max())
+        np.testing.assert_allclose(stats.output_fisher[name].numpy(), ref_out[name], rtol=1e-10,
+                                   atol=1e-12 * ref_out[name].max())  # float64 sums in another order
         out, inp = mods[name].weight.shape
         assert stats.importance(name) == pytest.approx(np.sqrt(ref[name] / (3 * out * inp)), rel=1e-9)
     assert all(not p.requires_grad or p.grad is None for p in base.parameters())
@@ -100,6 +110,7 @@ def test_linear_statistics_match_independent_reference(rng, tmp_path, monkeypatc
     monkeypatch.setattr(st, "_collect_linear", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
     again = collect_linear_statistics(base, calib, mods, gram_of=gram_of, progress=False, cache_dir=tmp_path)
     assert again.fisher_sums == stats.fisher_sums
+    assert all(torch.equal(again.output_fisher[n], stats.output_fisher[n]) for n in mods)
     assert again.seconds == {k: stats.seconds[k] for k in ("gram", "fisher")}
     monkeypatch.undo()
     for f in tmp_path.glob("linear_stats-fisher-*.pt"):
@@ -148,7 +159,7 @@ def test_linear_statistics_bad_arguments(rng):
 
 
 # ---------------------------------------------------------------- rank allocation
-@pytest.mark.parametrize("search", ["fisher", "uniform", "greedy", "fisher_loss"])
+@pytest.mark.parametrize("search", ["fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss"])
 def test_allocation_respects_budget(rng, search):
     for _ in range(40):
         n_items = int(rng.integers(1, 30))
@@ -192,6 +203,49 @@ def test_fisher_loss_curve_matches_direct_sums(rng):
     np.testing.assert_allclose(curve, direct, rtol=1e-12)  # float64, the same sums in another order
 
 
+def test_output_fisher_curve_matches_direct_sums(rng):
+    """The K-FAC loss curve from the SVD-tail identity equals sum_i h_i ((W - W_k) G (W - W_k)^T)_ii computed
+    directly, for the whitened factorization at every rank k (fresh W, a random positive-definite Gram)."""
+    from palu_c import lowrank_factor
+    from palu_c.weights import output_fisher_curve
+
+    m, n, mult = 21, 30, 3
+    cap = 18
+    w = rng.standard_normal((m, n))
+    x = rng.standard_normal((200, n)) * rng.uniform(0.1, 3.0, n)
+    gram = x.T @ x
+    h = rng.random(m) ** 2
+    _, up = lowrank_factor(w, cap, gram=gram)
+    curve = output_fisher_curve(w, up, gram, h, mult)
+    direct = []
+    for k in range(0, cap + 1, mult):
+        if k == 0:
+            dw = w
+        else:
+            down_k, up_k = lowrank_factor(w, k, gram=gram)
+            dw = w - up_k @ down_k
+        direct.append(float(np.einsum("i,ij,ij->", h, dw @ gram, dw)))
+    # float64 both ways; the identity holds to rounding of the SVD (relative 1e-9 of the total)
+    np.testing.assert_allclose(curve, direct, rtol=1e-9, atol=1e-9 * direct[0])
+    assert np.all(np.diff(curve) <= 0)
+
+
+def test_fisher_puts_units_where_output_fisher_is_large(rng):
+    """Two identical projections; the loss gradient at the first one's output is ten times larger, so the
+    K-FAC curves (and compress_weights' default search) give it more rank."""
+    from palu_c import lowrank_factor
+    from palu_c.weights import output_fisher_curve
+
+    w = rng.standard_normal((48, 40))
+    x = rng.standard_normal((300, 40))
+    gram = x.T @ x
+    cap = dense_break_even(48, 40, 4)
+    _, up = lowrank_factor(w, cap, gram=gram)
+    curves = [output_fisher_curve(w, up, gram, np.full(48, s), 4) for s in (10.0, 1.0)]
+    ranks = allocate_projection_ranks([(48, 40)] * 2, 0.4, search="fisher", rank_multiple=4, loss_curves=curves)
+    assert ranks[0] > ranks[1]
+
+
 def test_fisher_loss_puts_units_where_they_save_most():
     # two equal projections; truncating the first costs ten times more loss per unit: it gets the rank
     flat = np.linspace(1.0, 0.0, 5)
@@ -207,17 +261,20 @@ def test_fisher_loss_puts_units_where_they_save_most():
 def test_allocation_rules(rng):
     shapes = [(64, 48)] * 6
     scores = np.array([0.1, 0.5, 0.2, 0.9, 0.3, 0.05])
-    ranks = allocate_projection_ranks(shapes, 0.5, scores=scores, rank_multiple=1)
+    ranks = allocate_projection_ranks(shapes, 0.5, search="fisher_proportional", scores=scores, rank_multiple=1)
     order = np.argsort(scores)
     assert all(ranks[order[i]] <= ranks[order[i + 1]] for i in range(5))  # more important, more rank
     uni = allocate_projection_ranks(shapes, 0.5, search="uniform", rank_multiple=1)
     assert max(uni) - min(uni) <= 1  # the same kept fraction (up to one leftover unit)
-    assert all(r is None for r in allocate_projection_ranks(shapes, 1.0, scores=scores))
+    assert all(r is None for r in allocate_projection_ranks(shapes, 1.0, search="fisher_proportional",
+                                                            scores=scores))
     assert allocate_projection_ranks([(8, 8), (64, 64)], 0.9, search="uniform", rank_multiple=16)[0] is None
     with pytest.raises(ValueError, match="floor"):
-        allocate_projection_ranks(shapes, 0.01, scores=scores, rank_multiple=16)
+        allocate_projection_ranks(shapes, 0.01, search="fisher_proportional", scores=scores, rank_multiple=16)
     with pytest.raises(ValueError, match="scores"):
-        allocate_projection_ranks(shapes, 0.5, search="fisher")
+        allocate_projection_ranks(shapes, 0.5, search="fisher_proportional")
+    with pytest.raises(ValueError, match="loss curve"):
+        allocate_projection_ranks(shapes, 0.5, search="fisher", scores=scores)
     with pytest.raises(ValueError, match="spectrum"):
         allocate_projection_ranks(shapes, 0.5, search="greedy", scores=scores)
 
@@ -235,7 +292,7 @@ def test_ratio_one_reproduces_logits(rng, family, kw):
     assert rep["stored"] == rep["targeted"] == sum(m.weight.numel() for m in projections(base).values())
 
 
-@pytest.mark.parametrize("search", ["fisher", "uniform", "greedy", "fisher_loss"])
+@pytest.mark.parametrize("search", ["fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss"])
 @pytest.mark.parametrize("ratio", [0.45, 0.8])
 def test_budget_and_counts_on_a_model(rng, search, ratio):
     base, calib = model_and_calib(rng, "qwen2", intermediate=96)
