@@ -1664,10 +1664,10 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const bool bad_pad = ps < 0 || ps >= T_len;
     const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps;
     const int chunk = ((len + nparts - 1) / nparts + TT - 1) / TT * TT;
-    /* slot range of warp (split, w) of this CTA; ranges are in warp order, so a warpgroup's first warp has the
-     * most tiles and its count is the warpgroup's */
+    /* slot range of warp (split, w) of this CTA (empty for a bad pad_start: chunk is 0); ranges are in warp
+     * order, so a warpgroup's first warp has the most tiles and its count is the warpgroup's */
     auto range_begin = [&](int w) { return ps + (split * warps + w) * chunk; };
-    auto range_end = [&](int w) { return bad_pad ? range_begin(w) : min(T_len, range_begin(w) + chunk); };
+    auto range_end = [&](int w) { return min(T_len, range_begin(w) + chunk); };
     auto tiles_of = [&](int w) {
         const int wb_ = range_begin(w), we_ = range_end(w);
         return we_ > wb_ ? (we_ - wb_ + TT - 1) / TT : 0;
@@ -1691,26 +1691,27 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
     const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
     const int32_t *posg = p.positions + (size_t)b * p.pbs;
-    /* this thread's quarter bounds for the loads: row m of a tile belongs to warp 4 wg + m / 16 */
+    /* row m of a warpgroup tile belongs to warp 4 wg + m / 16, whose range starts at wg_begin + (m / 16) chunk */
+    const int wg_begin = range_begin(4 * wg);
     auto issue = [&](int it) { /* HK, HV and positions of warpgroup tile it into stage it % S, one group */
         char *st = stages + (size_t)(it % S) * L::STAGE;
 #pragma unroll
         for (int x = 0; x < kV5Rows * KC / 128; x++) {
             const int e = t128 + 128 * x, r8 = e & 7, cc = (e >> 3) % KC, m = (e / (8 * KC)) * 8 + r8;
-            const int w = 4 * wg + (m >> 4), slot = range_begin(w) + it * TT + (m & 15);
-            const bool ok = slot < range_end(w);
+            const int rb = wg_begin + (m >> 4) * chunk, slot = rb + it * TT + (m & 15);
+            const bool ok = slot < min(T_len, rb + chunk);
             dev::cp_async16(st + L::HK + (size_t)e * 16, ok ? klg + (size_t)slot * p.kts + cc * 8 : klg, ok);
         }
 #pragma unroll
         for (int x = 0; x < kV5Rows * VC / 128; x++) {
             const int e = t128 + 128 * x, m = e / VC, cc = e % VC;
-            const int w = 4 * wg + (m >> 4), slot = range_begin(w) + it * TT + (m & 15);
-            const bool ok = slot < range_end(w);
+            const int rb = wg_begin + (m >> 4) * chunk, slot = rb + it * TT + (m & 15);
+            const bool ok = slot < min(T_len, rb + chunk);
             dev::cp_async16(st + L::HV + m * L::HVST + cc * 16, ok ? vlg + (size_t)slot * p.vts + cc * 8 : vlg, ok);
         }
         if (t128 < kV5Rows) {
-            const int w = 4 * wg + (t128 >> 4), slot = range_begin(w) + it * TT + (t128 & 15);
-            const bool ok = slot < range_end(w);
+            const int rb = wg_begin + (t128 >> 4) * chunk, slot = rb + it * TT + (t128 & 15);
+            const bool ok = slot < min(T_len, rb + chunk);
             dev::cp_async4(st + L::POS + t128 * 4, ok ? posg + slot : posg, ok);
         }
         dev::cp_async_commit();
