@@ -1902,7 +1902,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
 #else
     /* Not an sm_90a build (the host plans v5 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
-    (void)PASSES, (void)RVT, (void)NB, (void)S;
+    (void)PASSES, (void)RVT, (void)NB, (void)S, (void)TT, (void)V5Layout<D, RK, RV>::SBO;
     const int cq = lane & 3, gq = lane >> 2;
     for (int e = 0; e < 2; e++) {
         const int head = 2 * cq + e;
