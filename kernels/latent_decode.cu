@@ -164,6 +164,118 @@ template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], cons
 } // namespace dev
 #endif /* !PALU_EMULATE */
 
+/* ---- v5 device helpers: Hopper warpgroup MMA (sm_90a only) ---------------------------------------------------- */
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && !defined(PALU_EMULATE)
+#define PALU_V5_WGMMA 1
+namespace dev {
+
+/* Shared-memory matrix descriptor, no swizzle (PTX ISA "Matrix Descriptor Format"): bits 0-13 start address >> 4,
+ * 16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4, 49-51 base offset (0),
+ * 62-63 swizzle mode (0 = none). For a K-major operand in the no-swizzle mode the matrix is made of core
+ * matrices of 8 rows x 16 bytes (8 rows x 8 b16 values, 128 contiguous bytes, row r at byte 16 r); LBO is the
+ * distance between the two core matrices adjacent in K (one k16 step spans two), SBO the distance between core
+ * matrices adjacent in M (or N), i.e. between 8-row groups. */
+__device__ __forceinline__ uint64_t wgmma_desc(const void *p, uint32_t lbo, uint32_t sbo)
+{
+    const uint32_t a = smem_u32(p);
+    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
+           ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* Pins a register across the asynchronous MMA: the compiler may neither read it early nor write it late. */
+__device__ __forceinline__ void fence_reg(float &r) { asm volatile("" : "+f"(r)::"memory"); }
+/* Generic-proxy writes (cp.async, st.shared) of this thread become visible to the async proxy (wgmma). */
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads). */
+__device__ __forceinline__ void bar_wg(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+
+/* d (64 x N, fp32) = A (64 x 16, K-major, descriptor da) . B (16 x N, K-major, descriptor db) + (scale_d ? d : 0),
+ * one asynchronous warpgroup MMA, m64nNk16 with N = D. */
+template <typename T, int N> __device__ __forceinline__ void wgmma_k16(float (&d)[N / 2], uint64_t da, uint64_t db,
+                                                                      int scale_d);
+template <>
+__device__ __forceinline__ void wgmma_k16<__half, 64>(float (&d)[32], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(scale_d)
+                 : "memory");
+}
+template <>
+__device__ __forceinline__ void wgmma_k16<__nv_bfloat16, 64>(float (&d)[32], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %34, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+                 "%32, %33, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(da), "l"(db), "r"(scale_d)
+                 : "memory");
+}
+template <>
+__device__ __forceinline__ void wgmma_k16<__half, 128>(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                 "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                 "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(scale_d)
+                 : "memory");
+}
+template <>
+__device__ __forceinline__ void wgmma_k16<__nv_bfloat16, 128>(float (&d)[64], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %66, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+                 "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+                 "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+                 "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+                 "%64, %65, p, 1, 1, 0, 0;\n}\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+                   "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+                   "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+                   "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+                   "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                 : "l"(da), "l"(db), "r"(scale_d)
+                 : "memory");
+}
+
+} // namespace dev
+#endif
+
 template <typename T> struct Num;
 template <> struct Num<__half> {
     static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
@@ -1448,10 +1560,361 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         }
 }
 
+/* ---- v5: v4 with the key rebuild on Hopper warpgroup MMA (wgmma, sm_90a) ------------------------------------- */
+
+/* Why v5. The v4 profile (docs/design/profiles/ncu_v4_llama3-8b_65536_b1_g1.txt: 63.7 us against a 31 us floor,
+ * L1/shared pipe ~60% busy, issue slots 46%) puts the wall in the key rebuild on mma.sync: every warp reads all of
+ * Uk (rk x D) from shared memory through ldmatrix for each 16-token tile (8x the bytes of the latents), and issues
+ * 64 HMMA + 32 LDSM per 16 tokens for it. v5 rebuilds the keys of 64 tokens per warpgroup with wgmma: A = HK
+ * (64 tokens x rk) and B = Uk (D x rk) both read by the tensor cores straight from shared memory (Uk once per 64
+ * tokens per warpgroup, no LDSM, rk/16 instructions per 64 tokens), fp32 accumulators in registers.
+ * Everything after the rebuild is v4's per-warp code, unchanged: the wgmma accumulator layout of m64nNk16 is, per
+ * warp, the mma.sync m16n8 C layout (PTX ISA figure "WGMMA .m64nNk16 register fragment layout for accumulator
+ * matrix D": warp w of the warpgroup holds rows 16w .. 16w + 15; lane l holds d[4j + r] = row 16w + l/4 + 8 (r/2),
+ * column 8j + 2 (l%4) + (r%2), j < N/8), so the thread holding column c also holds c + D/2 (its rotate_half
+ * partner: same lane, 8-column block j + D/16) and RoPE, scores (K as the A operand of S^T = K . Qr^T), online
+ * softmax and z^T += HV^T . P^T run per warp on its 16 rows exactly as in v4.
+ * Work split: the CTA's slice is cut into one contiguous range per warp (as v4); a warpgroup's 64-token tile it
+ * is the 16-token tile it of each of its 4 warps (row 16w + r of A = slot wb_w + 16 it + r), so every warp walks
+ * its own consecutive slots 16 at a time and v4's query anchoring (one anchor per 32 slots, R(tau) table of 32
+ * rows, advance by R(32)) carries over. Each warp writes its own partial (v4's format and merge).
+ * Shared memory, no swizzle (core matrices of 8 rows x 16 B; see dev::wgmma_desc): HK and Uk are stored K-major
+ * with element (row m, k) at byte (m / 8) * SBO + (k / 8) * 128 + (m % 8) * 16 + (k % 8) * 2, LBO = 128 and
+ * SBO = 16 rk, which makes 16-byte chunk e = (m / 8) * (rk / 8) * 8 + (k / 8) * 8 + m % 8 land at byte 16 e: the
+ * cp.async of consecutive threads write consecutive 16 B (conflict-free) and read 8 rows x 4 chunks (whole 32 B
+ * sectors). The k16 step s starts at byte 256 s of either operand. HV keeps v4's padded rows (ldmatrix.trans).
+ * Pipeline per warpgroup: STAGES stages of {HK, HV, positions} of one 64-token tile, filled by the warpgroup's own
+ * 128 threads with cp.async (zero-fill past each warp's range); at the top of tile it each thread waits for its
+ * copies of tile it (cp.async.wait_group), makes them visible to the async proxy (fence.proxy.async.shared::cta),
+ * and the warpgroup meets at a named barrier; after that barrier every warp is done with tile it - 1, so the
+ * stage of tile it + STAGES - 1 (= that of it - 1) is refilled right away. Then wgmma.fence, rk/16 wgmma,
+ * wgmma.commit_group, wgmma.wait_group 0, and the v4 code reads the accumulators.
+ * CTA: 3 warpgroups (12 warps, 168 registers) at rk <= 64 with 3 stages, 2 warpgroups at rk = 128 with 2 stages;
+ * one CTA per SM; Uk, bias and tables shared by the CTA. */
+template <int RK> struct V5Shape {
+    static constexpr int WGS = RK <= 64 ? 3 : 2;    /* warpgroups per CTA (one CTA per SM) */
+    static constexpr int STAGES = RK <= 64 ? 3 : 2; /* 64-token tiles per warpgroup in shared memory */
+    static constexpr int WARPS = 4 * WGS;
+};
+constexpr int kV5Rows = 64; /* tokens per warpgroup tile (the wgmma M) */
+
+template <int D, int RK, int RV> struct V5Layout {
+    static constexpr int HALF = D / 2, HVST = (RV + 8) * 2, RTST = HALF * 8 + 64;
+    static constexpr int SBO = RK * 16; /* bytes between 8-row core-matrix groups of HK and Uk */
+    static constexpr size_t UK = 0;     /* D x RK, core-matrix layout */
+    static constexpr size_t BIAS = UK + (size_t)D * RK * 2;
+    static constexpr size_t TURN = BIAS + (size_t)D * 4;
+    static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
+    static constexpr size_t STAGE0 = (RTAB + (size_t)kV4Span * RTST + 127) / 128 * 128;
+    static constexpr size_t HK = 0;                                     /* 64 x RK, core-matrix layout */
+    static constexpr size_t HV = HK + (size_t)kV5Rows * RK * 2;         /* 64 padded rows */
+    static constexpr size_t POS = HV + (size_t)kV5Rows * HVST;          /* 64 positions */
+    static constexpr size_t STAGE = (POS + kV5Rows * 4 + 127) / 128 * 128;
+    static constexpr size_t total(int wgs, int stages) { return STAGE0 + (size_t)wgs * stages * STAGE; }
+};
+
+template <typename T, int D, int RK, int RV, bool BIAS>
+__global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(const DecodeParams p)
+{
+    constexpr int PASSES = D / 32, RVT = RV / 16, TT = kV4Tile, NB = D / 8, S = V5Shape<RK>::STAGES;
+    const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
+    const int split = blockIdx.y, b = blockIdx.z, h0 = blockIdx.x * p.n_rep;
+    const int pidx = split * warps + warp;
+#ifdef PALU_V5_WGMMA
+    using L = V5Layout<D, RK, RV>;
+    constexpr int HALF = D / 2, KC = RK / 8, VC = RV / 8;
+    static_assert(kV5Rows * KC % 128 == 0 && kV5Rows * VC % 128 == 0, "tile loads are whole warpgroup rounds");
+    char *smem = dev::dyn_smem();
+    const int kvh = blockIdx.x;
+    const int g = kvh / p.G, j = kvh - g * p.G;
+    const int kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
+    const int n_rep = p.n_rep, T_len = p.T, tid = threadIdx.x;
+    const int wg = warp >> 2, wq = warp & 3, t128 = tid & 127;
+    const int gq = lane >> 2, cq = lane & 3;
+    char *uk = smem + L::UK;
+    float *bias = reinterpret_cast<float *>(smem + L::BIAS);
+    float4 *turn = reinterpret_cast<float4 *>(smem + L::TURN);
+    char *rtab = smem + L::RTAB;
+
+    /* Uk of this KV head, chunk e = (d, 16-byte column cc) at byte 16 e of the core-matrix layout (see above) */
+    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * RK;
+    for (int e = tid; e < D * KC; e += blockDim.x) {
+        const int r8 = e & 7, cc = (e >> 3) % KC, d = (e / (8 * KC)) * 8 + r8;
+        dev::cp_async16(uk + (size_t)e * 16, ukg + (size_t)d * RK + cc * 8, true);
+    }
+    dev::cp_async_commit();
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int i = tid; i < HALF; i += blockDim.x) {
+        const float2 tr = turn_split(p.inv_freq[i]);
+        double s32, c32;
+        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
+        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+    }
+    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
+        const int tau = e / HALF, i = e - tau * HALF;
+        float c, s;
+        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
+        *reinterpret_cast<float2 *>(rtab + tau * L::RTST + i * 8) = make_float2(c, s);
+    }
+    dev::cp_async_wait<0>();
+    dev::fence_proxy_async(); /* Uk is read by wgmma (async proxy) */
+    dev::sync_cta();
+
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps;
+    const int chunk = ((len + nparts - 1) / nparts + TT - 1) / TT * TT;
+    /* slot range of warp (split, w) of this CTA (empty for a bad pad_start: chunk is 0); ranges are in warp
+     * order, so a warpgroup's first warp has the most tiles and its count is the warpgroup's */
+    auto range_begin = [&](int w) { return ps + (split * warps + w) * chunk; };
+    auto range_end = [&](int w) { return min(T_len, range_begin(w) + chunk); };
+    auto tiles_of = [&](int w) {
+        const int wb_ = range_begin(w), we_ = range_end(w);
+        return we_ > wb_ ? (we_ - wb_ + TT - 1) / TT : 0;
+    };
+    const int wb = range_begin(warp), we = range_end(warp), ntiles = tiles_of(warp);
+    const int ntw = tiles_of(4 * wg);
+
+    const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
+    float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
+    int anchor = INT_MIN, age = 0;
+
+    float zacc[RVT][4];
+#pragma unroll
+    for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    float d[NB * 4]; /* the rebuilt keys of this warp's 16 rows (wgmma accumulator layout, see above) */
+#pragma unroll
+    for (int x = 0; x < NB * 4; x++) d[x] = 0.0f;
+
+    char *stages = smem + L::STAGE0 + (size_t)wg * S * L::STAGE;
+    const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
+    const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
+    const int32_t *posg = p.positions + (size_t)b * p.pbs;
+    /* row m of a warpgroup tile belongs to warp 4 wg + m / 16, whose range starts at wg_begin + (m / 16) chunk */
+    const int wg_begin = range_begin(4 * wg);
+    auto issue = [&](int it) { /* HK, HV and positions of warpgroup tile it into stage it % S, one group */
+        char *st = stages + (size_t)(it % S) * L::STAGE;
+#pragma unroll
+        for (int x = 0; x < kV5Rows * KC / 128; x++) {
+            const int e = t128 + 128 * x, r8 = e & 7, cc = (e >> 3) % KC, m = (e / (8 * KC)) * 8 + r8;
+            const int rb = wg_begin + (m >> 4) * chunk, slot = rb + it * TT + (m & 15);
+            const bool ok = slot < min(T_len, rb + chunk);
+            dev::cp_async16(st + L::HK + (size_t)e * 16, ok ? klg + (size_t)slot * p.kts + cc * 8 : klg, ok);
+        }
+#pragma unroll
+        for (int x = 0; x < kV5Rows * VC / 128; x++) {
+            const int e = t128 + 128 * x, m = e / VC, cc = e % VC;
+            const int rb = wg_begin + (m >> 4) * chunk, slot = rb + it * TT + (m & 15);
+            const bool ok = slot < min(T_len, rb + chunk);
+            dev::cp_async16(st + L::HV + m * L::HVST + cc * 16, ok ? vlg + (size_t)slot * p.vts + cc * 8 : vlg, ok);
+        }
+        if (t128 < kV5Rows) {
+            const int rb = wg_begin + (t128 >> 4) * chunk, slot = rb + it * TT + (t128 & 15);
+            const bool ok = slot < min(T_len, rb + chunk);
+            dev::cp_async4(st + L::POS + t128 * 4, ok ? posg + slot : posg, ok);
+        }
+        dev::cp_async_commit();
+    };
+    auto anchor_query = [&](int a) {
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int off = 16 * kk + 8 * (x >> 1) + (x & 1);
+                const float lo = gq < n_rep ? Num<T>::to_f(qptr[off]) : 0.0f;
+                const float hi = gq < n_rep ? Num<T>::to_f(qptr[off + HALF]) : 0.0f;
+                const float4 tf = turn[off + 2 * cq];
+                float c, s;
+                rope_cos_sin(a, make_float2(tf.x, tf.y), &c, &s);
+                qrlo[kk][x] = lo * c + hi * s;
+                qrhi[kk][x] = hi * c - lo * s;
+            }
+    };
+
+    /* groups in commit order: tile 0 .. S-2 in the prologue, tile it + S - 1 right after the barrier of tile it;
+     * at the top of tile it the newest committed group is min(it + S - 2, ntw - 1), so waiting until at most
+     * that minus it groups are pending completes tile it */
+#pragma unroll
+    for (int x = 0; x < S - 1; x++)
+        if (x < ntw) issue(x);
+    for (int it = 0; it < ntw; it++) {
+        if (S == 3 && it + 1 < ntw)
+            dev::cp_async_wait<1>();
+        else
+            dev::cp_async_wait<0>();
+        dev::fence_proxy_async(); /* this thread's cp.async writes of tile it, for the wgmma reads */
+        dev::bar_wg(1 + wg);      /* all 128 threads' copies of tile it landed; all warps are done with it - 1 */
+        if (it + S - 1 < ntw) issue(it + S - 1);
+        const char *st = stages + (size_t)(it % S) * L::STAGE;
+
+        /* K (64 x D) = HK . Uk^T (+ bias): rk/16 k16 steps, both operands from shared memory */
+        if (BIAS) {
+#pragma unroll
+            for (int jb = 0; jb < NB; jb++) {
+                const float2 bb = *reinterpret_cast<const float2 *>(bias + 8 * jb + 2 * cq);
+                d[4 * jb + 0] = bb.x, d[4 * jb + 1] = bb.y, d[4 * jb + 2] = bb.x, d[4 * jb + 3] = bb.y;
+            }
+        }
+#pragma unroll
+        for (int x = 0; x < NB * 4; x++) dev::fence_reg(d[x]);
+        dev::wgmma_fence();
+#pragma unroll
+        for (int s = 0; s < RK / 16; s++)
+            dev::wgmma_k16<T, D>(d, dev::wgmma_desc(st + L::HK + 256 * s, 128, L::SBO),
+                                 dev::wgmma_desc(uk + 256 * s, 128, L::SBO), BIAS || s > 0 ? 1 : 0);
+        dev::wgmma_commit();
+        dev::wgmma_wait0();
+#pragma unroll
+        for (int x = 0; x < NB * 4; x++) dev::fence_reg(d[x]);
+
+        if (it < ntiles) { /* warp-uniform: this warp's 16 rows hold slots of its range */
+            const char *vtile = st + L::HV + (size_t)(16 * wq) * L::HVST;
+            const int nvalid = min(TT, we - (wb + it * TT));
+            const int *tpos_s = reinterpret_cast<const int *>(st + L::POS) + 16 * wq;
+            const int mypos = tpos_s[lane & (TT - 1)];
+            const int p0 = dev::shfl_int(mypos, 0);
+            const bool consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
+            int off = anchor == INT_MIN ? -1 : p0 - anchor;
+            if (consec ? off != 0 && off != TT : anchor != 0) {
+                anchor_query(consec ? p0 : 0);
+                anchor = consec ? p0 : 0, age = 0, off = 0;
+            }
+            const char *rt = rtab + (consec ? off : 0) * L::RTST;
+
+            float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+            for (int kk = 0; kk < PASSES; kk++) {
+                /* v4's acc[q] of pass kk = 8-column block 2kk + (q & 1) + (q >> 1) D/16 of the accumulators */
+#define PALU_V5_ACC(q, r) d[4 * (2 * kk + ((q) & 1) + ((q) >> 1) * (D / 16)) + (r)]
+#pragma unroll
+                for (int qq = 0; qq < 2; qq++) {
+                    const int i0 = 16 * kk + 8 * qq + 2 * cq;
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        float cs[2], sn[2];
+                        if (consec) {
+                            const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * L::RTST + i0 * 8);
+                            cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
+                        } else {
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const float4 tf = turn[i0 + e];
+                                rope_cos_sin(tpos_s[gq + 8 * u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
+                            }
+                        }
+#pragma unroll
+                        for (int e = 0; e < 2; e++) {
+                            const int r = 2 * u + e;
+                            const float lo = PALU_V5_ACC(qq, r), hi = PALU_V5_ACC(qq + 2, r);
+                            PALU_V5_ACC(qq, r) = lo * cs[e] - hi * sn[e];
+                            PALU_V5_ACC(qq + 2, r) = hi * cs[e] + lo * sn[e];
+                        }
+                    }
+                }
+                const uint32_t klo[4] = {Num<T>::pack(PALU_V5_ACC(0, 0), PALU_V5_ACC(0, 1)),
+                                         Num<T>::pack(PALU_V5_ACC(0, 2), PALU_V5_ACC(0, 3)),
+                                         Num<T>::pack(PALU_V5_ACC(1, 0), PALU_V5_ACC(1, 1)),
+                                         Num<T>::pack(PALU_V5_ACC(1, 2), PALU_V5_ACC(1, 3))};
+                const uint32_t khi[4] = {Num<T>::pack(PALU_V5_ACC(2, 0), PALU_V5_ACC(2, 1)),
+                                         Num<T>::pack(PALU_V5_ACC(2, 2), PALU_V5_ACC(2, 3)),
+                                         Num<T>::pack(PALU_V5_ACC(3, 0), PALU_V5_ACC(3, 1)),
+                                         Num<T>::pack(PALU_V5_ACC(3, 2), PALU_V5_ACC(3, 3))};
+#undef PALU_V5_ACC
+                dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]),
+                                 Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
+                dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]),
+                                 Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
+            }
+            if (consec && off == TT) {
+                if (age + 1 < kV4Reanchor) {
+#pragma unroll
+                    for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+                        for (int x = 0; x < 4; x++) {
+                            const float2 cs32 =
+                                reinterpret_cast<const float2 *>(turn + 16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1))[1];
+                            const float lo = qrlo[kk][x], hi = qrhi[kk][x];
+                            qrlo[kk][x] = lo * cs32.x + hi * cs32.y;
+                            qrhi[kk][x] = hi * cs32.x - lo * cs32.y;
+                        }
+                    anchor += kV4Span, age++;
+                } else {
+                    anchor = INT_MIN;
+                }
+            }
+
+            float alpha[2], pv[4];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float v0 = gq < nvalid ? sacc[e] * p.score_scale : -INFINITY;
+                const float v1 = gq + 8 < nvalid ? sacc[2 + e] * p.score_scale : -INFINITY;
+                float mx = fmaxf(v0, v1);
+                mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+                const float m_new = fmaxf(m_run[e], mx); /* finite: every tile of the warp holds a valid slot */
+                alpha[e] = dev::ex2(m_run[e] - m_new);
+                pv[e] = dev::ex2(v0 - m_new);
+                pv[2 + e] = dev::ex2(v1 - m_new);
+                l_run[e] = l_run[e] * alpha[e] + (pv[e] + pv[2 + e]);
+                m_run[e] = m_new;
+            }
+#pragma unroll
+            for (int u = 0; u < RVT; u++)
+                zacc[u][0] *= alpha[0], zacc[u][1] *= alpha[1], zacc[u][2] *= alpha[0], zacc[u][3] *= alpha[1];
+            const uint32_t pb0 = dev::movm_trans(Num<T>::pack(pv[0], pv[1]));
+            const uint32_t pb1 = dev::movm_trans(Num<T>::pack(pv[2], pv[3]));
+            const int tok = ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+            for (int u = 0; u < RVT; u++) {
+                uint32_t av[4];
+                dev::ldsm_x4_trans(av, vtile + tok * L::HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+                dev::mma16816<T>(zacc[u], av, pb0, pb1);
+            }
+        }
+    }
+
+    const float nan = __int_as_float(0x7fc00000);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        float l = l_run[e] + dev::shfl_xor(l_run[e], 4);
+        l += dev::shfl_xor(l, 8);
+        l += dev::shfl_xor(l, 16);
+        const int head = 2 * cq + e;
+        if (gq == 0 && head < n_rep) {
+            float *w = partial(p, b, h0 + head, pidx);
+            w[0] = bad_pad ? nan : m_run[e];
+            w[1] = bad_pad ? nan : l;
+        }
+    }
+#pragma unroll
+    for (int u = 0; u < RVT; u++)
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int head = 2 * cq + e;
+            if (head < n_rep) {
+                float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
+                w[0] = bad_pad ? nan : zacc[u][e];
+                w[8] = bad_pad ? nan : zacc[u][2 + e];
+            }
+        }
+#else
+    /* Not an sm_90a build (the host plans v5 only on compute capability 9.0, where the sm_90a code runs): make the
+     * output loudly NaN rather than silently wrong. */
+    (void)PASSES, (void)RVT, (void)NB, (void)S, (void)TT, (void)V5Layout<D, RK, RV>::SBO;
+    const int cq = lane & 3, gq = lane >> 2;
+    for (int e = 0; e < 2; e++) {
+        const int head = 2 * cq + e;
+        if (gq == 0 && head < p.n_rep) partial(p, b, h0 + head, pidx)[0] = __int_as_float(0x7fc00000);
+    }
+#endif
+}
+
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1, 2, 3, 4 (v3w) or 5 (v4) */
+    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4) or 6 (v5) */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -1497,9 +1960,9 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V4)
-        return palu_fail(PALU_ERR_VALUE, "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4)",
-                         a->impl);
+    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V5)
+        return palu_fail(PALU_ERR_VALUE,
+                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5)", a->impl);
     return PALU_OK;
 }
 
@@ -1516,6 +1979,9 @@ size_t v3_smem(int D, int rk, int rv, int warps, int stages = 2);
 /* Why v4 cannot run this call (NULL when it can): v3's conditions and its CTA's shared memory. */
 const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
                            int *ctas_per_sm, size_t *smem, char *why, size_t why_len);
+/* Why v5 cannot run this call (NULL when it can): v3's shapes on a compute capability 9.0 device (sm_90a code). */
+const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           int *warps, size_t *smem, char *why, size_t why_len);
 
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
 {
@@ -1547,6 +2013,17 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             pl->partials_per_cta = w4;
         }
     }
+    if (a->impl == PALU_LATENT_DECODE_V5) { /* only on request (auto stays v4 until the H200 says otherwise) */
+        char why5[256] = "";
+        int w5 = 0;
+        size_t s5 = 0;
+        const char *no = v5_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w5, &s5, why5, sizeof why5);
+        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v5 does not support this call: %s", no);
+        pl->impl = 6;
+        pl->warps = w5;
+        pl->smem = s5;
+        pl->partials_per_cta = w5;
+    }
     if (a->impl == PALU_LATENT_DECODE_V3W) { /* only on request: 6 warps, one stage each, 2 CTAs per SM */
         const char *no = v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
         const size_t need = pl->max_rk <= 64 ? v3_smem(D, pl->max_rk, pl->max_rv, kV3wWarps, 1) : 0;
@@ -1559,13 +2036,13 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         pl->partials_per_cta = kV3wWarps;
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
-                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5
-                            ? "v1, v2, v3w or v4 chosen"
+                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6
+                            ? "v1, v2, v3w, v4 or v5 chosen"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (pl->impl == 4 || pl->impl == 5) {
+    if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6) {
         /* planned above */
     } else if (no_v3 == NULL) {
         pl->impl = 3;
@@ -1598,16 +2075,17 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     /* v3: one wave (every CTA does the same work, so a second wave only adds a tail) */
     int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
     if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
+    if (pl->impl == 6) ctas_per_sm = 1;                                   /* v5: one CTA per SM by design */
     const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
     /* v4 rounds down, so that the grid never spills a few CTAs into a second wave (v3 rounds up: Llama-2-7B
      * B=1 at 2 CTAs per SM gets 9 x 32 = 288 CTAs for 264 slots, rank 128 at one CTA per SM 17 x 8 = 136 for 132) */
-    int64_t smax = pl->impl == 5 ? target / (a->kv_heads * a->batch)
+    int64_t smax = pl->impl >= 5 ? target / (a->kv_heads * a->batch)
                                  : (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
     if (smax > kMaxSplits) smax = kMaxSplits;
-    /* v4: at least two 16-token tiles per warp, so that its prefetch has something to hide */
-    const int64_t min_tokens = pl->impl == 5 ? 32LL * pl->warps : pl->impl >= 2 ? 64LL * pl->warps : 64;
+    /* v4, v5: at least two 16-token tiles per warp, so that the prefetch has something to hide */
+    const int64_t min_tokens = pl->impl >= 5 ? 32LL * pl->warps : pl->impl >= 2 ? 64LL * pl->warps : 64;
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
@@ -1879,6 +2357,88 @@ palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p,
     return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v4 kernel (64 or 128)", p.D);
 }
 
+/* ---- v5 launch ---- */
+
+size_t v5_smem(int D, int rk, int rv)
+{
+#define PALU_V5_SMEM(d, k, v) \
+    if (D == d && rk == k && rv == v) return V5Layout<d, k, v>::total(V5Shape<k>::WGS, V5Shape<k>::STAGES);
+    PALU_V5_SMEM(64, 32, 32) PALU_V5_SMEM(64, 64, 64) PALU_V5_SMEM(64, 128, 128)
+    PALU_V5_SMEM(128, 32, 32) PALU_V5_SMEM(128, 64, 64) PALU_V5_SMEM(128, 128, 128)
+#undef PALU_V5_SMEM
+    return 0;
+}
+
+const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           int *warps, size_t *smem, char *why, size_t why_len)
+{
+    const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
+    if (no != NULL) return no;
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+        return snprintf(why, why_len, "the compute capability of device %d could not be read", device), why;
+    if (major != 9 || minor != 0)
+        return snprintf(why, why_len, "compute capability %d.%d (v5 uses wgmma: sm_90a, i.e. 9.0 only)", major, minor),
+               why;
+    const size_t need = v5_smem((int)a->head_dim, max_rk, max_rv);
+    if (need == 0)
+        return snprintf(why, why_len, "ranks k %d / v %d (v5 takes 32/32, 64/64, 128/128)", max_rk, max_rv), why;
+    if (need > (size_t)smem_optin)
+        return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory per CTA; the device allows "
+                        "%d", max_rk, max_rv, need, smem_optin),
+               why;
+    *warps = max_rk <= 64 ? V5Shape<64>::WARPS : V5Shape<128>::WARPS;
+    *smem = need;
+    return NULL;
+}
+
+template <typename T, int D, int RK, int RV>
+palu_status launch_v5(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    void (*kern)(DecodeParams) =
+        p.k_bias ? decode_v5_kernel<T, D, RK, RV, true> : decode_v5_kernel<T, D, RK, RV, false>;
+    if (pl.warps != V5Shape<RK>::WARPS)
+        return palu_fail(PALU_ERR_INTERNAL, "v5 planned with %d warps, its kernel takes %d", pl.warps,
+                         V5Shape<RK>::WARPS);
+    if (pl.smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+template <typename T, int D> palu_status launch_v5_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v5<T, D, 32, 32>(p, pl, stream);
+    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v5<T, D, 64, 64>(p, pl, stream);
+    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v5<T, D, 128, 128>(p, pl, stream);
+    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v5 kernel", pl.max_rk, pl.max_rv);
+}
+
+palu_status dispatch_v5(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    switch (a->dtype) {
+    case PALU_DTYPE_F16:
+        switch (p.D) {
+        case 64: return launch_v5_ranks<__half, 64>(p, pl, stream);
+        case 128: return launch_v5_ranks<__half, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    case PALU_DTYPE_BF16:
+        switch (p.D) {
+        case 64: return launch_v5_ranks<__nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_v5_ranks<__nv_bfloat16, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v5 kernel", palu_dtype_name(a->dtype));
+    }
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v5 kernel (64 or 128)", p.D);
+}
+
 palu_status check_pointers(const palu_latent_decode_args *a)
 {
     if (!a->q || !a->k_latent || !a->v_latent || !a->positions || !a->pad_start || !a->k_up || !a->inv_freq ||
@@ -1974,6 +2534,8 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v3(a, p, pl, stream);
     } else if (pl.impl == 5) {
         st = dispatch_v4(a, p, pl, stream);
+    } else if (pl.impl == 6) {
+        st = dispatch_v5(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # One call on the GPU machine for the latent decode kernels: build with CUDA (+ the ptxas resource report of
 # kernels/latent_decode.cu), tests/gpu/test_latent_decode_cuda.py, the benchmark python/bench_attention.py, then
-# compute-sanitizer memcheck + racecheck on a reduced set, and (NCU=1) an Nsight Compute profile of v4. Logs go
-# to $OUT (or ./gpu_logs), 7 files (+1 with NCU=1, +2 with GRAPHS=1):
+# compute-sanitizer memcheck + racecheck on a reduced set, and (NCU=1) an Nsight Compute profile of the auto kernel
+# (NCU_IMPL=v5 etc. for another). Logs go to $OUT (or ./gpu_logs), 7 files (+1 with NCU=1, +2 with GRAPHS=1):
 # build.log ptxas.txt kernel_tests.txt bench.txt bench_attention_h200.md memcheck.txt racecheck.txt
-# [ncu_v4_llama3-8b_65536_b1_g1.txt] [bench_graphs.txt bench_attention_graphs_h200.md]
+# [ncu_<impl>_llama3-8b_65536_b1_g1.txt] [bench_graphs.txt bench_attention_graphs_h200.md]
 #   usage (device tool):  bash python/gpu_kernel_check.sh            (about 5-7 minutes on an H200)
 #   QUICK=1 bash python/gpu_kernel_check.sh                          (benchmark at 4K/16K, batch 1 only)
-#   IMPLS=auto,v3,v2 (default; auto is v4 where it applies)  NCU=1 (profile v4)  GRAPHS=1 (graph-replay bench too)
+#   IMPLS=auto,v5,v3 (default; auto is v4 where it applies, v5 only on request)  NCU=1 (profile auto)
+#   NCU_IMPL=v5 (profile that one instead)  GRAPHS=1 (graph-replay bench too)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
@@ -31,7 +32,7 @@ timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decod
 rc=$?; tail -15 "$OUT/kernel_tests.txt"; [ $rc -eq 0 ] || status=1
 
 step "benchmark"
-BENCH_ARGS="--impls ${IMPLS:-auto,v3,v2} --out $OUT/bench_attention_h200.md"
+BENCH_ARGS="--impls ${IMPLS:-auto,v5,v3} --out $OUT/bench_attention_h200.md"
 [ "${QUICK:-0}" = 1 ] && BENCH_ARGS="$BENCH_ARGS --quick"
 timeout 300 python3 python/bench_attention.py $BENCH_ARGS > "$OUT/bench.txt" 2>&1
 rc=$?; [ $rc -eq 0 ] || status=1
@@ -43,27 +44,30 @@ if [ "${GRAPHS:-0}" = 1 ]; then
 fi
 
 step "compute-sanitizer memcheck (reduced set)"
-# the poisoned test runs v1, v3, v4 and auto per shape: mha-d64-g1 (ranks 32) and gqa-d128-g2-r128 cover v4's two
-# CTA shapes (8 warps x 2, 12 warps x 1)
-MEMCHECK_K='(poisoned and float16 and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or gqa-d128-g2-r128)) or (append and 1-256-1-0) or bad_pad'
+# the poisoned test runs v1, v3, v4, v5 and auto per shape: mha-d64-g1 (ranks 32) and gqa-d128-g2-r128 cover v4's
+# two CTA shapes (8 warps x 2, 12 warps x 1) and v5's (3 and 2 warpgroups); long-split is v5's main shape (D 128,
+# ranks 64, several tiles per warpgroup, so every stage is refilled)
+MEMCHECK_K='(poisoned and float16 and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or gqa-d128-g2-r128)) or (poisoned and float16 and long-split and v5) or (append and 1-256-1-0) or bad_pad'
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$MEMCHECK_K" > "$OUT/memcheck.txt" 2>&1
 rc=$?; echo "memcheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -4 "$OUT/memcheck.txt"
 
 step "compute-sanitizer racecheck (reduced set)"
-RACECHECK_K='poisoned and float16 and (mha-d64-g1 or gqa-d128-g1 or gqa-d128-g2-r128)'
+RACECHECK_K='(poisoned and float16 and (mha-d64-g1 or gqa-d128-g1 or gqa-d128-g2-r128)) or (poisoned and float16 and long-split and v5)'
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$RACECHECK_K" > "$OUT/racecheck.txt" 2>&1
 rc=$?; echo "racecheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -4 "$OUT/racecheck.txt"
 
 if [ "${NCU:-0}" = 1 ]; then
-  step "ncu profile of v4 (Llama-3-8B, 64K slots, B=1, G=1)"
-  timeout 400 ncu --clock-control none --set full -k regex:decode_v4 --launch-skip 3 --launch-count 1 \
-    python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl v4 \
-    > "$OUT/ncu_v4_llama3-8b_65536_b1_g1.txt" 2>&1
+  NCU_IMPL=${NCU_IMPL:-auto}
+  step "ncu profile of $NCU_IMPL (Llama-3-8B, 64K slots, B=1, G=1)"
+  # regex:decode_v matches the decode kernel of whichever version the impl runs (auto: v4 today, v5 once auto)
+  timeout 400 ncu --clock-control none --set full -k regex:decode_v --launch-skip 3 --launch-count 1 \
+    python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl $NCU_IMPL \
+    > "$OUT/ncu_${NCU_IMPL}_llama3-8b_65536_b1_g1.txt" 2>&1
   rc=$?; echo "ncu exit: $rc"; [ $rc -eq 0 ] || status=1
   grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " \
-    "$OUT/ncu_v4_llama3-8b_65536_b1_g1.txt" | head -12
+    "$OUT/ncu_${NCU_IMPL}_llama3-8b_65536_b1_g1.txt" | head -12
 fi
 
 step "summary"

@@ -7,13 +7,14 @@ kernels: keys rebuilt per KV head (Uk_head hk + bk), RoPE with angles pos * inv_
 C twin palu_c._C.latent_decode_attention (float32 CPU) on float32 copies of the inputs.
 
 Tolerances (stated, not tuned): relative Frobenius error ||z - ref|| / ||ref|| over the whole output and per
-(sequence, head) block. v2, v3 and v4 (tensor cores) round the rebuilt keys and the probabilities (v3 and v4
+(sequence, head) block. v2 .. v5 (tensor cores) round the rebuilt keys and the probabilities (v3, v4 and v5
 also the per-tile rotated query) to the input dtype for their products: 1e-2 in bfloat16 (eps 2^-8), 2e-3 in float16 (eps 2^-11), per the kernel's design notes. v1 keeps
 fp32 throughout: 1e-4 (fp32 sums over D + rank + T terms, RoPE cos/sin within ~1e-6). Per-head blocks get 3x the
 global bound (a head's norm can be small). The append is a bitwise copy: exact equality. NaN never passes; every
 output starts poisoned with NaN so an unwritten element fails.
 
-Skips (module level, before torch is imported) unless palu_c was built with CUDA and torch sees a GPU.
+Skips (module level, before torch is imported) unless palu_c was built with CUDA and torch sees a GPU. v5 (wgmma)
+runs only on compute capability 9.0; elsewhere its tests check that it refuses with NotImplementedError naming v5.
 """
 
 from __future__ import annotations
@@ -142,23 +143,41 @@ def impl_used(c, impl):
                                            c["q"].dtype, "cuda", impl)[1]
 
 
+V5_OK = torch.cuda.get_device_capability() == (9, 0)  # v5 is sm_90a code (Hopper wgmma)
+SPECIAL = ("v3", "v4", "v5")  # the kernels specialized to equal ranks 32/64/128
+USED = {"v3": 3, "v4": 5, "v5": 6}
+
+
+def v5_refused(c, impl, **kw):
+    """On a device other than compute capability 9.0, check that v5 refuses (naming itself); True if it did."""
+    if impl != "v5" or V5_OK:
+        return False
+    with pytest.raises(NotImplementedError, match="v5"):
+        run(c, impl=impl, **kw)
+    return True
+
+
 def v3_shape(kr, vr):
     """Whether the specialized kernels v3 / v4 take these ranks (equal 32/32, 64/64 or 128/128 in every group)."""
     return len(set(kr) | set(vr)) == 1 and kr[0] in (32, 64, 128)
 
 
-@pytest.mark.parametrize("impl", ["v1", "v3", "v4", "auto"])
+@pytest.mark.parametrize("impl", ["v1", "v3", "v4", "v5", "auto"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
 def test_matches_float64_reference_poisoned(torch_gen, shape, dtype, impl):
     name, B, H, Hkv, D, G, kr, vr, T, C = shape
     c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype, consecutive=True, bias=True)
     scaling, att = D ** -0.5, 1.1
-    if impl in ("v3", "v4") and not v3_shape(kr, vr):
+    if impl in SPECIAL and not v3_shape(kr, vr):
         with pytest.raises(NotImplementedError, match=impl):
             run(c, impl=impl, scaling=scaling, att=att)
         return
+    if v5_refused(c, impl, scaling=scaling, att=att):
+        return
     used = impl_used(c, impl)
+    if impl in SPECIAL:
+        assert used == USED[impl]
     if name.endswith("v1only"):
         assert used == 1
     if impl == "auto":  # auto picks v4 wherever the specialized kernels apply
@@ -178,7 +197,7 @@ def test_random_positions_sharp_softmax_no_bias(torch_gen, shape, dtype):
     name, B, H, Hkv, D, G, kr, vr, T, C = shape
     c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype, consecutive=False, bias=False, q_scale=3.0)
     scaling = D ** -0.5
-    for impl in ("v1", "auto") + (("v3", "v4") if v3_shape(kr, vr) else ()):
+    for impl in ("v1", "auto") + (("v3", "v4") + (("v5",) if V5_OK else ()) if v3_shape(kr, vr) else ()):
         used = impl_used(c, impl)
         z = run(c, impl=impl, scaling=scaling, att=1.0)
         tol = TOL[("v1" if used == 1 else "v2", dtype)]
@@ -186,11 +205,11 @@ def test_random_positions_sharp_softmax_no_bias(torch_gen, shape, dtype):
         assert glob <= tol and worst <= 3 * tol, f"v{used}: {glob:.3e} / {worst:.3e} vs {tol}"
 
 
-@pytest.mark.parametrize("impl", ["v3", "v4"])
+@pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("G,rank", [(1, 64), (2, 128), (1, 32)])
 def test_v3_runs_of_positions_and_jumps(torch_gen, dtype, G, rank, impl):
-    """v3 / v4 (equal ranks 32/64/128): long consecutive runs (the rotated query is advanced tile to tile and
+    """v3 / v4 / v5 (equal ranks 32/64/128): long consecutive runs (the rotated query is advanced tile to tile and
     re-anchored), position jumps inside and at the edge of a tile, and a random-position stretch in between."""
     B, H, Hkv, D, T, C = 2, 16, 4, 128, 3001, 3072
     c = make_case(torch_gen, B, H, Hkv, D, G, [rank] * (Hkv // G), [rank] * (Hkv // G), T, C, dtype)
@@ -199,8 +218,10 @@ def test_v3_runs_of_positions_and_jumps(torch_gen, dtype, G, rank, impl):
     pos[:, 1600:1664] = torch.randint(0, 200000, (B, 64), device="cuda", generator=torch_gen, dtype=torch.int32)
     pos[:, 2048:] -= 50000                     # backwards jump, negative offsets clamp below
     c["pos"] = pos.clamp_min(0)
-    assert impl_used(c, impl) == {"v3": 3, "v4": 5}[impl]
     scaling = D ** -0.5
+    if v5_refused(c, impl, scaling=scaling, att=1.1):
+        return
+    assert impl_used(c, impl) == USED[impl]
     z = run(c, impl=impl, scaling=scaling, att=1.1)
     tol = TOL[("v2", dtype)]
     glob, worst = rel_errors(z, reference_z(c, scaling, 1.1), c)
@@ -228,7 +249,7 @@ def test_value_up_matches_c_twin(torch_gen, dtype):
         assert err <= tol, f"v{used}: {err:.3e} vs {tol}"
 
 
-@pytest.mark.parametrize("impl", ["v3", "v4"])
+@pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_out_dtype_and_strided_latents(torch_gen, dtype, impl):
     """Output in the input dtype; latents viewed out of a wider buffer (non-compact token stride)."""
@@ -237,6 +258,8 @@ def test_out_dtype_and_strided_latents(torch_gen, dtype, impl):
     wide = torch.randn((B, C, 256 + 128), device="cuda", generator=torch_gen).to(dtype)
     wide[:, :, 16:16 + 128] = c["kl"]
     c["kl"] = wide[:, :, 16:16 + 128]
+    if v5_refused(c, impl, scaling=D ** -0.5, att=1.0):
+        return
     ref = reference_z(c, D ** -0.5, 1.0)
     z = run(c, impl=impl, scaling=D ** -0.5, att=1.0, out_dtype=dtype)
     assert z.dtype == dtype
@@ -247,14 +270,16 @@ def test_out_dtype_and_strided_latents(torch_gen, dtype, impl):
 def test_bad_pad_start_gives_nan_not_garbage(torch_gen):
     c = make_case(torch_gen, 3, 4, 2, 64, 1, [32, 32], [32, 32], 50, 64, torch.float16)
     c["pad"][1] = 50  # == length: nothing to attend
-    for impl in ("v1", "v3", "v4", "auto"):
+    for impl in ("v1", "v3", "v4", "auto") + (("v5",) if V5_OK else ()):
         z = run(c, impl=impl, scaling=0.125, att=1.0)
         assert torch.isnan(z[1]).all() and torch.isfinite(z[0]).all() and torch.isfinite(z[2]).all()
 
 
-@pytest.mark.parametrize("impl", ["v3", "v4"])
+@pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 def test_side_stream_and_graph_capture(torch_gen, impl):
     c = make_case(torch_gen, 2, 8, 2, 128, 1, [64, 64], [64, 64], 700, 768, torch.bfloat16)
+    if v5_refused(c, impl, scaling=0.088, att=1.0):
+        return
     ref = run(c, impl=impl, scaling=0.088, att=1.0)
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
