@@ -179,9 +179,6 @@ namespace dev {
 __device__ __forceinline__ uint64_t wgmma_desc(const void *p, uint32_t lbo, uint32_t sbo)
 {
     const uint32_t a = smem_u32(p);
-#ifdef PALU_V5_SWAP_LBO_SBO /* bring-up switch only: the other reading of which offset is which */
-    { const uint32_t t = lbo; lbo = sbo; sbo = t; }
-#endif
     return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
            ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32);
 }
