@@ -20,17 +20,10 @@ from palu_c import latent_kernels as lk  # noqa: E402
 SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
-    ap.add_argument("--tokens", type=int, default=65536)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--group", type=int, default=1)
-    ap.add_argument("--impl", default="auto", choices=sorted(lk._IMPLS),
-                    help="kernel (palu_c.latent_kernels names: auto, v1, v2, v3, v3w, v4)")
-    args = ap.parse_args()
-    H, Hkv, D = SHAPES[args.shape]
-    G, B, T = args.group, args.batch, args.tokens
+def decode_step(shape: str, tokens: int, batch: int, group: int, impl: str):
+    """A no-argument callable running one decode step (kernel + merge) on random fp16 latents at ratio 0.5."""
+    H, Hkv, D = SHAPES[shape]
+    G, B, T = group, batch, tokens
     r = G * D // 2
     NG = Hkv // G
     dev, dt = torch.device("cuda"), torch.float16
@@ -41,9 +34,22 @@ def main():
     pad = torch.zeros(B, device=dev, dtype=torch.int32)
     k_up = lk.pack_k_up([torch.randn(G * D, r, device=dev, dtype=dt) / r ** 0.5 for _ in range(NG)])
     inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D))
+    return lambda: lk.latent_decode_attention_cuda(q, hk, hv, pos, pad, T, k_up, [r] * NG, [r] * NG, G, inv_freq,
+                                                   impl=impl)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
+    ap.add_argument("--tokens", type=int, default=65536)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--group", type=int, default=1)
+    ap.add_argument("--impl", default="auto", choices=sorted(lk._IMPLS),
+                    help="kernel (palu_c.latent_kernels names: auto, v1, v2, v3, v3w, v4, v5)")
+    args = ap.parse_args()
+    step = decode_step(args.shape, args.tokens, args.batch, args.group, args.impl)
     for _ in range(5):
-        lk.latent_decode_attention_cuda(q, hk, hv, pos, pad, T, k_up, [r] * NG, [r] * NG, G, inv_freq,
-                                        impl=args.impl)
+        step()
     torch.cuda.synchronize()
 
 

@@ -19,10 +19,9 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from palu_c import latent_kernels as lk  # noqa: E402
-
-SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128)}
+from profile_latent_decode import SHAPES, decode_step  # noqa: E402
 
 
 def main() -> None:
@@ -33,16 +32,9 @@ def main() -> None:
     ap.add_argument("--impls", default="v4,v5")
     args = ap.parse_args()
     H, Hkv, D = SHAPES[args.shape]
-    B, T, G = args.batch, args.tokens, 1
-    r, NG = G * D // 2, Hkv // G
+    B, T = args.batch, args.tokens
     dev, dt = torch.device("cuda"), torch.float16
     q = torch.randn(B, H, D, device=dev, dtype=dt)
-    hk = torch.randn(B, T, NG * r, device=dev, dtype=dt)
-    hv = torch.randn(B, T, NG * r, device=dev, dtype=dt)
-    pos = torch.arange(T, device=dev, dtype=torch.int32).expand(B, T).contiguous()
-    pad = torch.zeros(B, device=dev, dtype=torch.int32)
-    k_up = lk.pack_k_up([torch.randn(G * D, r, device=dev, dtype=dt) / r ** 0.5 for _ in range(NG)])
-    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D))
     flush = torch.empty(64 * 2**20, device=dev)
     k = torch.randn(B, Hkv, T, D, device=dev, dtype=dt)
     v = torch.randn_like(k)
@@ -61,8 +53,7 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=6))
 
     for impl in [i for i in args.impls.split(",") if i]:
-        report(impl, lambda impl=impl: lk.latent_decode_attention_cuda(q, hk, hv, pos, pad, T, k_up, [r] * NG,
-                                                                      [r] * NG, G, inv_freq, impl=impl))
+        report(impl, decode_step(args.shape, T, B, 1, impl))
     report("sdpa", lambda: torch.nn.functional.scaled_dot_product_attention(q.view(B, H, 1, D), k, v,
                                                                             enable_gqa=H != Hkv))
 
