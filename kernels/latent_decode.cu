@@ -2007,6 +2007,21 @@ const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 /* Shared memory of a v3 CTA with `warps` warps of `stages` stages (0 for a shape v3 has no kernel for). */
 size_t v3_smem(int D, int rk, int rv, int warps, int stages = 2);
 /* Why v4 cannot run this call (NULL when it can): v3's conditions and its CTA's shared memory. */
+/* The shared-memory part of an equal-rank kernel's support check: `need` bytes per CTA (0: no instantiation for
+ * these ranks) against the device's opt-in limit; NULL when it fits, else `why` filled. */
+const char *smem_unsupported(const char *name, size_t need, int max_rk, int max_rv, int smem_optin, char *why,
+                             size_t why_len)
+{
+    if (need == 0)
+        return snprintf(why, why_len, "ranks k %d / v %d (%s takes 32/32, 64/64, 128/128)", max_rk, max_rv, name),
+               why;
+    if (need > (size_t)smem_optin)
+        return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory per CTA; the device allows "
+                        "%d", max_rk, max_rv, need, smem_optin),
+               why;
+    return NULL;
+}
+
 const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
                            int *ctas_per_sm, size_t *smem, char *why, size_t why_len);
 /* Why v5 cannot run this call (NULL when it can): v3's shapes on a compute capability 9.0 device (sm_90a code). */
@@ -2167,16 +2182,21 @@ const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max
            why;
 }
 
-template <typename T, int D, int RKT, int RVT>
-palu_status launch_v2(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+/* One launch of a decode kernel: shared-memory opt-in, grid (KV head, split, sequence), 32 x warps threads. */
+palu_status launch_decode(void (*kern)(DecodeParams), const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    void (*kern)(DecodeParams) = decode_v2_kernel<T, D, RKT, RVT>;
     if (pl.smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
     const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
     PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;
+}
+
+template <typename T, int D, int RKT, int RVT>
+palu_status launch_v2(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    return launch_decode(decode_v2_kernel<T, D, RKT, RVT>, p, pl, stream);
 }
 
 /* Rank buckets: HK fragments resident for rk <= 64 (RKT 4) or <= 128 (RKT 8); larger keys reload them per pass. */
@@ -2262,53 +2282,62 @@ const char *v3_unsupported(const palu_latent_decode_args *a, int max_rk, int max
            why;
 }
 
-template <typename T, int D, int RK, int RV, bool ONE>
-palu_status launch_v3(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+/* The dispatch switch of the kernels compiled for equal ranks (v3, v3w, v4, v5): dtype x head_dim x rank bucket
+ * -> K::launch<T, D, R>, where K names the family (K::name) and picks the bias or bias-free instantiation. */
+template <class K, typename T, int D>
+palu_status launch_equal_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    /* the bias-free build (Llama, Mistral: no k_proj bias) seeds the rebuild with zero accumulators */
-    void (*kern)(DecodeParams) =
-        p.k_bias ? decode_v3_kernel<T, D, RK, RV, true, ONE> : decode_v3_kernel<T, D, RK, RV, false, ONE>;
-    if (pl.smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
-    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
-    PALU_CUDA_CHECK_LAUNCH();
-    return PALU_OK;
+    if (pl.max_rk == 32 && pl.max_rv == 32) return K::template launch<T, D, 32>(p, pl, stream);
+    if (pl.max_rk == 64 && pl.max_rv == 64) return K::template launch<T, D, 64>(p, pl, stream);
+    if (pl.max_rk == 128 && pl.max_rv == 128) return K::template launch<T, D, 128>(p, pl, stream);
+    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no %s kernel", pl.max_rk, pl.max_rv, K::name);
 }
 
-template <typename T, int D> palu_status launch_v3_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
-{
-    if (pl.impl == 4) {
-        if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v3<T, D, 32, 32, true>(p, pl, stream);
-        if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v3<T, D, 64, 64, true>(p, pl, stream);
-        return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v3w kernel", pl.max_rk, pl.max_rv);
-    }
-    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v3<T, D, 32, 32, false>(p, pl, stream);
-    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v3<T, D, 64, 64, false>(p, pl, stream);
-    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v3<T, D, 128, 128, false>(p, pl, stream);
-    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v3 kernel", pl.max_rk, pl.max_rv);
-}
-
-palu_status dispatch_v3(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+template <class K>
+palu_status dispatch_equal_ranks(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl,
+                                 cudaStream_t stream)
 {
     switch (a->dtype) {
     case PALU_DTYPE_F16:
         switch (p.D) {
-        case 64: return launch_v3_ranks<__half, 64>(p, pl, stream);
-        case 128: return launch_v3_ranks<__half, 128>(p, pl, stream);
+        case 64: return launch_equal_ranks<K, __half, 64>(p, pl, stream);
+        case 128: return launch_equal_ranks<K, __half, 128>(p, pl, stream);
         default: break;
         }
         break;
     case PALU_DTYPE_BF16:
         switch (p.D) {
-        case 64: return launch_v3_ranks<__nv_bfloat16, 64>(p, pl, stream);
-        case 128: return launch_v3_ranks<__nv_bfloat16, 128>(p, pl, stream);
+        case 64: return launch_equal_ranks<K, __nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_equal_ranks<K, __nv_bfloat16, 128>(p, pl, stream);
         default: break;
         }
         break;
-    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v3 kernel", palu_dtype_name(a->dtype));
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no %s kernel", palu_dtype_name(a->dtype), K::name);
     }
-    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v3 kernel (64 or 128)", p.D);
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no %s kernel (64 or 128)", p.D, K::name);
+}
+
+/* v3 (impl 3) and v3w (impl 4: ONE = single-stage, more warps; ranks 32 and 64 only). The bias-free build
+ * (Llama, Mistral: no k_proj bias) seeds the rebuild with zero accumulators. */
+template <bool ONE> struct V3Kernels {
+    static constexpr const char *name = ONE ? "v3w" : "v3";
+    template <typename T, int D, int R> static palu_status launch(const DecodeParams &p, const Plan &pl,
+                                                                 cudaStream_t stream)
+    {
+        if constexpr (ONE && R == 128) {
+            return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v3w kernel", pl.max_rk, pl.max_rv);
+        } else {
+            return launch_decode(p.k_bias ? decode_v3_kernel<T, D, R, R, true, ONE>
+                                          : decode_v3_kernel<T, D, R, R, false, ONE>,
+                                 p, pl, stream);
+        }
+    }
+};
+
+palu_status dispatch_v3(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    return pl.impl == 4 ? dispatch_equal_ranks<V3Kernels<true>>(a, p, pl, stream)
+                        : dispatch_equal_ranks<V3Kernels<false>>(a, p, pl, stream);
 }
 
 /* ---- v4 launch ---- */
@@ -2329,62 +2358,29 @@ const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max
     const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
     if (no != NULL) return no;
     const size_t need = v4_smem((int)a->head_dim, max_rk, max_rv);
-    if (need == 0)
-        return snprintf(why, why_len, "ranks k %d / v %d (v4 takes 32/32, 64/64, 128/128)", max_rk, max_rv), why;
-    if (need > (size_t)smem_optin)
-        return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory per CTA; the device allows "
-                        "%d", max_rk, max_rv, need, smem_optin),
-               why;
+    if ((no = smem_unsupported("v4", need, max_rk, max_rv, smem_optin, why, why_len)) != NULL) return no;
     *warps = max_rk <= 64 ? V4Shape<64>::WARPS : V4Shape<128>::WARPS;
     *ctas_per_sm = max_rk <= 64 ? V4Shape<64>::MINB : V4Shape<128>::MINB;
     *smem = need;
     return NULL;
 }
 
-template <typename T, int D, int RK, int RV>
-palu_status launch_v4(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
-{
-    void (*kern)(DecodeParams) =
-        p.k_bias ? decode_v4_kernel<T, D, RK, RV, true> : decode_v4_kernel<T, D, RK, RV, false>;
-    if (pl.warps != V4Shape<RK>::WARPS)
-        return palu_fail(PALU_ERR_INTERNAL, "v4 planned with %d warps, its kernel takes %d", pl.warps,
-                         V4Shape<RK>::WARPS);
-    if (pl.smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
-    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
-    PALU_CUDA_CHECK_LAUNCH();
-    return PALU_OK;
-}
-
-template <typename T, int D> palu_status launch_v4_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
-{
-    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v4<T, D, 32, 32>(p, pl, stream);
-    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v4<T, D, 64, 64>(p, pl, stream);
-    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v4<T, D, 128, 128>(p, pl, stream);
-    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v4 kernel", pl.max_rk, pl.max_rv);
-}
+struct V4Kernels {
+    static constexpr const char *name = "v4";
+    template <typename T, int D, int R> static palu_status launch(const DecodeParams &p, const Plan &pl,
+                                                                 cudaStream_t stream)
+    {
+        if (pl.warps != V4Shape<R>::WARPS)
+            return palu_fail(PALU_ERR_INTERNAL, "v4 planned with %d warps, its kernel takes %d", pl.warps,
+                             V4Shape<R>::WARPS);
+        return launch_decode(p.k_bias ? decode_v4_kernel<T, D, R, R, true> : decode_v4_kernel<T, D, R, R, false>, p,
+                             pl, stream);
+    }
+};
 
 palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    switch (a->dtype) {
-    case PALU_DTYPE_F16:
-        switch (p.D) {
-        case 64: return launch_v4_ranks<__half, 64>(p, pl, stream);
-        case 128: return launch_v4_ranks<__half, 128>(p, pl, stream);
-        default: break;
-        }
-        break;
-    case PALU_DTYPE_BF16:
-        switch (p.D) {
-        case 64: return launch_v4_ranks<__nv_bfloat16, 64>(p, pl, stream);
-        case 128: return launch_v4_ranks<__nv_bfloat16, 128>(p, pl, stream);
-        default: break;
-        }
-        break;
-    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v4 kernel", palu_dtype_name(a->dtype));
-    }
-    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v4 kernel (64 or 128)", p.D);
+    return dispatch_equal_ranks<V4Kernels>(a, p, pl, stream);
 }
 
 /* ---- v5 launch ---- */
@@ -2412,61 +2408,28 @@ const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max
         return snprintf(why, why_len, "compute capability %d.%d (v5 uses wgmma: sm_90a, i.e. 9.0 only)", major, minor),
                why;
     const size_t need = v5_smem((int)a->head_dim, max_rk, max_rv);
-    if (need == 0)
-        return snprintf(why, why_len, "ranks k %d / v %d (v5 takes 32/32, 64/64, 128/128)", max_rk, max_rv), why;
-    if (need > (size_t)smem_optin)
-        return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory per CTA; the device allows "
-                        "%d", max_rk, max_rv, need, smem_optin),
-               why;
+    if ((no = smem_unsupported("v5", need, max_rk, max_rv, smem_optin, why, why_len)) != NULL) return no;
     *warps = max_rk <= 64 ? V5Shape<64>::WARPS : V5Shape<128>::WARPS;
     *smem = need;
     return NULL;
 }
 
-template <typename T, int D, int RK, int RV>
-palu_status launch_v5(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
-{
-    void (*kern)(DecodeParams) =
-        p.k_bias ? decode_v5_kernel<T, D, RK, RV, true> : decode_v5_kernel<T, D, RK, RV, false>;
-    if (pl.warps != V5Shape<RK>::WARPS)
-        return palu_fail(PALU_ERR_INTERNAL, "v5 planned with %d warps, its kernel takes %d", pl.warps,
-                         V5Shape<RK>::WARPS);
-    if (pl.smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
-    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
-    PALU_CUDA_CHECK_LAUNCH();
-    return PALU_OK;
-}
-
-template <typename T, int D> palu_status launch_v5_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
-{
-    if (pl.max_rk == 32 && pl.max_rv == 32) return launch_v5<T, D, 32, 32>(p, pl, stream);
-    if (pl.max_rk == 64 && pl.max_rv == 64) return launch_v5<T, D, 64, 64>(p, pl, stream);
-    if (pl.max_rk == 128 && pl.max_rv == 128) return launch_v5<T, D, 128, 128>(p, pl, stream);
-    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no v5 kernel", pl.max_rk, pl.max_rv);
-}
+struct V5Kernels {
+    static constexpr const char *name = "v5";
+    template <typename T, int D, int R> static palu_status launch(const DecodeParams &p, const Plan &pl,
+                                                                 cudaStream_t stream)
+    {
+        if (pl.warps != V5Shape<R>::WARPS)
+            return palu_fail(PALU_ERR_INTERNAL, "v5 planned with %d warps, its kernel takes %d", pl.warps,
+                             V5Shape<R>::WARPS);
+        return launch_decode(p.k_bias ? decode_v5_kernel<T, D, R, R, true> : decode_v5_kernel<T, D, R, R, false>, p,
+                             pl, stream);
+    }
+};
 
 palu_status dispatch_v5(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    switch (a->dtype) {
-    case PALU_DTYPE_F16:
-        switch (p.D) {
-        case 64: return launch_v5_ranks<__half, 64>(p, pl, stream);
-        case 128: return launch_v5_ranks<__half, 128>(p, pl, stream);
-        default: break;
-        }
-        break;
-    case PALU_DTYPE_BF16:
-        switch (p.D) {
-        case 64: return launch_v5_ranks<__nv_bfloat16, 64>(p, pl, stream);
-        case 128: return launch_v5_ranks<__nv_bfloat16, 128>(p, pl, stream);
-        default: break;
-        }
-        break;
-    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no v5 kernel", palu_dtype_name(a->dtype));
-    }
-    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no v5 kernel (64 or 128)", p.D);
+    return dispatch_equal_ranks<V5Kernels>(a, p, pl, stream);
 }
 
 palu_status check_pointers(const palu_latent_decode_args *a)
