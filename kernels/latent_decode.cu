@@ -1287,6 +1287,205 @@ template <int D, int RK, int RV> struct V4Layout {
     static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP; }
 };
 
+/* The per-warp stages v4 and v5 share, once a 16-token tile's rebuilt keys sit in registers as fp32 in the
+ * mma.sync m16n8 C layout (rows g / g + 8 = tokens; v4's rebuild accumulators and, per warp, v5's wgmma
+ * accumulators alike): the query's anchoring and advance, RoPE on the keys by the R(tau) table (or each key's
+ * precise angle), the transposed scores S^T = K . Qr^T, the online softmax, P^T by movmatrix, z^T += HV^T . P^T
+ * and the partial record. The kernels keep what differs: the tile loads, their waits and the key rebuild.
+ * Every member is force-inlined and every array index is a compile-time constant after unrolling, so the state
+ * stays in registers as when this code was written out in each kernel (ptxas before / after the factoring: 96 of
+ * the 105 entry points identical, the rest within 2 registers; docs/design/latent_decode_notes.md, v5). */
+template <typename T, int D, int RV> struct V4Warp {
+    static constexpr int HALF = D / 2, PASSES = D / 32, RVT = RV / 16, TT = kV4Tile;
+    static constexpr int HVST = (RV + 8) * 2, RTST = HALF * 8 + 64; /* row strides of V4Layout and V5Layout */
+    /* The state is the kernel's own variables, held here by reference (as the lambdas held them before): a struct
+     * that owned the arrays would stay in memory until the loops are unrolled and change the early optimizations
+     * (measured: different registers and spills). */
+    float (&qrlo)[PASSES][4]; /* the rotated query qr = R(anchor)^T q, as v3: pass kk holds dims 16kk + {2c, */
+    float (&qrhi)[PASSES][4]; /* 2c+1, 8+2c, 8+2c+1} (lo) and the same + HALF (hi) of head row gq (0 past n_rep) */
+    int &anchor, &age;        /* INT_MIN: qr not set */
+    float (&zacc)[RVT][4];
+    float (&m_run)[2], (&l_run)[2]; /* heads 2c, 2c + 1 */
+    const float4 *turn;
+    const char *rtab;
+    const T *qptr; /* the query row of head gq (row n_rep - 1 past n_rep), from dim 2c */
+    int lane, gq, cq, n_rep;
+    /* the current tile: positions (shared memory), valid rows, consecutive?, offset from the anchor, table rows */
+    const int *tpos;
+    int nvalid, off;
+    bool consec;
+    const char *rt;
+
+    __device__ __forceinline__ void anchor_query(int a) /* precise angle, as v3 */
+    {
+#pragma unroll
+        for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int o = 16 * kk + 8 * (x >> 1) + (x & 1);
+                const float lo = gq < n_rep ? Num<T>::to_f(qptr[o]) : 0.0f;
+                const float hi = gq < n_rep ? Num<T>::to_f(qptr[o + HALF]) : 0.0f;
+                const float4 tf = turn[o + 2 * cq];
+                float c, s;
+                rope_cos_sin(a, make_float2(tf.x, tf.y), &c, &s);
+                qrlo[kk][x] = lo * c + hi * s;
+                qrhi[kk][x] = hi * c - lo * s;
+            }
+    }
+
+    /* Set up a tile of nvalid_ >= 1 valid rows whose positions sit at tpos_: is it consecutive, and re-anchor the
+     * query if its keys cannot use the table. Keys rotate by R(pos - anchor) from table rows [off, off + 16):
+     * needs off 0 or 16 (a consecutive tile) or anchor 0 (any other tile: its keys take their own precise angle) */
+    __device__ __forceinline__ void begin_tile(const int *tpos_, int nvalid_)
+    {
+        tpos = tpos_, nvalid = nvalid_;
+        const int mypos = tpos[lane & (TT - 1)];
+        const int p0 = dev::shfl_int(mypos, 0);
+        consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
+        off = anchor == INT_MIN ? -1 : p0 - anchor;
+        if (consec ? off != 0 && off != TT : anchor != 0) {
+            anchor_query(consec ? p0 : 0);
+            anchor = consec ? p0 : 0, age = 0, off = 0;
+        }
+        rt = rtab + (consec ? off : 0) * RTST;
+    }
+
+    /* Pass kk (dims 16kk.. and their partners + HALF): RoPE on the keys, then their scores into sacc. acc(q, r) is
+     * entry r of the kernel's accumulator fragment of 8-column block 2kk + (q & 1) + (q >> 1) D/16 (q < 2: the lo
+     * dims, q >= 2: their rotate_half partners). sacc: S^T (16 tokens x 8 heads), entries (token g, head 2c),
+     * (g, 2c+1), (g+8, 2c), (g+8, 2c+1). */
+    template <class Acc> __device__ __forceinline__ void rope_scores(float (&sacc)[4], int kk, Acc &&acc)
+    {
+        /* RoPE by pos - anchor: pair i = 16kk + 8qq + 2c + e, token tau = g + 8u in fragment entries 2u + e */
+#pragma unroll
+        for (int qq = 0; qq < 2; qq++) {
+            const int i0 = 16 * kk + 8 * qq + 2 * cq;
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                float cs[2], sn[2];
+                if (consec) {
+                    const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * RTST + i0 * 8);
+                    cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
+                } else {
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const float4 tf = turn[i0 + e];
+                        rope_cos_sin(tpos[gq + 8 * u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
+                    }
+                }
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const int r = 2 * u + e;
+                    const float lo = acc(qq, r), hi = acc(qq + 2, r);
+                    acc(qq, r) = lo * cs[e] - hi * sn[e];
+                    acc(qq + 2, r) = hi * cs[e] + lo * sn[e];
+                }
+            }
+        }
+        /* scores, transposed: the rotated keys are the A operand as they sit (C layout = A layout: rows tokens
+         * g / g + 8, k = dims 2c.. of column tile 2kk / 2kk + 1), the rotated query the B operand (k = dims, n =
+         * head g): k steps kk (dims 16kk..) and their partners + HALF */
+        const uint32_t klo[4] = {Num<T>::pack(acc(0, 0), acc(0, 1)), Num<T>::pack(acc(0, 2), acc(0, 3)),
+                                 Num<T>::pack(acc(1, 0), acc(1, 1)), Num<T>::pack(acc(1, 2), acc(1, 3))};
+        const uint32_t khi[4] = {Num<T>::pack(acc(2, 0), acc(2, 1)), Num<T>::pack(acc(2, 2), acc(2, 3)),
+                                 Num<T>::pack(acc(3, 0), acc(3, 1)), Num<T>::pack(acc(3, 2), acc(3, 3))};
+        dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
+        dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
+    }
+
+    /* after the second tile of an anchor: advance the query by R(32) to the next pair, or let it re-anchor */
+    __device__ __forceinline__ void advance_query()
+    {
+        if (consec && off == TT) {
+            if (age + 1 < kV4Reanchor) {
+#pragma unroll
+                for (int kk = 0; kk < PASSES; kk++)
+#pragma unroll
+                    for (int x = 0; x < 4; x++) {
+                        const float2 cs32 =
+                            reinterpret_cast<const float2 *>(turn + 16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1))[1];
+                        const float lo = qrlo[kk][x], hi = qrhi[kk][x];
+                        qrlo[kk][x] = lo * cs32.x + hi * cs32.y;
+                        qrhi[kk][x] = hi * cs32.x - lo * cs32.y;
+                    }
+                anchor += kV4Span, age++;
+            } else {
+                anchor = INT_MIN;
+            }
+        }
+    }
+
+    /* Online softmax per head 2c + e (column e of S^T): its 16 tokens sit in entries e and 2 + e of the 8 lanes
+     * with this c, so the max goes over lane bits 2..4; l_run is this lane's share (summed at the end). Rescales
+     * z and returns P^T's two 8x8 blocks (tokens 0-7, 8-15) transposed: the B operand of the PV product (k =
+     * tokens 2c, 2c+1 (+8), n = head g). */
+    __device__ __forceinline__ void softmax(const float (&sacc)[4], float score_scale, uint32_t &pb0, uint32_t &pb1)
+    {
+        float alpha[2], pv[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const float v0 = gq < nvalid ? sacc[e] * score_scale : -INFINITY;
+            const float v1 = gq + 8 < nvalid ? sacc[2 + e] * score_scale : -INFINITY;
+            float mx = fmaxf(v0, v1);
+            mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+            mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+            mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+            const float m_new = fmaxf(m_run[e], mx); /* finite: every tile holds a valid slot */
+            alpha[e] = dev::ex2(m_run[e] - m_new);
+            pv[e] = dev::ex2(v0 - m_new);
+            pv[2 + e] = dev::ex2(v1 - m_new);
+            l_run[e] = l_run[e] * alpha[e] + (pv[e] + pv[2 + e]);
+            m_run[e] = m_new;
+        }
+#pragma unroll
+        for (int u = 0; u < RVT; u++)
+            zacc[u][0] *= alpha[0], zacc[u][1] *= alpha[1], zacc[u][2] *= alpha[0], zacc[u][3] *= alpha[1];
+        pb0 = dev::movm_trans(Num<T>::pack(pv[0], pv[1]));
+        pb1 = dev::movm_trans(Num<T>::pack(pv[2], pv[3]));
+    }
+
+    /* z^T += HV^T . P^T over the tile's 16 value rows (padded rows of HVST bytes at vtile) */
+    __device__ __forceinline__ void pv_product(const char *vtile, uint32_t pb0, uint32_t pb1)
+    {
+        const int tok = ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+        for (int u = 0; u < RVT; u++) {
+            uint32_t av[4];
+            dev::ldsm_x4_trans(av, vtile + tok * HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+            dev::mma16816<T>(zacc[u], av, pb0, pb1);
+        }
+    }
+
+    /* This warp's partial record (m, l, z of its heads); NaN for a bad pad_start */
+    __device__ __forceinline__ void write_partial(const DecodeParams &p, int b, int h0, int pidx, bool bad_pad)
+    {
+        const float nan = __int_as_float(0x7fc00000);
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float l = l_run[e] + dev::shfl_xor(l_run[e], 4); /* over the 8 lanes of this c */
+            l += dev::shfl_xor(l, 8);
+            l += dev::shfl_xor(l, 16);
+            const int head = 2 * cq + e;
+            if (gq == 0 && head < n_rep) {
+                float *w = partial(p, b, h0 + head, pidx);
+                w[0] = bad_pad ? nan : m_run[e];
+                w[1] = bad_pad ? nan : l;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < RVT; u++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int head = 2 * cq + e;
+                if (head < n_rep) {
+                    float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
+                    w[0] = bad_pad ? nan : zacc[u][e];
+                    w[8] = bad_pad ? nan : zacc[u][2 + e];
+                }
+            }
+    }
+};
+
 /* One CTA = (KV head, slice, sequence), V4Shape<RK>::WARPS warps, each streaming its own part of the slice in
  * 16-token tiles and writing its own partial. Fragments as v3 with one m tile: K (16 x D) = HK . Uk^T per pass
  * of 32 dims (four n8 column tiles: 2kk, 2kk+1 and their RoPE partners), RoPE by R(tau) from the table,
@@ -1340,16 +1539,14 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     const int we = bad_pad ? wb : min(T_len, wb + chunk);
     const int ntiles = we > wb ? (we - wb + TT - 1) / TT : 0;
 
-    /* the rotated query qr = R(anchor)^T q, as v3: pass kk holds dims 16kk + {2c, 2c+1, 8+2c, 8+2c+1} (lo) and
-     * the same + HALF (hi) of head row gq (zero rows past n_rep) */
     const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
     float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
-    int anchor = INT_MIN, age = 0; /* INT_MIN: qr not set */
-
+    int anchor = INT_MIN, age = 0;
     float zacc[RVT][4];
 #pragma unroll
     for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2c, 2c + 1 */
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    V4Warp<T, D, RV> pw{qrlo, qrhi, anchor, age, zacc, m_run, l_run, turn, rtab, qptr, lane, gq, cq, n_rep};
 
     char *wbase = smem + L::WARPS + (size_t)warp * L::PER_WARP;
     char *vtile = wbase + L::VTILE;
@@ -1381,21 +1578,6 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         }
         dev::cp_async_commit();
     };
-    auto anchor_query = [&](int a) { /* precise angle, as v3 */
-#pragma unroll
-        for (int kk = 0; kk < PASSES; kk++)
-#pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int off = 16 * kk + 8 * (x >> 1) + (x & 1);
-                const float lo = gq < n_rep ? Num<T>::to_f(qptr[off]) : 0.0f;
-                const float hi = gq < n_rep ? Num<T>::to_f(qptr[off + HALF]) : 0.0f;
-                const float4 tf = turn[off + 2 * cq];
-                float c, s;
-                rope_cos_sin(a, make_float2(tf.x, tf.y), &c, &s);
-                qrlo[kk][x] = lo * c + hi * s;
-                qrhi[kk][x] = hi * c - lo * s;
-            }
-    };
 
     /* cp.async groups in commit order: K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
      * of tile it the newest groups are V(it) and K(it+1), so wait_group 2 completes K(it); before PV the newest
@@ -1415,26 +1597,14 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         dev::sync_warp();
         const char *hk = wbase + (it & 1) * L::KSTAGE;
         const int nvalid = min(TT, we - (wb + it * TT));
-        const int *tpos_s = reinterpret_cast<const int *>(hk + L::KPOS);
-        const int mypos = tpos_s[lane & (TT - 1)];
-        const int p0 = dev::shfl_int(mypos, 0);
-        const bool consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
-        /* keys rotate by R(pos - anchor) from table rows [off, off + 16): needs off 0 or 16 (a consecutive tile)
-         * or anchor 0 (any other tile: its keys take their own precise angle) */
-        int off = anchor == INT_MIN ? -1 : p0 - anchor;
-        if (consec ? off != 0 && off != TT : anchor != 0) {
-            anchor_query(consec ? p0 : 0);
-            anchor = consec ? p0 : 0, age = 0, off = 0;
-        }
-        const char *rt = rtab + (consec ? off : 0) * L::RTST;
+        pw.begin_tile(reinterpret_cast<const int *>(hk + L::KPOS), nvalid);
+        float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
         uint32_t af[RKT][4]; /* HK (16 tokens x RK), resident across the passes */
 #pragma unroll
         for (int s = 0; s < RKT; s++)
             dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
 
-        /* S^T (16 tokens x 8 heads) = K . Qr^T: entries (token g, head 2c), (g, 2c+1), (g+8, 2c), (g+8, 2c+1) */
-        float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
         for (int kk = 0; kk < PASSES; kk++) {
             float acc[4][4]; /* [column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment]: rows g, g+8 = tokens */
@@ -1467,127 +1637,23 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
                     dev::mma16816<T>(acc[3], af[s], bhi[2], bhi[3]);
                 }
             }
-            /* RoPE by pos - anchor: pair i = 16kk + 8qq + 2c + e, token tau = g + 8u in fragment entries 2u + e */
-#pragma unroll
-            for (int qq = 0; qq < 2; qq++) {
-                const int i0 = 16 * kk + 8 * qq + 2 * cq;
-#pragma unroll
-                for (int u = 0; u < 2; u++) {
-                    float cs[2], sn[2];
-                    if (consec) {
-                        const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * L::RTST + i0 * 8);
-                        cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
-                    } else {
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const float4 tf = turn[i0 + e];
-                            rope_cos_sin(tpos_s[gq + 8 * u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
-                        }
-                    }
-#pragma unroll
-                    for (int e = 0; e < 2; e++) {
-                        const int r = 2 * u + e;
-                        const float lo = acc[qq][r], hi = acc[qq + 2][r];
-                        acc[qq][r] = lo * cs[e] - hi * sn[e];
-                        acc[qq + 2][r] = hi * cs[e] + lo * sn[e];
-                    }
-                }
-            }
-            /* scores, transposed: the rotated keys are the A operand as they sit (C layout of the rebuild = A
-             * layout: rows tokens g / g + 8, k = dims 2c.. of column tile 2kk / 2kk + 1), the rotated query the B
-             * operand (k = dims, n = head g): k steps kk (dims 16kk..) and their partners + HALF */
-            const uint32_t klo[4] = {Num<T>::pack(acc[0][0], acc[0][1]), Num<T>::pack(acc[0][2], acc[0][3]),
-                                     Num<T>::pack(acc[1][0], acc[1][1]), Num<T>::pack(acc[1][2], acc[1][3])};
-            const uint32_t khi[4] = {Num<T>::pack(acc[2][0], acc[2][1]), Num<T>::pack(acc[2][2], acc[2][3]),
-                                     Num<T>::pack(acc[3][0], acc[3][1]), Num<T>::pack(acc[3][2], acc[3][3])};
-            dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
-            dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
+            pw.rope_scores(sacc, kk, [&](int q, int r) -> float & { return acc[q][r]; });
         }
-        /* after the second tile of an anchor: advance the query by R(32) to the next pair, or let it re-anchor */
-        if (consec && off == TT) {
-            if (age + 1 < kV4Reanchor) {
-#pragma unroll
-                for (int kk = 0; kk < PASSES; kk++)
-#pragma unroll
-                    for (int x = 0; x < 4; x++) {
-                        const float2 cs32 =
-                            reinterpret_cast<const float2 *>(turn + 16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1))[1];
-                        const float lo = qrlo[kk][x], hi = qrhi[kk][x];
-                        qrlo[kk][x] = lo * cs32.x + hi * cs32.y;
-                        qrhi[kk][x] = hi * cs32.x - lo * cs32.y;
-                    }
-                anchor += kV4Span, age++;
-            } else {
-                anchor = INT_MIN;
-            }
-        }
-
-        /* online softmax per head 2c + e (column e of S^T): its 16 tokens sit in entries e and 2 + e of the 8
-         * lanes with this c, so the max goes over lane bits 2..4; l_run is this lane's share (summed at the end) */
-        float alpha[2], pv[4];
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const float v0 = gq < nvalid ? sacc[e] * p.score_scale : -INFINITY;
-            const float v1 = gq + 8 < nvalid ? sacc[2 + e] * p.score_scale : -INFINITY;
-            float mx = fmaxf(v0, v1);
-            mx = fmaxf(mx, dev::shfl_xor(mx, 4));
-            mx = fmaxf(mx, dev::shfl_xor(mx, 8));
-            mx = fmaxf(mx, dev::shfl_xor(mx, 16));
-            const float m_new = fmaxf(m_run[e], mx); /* finite: every tile holds a valid slot */
-            alpha[e] = dev::ex2(m_run[e] - m_new);
-            pv[e] = dev::ex2(v0 - m_new);
-            pv[2 + e] = dev::ex2(v1 - m_new);
-            l_run[e] = l_run[e] * alpha[e] + (pv[e] + pv[2 + e]);
-            m_run[e] = m_new;
-        }
-#pragma unroll
-        for (int u = 0; u < RVT; u++)
-            zacc[u][0] *= alpha[0], zacc[u][1] *= alpha[1], zacc[u][2] *= alpha[0], zacc[u][3] *= alpha[1];
-        /* P^T in S^T's layout, two 8x8 blocks (tokens 0-7, 8-15); transposed they are the B operand of the PV
-         * product: (k = tokens 2c, 2c+1 (+8), n = head g) */
-        const uint32_t pb0 = dev::movm_trans(Num<T>::pack(pv[0], pv[1]));
-        const uint32_t pb1 = dev::movm_trans(Num<T>::pack(pv[2], pv[3]));
+        pw.advance_query();
+        uint32_t pb0, pb1;
+        pw.softmax(sacc, p.score_scale, pb0, pb1);
 
         if (more) /* this tile's values (the newest group is K(it+1)) */
             dev::cp_async_wait<1>();
         else
             dev::cp_async_wait<0>();
         dev::sync_warp();
-        const int tok = ((lane >> 4) << 3) + (lane & 7);
-#pragma unroll
-        for (int u = 0; u < RVT; u++) {
-            uint32_t av[4];
-            dev::ldsm_x4_trans(av, vtile + tok * L::HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
-            dev::mma16816<T>(zacc[u], av, pb0, pb1);
-        }
+        pw.pv_product(vtile, pb0, pb1);
         dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
         if (more) issue_v(it + 1);
     }
 
-    const float nan = __int_as_float(0x7fc00000);
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        float l = l_run[e] + dev::shfl_xor(l_run[e], 4); /* over the 8 lanes of this c */
-        l += dev::shfl_xor(l, 8);
-        l += dev::shfl_xor(l, 16);
-        const int head = 2 * cq + e;
-        if (gq == 0 && head < n_rep) {
-            float *w = partial(p, b, h0 + head, pidx);
-            w[0] = bad_pad ? nan : m_run[e];
-            w[1] = bad_pad ? nan : l;
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < RVT; u++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int head = 2 * cq + e;
-            if (head < n_rep) {
-                float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
-                w[0] = bad_pad ? nan : zacc[u][e];
-                w[8] = bad_pad ? nan : zacc[u][2 + e];
-            }
-        }
+    pw.write_partial(p, b, h0, pidx, bad_pad);
 }
 
 /* ---- v5: v4 with the key rebuild on Hopper warpgroup MMA (wgmma, sm_90a) ------------------------------------- */
@@ -1708,11 +1774,11 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
     float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
     int anchor = INT_MIN, age = 0;
-
     float zacc[RVT][4];
 #pragma unroll
     for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
+    V4Warp<T, D, RV> pw{qrlo, qrhi, anchor, age, zacc, m_run, l_run, turn, rtab, qptr, lane, gq, cq, n_rep};
     float d[NB * 4]; /* the rebuilt keys of this warp's 16 rows (wgmma accumulator layout, see above) */
 #pragma unroll
     for (int x = 0; x < NB * 4; x++) d[x] = 0.0f;
@@ -1745,21 +1811,6 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
             dev::cp_async4(st + L::POS + t128 * 4, ok ? posg + slot : posg, ok);
         }
         dev::cp_async_commit();
-    };
-    auto anchor_query = [&](int a) {
-#pragma unroll
-        for (int kk = 0; kk < PASSES; kk++)
-#pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int off = 16 * kk + 8 * (x >> 1) + (x & 1);
-                const float lo = gq < n_rep ? Num<T>::to_f(qptr[off]) : 0.0f;
-                const float hi = gq < n_rep ? Num<T>::to_f(qptr[off + HALF]) : 0.0f;
-                const float4 tf = turn[off + 2 * cq];
-                float c, s;
-                rope_cos_sin(a, make_float2(tf.x, tf.y), &c, &s);
-                qrlo[kk][x] = lo * c + hi * s;
-                qrhi[kk][x] = hi * c - lo * s;
-            }
     };
 
     /* groups in commit order: tile 0 .. S-2 in the prologue, tile it + S - 1 right after the barrier of tile it;
@@ -1801,134 +1852,21 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
         if (it < ntiles) { /* warp-uniform: this warp's 16 rows hold slots of its range */
             const char *vtile = st + L::HV + (size_t)(16 * wq) * L::HVST;
             const int nvalid = min(TT, we - (wb + it * TT));
-            const int *tpos_s = reinterpret_cast<const int *>(st + L::POS) + 16 * wq;
-            const int mypos = tpos_s[lane & (TT - 1)];
-            const int p0 = dev::shfl_int(mypos, 0);
-            const bool consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
-            int off = anchor == INT_MIN ? -1 : p0 - anchor;
-            if (consec ? off != 0 && off != TT : anchor != 0) {
-                anchor_query(consec ? p0 : 0);
-                anchor = consec ? p0 : 0, age = 0, off = 0;
-            }
-            const char *rt = rtab + (consec ? off : 0) * L::RTST;
-
+            pw.begin_tile(reinterpret_cast<const int *>(st + L::POS) + 16 * wq, nvalid);
             float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-            for (int kk = 0; kk < PASSES; kk++) {
-                /* v4's acc[q] of pass kk = 8-column block 2kk + (q & 1) + (q >> 1) D/16 of the accumulators */
-#define PALU_V5_ACC(q, r) d[4 * (2 * kk + ((q) & 1) + ((q) >> 1) * (D / 16)) + (r)]
-#pragma unroll
-                for (int qq = 0; qq < 2; qq++) {
-                    const int i0 = 16 * kk + 8 * qq + 2 * cq;
-#pragma unroll
-                    for (int u = 0; u < 2; u++) {
-                        float cs[2], sn[2];
-                        if (consec) {
-                            const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * L::RTST + i0 * 8);
-                            cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
-                        } else {
-#pragma unroll
-                            for (int e = 0; e < 2; e++) {
-                                const float4 tf = turn[i0 + e];
-                                rope_cos_sin(tpos_s[gq + 8 * u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
-                            }
-                        }
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const int r = 2 * u + e;
-                            const float lo = PALU_V5_ACC(qq, r), hi = PALU_V5_ACC(qq + 2, r);
-                            PALU_V5_ACC(qq, r) = lo * cs[e] - hi * sn[e];
-                            PALU_V5_ACC(qq + 2, r) = hi * cs[e] + lo * sn[e];
-                        }
-                    }
-                }
-                const uint32_t klo[4] = {Num<T>::pack(PALU_V5_ACC(0, 0), PALU_V5_ACC(0, 1)),
-                                         Num<T>::pack(PALU_V5_ACC(0, 2), PALU_V5_ACC(0, 3)),
-                                         Num<T>::pack(PALU_V5_ACC(1, 0), PALU_V5_ACC(1, 1)),
-                                         Num<T>::pack(PALU_V5_ACC(1, 2), PALU_V5_ACC(1, 3))};
-                const uint32_t khi[4] = {Num<T>::pack(PALU_V5_ACC(2, 0), PALU_V5_ACC(2, 1)),
-                                         Num<T>::pack(PALU_V5_ACC(2, 2), PALU_V5_ACC(2, 3)),
-                                         Num<T>::pack(PALU_V5_ACC(3, 0), PALU_V5_ACC(3, 1)),
-                                         Num<T>::pack(PALU_V5_ACC(3, 2), PALU_V5_ACC(3, 3))};
-#undef PALU_V5_ACC
-                dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]),
-                                 Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
-                dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]),
-                                 Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
-            }
-            if (consec && off == TT) {
-                if (age + 1 < kV4Reanchor) {
-#pragma unroll
-                    for (int kk = 0; kk < PASSES; kk++)
-#pragma unroll
-                        for (int x = 0; x < 4; x++) {
-                            const float2 cs32 =
-                                reinterpret_cast<const float2 *>(turn + 16 * kk + 8 * (x >> 1) + 2 * cq + (x & 1))[1];
-                            const float lo = qrlo[kk][x], hi = qrhi[kk][x];
-                            qrlo[kk][x] = lo * cs32.x + hi * cs32.y;
-                            qrhi[kk][x] = hi * cs32.x - lo * cs32.y;
-                        }
-                    anchor += kV4Span, age++;
-                } else {
-                    anchor = INT_MIN;
-                }
-            }
 
-            float alpha[2], pv[4];
+            /* v4's acc[q] of pass kk = 8-column block 2kk + (q & 1) + (q >> 1) D/16 of the accumulators */
 #pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float v0 = gq < nvalid ? sacc[e] * p.score_scale : -INFINITY;
-                const float v1 = gq + 8 < nvalid ? sacc[2 + e] * p.score_scale : -INFINITY;
-                float mx = fmaxf(v0, v1);
-                mx = fmaxf(mx, dev::shfl_xor(mx, 4));
-                mx = fmaxf(mx, dev::shfl_xor(mx, 8));
-                mx = fmaxf(mx, dev::shfl_xor(mx, 16));
-                const float m_new = fmaxf(m_run[e], mx); /* finite: every tile of the warp holds a valid slot */
-                alpha[e] = dev::ex2(m_run[e] - m_new);
-                pv[e] = dev::ex2(v0 - m_new);
-                pv[2 + e] = dev::ex2(v1 - m_new);
-                l_run[e] = l_run[e] * alpha[e] + (pv[e] + pv[2 + e]);
-                m_run[e] = m_new;
-            }
-#pragma unroll
-            for (int u = 0; u < RVT; u++)
-                zacc[u][0] *= alpha[0], zacc[u][1] *= alpha[1], zacc[u][2] *= alpha[0], zacc[u][3] *= alpha[1];
-            const uint32_t pb0 = dev::movm_trans(Num<T>::pack(pv[0], pv[1]));
-            const uint32_t pb1 = dev::movm_trans(Num<T>::pack(pv[2], pv[3]));
-            const int tok = ((lane >> 4) << 3) + (lane & 7);
-#pragma unroll
-            for (int u = 0; u < RVT; u++) {
-                uint32_t av[4];
-                dev::ldsm_x4_trans(av, vtile + tok * L::HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
-                dev::mma16816<T>(zacc[u], av, pb0, pb1);
-            }
+            for (int kk = 0; kk < PASSES; kk++)
+                pw.rope_scores(sacc, kk, [&](int q, int r) -> float & { return d[4 * (2 * kk + (q & 1) + (q >> 1) * NB / 2) + r]; });
+            pw.advance_query();
+            uint32_t pb0, pb1;
+            pw.softmax(sacc, p.score_scale, pb0, pb1);
+            pw.pv_product(vtile, pb0, pb1);
         }
     }
 
-    const float nan = __int_as_float(0x7fc00000);
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        float l = l_run[e] + dev::shfl_xor(l_run[e], 4);
-        l += dev::shfl_xor(l, 8);
-        l += dev::shfl_xor(l, 16);
-        const int head = 2 * cq + e;
-        if (gq == 0 && head < n_rep) {
-            float *w = partial(p, b, h0 + head, pidx);
-            w[0] = bad_pad ? nan : m_run[e];
-            w[1] = bad_pad ? nan : l;
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < RVT; u++)
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const int head = 2 * cq + e;
-            if (head < n_rep) {
-                float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
-                w[0] = bad_pad ? nan : zacc[u][e];
-                w[8] = bad_pad ? nan : zacc[u][2 + e];
-            }
-        }
+    pw.write_partial(p, b, h0, pidx, bad_pad);
 #else
     /* Not an sm_90a build (the host plans v5 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
