@@ -265,29 +265,36 @@ def _load_cache(path: Path, key: str, projections: list, grams: bool, fisher: bo
         return None
 
 
-def _save_cache(path: Path, stats: KVStatistics) -> None:
+def _save_cache_file(path: Path, data: dict, prefix: str, func: str, stacklevel: int) -> None:
+    """torch.save to a temp file beside ``path``, then rename: a killed run never leaves a half-written file. A
+    read-only or full cache directory only warns (``stacklevel`` frames up: the user's call); the computed
+    statistics are returned all the same."""
     import torch
 
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=".tmp")
+        os.close(fd)
+        torch.save(data, tmp)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as exc:
+        warnings.warn(f"{func}: could not write the cache file {path} ({exc})", StatisticsCacheWarning,
+                      stacklevel=stacklevel)
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _save_cache(path: Path, stats: KVStatistics) -> None:
     data = {
         "format": CACHE_FORMAT, "version": CACHE_VERSION, "key": stats.cache_key,
         "gram": stats.gram, "n_tokens": stats.n_tokens,
         "fisher_k_rows": stats.fisher_k_rows, "fisher_v_rows": stats.fisher_v_rows,
         "n_fisher_samples": stats.n_fisher_samples, "in_features": stats.in_features,
     }
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kv_stats-", suffix=".tmp")
-        os.close(fd)
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:  # a read-only or full cache directory must not lose the computed statistics
-        warnings.warn(f"collect_kv_statistics: could not write the cache file {path} ({exc})",
-                      StatisticsCacheWarning, stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+    _save_cache_file(path, data, ".kv_stats-", "collect_kv_statistics", stacklevel=4)
 
 
 def _accumulator_device(device: "torch.device") -> "torch.device":
@@ -695,24 +702,6 @@ def _load_linear_part(path: Path, key: str, part: str, modules: dict, gram_of: d
         return None
 
 
-def _save_linear_part(path: Path, data: dict, func: str) -> None:
-    import torch
-
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".linear_stats-", suffix=".tmp")
-        os.close(fd)
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-        tmp = None
-    except OSError as exc:
-        warnings.warn(f"{func}: could not write the cache file {path} ({exc})", StatisticsCacheWarning, stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def _collect_linear(model: Any, modules: dict, gram_of: dict, calib: "torch.Tensor", grams: bool, fisher: bool,
                     batch_size: int, progress: bool, device: Any, diag: bool = False) -> tuple:
     import torch
@@ -907,7 +896,8 @@ def collect_linear_statistics(model: Any, calib: "torch.Tensor", modules: Any, *
                 data[field_name] = value
                 if part == "fisher":
                     data["output_fisher"] = out_f
-                _save_linear_part(Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt", data, func)
+                _save_cache_file(Path(cache_dir) / f"linear_stats-{part}-{keys[part]}.pt", data, ".linear_stats-",
+                                 func, stacklevel=3)
     return LinearStatistics(
         gram=gram, gram_of=gram_of, n_tokens=int(calib.numel()) if grams else 0,
         fisher_sums=sums if fisher else None, n_fisher_samples=int(calib.shape[0]) if (fisher or fisher_diag) else 0,

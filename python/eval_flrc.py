@@ -31,7 +31,7 @@ import warnings
 
 import numpy as np
 import torch
-from report import emit
+from report import add_corpus_arguments, emit
 from tqdm.auto import tqdm
 
 import palu_c
@@ -40,11 +40,6 @@ from palu_c.models import EMBEDDED_NAME, load_model
 from palu_c.weights import (collect_projection_statistics, compress_weights, dense_break_even, find_projections,
                             parameter_report, parse_targets, whitened_factors)
 
-# ../shared beside the checkout (CI layout); one level higher for a git worktree under <root>/wt/<name>
-_REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CORPUS = next((p for p in (os.path.join(_REPO, "..", "shared", "data", "corpus"),
-                           os.path.join(_REPO, "..", "..", "shared", "data", "corpus")) if os.path.isdir(p)),
-              os.path.join(_REPO, "..", "shared", "data", "corpus"))
 AGGRESSIVE = [(16, 0.75), (64, 0.5)]
 
 
@@ -249,11 +244,7 @@ def mean_se(x) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calib-file", default=os.path.join(CORPUS, "austen_emma.txt"))
-    parser.add_argument("--eval-file", default=os.path.join(CORPUS, "austen_pride_and_prejudice.txt"))
-    parser.add_argument("--calib-samples", type=int, default=64)
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
+    add_corpus_arguments(parser)
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.9, 0.8, 0.7, 0.6])
     parser.add_argument("--methods", nargs="+", default=["fisher", "fisher_proportional", "uniform", "sweep"],
                         choices=["fisher", "fisher_proportional", "uniform", "greedy", "fisher_loss", "sweep"])

@@ -18,21 +18,16 @@ import time
 import warnings
 
 import torch
-from report import emit
+from report import add_corpus_arguments, emit
 
 import palu_c
 from palu_c.models import EMBEDDED_NAME, load_model
 
-CORPUS = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "corpus")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--calib-file", default=os.path.join(CORPUS, "austen_emma.txt"))
-    parser.add_argument("--eval-file", default=os.path.join(CORPUS, "austen_pride_and_prejudice.txt"))
-    parser.add_argument("--calib-samples", type=int, default=64)
-    parser.add_argument("--eval-windows", type=int, default=32)
-    parser.add_argument("--seq-len", type=int, default=512)
+    add_corpus_arguments(parser)
     parser.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/palu_c"))
     parser.add_argument("--quick", action="store_true", help="a few rows only (smoke test)")
     parser.add_argument("--out", default=None)

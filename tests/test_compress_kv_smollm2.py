@@ -16,13 +16,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import palu_c  # noqa: E402
-from palu_c.models import embedded_model_path, load_model  # noqa: E402
+from palu_c.models import load_model  # noqa: E402
+from tiny_models import have_embedded_model  # noqa: E402
 
-try:
-    embedded_model_path()
-    HAVE_MODEL = True
-except FileNotFoundError:
-    HAVE_MODEL = False
+HAVE_MODEL = have_embedded_model()
 
 pytestmark = [pytest.mark.model, pytest.mark.slow,
               pytest.mark.skipif(not HAVE_MODEL, reason="embedded model not installed (make install-model)"),

