@@ -1260,6 +1260,42 @@ __global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel
  * consecutive path per 16 tokens: ~735 (64/64; v3 645), ~1130 (128/128; v3 926). Shared-memory traffic per 16
  * tokens rises to ~272 wavefronts at 64/64 (v3 ~224; the DRAM bytes take 222 SM-cycles at the floor). */
 constexpr int kV4Tile = 16;
+
+/* One thread's share of a warp's 16-token tile copies, with the address arithmetic hoisted out of the tile loop.
+ * Copy x of tile it reads 16 bytes at row (it * kV4Tile + r0 + dr(x)) and 16-byte chunk c0 + dc(x) of the
+ * warp's slot range, where dr and dc depend on x only (the callers' maps make them compile-time constants after
+ * unrolling), so a copy costs one IMAD.WIDE, one compare and the LDGSTS. The first v4/v5 computed each source
+ * as (slot * token_stride) in 64 bits with its bounds per copy: ~220 of v5's ~750 instructions per 16 tokens
+ * (nvdisasm of the loop, 2026-11-29). Rows at or past `lim` (the range's end) are zero-filled (src-size 0) with
+ * `base`, a valid address, as the source. */
+struct CopyRows {
+    const char *base, *p0; /* the latent matrix (always valid); this thread's row r0, chunk c0 of tile 0 */
+    int row_bytes, lim;    /* bytes between latent rows (token stride); rows of the range left after r0 */
+    __device__ __forceinline__ CopyRows(const void *base_, long long token_stride_elems, int first_slot, int r0,
+                                        int c0, int range_len)
+        : base(static_cast<const char *>(base_)),
+          p0(base + ((long long)(first_slot + r0) * token_stride_elems + c0 * 8) * 2),
+          row_bytes((int)(token_stride_elems * 2)), lim(range_len - r0)
+    {
+    }
+    /* Copy into dst the 16 bytes of tile it, row offset dr, chunk offset dc (both relative to r0, c0). FULL: the
+     * caller knows the whole tile lies inside the range (every tile but a range's last), so no bound and no
+     * select: the select of a 64-bit source per copy was most of what remained after the hoisting. */
+    template <bool FULL> __device__ __forceinline__ void copy(void *dst, int it, int dr, int dc) const
+    {
+        const int row = it * kV4Tile + dr;
+        const char *src = p0 + (long long)row * row_bytes + dc * 16;
+        if (FULL) {
+            dev::cp_async16(dst, src, true);
+        } else {
+            const bool ok = row < lim;
+            dev::cp_async16(dst, ok ? src : base, ok);
+        }
+    }
+};
+template <bool B> struct Flag {
+    static constexpr bool value = B;
+};
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
@@ -1553,30 +1589,42 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
     const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
     const int32_t *posg = p.positions + (size_t)b * p.pbs;
-    auto issue_k = [&](int it) { /* key latents and positions of tile it into key stage it & 1, one group */
-        char *st = wbase + (it & 1) * L::KSTAGE;
-        const int tb = wb + it * TT;
+    /* lane's copies: chunk lane % C of rows lane / C + (32 / C) x (C = 16-byte chunks per row) */
+    const CopyRows kcopy(klg, p.kts, wb, lane / KC, lane % KC, we - wb);
+    const CopyRows vcopy(vlg, p.vts, wb, lane / VC, lane % VC, we - wb);
+    char *const kdst = wbase + (lane / KC) * L::HKST + (lane % KC) * 16;
+    char *const vdst = vtile + (lane / VC) * L::HVST + (lane % VC) * 16;
+    auto issue_k_tile = [&](int it, auto full) {
+        char *st = kdst + (it & 1) * L::KSTAGE;
 #pragma unroll
-        for (int x = 0; x < TT * KC / 32; x++) {
-            const int e = lane + 32 * x, r = e / KC, cc = e % KC;
-            const bool ok = tb + r < we;
-            dev::cp_async16(st + r * L::HKST + cc * 16, ok ? klg + (size_t)(tb + r) * p.kts + cc * 8 : klg, ok);
-        }
+        for (int x = 0; x < TT * KC / 32; x++)
+            kcopy.copy<decltype(full)::value>(st + (32 / KC) * x * L::HKST, it, (32 / KC) * x, 0);
         if (lane < TT) {
+            const int tb = wb + it * TT;
             const bool ok = tb + lane < we;
-            dev::cp_async4(st + L::KPOS + lane * 4, ok ? posg + tb + lane : posg, ok);
+            dev::cp_async4(wbase + (it & 1) * L::KSTAGE + L::KPOS + lane * 4, ok ? posg + tb + lane : posg, ok);
         }
         dev::cp_async_commit();
     };
-    auto issue_v = [&](int it) { /* value latents of tile it into the value tile, one group */
-        const int tb = wb + it * TT;
+    auto issue_v_tile = [&](int it, auto full) {
 #pragma unroll
-        for (int x = 0; x < TT * VC / 32; x++) {
-            const int e = lane + 32 * x, r = e / VC, cc = e % VC;
-            const bool ok = tb + r < we;
-            dev::cp_async16(vtile + r * L::HVST + cc * 16, ok ? vlg + (size_t)(tb + r) * p.vts + cc * 8 : vlg, ok);
-        }
+        for (int x = 0; x < TT * VC / 32; x++)
+            vcopy.copy<decltype(full)::value>(vdst + (32 / VC) * x * L::HVST, it, (32 / VC) * x, 0);
         dev::cp_async_commit();
+    };
+    /* key latents and positions of tile it into key stage it & 1; value latents into the value tile (one group
+     * each); the bound checks only on the range's last tile */
+    auto issue_k = [&](int it) {
+        if ((it + 1) * TT <= we - wb)
+            issue_k_tile(it, Flag<true>());
+        else
+            issue_k_tile(it, Flag<false>());
+    };
+    auto issue_v = [&](int it) {
+        if ((it + 1) * TT <= we - wb)
+            issue_v_tile(it, Flag<true>());
+        else
+            issue_v_tile(it, Flag<false>());
     };
 
     /* cp.async groups in commit order: K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
@@ -1725,7 +1773,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const int g = kvh / p.G, j = kvh - g * p.G;
     const int kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
     const int n_rep = p.n_rep, T_len = p.T, tid = threadIdx.x;
-    const int wg = warp >> 2, wq = warp & 3, t128 = tid & 127;
+    const int wg = warp >> 2, wq = warp & 3;
     const int gq = lane >> 2, cq = lane & 3;
     char *uk = smem + L::UK;
     float *bias = reinterpret_cast<float *>(smem + L::BIAS);
@@ -1787,49 +1835,40 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
     const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
     const int32_t *posg = p.positions + (size_t)b * p.pbs;
-    /* row m of a warpgroup tile belongs to warp 4 wg + m / 16, whose range starts at wg_begin + (m / 16) chunk */
-    const int wg_begin = range_begin(4 * wg);
-    auto issue = [&](int it) { /* HK, HV and positions of warpgroup tile it into stage it % S, one group */
-        char *st = stages + (size_t)(it % S) * L::STAGE;
+    /* Each warp copies its own 16 rows of a warpgroup tile (rows 16 wq .., slots wb + 16 it ..). HK: the warp's
+     * rows are the 16 KC chunks from index 16 KC wq of the core-matrix layout; lane l takes indices l + 32 x, i.e.
+     * row (l & 7) + 8 (x / (KC / 4)), chunk (l >> 3) + 4 (x % (KC / 4)): consecutive lanes write consecutive 16 B.
+     * HV: padded rows as v4, lane l takes chunk l % VC of rows l / VC + (32 / VC) x. */
+    static_assert(KC % 4 == 0 && 32 % VC == 0, "per-warp copy maps");
+    const CopyRows kcopy(klg, p.kts, wb, lane & 7, lane >> 3, we - wb);
+    const CopyRows vcopy(vlg, p.vts, wb, lane / VC, lane % VC, we - wb);
+    const size_t kdst = L::HK + (size_t)(16 * KC * wq + lane) * 16;
+    const size_t vdst = L::HV + (size_t)(16 * wq + lane / VC) * L::HVST + (lane % VC) * 16;
+    auto issue_tile = [&](char *st, int it, auto full) {
+        constexpr bool F = decltype(full)::value;
 #pragma unroll
-        for (int x = 0; x < kV5Rows * KC / 128; x++) {
-            const int e = t128 + 128 * x, r8 = e & 7, cc = (e >> 3) % KC, m = (e / (8 * KC)) * 8 + r8;
-            const int rb = wg_begin + (m >> 4) * chunk, slot = rb + it * TT + (m & 15);
-            const bool ok = slot < min(T_len, rb + chunk);
-            dev::cp_async16(st + L::HK + (size_t)e * 16, ok ? klg + (size_t)slot * p.kts + cc * 8 : klg, ok);
-        }
+        for (int x = 0; x < KC / 2; x++) kcopy.copy<F>(st + kdst + 512 * x, it, 8 * (x / (KC / 4)), 4 * (x % (KC / 4)));
 #pragma unroll
-        for (int x = 0; x < kV5Rows * VC / 128; x++) {
-            const int e = t128 + 128 * x, m = e / VC, cc = e % VC;
-            const int rb = wg_begin + (m >> 4) * chunk, slot = rb + it * TT + (m & 15);
-            const bool ok = slot < min(T_len, rb + chunk);
-            dev::cp_async16(st + L::HV + m * L::HVST + cc * 16, ok ? vlg + (size_t)slot * p.vts + cc * 8 : vlg, ok);
-        }
-        if (t128 < kV5Rows) {
-            const int rb = wg_begin + (t128 >> 4) * chunk, slot = rb + it * TT + (t128 & 15);
-            const bool ok = slot < min(T_len, rb + chunk);
-            dev::cp_async4(st + L::POS + t128 * 4, ok ? posg + slot : posg, ok);
+        for (int x = 0; x < VC / 2; x++) vcopy.copy<F>(st + vdst + (32 / VC) * x * L::HVST, it, (32 / VC) * x, 0);
+        if (lane < TT) {
+            const int slot = wb + it * TT + lane;
+            const bool ok = slot < we;
+            dev::cp_async4(st + L::POS + (16 * wq + lane) * 4, ok ? posg + slot : posg, ok);
         }
         dev::cp_async_commit();
     };
-
-    /* groups in commit order: tile 0 .. S-2 in the prologue, tile it + S - 1 right after the barrier of tile it;
-     * at the top of tile it the newest committed group is min(it + S - 2, ntw - 1), so waiting until at most
-     * that minus it groups are pending completes tile it */
-#pragma unroll
-    for (int x = 0; x < S - 1; x++)
-        if (x < ntw) issue(x);
-    for (int it = 0; it < ntw; it++) {
-        if (S == 3 && it + 1 < ntw)
-            dev::cp_async_wait<1>();
+    /* HK, HV and positions of warpgroup tile it into stage it % S, one group; bounds only on the last tile */
+    auto issue = [&](int it) {
+        char *st = stages + (size_t)(it % S) * L::STAGE;
+        if ((it + 1) * TT <= we - wb)
+            issue_tile(st, it, Flag<true>());
         else
-            dev::cp_async_wait<0>();
-        dev::fence_proxy_async(); /* this thread's cp.async writes of tile it, for the wgmma reads */
-        dev::bar_wg(1 + wg);      /* all 128 threads' copies of tile it landed; all warps are done with it - 1 */
-        if (it + S - 1 < ntw) issue(it + S - 1);
-        const char *st = stages + (size_t)(it % S) * L::STAGE;
+            issue_tile(st, it, Flag<false>());
+    };
 
-        /* K (64 x D) = HK . Uk^T (+ bias): rk/16 k16 steps, both operands from shared memory */
+    /* K (64 x D) = HK . Uk^T (+ bias) of the tile in stage st: rk/16 k16 steps, both operands from shared memory,
+     * issued and committed; the accumulators d are written asynchronously until rebuild_wait */
+    auto rebuild_issue = [&](const char *st) {
         if (BIAS) {
 #pragma unroll
             for (int jb = 0; jb < NB; jb++) {
@@ -1845,24 +1884,80 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
             dev::wgmma_k16<T, D>(d, dev::wgmma_desc(st + L::HK + 256 * s, 128, L::SBO),
                                  dev::wgmma_desc(uk + 256 * s, 128, L::SBO), BIAS || s > 0 ? 1 : 0);
         dev::wgmma_commit();
+    };
+    auto rebuild_wait = [&]() {
         dev::wgmma_wait0();
 #pragma unroll
         for (int x = 0; x < NB * 4; x++) dev::fence_reg(d[x]);
-
-        if (it < ntiles) { /* warp-uniform: this warp's 16 rows hold slots of its range */
-            const char *vtile = st + L::HV + (size_t)(16 * wq) * L::HVST;
+    };
+    /* The per-warp work on tile it once its keys sit in d: RoPE and scores (the last reads of d), then `between`
+     * (v5's pipelined schedule issues the next rebuild there), then the query advance, softmax and PV. */
+    auto warp_tile = [&](int it, auto &&between) {
+        const char *st = stages + (size_t)(it % S) * L::STAGE;
+        float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        const bool mine = it < ntiles; /* warp-uniform: this warp's 16 rows hold slots of its range */
+        if (mine) {
             const int nvalid = min(TT, we - (wb + it * TT));
             pw.begin_tile(reinterpret_cast<const int *>(st + L::POS) + 16 * wq, nvalid);
-            float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-
             /* v4's acc[q] of pass kk = 8-column block 2kk + (q & 1) + (q >> 1) D/16 of the accumulators */
 #pragma unroll
             for (int kk = 0; kk < PASSES; kk++)
                 pw.rope_scores(sacc, kk, [&](int q, int r) -> float & { return d[4 * (2 * kk + (q & 1) + (q >> 1) * NB / 2) + r]; });
+        }
+        between();
+        if (mine) {
             pw.advance_query();
             uint32_t pb0, pb1;
             pw.softmax(sacc, p.score_scale, pb0, pb1);
-            pw.pv_product(vtile, pb0, pb1);
+            pw.pv_product(st + L::HV + (size_t)(16 * wq) * L::HVST, pb0, pb1);
+        }
+    };
+
+    if constexpr (S == 3) {
+        /* Pipelined: the rebuild of tile it + 1 runs on the tensor cores while the warps do tile it's softmax and
+         * PV (v5 as first measured waited for its own wgmma every tile: 0.59 eligible warps per scheduler). Stages
+         * hold tile it (PV), it + 1 (rebuild) and it + 2 (loading). Groups in commit order: tiles 0, 1 in the
+         * prologue, tile it + 2 at the mid-tile barrier of tile it, so at that barrier the newest committed group
+         * is tile it + 1: wait_group 0 completes it (one tile period of slack for the copy). After the barrier
+         * every warp is past tile it's RoPE (the last reads of d) and tile it - 1's PV (the last reads of stage
+         * (it + 2) % 3). */
+        if (ntw > 0) issue(0);
+        if (ntw > 1) issue(1);
+        if (ntw > 1)
+            dev::cp_async_wait<1>();
+        else
+            dev::cp_async_wait<0>();
+        dev::fence_proxy_async(); /* this thread's cp.async writes of tile 0, for the wgmma reads */
+        dev::bar_wg(1 + wg);
+        /* Every rebuild is issued outside any branch, the last one (past tile ntw - 1) on a stale stage with its
+         * result dropped: ptxas serializes wgmma (a wait after every instruction, C7518) when one is issued in a
+         * divergent path and waited for elsewhere. */
+        rebuild_issue(stages);
+        for (int it = 0; it < ntw; it++) {
+            rebuild_wait();
+            warp_tile(it, [&]() {
+                if (it + 1 < ntw) {
+                    dev::cp_async_wait<0>();
+                    dev::fence_proxy_async();
+                    dev::bar_wg(1 + wg);
+                    if (it + 2 < ntw) issue(it + 2);
+                }
+                rebuild_issue(stages + (size_t)((it + 1) % S) * L::STAGE);
+            });
+        }
+        rebuild_wait();
+    } else {
+        /* Two stages (rk = 128): tile it + 1 loads while tile it is rebuilt and used; groups in commit order: tile
+         * 0 in the prologue, tile it + 1 right after the barrier of tile it, so waiting for all completes tile it */
+        if (ntw > 0) issue(0);
+        for (int it = 0; it < ntw; it++) {
+            dev::cp_async_wait<0>();
+            dev::fence_proxy_async(); /* this thread's cp.async writes of tile it, for the wgmma reads */
+            dev::bar_wg(1 + wg);      /* all 128 threads' copies of tile it landed; all warps are done with it - 1 */
+            if (it + 1 < ntw) issue(it + 1);
+            rebuild_issue(stages + (size_t)(it % S) * L::STAGE);
+            rebuild_wait();
+            warp_tile(it, [] {});
         }
     }
 
