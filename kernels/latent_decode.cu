@@ -38,6 +38,7 @@ constexpr int kV1Threads = 128;
 constexpr int kV1Tile = 16;        /* tokens per v1 tile */
 constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles) */
 constexpr int kMergeThreads = 512; /* the merge is latency-bound at small batch: many loads in flight per CTA */
+constexpr int kMergeCtas = 256;    /* merge CTAs to aim for (heads x batch x column chunks): ~2 per H200 SM */
 constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -278,6 +279,7 @@ __device__ __forceinline__ void wgmma_k16<__nv_bfloat16, 128>(float (&d)[64], ui
 
 template <typename T> struct Num;
 template <> struct Num<__half> {
+    static constexpr bool kHalfRope = true; /* v4/v5 rotate fp16 keys in packed half2 (see V4Warp) */
     static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
     static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi)
@@ -289,6 +291,7 @@ template <> struct Num<__half> {
     }
 };
 template <> struct Num<__nv_bfloat16> {
+    static constexpr bool kHalfRope = false; /* bf16's 8-bit mantissa: RoPE stays fp32 */
     static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
     static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
     static __device__ __forceinline__ uint32_t pack(float lo, float hi)
@@ -477,70 +480,80 @@ __global__ void __launch_bounds__(kV1Threads) decode_v1_kernel(const DecodeParam
 
 /* ---- merge ------------------------------------------------------------------------------------------------ */
 
-/* Block-wide reduction of one float (max or sum) over kMergeThreads threads. */
-template <bool MAX> __device__ float block_reduce(float v, float *scratch)
+/* Combine two online-softmax states (max m, sum l scaled to m): m == -inf is an empty state (its factor must not
+ * become ex2(-inf - -inf) = NaN). */
+__device__ __forceinline__ void combine_ml(float &m, float &l, float m2, float l2)
 {
-    for (int o = 16; o > 0; o >>= 1) {
-        const float w = dev::shfl_xor(v, o);
-        v = MAX ? fmaxf(v, w) : v + w;
-    }
-    const int warp = dev::warp_id(), lane = dev::lane_id(), warps = blockDim.x >> 5;
-    dev::sync_cta(); /* scratch may still be read by a previous call */
-    if (lane == 0) scratch[warp] = v;
-    dev::sync_cta();
-    v = scratch[0];
-    for (int w = 1; w < warps; w++) v = MAX ? fmaxf(v, scratch[w]) : v + scratch[w];
-    return v;
+    const float mn = fmaxf(m, m2);
+    l = (m == mn ? l : l * dev::ex2(m - mn)) + (m2 == mn ? l2 : l2 * dev::ex2(m2 - mn));
+    m = mn;
 }
 
-/* One CTA per (query head, sequence): z = sum_s 2^(m_s - M) z_s / sum_s 2^(m_s - M) l_s; a NaN partial (bad
- * pad_start) makes the head NaN. */
+/* Block-wide combine of (m, l) and max of a flag; every thread gets the result. */
+__device__ void block_reduce_ml(float &m, float &l, float &flag, float *scratch /* [3][32] */)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        const float m2 = dev::shfl_xor(m, o), l2 = dev::shfl_xor(l, o), f2 = dev::shfl_xor(flag, o);
+        combine_ml(m, l, m2, l2);
+        flag = fmaxf(flag, f2);
+    }
+    const int warp = dev::warp_id(), lane = dev::lane_id(), warps = blockDim.x >> 5;
+    if (lane == 0) scratch[warp] = m, scratch[32 + warp] = l, scratch[64 + warp] = flag;
+    dev::sync_cta();
+    m = scratch[0], l = scratch[32], flag = scratch[64];
+    for (int w = 1; w < warps; w++) {
+        combine_ml(m, l, scratch[w], scratch[32 + w]);
+        flag = fmaxf(flag, scratch[64 + w]);
+    }
+}
+
+/* One CTA per (query head, sequence, column chunk): z = sum_s 2^(m_s - M) z_s / sum_s 2^(m_s - M) l_s over the
+ * chunk's columns of z; a NaN partial (bad pad_start) makes the head NaN. The merge is latency-bound at small
+ * batch: first one CTA per (head, sequence) with one thread per column walking all ~264 partials of a v4 split
+ * took 19 us of an 85 us step (torch profiler, Llama-3-8B B = 1, 64K slots); 512 threads with four accumulators
+ * per thread group took 8.5 us. Now (m, l) are read once and reduced as online-softmax pairs (one global pass
+ * and one block reduction instead of two each), and the host splits the columns over gridDim.z CTAs so that a
+ * small batch still fills the GPU (32 heads x 4 chunks at B = 1), each thread walking ~1/4 of the partials. */
 template <typename OT>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams p)
 {
-    float *wt = reinterpret_cast<float *>(dev::dyn_smem()); /* [P] weights, then [32] scratch */
+    float *wt = reinterpret_cast<float *>(dev::dyn_smem()); /* [P] weights, then [96] scratch, then z parts */
     float *scratch = wt + p.partials;
     const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
     const int kvh = h / p.n_rep, g = kvh / p.G, rv = p.groups.rv[g];
     const int col = p.n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * p.n_rep) * rv;
     const float *base = p.ws + (size_t)(b * p.H + h) * p.partials * p.ws_stride;
-    float mx = -INFINITY, bad = 0.0f;
+    float mx = -INFINITY, lsum = 0.0f, bad = 0.0f;
     for (int s = tid; s < p.partials; s += blockDim.x) {
-        const float m = base[(size_t)s * p.ws_stride];
-        if (isnan(m)) bad = 1.0f;
-        mx = fmaxf(mx, m);
+        const float m = base[(size_t)s * p.ws_stride], l = base[(size_t)s * p.ws_stride + 1];
+        if (isnan(m) || isnan(l)) bad = 1.0f;
+        wt[s] = m;
+        combine_ml(mx, lsum, m, l);
     }
-    mx = block_reduce<true>(mx, scratch);
-    bad = block_reduce<true>(bad, scratch);
-    float lsum = 0.0f;
-    for (int s = tid; s < p.partials; s += blockDim.x) {
-        const float *r = base + (size_t)s * p.ws_stride;
-        const float w = r[0] == -INFINITY ? 0.0f : dev::ex2(r[0] - mx);
-        wt[s] = w;
-        lsum += w * r[1];
-    }
-    lsum = block_reduce<false>(lsum, scratch); /* its barriers also publish wt[] */
+    block_reduce_ml(mx, lsum, bad, scratch); /* its barrier also publishes wt[] = m */
+    for (int s = tid; s < p.partials; s += blockDim.x) wt[s] = wt[s] == -INFINITY ? 0.0f : dev::ex2(wt[s] - mx);
     const float inv = bad != 0.0f ? __int_as_float(0x7fc00000) : 1.0f / lsum;
-    OT *out = static_cast<OT *>(p.out) + (size_t)b * p.z_width + col;
-    /* z: with rv < blockDim, thread (j, d) sums column d over partials s = j, j + J, ... (J = blockDim / rv
-     * groups, four independent accumulators) and the J partial sums meet in shared memory. The merge is
-     * latency-bound at small batch (one CTA per (head, sequence): 32 CTAs at B = 1): one thread per column
-     * walking all ~264 partials of a v4 split serially took 19 us of an 85 us step (torch profiler, Llama-3-8B
-     * B = 1, 64K slots). */
-    const int J = rv < (int)blockDim.x ? (int)blockDim.x / rv : 1;
+    const int cw = (rv + (int)gridDim.z - 1) / (int)gridDim.z, c0 = (int)blockIdx.z * cw;
+    const int ncols = min(rv - c0, cw);
+    dev::sync_cta(); /* wt[] weights; every thread is past its read of scratch */
+    if (ncols <= 0) return; /* CTA-uniform */
+    OT *out = static_cast<OT *>(p.out) + (size_t)b * p.z_width + col + c0;
+    /* thread (j, d) sums column c0 + d over partials s = j, j + J, ... (J = blockDim / ncols groups, four
+     * independent accumulators) and the J partial sums meet in shared memory */
+    const int J = ncols < (int)blockDim.x ? (int)blockDim.x / ncols : 1;
     if (J == 1) {
-        for (int d = tid; d < rv; d += blockDim.x) {
+        for (int d = tid; d < ncols; d += blockDim.x) {
             float acc = 0.0f;
-            for (int s = 0; s < p.partials; s++) acc = fmaf(wt[s], base[(size_t)s * p.ws_stride + 2 + d], acc);
+            for (int s = 0; s < p.partials; s++) acc = fmaf(wt[s], base[(size_t)s * p.ws_stride + 2 + c0 + d], acc);
             out[d] = Num<OT>::from_f(acc * inv);
         }
         return;
     }
-    float *part = scratch + 32; /* [J][rv] */
-    const int j = tid / rv, d = tid - j * rv;
+    float *part = scratch + 96; /* [J][ncols] */
+    const int j = tid / ncols, d = tid - j * ncols;
     if (j < J) {
         float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-        const float *col_d = base + 2 + d;
+        const float *col_d = base + 2 + c0 + d;
         int s = j;
         for (; s + 3 * J < p.partials; s += 4 * J) {
             a0 = fmaf(wt[s], col_d[(size_t)s * p.ws_stride], a0);
@@ -549,12 +562,12 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams 
             a3 = fmaf(wt[s + 3 * J], col_d[(size_t)(s + 3 * J) * p.ws_stride], a3);
         }
         for (; s < p.partials; s += J) a0 = fmaf(wt[s], col_d[(size_t)s * p.ws_stride], a0);
-        part[j * rv + d] = (a0 + a1) + (a2 + a3);
+        part[j * ncols + d] = (a0 + a1) + (a2 + a3);
     }
     dev::sync_cta();
-    if (tid < rv) {
+    if (tid < ncols) {
         float acc = 0.0f;
-        for (int k = 0; k < J; k++) acc += part[k * rv + tid];
+        for (int k = 0; k < J; k++) acc += part[k * ncols + tid];
         out[tid] = Num<OT>::from_f(acc * inv);
     }
 }
@@ -1334,6 +1347,23 @@ template <int D, int RK, int RV> struct V4Layout {
 template <typename T, int D, int RV> struct V4Warp {
     static constexpr int HALF = D / 2, PASSES = D / 32, RVT = RV / 16, TT = kV4Tile;
     static constexpr int HVST = (RV + 8) * 2, RTST = HALF * 8 + 64; /* row strides of V4Layout and V5Layout */
+    /* fp16: RoPE on packed half2 (HMUL2 + HFMA2 per two keys' entries: half the FP instructions of fp32 RoPE,
+     * and the R(tau) table in halves: half its shared-memory reads). The keys are rounded to fp16 for the score
+     * MMA anyway; this adds the roundings of cos/sin and of the product (measured error in the notes). */
+    static constexpr bool HROPE = Num<T>::kHalfRope;
+
+    /* R(tau) table entry (tau, frequency i): fp32 (cos, sin) at byte 8 i of row tau; with HROPE, per frequency
+     * pair i / 2 the halves (cos_i, cos_i+1, sin_i, sin_i+1) at byte 8 (i / 2) */
+    static __device__ __forceinline__ void store_rtab(char *rtab, int tau, int i, float c, float s)
+    {
+        char *row = rtab + tau * RTST;
+        if constexpr (HROPE) {
+            __half *e = reinterpret_cast<__half *>(row + (i >> 1) * 8) + (i & 1);
+            e[0] = __float2half_rn(c), e[2] = __float2half_rn(s);
+        } else {
+            *reinterpret_cast<float2 *>(row + i * 8) = make_float2(c, s);
+        }
+    }
     /* The state is the kernel's own variables, held here by reference (as the lambdas held them before): a struct
      * that owned the arrays would stay in memory until the loops are unrolled and change the early optimizations
      * (measured: different registers and spills). */
@@ -1389,8 +1419,18 @@ template <typename T, int D, int RV> struct V4Warp {
     /* Pass kk (dims 16kk.. and their partners + HALF): RoPE on the keys, then their scores into sacc. acc(q, r) is
      * entry r of the kernel's accumulator fragment of 8-column block 2kk + (q & 1) + (q >> 1) D/16 (q < 2: the lo
      * dims, q >= 2: their rotate_half partners). sacc: S^T (16 tokens x 8 heads), entries (token g, head 2c),
-     * (g, 2c+1), (g+8, 2c), (g+8, 2c+1). */
-    template <class Acc> __device__ __forceinline__ void rope_scores(float (&sacc)[4], int kk, Acc &&acc)
+     * (g, 2c+1), (g+8, 2c), (g+8, 2c+1). CONSEC (Flag<true> or Flag<false>) is the tile's `consec`, known at
+     * compile time: the kernels branch once per tile into two copies of their passes instead of once per 8
+     * columns (16 branches per tile). */
+    template <class CONSEC, class Acc>
+    __device__ __forceinline__ void rope_scores(float (&sacc)[4], int kk, CONSEC, Acc &&acc)
+    {
+        if constexpr (HROPE)
+            rope_scores_half<CONSEC::value>(sacc, kk, acc);
+        else
+            rope_scores_f32<CONSEC::value>(sacc, kk, acc);
+    }
+    template <bool CONSEC, class Acc> __device__ __forceinline__ void rope_scores_f32(float (&sacc)[4], int kk, Acc &&acc)
     {
         /* RoPE by pos - anchor: pair i = 16kk + 8qq + 2c + e, token tau = g + 8u in fragment entries 2u + e */
 #pragma unroll
@@ -1399,7 +1439,7 @@ template <typename T, int D, int RV> struct V4Warp {
 #pragma unroll
             for (int u = 0; u < 2; u++) {
                 float cs[2], sn[2];
-                if (consec) {
+                if (CONSEC) {
                     const float4 r = *reinterpret_cast<const float4 *>(rt + (gq + 8 * u) * RTST + i0 * 8);
                     cs[0] = r.x, sn[0] = r.y, cs[1] = r.z, sn[1] = r.w;
                 } else {
@@ -1425,6 +1465,40 @@ template <typename T, int D, int RV> struct V4Warp {
                                  Num<T>::pack(acc(1, 0), acc(1, 1)), Num<T>::pack(acc(1, 2), acc(1, 3))};
         const uint32_t khi[4] = {Num<T>::pack(acc(2, 0), acc(2, 1)), Num<T>::pack(acc(2, 2), acc(2, 3)),
                                  Num<T>::pack(acc(3, 0), acc(3, 1)), Num<T>::pack(acc(3, 2), acc(3, 3))};
+        dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
+        dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
+    }
+
+    /* rope_scores with HROPE: entries 2u and 2u + 1 (pairs i0, i0 + 1 of token g + 8u) rotate as one half2, which
+     * is already the MMA operand register 2qq + u of the keys */
+    template <bool CONSEC, class Acc> __device__ __forceinline__ void rope_scores_half(float (&sacc)[4], int kk, Acc &&acc)
+    {
+        uint32_t klo[4], khi[4];
+#pragma unroll
+        for (int qq = 0; qq < 2; qq++) {
+            const int i0 = 16 * kk + 8 * qq + 2 * cq;
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                __half2 c2, s2;
+                if (CONSEC) {
+                    const uint2 r = *reinterpret_cast<const uint2 *>(rt + (gq + 8 * u) * RTST + i0 * 4);
+                    memcpy(&c2, &r.x, 4), memcpy(&s2, &r.y, 4);
+                } else {
+                    float cs[2], sn[2];
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const float4 tf = turn[i0 + e];
+                        rope_cos_sin(tpos[gq + 8 * u], make_float2(tf.x, tf.y), &cs[e], &sn[e]);
+                    }
+                    c2 = __floats2half2_rn(cs[0], cs[1]), s2 = __floats2half2_rn(sn[0], sn[1]);
+                }
+                const __half2 lo = __floats2half2_rn(acc(qq, 2 * u), acc(qq, 2 * u + 1));
+                const __half2 hi = __floats2half2_rn(acc(qq + 2, 2 * u), acc(qq + 2, 2 * u + 1));
+                const __half2 nlo = __hfma2(lo, c2, __hneg2(__hmul2(hi, s2)));
+                const __half2 nhi = __hfma2(hi, c2, __hmul2(lo, s2));
+                memcpy(&klo[2 * qq + u], &nlo, 4), memcpy(&khi[2 * qq + u], &nhi, 4);
+            }
+        }
         dev::mma16816<T>(sacc, klo, Num<T>::pack(qrlo[kk][0], qrlo[kk][1]), Num<T>::pack(qrlo[kk][2], qrlo[kk][3]));
         dev::mma16816<T>(sacc, khi, Num<T>::pack(qrhi[kk][0], qrhi[kk][1]), Num<T>::pack(qrhi[kk][2], qrhi[kk][3]));
     }
@@ -1562,7 +1636,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         const int tau = e / HALF, i = e - tau * HALF;
         float c, s;
         rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
-        *reinterpret_cast<float2 *>(rtab + tau * L::RTST + i * 8) = make_float2(c, s);
+        V4Warp<T, D, RV>::store_rtab(rtab, tau, i, c, s);
     }
     dev::cp_async_wait<0>();
     dev::sync_cta();
@@ -1653,40 +1727,47 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         for (int s = 0; s < RKT; s++)
             dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
 
+        /* the passes: rebuild 32 dims (and partners) on the tensor cores, RoPE, scores; one copy per tile kind */
+        auto passes = [&](auto consec) {
 #pragma unroll
-        for (int kk = 0; kk < PASSES; kk++) {
-            float acc[4][4]; /* [column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment]: rows g, g+8 = tokens */
-            float2 bq[4] = {};
-            if (BIAS) {
+            for (int kk = 0; kk < PASSES; kk++) {
+                float acc[4][4]; /* [column tile 2kk, 2kk+1, +D/16, +D/16+1][fragment]: rows g, g+8 = tokens */
+                float2 bq[4] = {};
+                if (BIAS) {
 #pragma unroll
-                for (int q = 0; q < 4; q++)
-                    bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
-            }
-            const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
-#pragma unroll
-            for (int s = 0; s < RKT; s++) {
-                uint32_t blo[4], bhi[4];
-                const int rcol = 16 * s + ((lane >> 3) & 1) * 8;
-                dev::ldsm_x4(blo, uk + drow * L::UKST + rcol * 2);
-                dev::ldsm_x4(bhi, uk + (drow + HALF) * L::UKST + rcol * 2);
-                if (s == 0 && !BIAS) {
-#pragma unroll
-                    for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+                    for (int q = 0; q < 4; q++)
+                        bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
                 }
-                if (s == 0 && BIAS) {
-                    mma16816c<T>(acc[0], af[s], blo[0], blo[1], bq[0].x, bq[0].y);
-                    mma16816c<T>(acc[1], af[s], blo[2], blo[3], bq[1].x, bq[1].y);
-                    mma16816c<T>(acc[2], af[s], bhi[0], bhi[1], bq[2].x, bq[2].y);
-                    mma16816c<T>(acc[3], af[s], bhi[2], bhi[3], bq[3].x, bq[3].y);
-                } else {
-                    dev::mma16816<T>(acc[0], af[s], blo[0], blo[1]);
-                    dev::mma16816<T>(acc[1], af[s], blo[2], blo[3]);
-                    dev::mma16816<T>(acc[2], af[s], bhi[0], bhi[1]);
-                    dev::mma16816<T>(acc[3], af[s], bhi[2], bhi[3]);
+                const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
+#pragma unroll
+                for (int s = 0; s < RKT; s++) {
+                    uint32_t blo[4], bhi[4];
+                    const int rcol = 16 * s + ((lane >> 3) & 1) * 8;
+                    dev::ldsm_x4(blo, uk + drow * L::UKST + rcol * 2);
+                    dev::ldsm_x4(bhi, uk + (drow + HALF) * L::UKST + rcol * 2);
+                    if (s == 0 && !BIAS) {
+#pragma unroll
+                        for (int q = 0; q < 4; q++) acc[q][0] = acc[q][1] = acc[q][2] = acc[q][3] = 0.0f;
+                    }
+                    if (s == 0 && BIAS) {
+                        mma16816c<T>(acc[0], af[s], blo[0], blo[1], bq[0].x, bq[0].y);
+                        mma16816c<T>(acc[1], af[s], blo[2], blo[3], bq[1].x, bq[1].y);
+                        mma16816c<T>(acc[2], af[s], bhi[0], bhi[1], bq[2].x, bq[2].y);
+                        mma16816c<T>(acc[3], af[s], bhi[2], bhi[3], bq[3].x, bq[3].y);
+                    } else {
+                        dev::mma16816<T>(acc[0], af[s], blo[0], blo[1]);
+                        dev::mma16816<T>(acc[1], af[s], blo[2], blo[3]);
+                        dev::mma16816<T>(acc[2], af[s], bhi[0], bhi[1]);
+                        dev::mma16816<T>(acc[3], af[s], bhi[2], bhi[3]);
+                    }
                 }
+                pw.rope_scores(sacc, kk, consec, [&](int q, int r) -> float & { return acc[q][r]; });
             }
-            pw.rope_scores(sacc, kk, [&](int q, int r) -> float & { return acc[q][r]; });
-        }
+        };
+        if (pw.consec)
+            passes(Flag<true>());
+        else
+            passes(Flag<false>());
         pw.advance_query();
         uint32_t pb0, pb1;
         pw.softmax(sacc, p.score_scale, pb0, pb1);
@@ -1798,7 +1879,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
         const int tau = e / HALF, i = e - tau * HALF;
         float c, s;
         rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
-        *reinterpret_cast<float2 *>(rtab + tau * L::RTST + i * 8) = make_float2(c, s);
+        V4Warp<T, D, RV>::store_rtab(rtab, tau, i, c, s);
     }
     dev::cp_async_wait<0>();
     dev::fence_proxy_async(); /* Uk is read by wgmma (async proxy) */
@@ -1900,9 +1981,17 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
             const int nvalid = min(TT, we - (wb + it * TT));
             pw.begin_tile(reinterpret_cast<const int *>(st + L::POS) + 16 * wq, nvalid);
             /* v4's acc[q] of pass kk = 8-column block 2kk + (q & 1) + (q >> 1) D/16 of the accumulators */
+            auto passes = [&](auto consec) {
 #pragma unroll
-            for (int kk = 0; kk < PASSES; kk++)
-                pw.rope_scores(sacc, kk, [&](int q, int r) -> float & { return d[4 * (2 * kk + (q & 1) + (q >> 1) * NB / 2) + r]; });
+                for (int kk = 0; kk < PASSES; kk++)
+                    pw.rope_scores(sacc, kk, consec, [&](int q, int r) -> float & {
+                        return d[4 * (2 * kk + (q & 1) + (q >> 1) * NB / 2) + r];
+                    });
+            };
+            if (pw.consec)
+                passes(Flag<true>());
+            else
+                passes(Flag<false>());
         }
         between();
         if (mine) {
@@ -2532,10 +2621,16 @@ template <typename T> palu_status launch_v1(const DecodeParams &p, const Plan &p
 
 template <typename OT> palu_status launch_merge(const MergeParams &m, int B, cudaStream_t stream)
 {
-    const size_t smem = ((size_t)m.partials + 32 + kMergeThreads) * sizeof(float); /* weights, scratch, z parts */
+    const size_t smem = ((size_t)m.partials + 96 + kMergeThreads) * sizeof(float); /* weights, scratch, z parts */
     if (smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(merge_kernel<OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    PALU_EMU_LAUNCH(merge_kernel<OT>, dim3((unsigned)m.H, (unsigned)B), dim3(kMergeThreads), smem, stream, m);
+    /* column chunks: enough CTAs for ~2 per SM at small batch, chunks of >= 16 columns */
+    int max_rv = 0;
+    for (int g = 0; g < kMaxGroups; g++) max_rv = m.groups.rv[g] > max_rv ? m.groups.rv[g] : max_rv;
+    const int want = (kMergeCtas + m.H * B - 1) / (m.H * B), most = max_rv / 16 > 1 ? max_rv / 16 : 1;
+    const int chunks = want < 1 ? 1 : want > most ? most : want;
+    PALU_EMU_LAUNCH(merge_kernel<OT>, dim3((unsigned)m.H, (unsigned)B, (unsigned)chunks), dim3(kMergeThreads), smem,
+                    stream, m);
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;
 }

@@ -2,9 +2,9 @@
 # One call on the GPU machine for the latent decode kernels: build with CUDA (+ the ptxas resource report of
 # kernels/latent_decode.cu), tests/gpu/test_latent_decode_cuda.py, the benchmark python/bench_attention.py, then
 # compute-sanitizer memcheck + racecheck on a reduced set, and (NCU=1) an Nsight Compute profile of the auto kernel
-# (NCU_IMPL=v5 etc. for another). Logs go to $OUT (or ./gpu_logs), 7 files (+1 with NCU=1, +2 with GRAPHS=1):
-# build.log ptxas.txt kernel_tests.txt bench.txt bench_attention_h200.md memcheck.txt racecheck.txt
-# [ncu_<impl>_llama3-8b_65536_b1_g1.txt] [bench_graphs.txt bench_attention_graphs_h200.md]
+# (NCU_IMPL=v5 etc. for another). Logs go to $OUT (or ./gpu_logs), 8 files (+2 with NCU=1, +2 with GRAPHS=1):
+# build.log ptxas.txt kernel_tests.txt errors.txt bench.txt bench_attention_h200.md memcheck.txt racecheck.txt
+# [ncu_<impl>_llama3-8b_65536_b1_g1.txt ncu_stalls_<impl>.txt] [bench_graphs.txt bench_attention_graphs_h200.md]
 #   usage (device tool):  bash python/gpu_kernel_check.sh            (about 5-7 minutes on an H200)
 #   QUICK=1 bash python/gpu_kernel_check.sh                          (benchmark at 4K/16K, batch 1 only)
 #   IMPLS=auto,v5,v3 (default; auto is v4 where it applies, v5 only on request)  NCU=1 (profile auto)
@@ -30,6 +30,20 @@ step "kernel tests"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -rs -x --tb=short \
   > "$OUT/kernel_tests.txt" 2>&1
 rc=$?; tail -15 "$OUT/kernel_tests.txt"; [ $rc -eq 0 ] || status=1
+
+step "errors per kernel (poisoned test, relative Frobenius error: whole output, worst head)"
+PALU_REPORT_ERRORS=1 timeout 120 python3 -m pytest -q -s -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py \
+  -k poisoned 2>&1 | grep "^ERRORS" | sort -k2,4 > "$OUT/errors.txt"
+python3 - "$OUT/errors.txt" <<'PY'
+import collections, sys
+worst = collections.defaultdict(lambda: [0.0, 0.0])
+for line in open(sys.argv[1]):
+    _, shape, dtype, impl, used, glob, head = line.split()
+    w = worst[(dtype, used)]
+    w[0], w[1] = max(w[0], float(glob)), max(w[1], float(head))
+for (dtype, used), (g, h) in sorted(worst.items()):
+    print(f"{dtype:9s} {used}: max whole-output error {g:.2e}, max worst-head error {h:.2e}")
+PY
 
 step "benchmark"
 BENCH_ARGS="--impls ${IMPLS:-auto,v5,v3} --out $OUT/bench_attention_h200.md"
@@ -68,6 +82,12 @@ if [ "${NCU:-0}" = 1 ]; then
   rc=$?; echo "ncu exit: $rc"; [ $rc -eq 0 ] || status=1
   grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " \
     "$OUT/ncu_${NCU_IMPL}_llama3-8b_65536_b1_g1.txt" | head -12
+  # why warps wait: stall reasons as warps per issued instruction (the text report of --set full omits them)
+  timeout 200 ncu --clock-control none -k regex:decode_v --launch-skip 3 --launch-count 1 \
+    --metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active.ratio \
+    python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl $NCU_IMPL \
+    > "$OUT/ncu_stalls_${NCU_IMPL}.txt" 2>&1 || status=1
+  grep "stalled" "$OUT/ncu_stalls_${NCU_IMPL}.txt" | awk '{print $NF, $1}' | sort -rn | head -8
 fi
 
 step "summary"

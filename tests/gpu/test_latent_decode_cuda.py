@@ -20,6 +20,7 @@ runs only on compute capability 9.0; elsewhere its tests check that it refuses w
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -186,6 +187,8 @@ def test_matches_float64_reference_poisoned(torch_gen, shape, dtype, impl):
     torch.cuda.synchronize()
     tol = TOL[("v1" if used == 1 else "v2", dtype)]
     glob, worst = rel_errors(z, reference_z(c, scaling, att), c)
+    if os.environ.get("PALU_REPORT_ERRORS"):  # python/gpu_kernel_check.sh collects these into errors.txt
+        print(f"\nERRORS {name} {str(dtype).split('.')[-1]} {impl} v{used} {glob:.3e} {worst:.3e}")
     assert glob <= tol and worst <= 3 * tol, f"v{used}: relative error {glob:.3e} (worst head {worst:.3e}) vs {tol}"
 
 
