@@ -1566,6 +1566,31 @@ template <typename T, int D, int RV> struct V4Warp {
         }
     }
 
+    /* This warp's (m, l, z) of its heads into shared memory for combine_cta_partials: head e's record of 2 + RV
+     * floats (m, l, z[RV]) at rec + e (2 + RV) */
+    __device__ __forceinline__ void write_record(float *rec)
+    {
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            float l = l_run[e] + dev::shfl_xor(l_run[e], 4); /* over the 8 lanes of this c */
+            l += dev::shfl_xor(l, 8);
+            l += dev::shfl_xor(l, 16);
+            const int head = 2 * cq + e;
+            if (gq == 0 && head < n_rep) rec[head * (2 + RV)] = m_run[e], rec[head * (2 + RV) + 1] = l;
+        }
+#pragma unroll
+        for (int u = 0; u < RVT; u++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int head = 2 * cq + e;
+                if (head < n_rep) {
+                    float *w = rec + head * (2 + RV) + 2 + 16 * u + gq;
+                    w[0] = zacc[u][e];
+                    w[8] = zacc[u][2 + e];
+                }
+            }
+    }
+
     /* This warp's partial record (m, l, z of its heads); NaN for a bad pad_start */
     __device__ __forceinline__ void write_partial(const DecodeParams &p, int b, int h0, int pidx, bool bad_pad)
     {
@@ -1596,8 +1621,36 @@ template <typename T, int D, int RV> struct V4Warp {
     }
 };
 
+/* The CTA's one partial per head (pidx = split): the warps' records (write_record, `recs` in shared memory, warp
+ * w's at recs + w n_rep (2 + RV)) combined as online-softmax states. Per-warp partials (v4 and v5 as first
+ * written) made the merge kernel walk 264 partials per head at Llama-3-8B B = 1 (33 splits x 8 warps); one per
+ * CTA is 33. NaN for a bad pad_start; a CTA whose warps all had empty ranges writes m = -inf, l = 0, z = 0. */
+template <int RV>
+__device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int split, int warps, const float *recs,
+                                     bool bad_pad)
+{
+    constexpr int REC = 2 + RV;
+    const int n_rep = p.n_rep, stride = n_rep * REC;
+    const float nan = __int_as_float(0x7fc00000);
+    for (int t = threadIdx.x; t < n_rep * RV; t += blockDim.x) {
+        const int e = t / RV, d = t - e * RV;
+        const float *r = recs + e * REC;
+        float mx = -INFINITY;
+        for (int w = 0; w < warps; w++) mx = fmaxf(mx, r[w * stride]);
+        float l = 0.0f, z = 0.0f;
+        for (int w = 0; w < warps; w++) {
+            const float m = r[w * stride], wt = m == -INFINITY ? 0.0f : dev::ex2(m - mx);
+            l = fmaf(wt, r[w * stride + 1], l);
+            z = fmaf(wt, r[w * stride + 2 + d], z);
+        }
+        float *out = partial(p, b, h0 + e, split);
+        if (d == 0) out[0] = bad_pad ? nan : mx, out[1] = bad_pad ? nan : l;
+        out[2 + d] = bad_pad ? nan : z;
+    }
+}
+
 /* One CTA = (KV head, slice, sequence), V4Shape<RK>::WARPS warps, each streaming its own part of the slice in
- * 16-token tiles and writing its own partial. Fragments as v3 with one m tile: K (16 x D) = HK . Uk^T per pass
+ * 16-token tiles; the warps' states are combined into one partial per CTA. Fragments as v3 with one m tile: K (16 x D) = HK . Uk^T per pass
  * of 32 dims (four n8 column tiles: 2kk, 2kk+1 and their RoPE partners), RoPE by R(tau) from the table,
  * S (8 heads x 16 tokens) = Qr . K^T (two n8 token tiles), online softmax, z^T += HV^T . P^T (one k step). */
 template <typename T, int D, int RK, int RV, bool BIAS>
@@ -1782,7 +1835,12 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         if (more) issue_v(it + 1);
     }
 
-    pw.write_partial(p, b, h0, pidx, bad_pad);
+    dev::sync_cta(); /* every warp is past its last use of the stages: they hold the records now */
+    float *recs = reinterpret_cast<float *>(smem);
+    static_assert(L::total(V4Shape<RK>::WARPS) >= (size_t)V4Shape<RK>::WARPS * 8 * (2 + RV) * 4, "records fit");
+    pw.write_record(recs + (size_t)warp * n_rep * (2 + RV));
+    dev::sync_cta();
+    combine_cta_partials<RV>(p, b, h0, split, warps, recs, bad_pad);
 }
 
 /* ---- v5: v4 with the key rebuild on Hopper warpgroup MMA (wgmma, sm_90a) ------------------------------------- */
@@ -1802,7 +1860,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
  * Work split: the CTA's slice is cut into one contiguous range per warp (as v4); a warpgroup's 64-token tile it
  * is the 16-token tile it of each of its 4 warps (row 16w + r of A = slot wb_w + 16 it + r), so every warp walks
  * its own consecutive slots 16 at a time and v4's query anchoring (one anchor per 32 slots, R(tau) table of 32
- * rows, advance by R(32)) carries over. Each warp writes its own partial (v4's format and merge).
+ * rows, advance by R(32)) carries over. Each warp writes its own partial (v4 first did; the merge takes both).
  * Shared memory, no swizzle (core matrices of 8 rows x 16 B; see dev::wgmma_desc): HK and Uk are stored K-major
  * with element (row m, k) at byte (m / 8) * SBO + (k / 8) * 128 + (m % 8) * 16 + (k % 8) * 2, LBO = 128 and
  * SBO = 16 rk, which makes 16-byte chunk e = (m / 8) * (rk / 8) * 8 + (k / 8) * 8 + m % 8 land at byte 16 e: the
@@ -1844,7 +1902,6 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     constexpr int PASSES = D / 32, RVT = RV / 16, TT = kV4Tile, NB = D / 8, S = V5Shape<RK>::STAGES;
     const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
     const int split = blockIdx.y, b = blockIdx.z, h0 = blockIdx.x * p.n_rep;
-    const int pidx = split * warps + warp;
 #ifdef PALU_V5_WGMMA
     using L = V5Layout<D, RK, RV>;
     constexpr int HALF = D / 2, KC = RK / 8, VC = RV / 8;
@@ -2050,7 +2107,10 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
         }
     }
 
-    pw.write_partial(p, b, h0, pidx, bad_pad);
+    /* one partial per warp: the CTA combine of v4 made compute-sanitizer racecheck report hazards between the
+     * records' writes and reads in v5 at ranks 128 with a bias (H200 run 8; not understood yet, the barrier sits
+     * between them in the SASS), so v5 keeps per-warp partials until that is resolved */
+    pw.write_partial(p, b, h0, split * warps + warp, bad_pad);
 #else
     /* Not an sm_90a build (the host plans v5 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
@@ -2058,7 +2118,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const int cq = lane & 3, gq = lane >> 2;
     for (int e = 0; e < 2; e++) {
         const int head = 2 * cq + e;
-        if (gq == 0 && head < p.n_rep) partial(p, b, h0 + head, pidx)[0] = __int_as_float(0x7fc00000);
+        if (gq == 0 && head < p.n_rep) partial(p, b, h0 + head, split * warps + warp)[0] = __int_as_float(0x7fc00000);
     }
 #endif
 }
@@ -2177,7 +2237,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             pl->impl = 5;
             pl->warps = w4;
             pl->smem = s4;
-            pl->partials_per_cta = w4;
+            pl->partials_per_cta = 1; /* the CTA combines its warps' states */
         }
     }
     if (a->impl == PALU_LATENT_DECODE_V5) { /* only on request (auto stays v4 until the H200 says otherwise) */

@@ -34,7 +34,8 @@
  * Design (the notes file docs/design/latent_decode_notes.md has each version's numbers).
  *   Grid (Hkv, splits, B): one CTA per KV head, slice of the sequence and batch entry; KV heads are the fastest
  *   grid axis so the G CTAs that read one group's latents run side by side and share them through L2. Each
- *   CTA writes a partial (running max m, sum l, unnormalized z) per query head and per slice (per warp in v2);
+ *   CTA writes a partial (running max m, sum l, unnormalized z) per query head and per slice (per warp in v2, v3
+ *   and v5; v4 combines its warps' states in shared memory first);
  *   a second small kernel merges the partials (log-sum-exp) and writes z. Scores live in the log2 domain
  *   (scaling * attention_scaling * log2 e folded into one factor; attention_scaling multiplies cos and sin,
  *   hence the rotated key, hence the score).
