@@ -1566,33 +1566,9 @@ template <typename T, int D, int RV> struct V4Warp {
         }
     }
 
-    /* This warp's (m, l, z) of its heads into shared memory for combine_cta_partials: head e's record of 2 + RV
-     * floats (m, l, z[RV]) at rec + e (2 + RV) */
-    __device__ __forceinline__ void write_record(float *rec)
-    {
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            float l = l_run[e] + dev::shfl_xor(l_run[e], 4); /* over the 8 lanes of this c */
-            l += dev::shfl_xor(l, 8);
-            l += dev::shfl_xor(l, 16);
-            const int head = 2 * cq + e;
-            if (gq == 0 && head < n_rep) rec[head * (2 + RV)] = m_run[e], rec[head * (2 + RV) + 1] = l;
-        }
-#pragma unroll
-        for (int u = 0; u < RVT; u++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const int head = 2 * cq + e;
-                if (head < n_rep) {
-                    float *w = rec + head * (2 + RV) + 2 + 16 * u + gq;
-                    w[0] = zacc[u][e];
-                    w[8] = zacc[u][2 + e];
-                }
-            }
-    }
-
-    /* This warp's partial record (m, l, z of its heads); NaN for a bad pad_start */
-    __device__ __forceinline__ void write_partial(const DecodeParams &p, int b, int h0, int pidx, bool bad_pad)
+    /* This warp's state (m, l, z) of each of its heads into the record that dst(head) points to (m, l, z[RV]);
+     * NaN when `bad` (a bad pad_start) */
+    template <class Dst> __device__ __forceinline__ void write_state(Dst &&dst, bool bad)
     {
         const float nan = __int_as_float(0x7fc00000);
 #pragma unroll
@@ -1602,9 +1578,9 @@ template <typename T, int D, int RV> struct V4Warp {
             l += dev::shfl_xor(l, 16);
             const int head = 2 * cq + e;
             if (gq == 0 && head < n_rep) {
-                float *w = partial(p, b, h0 + head, pidx);
-                w[0] = bad_pad ? nan : m_run[e];
-                w[1] = bad_pad ? nan : l;
+                float *w = dst(head);
+                w[0] = bad ? nan : m_run[e];
+                w[1] = bad ? nan : l;
             }
         }
 #pragma unroll
@@ -1613,11 +1589,21 @@ template <typename T, int D, int RV> struct V4Warp {
             for (int e = 0; e < 2; e++) {
                 const int head = 2 * cq + e;
                 if (head < n_rep) {
-                    float *w = partial(p, b, h0 + head, pidx) + 2 + 16 * u + gq;
-                    w[0] = bad_pad ? nan : zacc[u][e];
-                    w[8] = bad_pad ? nan : zacc[u][2 + e];
+                    float *w = dst(head) + 2 + 16 * u + gq;
+                    w[0] = bad ? nan : zacc[u][e];
+                    w[8] = bad ? nan : zacc[u][2 + e];
                 }
             }
+    }
+    /* into shared memory for combine_cta_partials: head e's record at rec + e (2 + RV) */
+    __device__ __forceinline__ void write_record(float *rec)
+    {
+        write_state([&](int head) { return rec + head * (2 + RV); }, false);
+    }
+    /* this warp's own partial record in the workspace */
+    __device__ __forceinline__ void write_partial(const DecodeParams &p, int b, int h0, int pidx, bool bad_pad)
+    {
+        write_state([&](int head) { return partial(p, b, h0 + head, pidx); }, bad_pad);
     }
 };
 
