@@ -192,7 +192,7 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
     seq_r, logits_r = run("torch")
     assert len(calls) == n_calls  # the reference run did not use the kernel
     # token for token; a divergence is only allowed at a near-tie of the reference (top-2 gap within the
-    # dtype's logit noise: 2% of the logit scale in fp16, 8% in bf16, far above the kernels' 3e-4 / 3e-3 error)
+    # dtype's logit noise: 2% of the logit scale in fp16, 8% in bf16, far above the kernels' 6e-4 / 4e-3 error)
     tol = (0.02 if dtype == torch.float16 else 0.08) * float(logits_r.abs().max())
     for b in range(seq_r.shape[0]):
         diff = (seq_k[b] != seq_r[b]).nonzero()

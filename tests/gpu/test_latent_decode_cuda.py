@@ -8,7 +8,9 @@ C twin palu_c._C.latent_decode_attention (float32 CPU) on float32 copies of the 
 
 Tolerances (stated, not tuned): relative Frobenius error ||z - ref|| / ||ref|| over the whole output and per
 (sequence, head) block. v2 .. v5 (tensor cores) round the rebuilt keys and the probabilities (v3, v4 and v5
-also the per-tile rotated query) to the input dtype for their products: 1e-2 in bfloat16 (eps 2^-8), 2e-3 in float16 (eps 2^-11), per the kernel's design notes. v1 keeps
+also the per-tile rotated query) to the input dtype for their products, and v4 / v5 rotate fp16 keys in half2 (the
+cos/sin and products rounded too; measured 5.8e-4 against v3's 4.1e-4): 1e-2 in bfloat16 (eps 2^-8), 2e-3 in
+float16 (eps 2^-11), per the kernel's design notes. v1 keeps
 fp32 throughout: 1e-4 (fp32 sums over D + rank + T terms, RoPE cos/sin within ~1e-6). Per-head blocks get 3x the
 global bound (a head's norm can be small). The append is a bitwise copy: exact equality. NaN never passes; every
 output starts poisoned with NaN so an unwritten element fails.
