@@ -9,6 +9,7 @@
 #   QUICK=1 bash python/gpu_kernel_check.sh                          (benchmark at 4K/16K, batch 1 only)
 #   IMPLS=auto,v5,v3 (default; auto is v4 where it applies, v5 only on request)  NCU=1 (profile auto)
 #   NCU_IMPL=v5 (profile that one instead)  GRAPHS=1 (graph-replay bench too)
+#   SKIP_BUILD=1 (reuse the in-place build of a previous call on a still-warm machine)  TESTS=0 (no kernel tests)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
@@ -16,6 +17,7 @@ export PYTHONUNBUFFERED=1
 status=0
 step() { echo "=== $1 ($(date +%T))"; }
 
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
 step "machine + build (CUDA)"
 { nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv
   python3 -c "import torch; print('torch', torch.__version__)"; nvcc --version | tail -1
@@ -25,6 +27,9 @@ python3 -c "import palu_c; print(palu_c.build_info())" 2>&1 | tee -a "$OUT/build
 nvcc -c kernels/latent_decode.cu -o /tmp/latent_decode_ptxas.o -O3 -std=c++17 --expt-relaxed-constexpr \
   -gencode arch=compute_90a,code=sm_90a -I csrc -I kernels -Xptxas -v > "$OUT/ptxas.txt" 2>&1
 grep -E "spill|Used" "$OUT/ptxas.txt" | sort | uniq -c | head -20
+fi
+
+if [ "${TESTS:-1}" = 1 ]; then
 
 step "kernel tests"
 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -rs -x --tb=short \
@@ -44,6 +49,7 @@ for line in open(sys.argv[1]):
 for (dtype, used), (g, h) in sorted(worst.items()):
     print(f"{dtype:9s} {used}: max whole-output error {g:.2e}, max worst-head error {h:.2e}")
 PY
+fi
 
 step "benchmark"
 BENCH_ARGS="--impls ${IMPLS:-auto,v5,v3} --out $OUT/bench_attention_h200.md"
@@ -59,15 +65,15 @@ fi
 
 step "compute-sanitizer memcheck (reduced set)"
 # the poisoned test runs v1, v3, v4, v5 and auto per shape: mha-d64-g1 (ranks 32) and gqa-d128-g2-r128 cover v4's
-# two CTA shapes (8 warps x 2, 12 warps x 1) and v5's (3 and 2 warpgroups); long-split is v5's main shape (D 128,
-# ranks 64, several tiles per warpgroup, so every stage is refilled)
-MEMCHECK_K='(poisoned and float16 and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or gqa-d128-g2-r128)) or (poisoned and float16 and long-split and v5) or (append and 1-256-1-0) or bad_pad'
+# two CTA shapes (8 warps x 2, 12 warps x 1) and v5's (3 and 2 warpgroups); long-split is v5's and v6's main shape
+# (D 128, ranks 64, several tiles per warpgroup, so every stage is refilled)
+MEMCHECK_K='(poisoned and float16 and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or gqa-d128-g2-r128)) or (poisoned and float16 and long-split and (v5 or v6)) or (append and 1-256-1-0) or bad_pad'
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$MEMCHECK_K" > "$OUT/memcheck.txt" 2>&1
 rc=$?; echo "memcheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -4 "$OUT/memcheck.txt"
 
 step "compute-sanitizer racecheck (reduced set)"
-RACECHECK_K='(poisoned and float16 and (mha-d64-g1 or gqa-d128-g1 or gqa-d128-g2-r128)) or (poisoned and float16 and long-split and v5)'
+RACECHECK_K='(poisoned and float16 and (mha-d64-g1 or gqa-d128-g1 or gqa-d128-g2-r128)) or (poisoned and float16 and long-split and (v5 or v6))'
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$RACECHECK_K" > "$OUT/racecheck.txt" 2>&1
 rc=$?; echo "racecheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -4 "$OUT/racecheck.txt"
