@@ -78,6 +78,22 @@ __device__ __forceinline__ unsigned smem_u32(const void *p) { return static_cast
 __device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
 __device__ __forceinline__ int warp_id() { return threadIdx.x >> 5; }
 __device__ __forceinline__ void sync_cta() { __syncthreads(); }
+/* Programmatic dependent launch (compute capability 9.0+; no-ops below): a kernel launched with programmatic
+ * stream serialization waits here until the grid before it has completed and its memory writes are visible
+ * (without that launch attribute there is nothing to wait for); launch_dependents lets the next such grid be
+ * launched before this one exits (its CTAs still wait for this grid in grid_dependency_wait). */
+__device__ __forceinline__ void grid_dependency_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
 /* The CTA's dynamic shared memory (16-byte aligned). */
 __device__ __forceinline__ char *dyn_smem()
 {
@@ -492,6 +508,7 @@ __device__ void block_reduce_ml(float &m, float &l, float &flag, float *scratch 
 template <typename OT>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams p)
 {
+    dev::grid_dependency_wait(); /* launched as the decode kernel's programmatic dependent (launch_merge) */
     float *wt = reinterpret_cast<float *>(dev::dyn_smem()); /* [P] weights, then [96] scratch, then z parts */
     float *scratch = wt + p.partials;
     const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
@@ -1639,21 +1656,6 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         dev::cp_async16(uk + d * L::UKST + cc * 16, ukg + (size_t)d * RK + cc * 8, true);
     }
     dev::cp_async_commit();
-    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
-    for (int i = tid; i < HALF; i += blockDim.x) {
-        const float2 tr = turn_split(p.inv_freq[i]);
-        double s32, c32;
-        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
-        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
-    }
-    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
-        const int tau = e / HALF, i = e - tau * HALF;
-        float c, s;
-        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
-        V4Warp<T, D, RV>::store_rtab(rtab, tau, i, c, s);
-    }
-    dev::cp_async_wait<0>();
-    dev::sync_cta();
 
     const int ps = p.pad_start[b];
     const bool bad_pad = ps < 0 || ps >= T_len;
@@ -1715,13 +1717,31 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
             issue_v_tile(it, Flag<false>());
     };
 
-    /* cp.async groups in commit order: K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
+    /* cp.async groups in commit order: Uk K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
      * of tile it the newest groups are V(it) and K(it+1), so wait_group 2 completes K(it); before PV the newest
      * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile) */
-    if (ntiles > 0) {
+    if (ntiles > 0) { /* the first tile's loads fly while the tables are built and Uk lands */
         issue_k(0);
         issue_v(0);
     }
+    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+    for (int i = tid; i < HALF; i += blockDim.x) {
+        const float2 tr = turn_split(p.inv_freq[i]);
+        double s32, c32;
+        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
+        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+    }
+    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
+        const int tau = e / HALF, i = e - tau * HALF;
+        float c, s;
+        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
+        V4Warp<T, D, RV>::store_rtab(rtab, tau, i, c, s);
+    }
+    if (ntiles > 0) /* Uk (the oldest group) */
+        dev::cp_async_wait<2>();
+    else /* nothing else in flight: the records will overlay Uk */
+        dev::cp_async_wait<0>();
+    dev::sync_cta();
     for (int it = 0; it < ntiles; it++) {
         const bool more = it + 1 < ntiles;
         if (more) {
@@ -1795,6 +1815,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
         if (more) issue_v(it + 1);
     }
+    dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
 
     dev::sync_cta(); /* every warp is past its last use of the stages: they hold the records now */
     float *recs = reinterpret_cast<float *>(smem);
@@ -2096,6 +2117,7 @@ struct Plan {
     int max_rk, max_rv;
     size_t smem;
     int sm_count;
+    int cc_major; /* >= 9: the merge is launched as a programmatic dependent of the decode kernel */
 };
 
 palu_status check_sizes(const palu_latent_decode_args *a)
@@ -2183,6 +2205,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int smem_optin = 0;
     PALU_CUDA_CHECK(cudaDeviceGetAttribute(&smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     PALU_CUDA_CHECK(cudaDeviceGetAttribute(&pl->sm_count, cudaDevAttrMultiProcessorCount, device));
+    PALU_CUDA_CHECK(cudaDeviceGetAttribute(&pl->cc_major, cudaDevAttrComputeCapabilityMajor, device));
     const int n_rep = (int)(a->heads / a->kv_heads), D = (int)a->head_dim;
 
     char why[256] = "", why3[256] = "", why4[256] = "";
@@ -2640,7 +2663,12 @@ template <typename T> palu_status launch_v1(const DecodeParams &p, const Plan &p
     return PALU_OK;
 }
 
-template <typename OT> palu_status launch_merge(const MergeParams &m, int B, cudaStream_t stream)
+/* The merge after the decode kernel on the same stream. On compute capability 9.0+ it is a programmatic dependent
+ * launch: the runtime may launch it while the decode grid drains (v4 triggers that after its main loop), and
+ * merge_kernel's first act, grid_dependency_wait, holds every CTA until the decode grid has completed and its
+ * partials are visible. That hides the launch gap between the two kernels (~1 us of a ~60 us step at Llama-3-8B
+ * B = 1, 64K), also inside CUDA-graph capture (a programmatic edge). */
+template <typename OT> palu_status launch_merge(const MergeParams &m, int B, bool pdl, cudaStream_t stream)
 {
     const size_t smem = ((size_t)m.partials + 96 + kMergeThreads) * sizeof(float); /* weights, scratch, z parts */
     if (smem > kDefaultSmem)
@@ -2650,8 +2678,18 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, cud
     for (int g = 0; g < kMaxGroups; g++) max_rv = m.groups.rv[g] > max_rv ? m.groups.rv[g] : max_rv;
     const int want = (kMergeCtas + m.H * B - 1) / (m.H * B), most = max_rv / 16 > 1 ? max_rv / 16 : 1;
     const int chunks = want < 1 ? 1 : want > most ? most : want;
-    PALU_EMU_LAUNCH(merge_kernel<OT>, dim3((unsigned)m.H, (unsigned)B, (unsigned)chunks), dim3(kMergeThreads), smem,
-                    stream, m);
+    const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)chunks);
+    if (pdl) {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid, cfg.blockDim = dim3(kMergeThreads), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+        cfg.attrs = attr, cfg.numAttrs = 1;
+        PALU_CUDA_CHECK(cudaLaunchKernelEx(&cfg, merge_kernel<OT>, m));
+    } else {
+        PALU_EMU_LAUNCH(merge_kernel<OT>, grid, dim3(kMergeThreads), smem, stream, m);
+    }
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;
 }
@@ -2682,10 +2720,11 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v3(a, p, pl, stream);
     }
     if (st != PALU_OK) return st;
+    const bool pdl = pl.cc_major >= 9;
     switch (a->out_dtype) {
-    case PALU_DTYPE_F32: return launch_merge<float>(m, p.B, stream);
-    case PALU_DTYPE_F16: return launch_merge<__half>(m, p.B, stream);
-    case PALU_DTYPE_BF16: return launch_merge<__nv_bfloat16>(m, p.B, stream);
+    case PALU_DTYPE_F32: return launch_merge<float>(m, p.B, pdl, stream);
+    case PALU_DTYPE_F16: return launch_merge<__half>(m, p.B, pdl, stream);
+    case PALU_DTYPE_BF16: return launch_merge<__nv_bfloat16>(m, p.B, pdl, stream);
     default: return palu_fail(PALU_ERR_TYPE, "out dtype %s is not supported", palu_dtype_name(a->out_dtype));
     }
 }

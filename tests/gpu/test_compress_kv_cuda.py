@@ -188,6 +188,11 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
 
     seq_k, logits_k = run("auto")
     assert calls, "the fused CUDA kernel was never called"
+    # the fastest kernel that covers the layer: v4 for equal ranks 32/64/128 (uniform ranks at ratio 0.5 are
+    # G D / 2: 64 and 128 for Llama-3-8B, 32 and 96 for SmolLM2), else the general tensor-core v2
+    rank = group * (model.config.hidden_size // model.config.num_attention_heads) // 2
+    used = {layer.self_attn._cuda_impl for layer in model.model.layers}
+    assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
     n_calls = len(calls)
     seq_r, logits_r = run("torch")
     assert len(calls) == n_calls  # the reference run did not use the kernel
