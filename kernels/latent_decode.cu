@@ -1356,6 +1356,25 @@ template <typename T, int D, int RV> struct V4Warp {
             *reinterpret_cast<float2 *>(row + i * 8) = make_float2(c, s);
         }
     }
+    /* The CTA's bias (0 without one), turn[i] = (hi, lo turn split, cos, sin of kV4Span inv_freq_i) and the R(tau)
+     * table for tau < kV4Span, written by all threads (v4 and v5 prologues; the caller synchronizes). */
+    static __device__ __forceinline__ void build_tables(const DecodeParams &p, int kvh, float *bias, float4 *turn,
+                                                        char *rtab)
+    {
+        for (int d = threadIdx.x; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
+        for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
+            const float2 tr = turn_split(p.inv_freq[i]);
+            double s32, c32;
+            sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
+            turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+        }
+        for (int e = threadIdx.x; e < kV4Span * HALF; e += blockDim.x) {
+            const int tau = e / HALF, i = e - tau * HALF;
+            float c, s;
+            rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
+            store_rtab(rtab, tau, i, c, s);
+        }
+    }
     /* The state is the kernel's own variables, held here by reference (as the lambdas held them before): a struct
      * that owned the arrays would stay in memory until the loops are unrolled and change the early optimizations
      * (measured: different registers and spills). */
@@ -1724,19 +1743,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         issue_k(0);
         issue_v(0);
     }
-    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
-    for (int i = tid; i < HALF; i += blockDim.x) {
-        const float2 tr = turn_split(p.inv_freq[i]);
-        double s32, c32;
-        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
-        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
-    }
-    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
-        const int tau = e / HALF, i = e - tau * HALF;
-        float c, s;
-        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
-        V4Warp<T, D, RV>::store_rtab(rtab, tau, i, c, s);
-    }
+    V4Warp<T, D, RV>::build_tables(p, kvh, bias, turn, rtab);
     if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<2>();
     else /* nothing else in flight: the records will overlay Uk */
@@ -1886,7 +1893,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
     const int split = blockIdx.y, b = blockIdx.z, h0 = blockIdx.x * p.n_rep;
 #ifdef PALU_V5_WGMMA
     using L = V5Layout<D, RK, RV>;
-    constexpr int HALF = D / 2, KC = RK / 8, VC = RV / 8;
+    constexpr int KC = RK / 8, VC = RV / 8;
     static_assert(kV5Rows * KC % 128 == 0 && kV5Rows * VC % 128 == 0, "tile loads are whole warpgroup rounds");
     char *smem = dev::dyn_smem();
     const int kvh = blockIdx.x;
@@ -1907,19 +1914,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
         dev::cp_async16(uk + (size_t)e * 16, ukg + (size_t)d * RK + cc * 8, true);
     }
     dev::cp_async_commit();
-    for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
-    for (int i = tid; i < HALF; i += blockDim.x) {
-        const float2 tr = turn_split(p.inv_freq[i]);
-        double s32, c32;
-        sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
-        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
-    }
-    for (int e = tid; e < kV4Span * HALF; e += blockDim.x) {
-        const int tau = e / HALF, i = e - tau * HALF;
-        float c, s;
-        rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
-        V4Warp<T, D, RV>::store_rtab(rtab, tau, i, c, s);
-    }
+    V4Warp<T, D, RV>::build_tables(p, kvh, bias, turn, rtab);
     dev::cp_async_wait<0>();
     dev::fence_proxy_async(); /* Uk is read by wgmma (async proxy) */
     dev::sync_cta();
