@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import warnings
 
@@ -25,29 +24,22 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from bench_attention import timed  # noqa: E402
 from profile_latent_decode import decode_step  # noqa: E402
 
 
 def kernel_means(step, flush, iters):
-    """(median event us of the whole call, {kernel kind: mean device us}) over `iters` flushed calls."""
-    times = []
+    """(median event us of the whole call, {kernel kind: mean device us}) over `iters` flushed calls, timed as
+    bench_attention.py times them."""
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            flush.sum()
-            torch.cuda._sleep(2_000_000)
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            step()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b) * 1e3)
+        call = timed(step, flush, iters, warmup=0)[0]
     kinds = {}
     for ev in prof.key_averages():
         kind = "decode" if "decode_v" in ev.key else "merge" if "merge_kernel" in ev.key else None
         if kind is not None and ev.count:
             total = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
             kinds[kind] = kinds.get(kind, 0.0) + total / ev.count
-    return statistics.median(times), kinds
+    return call, kinds
 
 
 def main() -> None:
