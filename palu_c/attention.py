@@ -318,7 +318,7 @@ class PaluAttention(nn.Module):
         rotary = self.rotary_emb
         # the fastest tensor-core kernel that covers this layer (v4, then v3: equal ranks 32/64/128; v2: the
         # general tensor-core one), found once per module; v1 (CUDA cores) is slower than the PyTorch path, never
-        # used here; v5 (wgmma) is slower than v4 on the H200 (python/results/bench_attention_h200.md)
+        # used here; v5 (wgmma) is slower than v4 on the H200 (docs/design/latent_decode_notes.md)
         for impl in ((self._cuda_impl,) if self._cuda_impl else ("v4", "v3", "v2")):
             try:
                 z = latent_kernels.latent_decode_attention_cuda(
