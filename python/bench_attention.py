@@ -45,7 +45,7 @@ from report import emit  # noqa: E402
 BW = 4.3e12     # bytes/s, device copy measured on the H200 (KINDS.md)
 MATH = 790e12   # FLOP/s, bf16 matrix product measured on the H200
 MODELS = {"llama2-7b": (32, 32, 128), "llama3-8b": (32, 8, 128)}
-LABEL = {1: "v1", 2: "v2", 3: "v3", 4: "v3w", 5: "v4", 6: "v5"}  # what latent_decode_workspace_size reports -> table name
+LABEL = lk.KERNEL_NAMES  # what latent_decode_workspace_size reports -> table name
 
 
 def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0):

@@ -4,9 +4,9 @@
 
 For each shape and batch, times one decode step (fused decode kernel + split merge, random fp16 latents at ratio
 0.5, group size 1) at several context lengths, each step after an L2 flush and a 1 ms GPU sleep as
-python/bench_attention.py does, and prints per length the median CUDA-event time of the whole call, the decode
-kernel's and the merge kernel's mean durations (torch profiler), and the decode kernel's time per 16-token tile
-per warp slot. A least-squares line through (tokens, decode kernel us) gives the per-step intercept: what a step
+python/bench_attention.py does, and prints per length the median CUDA-event time of the whole call and the decode
+kernel's and the merge kernel's mean durations (torch profiler). A least-squares line through (tokens, decode kernel
+us), printed on each shape's last row, gives the per-token slope and the per-step intercept: what a step
 costs before it reads its first token (launch, prologue, first-tile latency, epilogue), the part that a longer
 context does not amortize at batch 1.
 """

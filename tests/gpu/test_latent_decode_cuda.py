@@ -149,7 +149,7 @@ def impl_used(c, impl):
 V5_OK = torch.cuda.get_device_capability() == (9, 0)  # v5 is sm_90a code (Hopper wgmma)
 SPECIAL = ("v3", "v4", "v5")  # the kernels specialized to equal ranks 32/64/128
 USED = {"v3": 3, "v4": 5, "v5": 6}
-NAME = {1: "v1", 2: "v2", 3: "v3", 4: "v3w", 5: "v4", 6: "v5"}  # implementation number -> kernel name
+NAME = lk.KERNEL_NAMES  # implementation number -> kernel name
 
 
 def v5_refused(c, impl, **kw):
