@@ -12,6 +12,10 @@ Design
   for sm_90a plus compute_90 PTX and linked into the same extension with the CUDA runtime linked
   statically, so ``import palu_c`` still works on a machine with no GPU and no driver.
   ``PALU_C_CUDA=0`` forces a CPU-only build; ``palu_c.build_info()`` says which one was built.
+* ``PALU_C_CUDA_OBJECTS=DIR`` links the kernel objects ``DIR/<source>.o`` that an earlier build compiled
+  (same nvcc, same flags; ``python/build_cuda_objects.sh`` makes them) instead of running nvcc. Why: on the
+  GPU machine the nvcc pass over ``latent_decode.cu`` is ~90 s of metered device time per call, and the
+  objects do not depend on the Python version. Every ``kernels/*.cu`` must have its object there.
 * ``PALU_C_SANITIZE=1`` adds AddressSanitizer/UBSan instrumentation (CPU-only builds; see Makefile).
 """
 
@@ -98,6 +102,15 @@ class PaluBuildExt(build_ext):
         return stamp
 
     def _compile_cuda(self, nvcc: str) -> list[str]:
+        prebuilt = os.environ.get("PALU_C_CUDA_OBJECTS")
+        if prebuilt:
+            objects = [Path(prebuilt) / (source.stem + ".o") for source in sorted((ROOT / "kernels").glob("*.cu"))]
+            missing = [str(o) for o in objects if not o.is_file()]
+            if missing:
+                raise RuntimeError(f"PALU_C_CUDA_OBJECTS={prebuilt}: missing {', '.join(missing)}; build them with "
+                                   "python/build_cuda_objects.sh or unset PALU_C_CUDA_OBJECTS")
+            print(f"palu_c: linking prebuilt kernel objects from {prebuilt} (nvcc not run)")
+            return [str(o) for o in objects]
         out_dir = Path(self.build_temp) / "kernels"
         out_dir.mkdir(parents=True, exist_ok=True)
         commands = []

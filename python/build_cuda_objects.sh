@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Compile kernels/*.cu into DIR (default build/cuda_objects) with the flags setup.py uses, for a later
+# `PALU_C_CUDA_OBJECTS=DIR python3 setup.py build_ext --inplace` on the GPU machine (carry DIR there): the nvcc
+# pass is ~90 s of metered device time per call, and the objects do not depend on the Python version.
+#   usage: bash python/build_cuda_objects.sh [DIR] [extra nvcc flags, e.g. -DPALU_V7_PRODUCER_WARPS=1]
+# SM90A_ONLY=1 skips the compute_90 PTX target (half the time; the H200 runs the sm_90a code).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DIR=${1:-build/cuda_objects}
+shift || true
+mkdir -p "$DIR"
+GENCODE=(-gencode arch=compute_90a,code=sm_90a)
+[ "${SM90A_ONLY:-0}" = 1 ] || GENCODE+=(-gencode arch=compute_90,code=compute_90)
+pids=()
+for src in kernels/*.cu; do
+  obj="$DIR/$(basename "${src%.cu}").o"
+  nvcc -c "$src" -o "$obj.tmp" -O3 -std=c++17 --expt-relaxed-constexpr --threads 0 -Xcompiler -fPIC -Xcompiler -Wall \
+    "${GENCODE[@]}" -I csrc -I kernels -I third_party/dlpack/include "$@" && mv "$obj.tmp" "$obj" &
+  pids+=($!)
+done
+status=0
+for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+[ $status -eq 0 ] && echo "kernel objects in $DIR" || echo "nvcc failed" >&2
+exit $status
