@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One H200 call that compares compile-time variants of the decode kernels side by side. The kernel objects are
+# compiled beforehand on any machine with nvcc (python/build_cuda_objects.sh DIR [-DFLAG=...]; carry build/objs_*
+# to the GPU machine) and linked here with PALU_C_CUDA_OBJECTS, ~10 s per variant instead of ~98 s of nvcc.
+# Per variant: the kernel tests (TESTK, a pytest -k expression), profile_fixed_cost.py timings of IMPL on Llama-3-8B
+# and Llama-2-7B shapes (B 1/8, 16K/64K) and ncu's per-scheduler instruction balance; then for the last variant a
+# full ncu profile with per-SASS stall sampling and memcheck/racecheck on a reduced set.
+#   usage: VARIANTS="base pair" IMPL=v4 TESTK=v4 bash python/gpu_variant_check.sh
+# Logs in $OUT: log.txt ncu_<impl>.ncu-rep ncu_<impl>_source.csv ncu_<impl>_details.txt
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu_logs}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+exec > >(tee -a "$OUT/log.txt") 2>&1
+IMPL=${IMPL:-v4}; TESTK=${TESTK:-$IMPL}
+step() { echo "=== $1 ($(date +%T))"; }
+PROF="python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl $IMPL"
+BAL="smsp__inst_executed.avg,smsp__inst_executed.max,smsp__issue_active.avg,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,gpu__time_duration.sum"
+build() {
+  step "build with $1"
+  PALU_C_CUDA=1 PALU_C_CUDA_OBJECTS=$1 python3 setup.py build_ext --inplace --force > "$OUT/build.tmp" 2>&1 \
+    || { tail -30 "$OUT/build.tmp"; exit 1; }
+}
+timing() { timeout 150 python3 python/profile_fixed_cost.py --impl "$IMPL" --shapes llama3-8b,llama2-7b --batches 1,8 \
+  --tokens 16384,65536 --iters 10 2>&1 | grep -v Warning; }
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+for v in ${VARIANTS:-base}; do
+  build "build/objs_$v"
+  step "$v: kernel tests (-k $TESTK)"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$TESTK" -x --tb=short 2>&1 | tail -3
+  step "$v: timing ($IMPL)"; timing
+  step "$v: balance and shared-memory wavefronts (ncu)"
+  timeout 120 ncu --clock-control none -k regex:decode_v --launch-skip 3 --launch-count 1 --metrics "$BAL" $PROF 2>&1 \
+    | grep -E "smsp__|gpu__time|l1tex"
+done
+step "ncu full $IMPL (last variant)"
+timeout 200 ncu --clock-control none --set full --import-source yes -k regex:decode_v --launch-skip 3 --launch-count 1 \
+  -o "$OUT/ncu_$IMPL" $PROF > /dev/null 2>&1; echo "ncu exit $?"
+ncu -i "$OUT/ncu_$IMPL.ncu-rep" --page details > "$OUT/ncu_${IMPL}_details.txt" 2>&1
+grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " "$OUT/ncu_${IMPL}_details.txt" | head -12
+ncu -i "$OUT/ncu_$IMPL.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_${IMPL}_source.csv" 2>&1
+step "memcheck / racecheck ($IMPL, last variant, reduced set)"
+K="(poisoned and float16 and $IMPL and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or long-split)) or (long_ranges and $IMPL and float16)"
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$K" 2>&1 | tail -3; echo "memcheck exit ${PIPESTATUS[0]}"
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 \
+  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "(poisoned and float16 and $IMPL and (gqa-d128-g1 or long-split))" 2>&1 | tail -3; echo "racecheck exit ${PIPESTATUS[0]}"
+step "done"
