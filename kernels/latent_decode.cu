@@ -1304,36 +1304,27 @@ template <bool B> struct Flag {
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
-/* Pair mode (PALU_V4_PAIR=1) at rk <= 64: each warp step takes two 16-token tiles (32 consecutive slots, the span
- * of one query anchor) and loads each Uk fragment once for both, halving the Uk ldmatrix traffic that holds v4
- * at ~80% of the shared-memory pipe (ncu, notes); the price is the second tile's HK fragments, accumulators and
- * scores in registers (168 instead of 128: 12 warps x 1 CTA per SM instead of 8 x 2, as at rk = 128). */
-#ifndef PALU_V4_PAIR
-#define PALU_V4_PAIR 0
-#endif
-/* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128 and for
- * pair mode; NT: 16-token tiles per warp step. */
+/* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
 template <int RK> struct V4Shape {
-    static constexpr int NT = PALU_V4_PAIR && RK <= 64 ? 2 : 1;
-    static constexpr int WARPS = RK <= 64 && NT == 1 ? 8 : 12;
-    static constexpr int MINB = RK <= 64 && NT == 1 ? 2 : 1;
+    static constexpr int WARPS = RK <= 64 ? 8 : 12;
+    static constexpr int MINB = RK <= 64 ? 2 : 1;
 };
 
 /* Shared memory of a v4 CTA: Uk (padded rows as v2), bias, turn[i] = (hi, lo turn split, cos, sin of
  * 32 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 32 (rows padded by 64 B as v3), then
  * per warp: two key stages (16 rows of HK, 16 positions) and one value tile (16 rows of HV). */
-template <int D, int RK, int RV, int NT = V4Shape<RK>::NT> struct V4Layout {
-    static constexpr int HALF = D / 2, ROWS = NT * kV4Tile; /* rows per key stage and value tile */
+template <int D, int RK, int RV> struct V4Layout {
+    static constexpr int HALF = D / 2;
     static constexpr int UKST = (RK + 8) * 2, HKST = (RK + 8) * 2, HVST = (RV + 8) * 2, RTST = HALF * 8 + 64;
     static constexpr size_t UK = 0;
     static constexpr size_t BIAS = UK + (size_t)D * UKST;
     static constexpr size_t TURN = BIAS + (size_t)D * 4;
     static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
     static constexpr size_t WARPS = RTAB + (size_t)kV4Span * RTST;
-    static constexpr size_t KPOS = (size_t)ROWS * HKST;                 /* positions inside a key stage */
-    static constexpr size_t KSTAGE = KPOS + ROWS * 4;
+    static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
+    static constexpr size_t KSTAGE = KPOS + kV4Tile * 4;
     static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
-    static constexpr size_t PER_WARP = VTILE + (size_t)ROWS * HVST;
+    static constexpr size_t PER_WARP = VTILE + (size_t)kV4Tile * HVST;
     static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP; }
 };
 
@@ -1526,12 +1517,7 @@ template <typename T, int D, int RV> struct V4Warp {
     /* after the second tile of an anchor: advance the query by R(32) to the next pair, or let it re-anchor */
     __device__ __forceinline__ void advance_query()
     {
-        if (consec && off == TT) advance_span();
-    }
-    /* the query by R(kV4Span) to the next anchor, or INT_MIN (re-anchor precisely) every kV4Reanchor advances */
-    __device__ __forceinline__ void advance_span()
-    {
-        {
+        if (consec && off == TT) {
             if (age + 1 < kV4Reanchor) {
 #pragma unroll
                 for (int kk = 0; kk < PASSES; kk++)
@@ -1669,9 +1655,8 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
 {
     using L = V4Layout<D, RK, RV>;
     constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16, TT = kV4Tile;
-    constexpr int NT = V4Shape<RK>::NT, TS = NT * TT; /* tiles and slots per warp step (pair mode: 2, 32) */
-    constexpr int KC = RK / 8, VC = RV / 8;           /* 16-byte chunks per latent row */
-    static_assert(TS * KC % 32 == 0 && TS * VC % 32 == 0, "a step's load is whole warp-wide rounds of cp.async");
+    constexpr int KC = RK / 8, VC = RV / 8; /* 16-byte chunks per latent row */
+    static_assert(TT * KC % 32 == 0 && TT * VC % 32 == 0, "a tile load is whole warp-wide rounds of cp.async");
     char *smem = dev::dyn_smem();
     const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
     const int g = kvh / p.G, j = kvh - g * p.G;
@@ -1694,10 +1679,10 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     const int ps = p.pad_start[b];
     const bool bad_pad = ps < 0 || ps >= T_len;
     const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * warps, pidx = split * warps + warp;
-    const int chunk = ((len + nparts - 1) / nparts + TS - 1) / TS * TS;
+    const int chunk = ((len + nparts - 1) / nparts + TT - 1) / TT * TT;
     const int wb = ps + pidx * chunk;
     const int we = bad_pad ? wb : min(T_len, wb + chunk);
-    const int ntiles = we > wb ? (we - wb + TS - 1) / TS : 0; /* warp steps */
+    const int ntiles = we > wb ? (we - wb + TT - 1) / TT : 0;
 
     const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
     float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
@@ -1721,10 +1706,10 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     auto issue_k_tile = [&](int it, auto full) {
         char *st = kdst + (it & 1) * L::KSTAGE;
 #pragma unroll
-        for (int x = 0; x < TS * KC / 32; x++)
-            kcopy.copy<decltype(full)::value>(st + (32 / KC) * x * L::HKST, NT * it, (32 / KC) * x, 0);
-        if (lane < TS) {
-            const int tb = wb + it * TS;
+        for (int x = 0; x < TT * KC / 32; x++)
+            kcopy.copy<decltype(full)::value>(st + (32 / KC) * x * L::HKST, it, (32 / KC) * x, 0);
+        if (lane < TT) {
+            const int tb = wb + it * TT;
             const bool ok = tb + lane < we;
             dev::cp_async4(wbase + (it & 1) * L::KSTAGE + L::KPOS + lane * 4, ok ? posg + tb + lane : posg, ok);
         }
@@ -1732,20 +1717,20 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     };
     auto issue_v_tile = [&](int it, auto full) {
 #pragma unroll
-        for (int x = 0; x < TS * VC / 32; x++)
-            vcopy.copy<decltype(full)::value>(vdst + (32 / VC) * x * L::HVST, NT * it, (32 / VC) * x, 0);
+        for (int x = 0; x < TT * VC / 32; x++)
+            vcopy.copy<decltype(full)::value>(vdst + (32 / VC) * x * L::HVST, it, (32 / VC) * x, 0);
         dev::cp_async_commit();
     };
     /* key latents and positions of tile it into key stage it & 1; value latents into the value tile (one group
      * each); the bound checks only on the range's last tile */
     auto issue_k = [&](int it) {
-        if ((it + 1) * TS <= we - wb)
+        if ((it + 1) * TT <= we - wb)
             issue_k_tile(it, Flag<true>());
         else
             issue_k_tile(it, Flag<false>());
     };
     auto issue_v = [&](int it) {
-        if ((it + 1) * TS <= we - wb)
+        if ((it + 1) * TT <= we - wb)
             issue_v_tile(it, Flag<true>());
         else
             issue_v_tile(it, Flag<false>());
@@ -1773,7 +1758,6 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
             dev::cp_async_wait<1>();
         }
         dev::sync_warp();
-        if constexpr (NT == 1) {
         const char *hk = wbase + (it & 1) * L::KSTAGE;
         const int nvalid = min(TT, we - (wb + it * TT));
         pw.begin_tile(reinterpret_cast<const int *>(hk + L::KPOS), nvalid);
@@ -1836,105 +1820,6 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         dev::sync_warp();
         pw.pv_product(vtile, pb0, pb1);
         dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
-
-        } else {
-        /* pair mode: tiles A (rows 0-15) and B (rows 16-31) of the step share each Uk fragment load; one query
-         * anchor at the step's first slot serves both (table rows [0, 16) and [16, 32)), advanced by R(32) per
-         * step as v4 advances it per two tiles */
-        const char *hk = wbase + (it & 1) * L::KSTAGE;
-        const int *tpos = reinterpret_cast<const int *>(hk + L::KPOS);
-        const int nvalid = min(TS, we - (wb + it * TS)); /* 1..32; B holds valid rows iff nvalid > 16 */
-        {
-            const int mypos = tpos[lane];
-            const int p0 = dev::shfl_int(mypos, 0);
-            const bool consec = dev::all_lanes(lane >= nvalid || mypos == p0 + lane);
-            if (consec ? anchor != p0 : anchor != 0) {
-                pw.anchor_query(consec ? p0 : 0);
-                anchor = consec ? p0 : 0, age = 0;
-            }
-            pw.consec = consec;
-        }
-        float sa[4] = {0.0f, 0.0f, 0.0f, 0.0f}, sb[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        uint32_t afa[RKT][4], afb[RKT][4]; /* HK of tiles A and B (16 tokens x RK each) */
-#pragma unroll
-        for (int s = 0; s < RKT; s++) {
-            dev::ldsm_x4(afa[s], hk + (lane & 15) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
-            dev::ldsm_x4(afb[s], hk + (16 + (lane & 15)) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
-        }
-        /* tile u's per-tile view for V4Warp: its positions, valid rows and table rows */
-        auto tile = [&](int u) {
-            pw.tpos = tpos + TT * u, pw.nvalid = nvalid - TT * u, pw.rt = rtab + (pw.consec ? TT * u : 0) * L::RTST;
-        };
-        auto passes = [&](auto consec) {
-#pragma unroll
-            for (int kk = 0; kk < PASSES; kk++) {
-                float aa[4][4], ab[4][4]; /* as v4's acc, tiles A and B */
-                float2 bq[4] = {};
-                if (BIAS) {
-#pragma unroll
-                    for (int q = 0; q < 4; q++)
-                        bq[q] = *reinterpret_cast<const float2 *>(bias + 16 * kk + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq);
-                }
-                const int drow = 16 * kk + ((lane >> 4) << 3) + (lane & 7);
-#pragma unroll
-                for (int s = 0; s < RKT; s++) {
-                    uint32_t blo[4], bhi[4];
-                    const int rcol = 16 * s + ((lane >> 3) & 1) * 8;
-                    dev::ldsm_x4(blo, uk + drow * L::UKST + rcol * 2);
-                    dev::ldsm_x4(bhi, uk + (drow + HALF) * L::UKST + rcol * 2);
-                    if (s == 0 && !BIAS) {
-#pragma unroll
-                        for (int q = 0; q < 4; q++)
-                            aa[q][0] = aa[q][1] = aa[q][2] = aa[q][3] = ab[q][0] = ab[q][1] = ab[q][2] = ab[q][3] = 0.0f;
-                    }
-                    if (s == 0 && BIAS) {
-                        mma16816c<T>(aa[0], afa[s], blo[0], blo[1], bq[0].x, bq[0].y);
-                        mma16816c<T>(aa[1], afa[s], blo[2], blo[3], bq[1].x, bq[1].y);
-                        mma16816c<T>(aa[2], afa[s], bhi[0], bhi[1], bq[2].x, bq[2].y);
-                        mma16816c<T>(aa[3], afa[s], bhi[2], bhi[3], bq[3].x, bq[3].y);
-                        mma16816c<T>(ab[0], afb[s], blo[0], blo[1], bq[0].x, bq[0].y);
-                        mma16816c<T>(ab[1], afb[s], blo[2], blo[3], bq[1].x, bq[1].y);
-                        mma16816c<T>(ab[2], afb[s], bhi[0], bhi[1], bq[2].x, bq[2].y);
-                        mma16816c<T>(ab[3], afb[s], bhi[2], bhi[3], bq[3].x, bq[3].y);
-                    } else {
-                        dev::mma16816<T>(aa[0], afa[s], blo[0], blo[1]);
-                        dev::mma16816<T>(aa[1], afa[s], blo[2], blo[3]);
-                        dev::mma16816<T>(aa[2], afa[s], bhi[0], bhi[1]);
-                        dev::mma16816<T>(aa[3], afa[s], bhi[2], bhi[3]);
-                        dev::mma16816<T>(ab[0], afb[s], blo[0], blo[1]);
-                        dev::mma16816<T>(ab[1], afb[s], blo[2], blo[3]);
-                        dev::mma16816<T>(ab[2], afb[s], bhi[0], bhi[1]);
-                        dev::mma16816<T>(ab[3], afb[s], bhi[2], bhi[3]);
-                    }
-                }
-                tile(0);
-                pw.rope_scores(sa, kk, consec, [&](int q, int r) -> float & { return aa[q][r]; });
-                tile(1);
-                pw.rope_scores(sb, kk, consec, [&](int q, int r) -> float & { return ab[q][r]; });
-            }
-        };
-        if (pw.consec)
-            passes(Flag<true>());
-        else
-            passes(Flag<false>());
-        if (pw.consec) pw.advance_span();
-        const bool has_b = nvalid > TT; /* warp-uniform */
-        uint32_t pa0, pa1, pb0 = 0, pb1 = 0;
-        tile(0);
-        pw.softmax(sa, p.score_scale, pa0, pa1);
-        if (has_b) {
-            tile(1);
-            pw.softmax(sb, p.score_scale, pb0, pb1);
-        }
-        if (more) /* this step's values (the newest group is K(it+1)) */
-            dev::cp_async_wait<1>();
-        else
-            dev::cp_async_wait<0>();
-        dev::sync_warp();
-        pw.pv_product(vtile, pa0, pa1);
-        if (has_b) pw.pv_product(vtile + TT * L::HVST, pb0, pb1);
-        dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
-        }
         if (more) issue_v(it + 1);
     }
     dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
@@ -2405,10 +2290,8 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
                                  : (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
     if (smax > kMaxSplits) smax = kMaxSplits;
-    /* v4, v5: at least two warp steps (16-token tiles; pair mode: 32 slots) per warp, so that the prefetch has
-     * something to hide */
-    const int64_t step = pl->impl == 5 && pl->max_rk <= 64 ? 16LL * V4Shape<64>::NT : 16;
-    const int64_t min_tokens = pl->impl >= 5 ? 2 * step * pl->warps : pl->impl >= 2 ? 64LL * pl->warps : 64;
+    /* v4, v5: at least two 16-token tiles per warp, so that the prefetch has something to hide */
+    const int64_t min_tokens = pl->impl >= 5 ? 32LL * pl->warps : pl->impl >= 2 ? 64LL * pl->warps : 64;
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
