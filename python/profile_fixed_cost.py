@@ -1,9 +1,9 @@
 """The fixed cost of one latent decode step: kernel durations against the context length (torch profiler).
 
-    python python/profile_fixed_cost.py [--impl v4] [--shapes llama3-8b,llama2-7b] [--batches 1,8]
+    python python/profile_fixed_cost.py [--impl v4] [--shapes llama3-8b,llama2-7b] [--batches 1,8] [--group 1]
 
 For each shape and batch, times one decode step (fused decode kernel + split merge, random fp16 latents at ratio
-0.5, group size 1) at several context lengths, each step after an L2 flush and a 1 ms GPU sleep as
+0.5, group size --group, default 1) at several context lengths, each step after an L2 flush and a 1 ms GPU sleep as
 python/bench_attention.py does, and prints per length the median CUDA-event time of the whole call and the decode
 kernel's and the merge kernel's mean durations (torch profiler). A least-squares line through (tokens, decode kernel
 us), printed on each shape's last row, gives the per-token slope and the per-step intercept: what a step
@@ -49,17 +49,18 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--tokens", default="1024,4096,16384,65536")
     ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--group", type=int, default=1, help="Palu group size G (ranks 0.5 G D)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*Profiler clears events.*")  # one profiler per call, on purpose
     flush = torch.empty(64 * 2**20, device="cuda")
-    print(f"{torch.cuda.get_device_name()}; impl {args.impl}; fp16, ratio 0.5, group 1")
+    print(f"{torch.cuda.get_device_name()}; impl {args.impl}; fp16, ratio 0.5, group {args.group}")
     print("| shape | B | tokens | call us (events) | decode kernel us | merge us | fit: intercept us, us per 1K tokens |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         for B in (int(x) for x in args.batches.split(",")):
             rows = []
             for T in (int(x) for x in args.tokens.split(",")):
-                step = decode_step(shape, T, B, 1, args.impl)
+                step = decode_step(shape, T, B, args.group, args.impl)
                 for _ in range(3):
                     step()
                 torch.cuda.synchronize()
