@@ -133,46 +133,6 @@ template <int N> __device__ __forceinline__ void cp_async_wait()
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
-/* mbarriers (sm_90: transaction counts) and the bulk copy engine, for v4's bulk mode. An mbarrier phase completes
- * when its pending arrivals reach zero and the bytes announced by arrive.expect_tx have all landed; a thread that
- * sees the phase complete (try_wait, acquire) sees the data. */
-__device__ __forceinline__ void mbar_init(uint64_t *bar, int count)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
-/* one arrival that also announces `bytes` more to land before the phase can complete */
-__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t *bar, uint32_t bytes)
-{
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.expect_tx.shared::cta.b64 st, [%0], %1;\n}\n" ::"r"(smem_u32(bar)),
-                 "r"(bytes)
-                 : "memory");
-}
-/* an arrival once every cp.async this thread issued so far has landed; .noinc: counted in the init count */
-__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t *bar)
-{
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ void mbar_wait(uint64_t *bar, int parity)
-{
-    uint32_t done;
-    do {
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done)
-                     : "r"(smem_u32(bar)), "r"(parity)
-                     : "memory");
-    } while (!done);
-}
-/* `bytes` (a multiple of 16, both addresses 16-byte aligned) global -> shared by the bulk copy engine, completing
- * as transaction bytes on `bar` */
-__device__ __forceinline__ void bulk_g2s(void *dst, const void *src, uint32_t bytes, uint64_t *bar)
-{
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
-                     smem_u32(dst)),
-                 "l"(src), "r"(bytes), "r"(smem_u32(bar))
-                 : "memory");
-}
-
 /* Four 8x8 b16 matrices; lane l gives the row address of matrix l/8, row l%8; register k holds matrix k's
  * (row lane/4, cols 2*(lane%4) .. +1), or with .trans its (rows 2*(lane%4) .. +1, col lane/4). */
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p)
@@ -1345,17 +1305,6 @@ constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
 /* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
-/* Bulk mode (PALU_V4_BULK=1): v4's tile loads through the bulk copy engine (one cp.async.bulk per latent row,
- * completion on a per-stage mbarrier) instead of 16-byte cp.async. Why: ncu's source page (run 15) counts the
- * shared-memory wavefronts of the 16-byte LDGSTS at 2.6x their ideal (2.80 M against 1.06 M at Llama-3-8B B1
- * 64K: the returning 32-byte sectors are written piecemeal), about a fifth of all the wavefronts of a kernel
- * held by the shared-memory pipe. Rows past a range's end copy the range's last row instead of zeros (a bulk
- * copy cannot zero-fill): their scores are masked and their probabilities are 0, so only finiteness matters. */
-#ifndef PALU_V4_BULK
-#define PALU_V4_BULK 0
-#endif
-constexpr bool kV4Bulk = PALU_V4_BULK;
-
 template <int RK> struct V4Shape {
     static constexpr int WARPS = RK <= 64 ? 8 : 12;
     static constexpr int MINB = RK <= 64 ? 2 : 1;
@@ -1375,8 +1324,7 @@ template <int D, int RK, int RV> struct V4Layout {
     static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
     static constexpr size_t KSTAGE = KPOS + kV4Tile * 4;
     static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
-    static constexpr size_t BARS = VTILE + (size_t)kV4Tile * HVST;       /* bulk mode: 3 mbarriers (K0, K1, V) */
-    static constexpr size_t PER_WARP = BARS + (kV4Bulk ? 32 : 0);
+    static constexpr size_t PER_WARP = VTILE + (size_t)kV4Tile * HVST;
     static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP; }
 };
 
@@ -1794,61 +1742,22 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
             issue_v_tile(it, Flag<false>());
     };
 
-    /* Bulk mode: key stage s completes mbarrier kbar[s] (one arrive.expect_tx of the rows' bytes by lane 0, the
-     * rows by the bulk copy engine, the positions by 4-byte cp.async with one noinc arrival per lane:
-     * 33 arrivals), the value tile vbar (lane 0's arrival and the rows' bytes). Tile it waits on kbar[it & 1]
-     * with parity (it / 2) & 1 and on vbar with parity it & 1. */
-    uint64_t *const kbar = reinterpret_cast<uint64_t *>(wbase + L::BARS), *const vbar = kbar + 2;
-    auto issue_k_bulk = [&](int it) {
-        const int tb = wb + it * TT, nv = min(TT, we - tb); /* >= 1 valid row */
-        char *st = wbase + (it & 1) * L::KSTAGE;
-        uint64_t *bar = kbar + (it & 1);
-        if (lane == 0) dev::mbar_arrive_expect_tx(bar, TT * RK * 2);
-        if (lane < TT) {
-            dev::bulk_g2s(st + lane * L::HKST, klg + (size_t)(tb + min(lane, nv - 1)) * p.kts, RK * 2, bar);
-            const bool ok = lane < nv;
-            dev::cp_async4(st + L::KPOS + lane * 4, ok ? posg + tb + lane : posg, ok);
-        }
-        dev::cp_async_mbar_arrive(bar);
-    };
-    auto issue_v_bulk = [&](int it) {
-        const int tb = wb + it * TT, nv = min(TT, we - tb);
-        if (lane == 0) dev::mbar_arrive_expect_tx(vbar, TT * RV * 2);
-        if (lane < TT) dev::bulk_g2s(vtile + lane * L::HVST, vlg + (size_t)(tb + min(lane, nv - 1)) * p.vts, RV * 2, vbar);
-    };
-    if constexpr (kV4Bulk) {
-        if (lane == 0) {
-            dev::mbar_init(kbar, 33), dev::mbar_init(kbar + 1, 33), dev::mbar_init(vbar, 1);
-            dev::mbar_init_fence();
-        }
-        dev::sync_warp();
-    }
-
     /* cp.async groups in commit order: Uk K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
      * of tile it the newest groups are V(it) and K(it+1), so wait_group 2 completes K(it); before PV the newest
-     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile). Bulk mode: Uk is the only
-     * group. */
+     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile) */
     if (ntiles > 0) { /* the first tile's loads fly while the tables are built and Uk lands */
-        if constexpr (kV4Bulk) {
-            issue_k_bulk(0);
-            issue_v_bulk(0);
-        } else {
-            issue_k(0);
-            issue_v(0);
-        }
+        issue_k(0);
+        issue_v(0);
     }
     V4Warp<T, D, RV>::build_tables(p, kvh, bias, turn, rtab);
-    if (ntiles > 0 && !kV4Bulk) /* Uk (the oldest group) */
+    if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<2>();
-    else /* Uk; in bulk mode nothing else is a group */
+    else /* nothing else in flight: the records will overlay Uk */
         dev::cp_async_wait<0>();
     dev::sync_cta();
     for (int it = 0; it < ntiles; it++) {
         const bool more = it + 1 < ntiles;
-        if constexpr (kV4Bulk) {
-            if (more) issue_k_bulk(it + 1); /* its stage held tile it-1: every lane passed the end-of-tile sync */
-            dev::mbar_wait(kbar + (it & 1), (it >> 1) & 1);
-        } else if (more) {
+        if (more) {
             issue_k(it + 1); /* its stage held tile it-1, whose readers all passed the end-of-tile sync_warp */
             dev::cp_async_wait<2>();
         } else {
@@ -1910,21 +1819,14 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         uint32_t pb0, pb1;
         pw.softmax(sacc, p.score_scale, pb0, pb1);
 
-        if constexpr (kV4Bulk)
-            dev::mbar_wait(vbar, it & 1);
-        else if (more) /* this tile's values (the newest group is K(it+1)) */
+        if (more) /* this tile's values (the newest group is K(it+1)) */
             dev::cp_async_wait<1>();
         else
             dev::cp_async_wait<0>();
         dev::sync_warp();
         pw.pv_product(vtile, pb0, pb1);
         dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
-        if (more) {
-            if constexpr (kV4Bulk)
-                issue_v_bulk(it + 1);
-            else
-                issue_v(it + 1);
-        }
+        if (more) issue_v(it + 1);
     }
     dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
 
