@@ -1301,7 +1301,27 @@ struct CopyRows {
 template <bool B> struct Flag {
     static constexpr bool value = B;
 };
+template <int N> struct IntC {
+    static constexpr int value = N;
+};
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
+
+/* v4's HK and HV tiles: unpadded rows with the 16-byte chunks XOR-swizzled (PALU_V4_SWIZZLE=1) instead of rows
+ * padded by 16 bytes. Why: ncu's source page counts the shared-memory wavefronts of v4's 16-byte cp.async at 2.5-2.75x
+ * their ideal (run 15: 10 and 11 wavefronts per 512-byte LDGSTS where 4 suffice), about a third of all of v4's
+ * wavefronts; padded rows start 16 bytes further into a 128-byte line each, so most rows straddle two lines. With
+ * unpadded rows every row sits in whole lines; the swizzle keeps each ldmatrix phase (8 rows, one 16-byte chunk
+ * each) on 8 different bank groups: chunk c of row r lives at chunk c ^ (r & 7) for rows of >= 8 chunks, and at c ^
+ * ((r >> 1) & 3) for rows of 4 chunks (64 bytes: two rows per line, so bit 0 of r picks the line half). */
+#ifndef PALU_V4_SWIZZLE
+#define PALU_V4_SWIZZLE 0
+#endif
+constexpr bool kV4Swizzle = PALU_V4_SWIZZLE;
+template <int C> __device__ __forceinline__ int v4_swz(int row, int chunk)
+{
+    static_assert(C == 4 || C >= 8, "rows of 4 or >= 8 16-byte chunks");
+    return C >= 8 ? chunk ^ (row & 7) : chunk ^ ((row >> 1) & 3);
+}
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
 /* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
@@ -1315,14 +1335,16 @@ template <int RK> struct V4Shape {
  * per warp: two key stages (16 rows of HK, 16 positions) and one value tile (16 rows of HV). */
 template <int D, int RK, int RV> struct V4Layout {
     static constexpr int HALF = D / 2;
-    static constexpr int UKST = (RK + 8) * 2, HKST = (RK + 8) * 2, HVST = (RV + 8) * 2, RTST = HALF * 8 + 64;
+    static constexpr int UKST = (RK + 8) * 2, RTST = HALF * 8 + 64;
+    static constexpr int HKST = kV4Swizzle ? RK * 2 : (RK + 8) * 2, HVST = kV4Swizzle ? RV * 2 : (RV + 8) * 2;
     static constexpr size_t UK = 0;
     static constexpr size_t BIAS = UK + (size_t)D * UKST;
     static constexpr size_t TURN = BIAS + (size_t)D * 4;
     static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
-    static constexpr size_t WARPS = RTAB + (size_t)kV4Span * RTST;
+    static constexpr size_t round(size_t n) { return kV4Swizzle ? (n + 127) / 128 * 128 : n; } /* whole lines */
+    static constexpr size_t WARPS = round(RTAB + (size_t)kV4Span * RTST);
     static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
-    static constexpr size_t KSTAGE = KPOS + kV4Tile * 4;
+    static constexpr size_t KSTAGE = round(KPOS + kV4Tile * 4);
     static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
     static constexpr size_t PER_WARP = VTILE + (size_t)kV4Tile * HVST;
     static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP; }
@@ -1336,19 +1358,19 @@ template <int D, int RK, int RV> struct V4Layout {
  * Every member is force-inlined and every array index is a compile-time constant after unrolling, so the state
  * stays in registers as when this code was written out in each kernel (ptxas before / after the factoring: 96 of
  * the 105 entry points identical, the rest within 2 registers; docs/design/latent_decode_notes.md, v5). */
-template <typename T, int D, int RV> struct V4Warp {
+template <typename T, int D, int RV, bool SWZ = false> struct V4Warp {
     static constexpr int HALF = D / 2, PASSES = D / 32, RVT = RV / 16, TT = kV4Tile;
     /* fp16: RoPE on packed half2 (HMUL2 + HFMA2 per two keys' entries: half the FP instructions of fp32 RoPE,
      * and the R(tau) table in halves: half its shared-memory reads). The keys are rounded to fp16 for the score
      * MMA anyway; this adds the roundings of cos/sin and of the product (measured error in the notes). */
     static constexpr bool HROPE = Num<T>::kHalfRope;
-    /* HV row stride (V4Layout, V5Layout), and the R(tau) table's row stride. fp32 rows (8 B per frequency) keep
+    /* HV row stride (V4Layout, V5Layout; SWZ: v4's swizzled rows), and the R(tau) table's row stride. fp32 rows (8 B per frequency) keep
      * v3's 64-byte pad: a row is 16 x 8 + 4 words apart mod 32, so the LDS.128 of 8 rows x 4 lanes fill 4
      * wavefronts, the minimum. Half rows (4 B per frequency) with that same stride put rows 0, 2, 4, 6 on the
      * same 8 banks: the table's LDS.64 took 4 wavefronts where 2 suffice (ncu source page, run 15: 1.05 M of
      * 2.68 M LDS.64 wavefronts "excessive"), so they are padded by 32 B instead: 8 words apart mod 32, rows 0-3
      * and 4-7 each cover the 32 banks once. Both fit the fp32-sized table the layouts allocate. */
-    static constexpr int HVST = (RV + 8) * 2, RTST = HROPE ? HALF * 4 + 32 : HALF * 8 + 64;
+    static constexpr int HVST = SWZ ? RV * 2 : (RV + 8) * 2, RTST = HROPE ? HALF * 4 + 32 : HALF * 8 + 64;
 
     /* R(tau) table entry (tau, frequency i): fp32 (cos, sin) at byte 8 i of row tau; with HROPE, per frequency
      * pair i / 2 the halves (cos_i, cos_i+1, sin_i, sin_i+1) at byte 8 (i / 2) */
@@ -1578,7 +1600,8 @@ template <typename T, int D, int RV> struct V4Warp {
 #pragma unroll
         for (int u = 0; u < RVT; u++) {
             uint32_t av[4];
-            dev::ldsm_x4_trans(av, vtile + tok * HVST + (16 * u + ((lane >> 3) & 1) * 8) * 2);
+            const int chunk = 2 * u + ((lane >> 3) & 1);
+            dev::ldsm_x4_trans(av, vtile + tok * HVST + (SWZ ? v4_swz<RV / 8>(tok, chunk) : chunk) * 16);
             dev::mma16816<T>(zacc[u], av, pb0, pb1);
         }
     }
@@ -1697,7 +1720,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
 #pragma unroll
     for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-    V4Warp<T, D, RV> pw{qrlo, qrhi, anchor, age, zacc, m_run, l_run, turn, rtab, qptr, lane, gq, cq, n_rep};
+    V4Warp<T, D, RV, kV4Swizzle> pw{qrlo, qrhi, anchor, age, zacc, m_run, l_run, turn, rtab, qptr, lane, gq, cq, n_rep};
 
     char *wbase = smem + L::WARPS + (size_t)warp * L::PER_WARP;
     char *vtile = wbase + L::VTILE;
@@ -1707,13 +1730,17 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     /* lane's copies: chunk lane % C of rows lane / C + (32 / C) x (C = 16-byte chunks per row) */
     const CopyRows kcopy(klg, p.kts, wb, lane / KC, lane % KC, we - wb);
     const CopyRows vcopy(vlg, p.vts, wb, lane / VC, lane % VC, we - wb);
-    char *const kdst = wbase + (lane / KC) * L::HKST + (lane % KC) * 16;
-    char *const vdst = vtile + (lane / VC) * L::HVST + (lane % VC) * 16;
+    /* destination of copy x of this lane: row lane / C + (32 / C) x, chunk lane % C (swizzled: see v4_swz) */
+    auto dst_off = [&](auto chunks, int x, int stride) {
+        constexpr int C = decltype(chunks)::value;
+        const int row = lane / C + (32 / C) * x;
+        return row * stride + (kV4Swizzle ? v4_swz<C>(row, lane % C) : lane % C) * 16;
+    };
     auto issue_k_tile = [&](int it, auto full) {
-        char *st = kdst + (it & 1) * L::KSTAGE;
+        char *st = wbase + (it & 1) * L::KSTAGE;
 #pragma unroll
         for (int x = 0; x < TT * KC / 32; x++)
-            kcopy.copy<decltype(full)::value>(st + (32 / KC) * x * L::HKST, it, (32 / KC) * x, 0);
+            kcopy.copy<decltype(full)::value>(st + dst_off(IntC<KC>(), x, L::HKST), it, (32 / KC) * x, 0);
         if (lane < TT) {
             const int tb = wb + it * TT;
             const bool ok = tb + lane < we;
@@ -1724,7 +1751,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     auto issue_v_tile = [&](int it, auto full) {
 #pragma unroll
         for (int x = 0; x < TT * VC / 32; x++)
-            vcopy.copy<decltype(full)::value>(vdst + (32 / VC) * x * L::HVST, it, (32 / VC) * x, 0);
+            vcopy.copy<decltype(full)::value>(vtile + dst_off(IntC<VC>(), x, L::HVST), it, (32 / VC) * x, 0);
         dev::cp_async_commit();
     };
     /* key latents and positions of tile it into key stage it & 1; value latents into the value tile (one group
@@ -1749,7 +1776,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         issue_k(0);
         issue_v(0);
     }
-    V4Warp<T, D, RV>::build_tables(p, kvh, bias, turn, rtab);
+    V4Warp<T, D, RV, kV4Swizzle>::build_tables(p, kvh, bias, turn, rtab);
     if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<2>();
     else /* nothing else in flight: the records will overlay Uk */
@@ -1771,8 +1798,10 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
 
         uint32_t af[RKT][4]; /* HK (16 tokens x RK), resident across the passes */
 #pragma unroll
-        for (int s = 0; s < RKT; s++)
-            dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + (16 * s + (lane >> 4) * 8) * 2);
+        for (int s = 0; s < RKT; s++) {
+            const int chunk = 2 * s + (lane >> 4);
+            dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + (kV4Swizzle ? v4_swz<KC>(lane & 15, chunk) : chunk) * 16);
+        }
 
         /* the passes: rebuild 32 dims (and partners) on the tensor cores, RoPE, scores; one copy per tile kind */
         auto passes = [&](auto consec) {
