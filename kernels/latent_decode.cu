@@ -1306,17 +1306,14 @@ template <int N> struct IntC {
 };
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
 
-/* v4's HK and HV tiles: unpadded rows with the 16-byte chunks XOR-swizzled (PALU_V4_SWIZZLE=1) instead of rows
- * padded by 16 bytes. Why: ncu's source page counts the shared-memory wavefronts of v4's 16-byte cp.async at 2.5-2.75x
- * their ideal (run 15: 10 and 11 wavefronts per 512-byte LDGSTS where 4 suffice), about a third of all of v4's
- * wavefronts; padded rows start 16 bytes further into a 128-byte line each, so most rows straddle two lines. With
- * unpadded rows every row sits in whole lines; the swizzle keeps each ldmatrix phase (8 rows, one 16-byte chunk
- * each) on 8 different bank groups: chunk c of row r lives at chunk c ^ (r & 7) for rows of >= 8 chunks, and at c ^
- * ((r >> 1) & 3) for rows of 4 chunks (64 bytes: two rows per line, so bit 0 of r picks the line half). */
-#ifndef PALU_V4_SWIZZLE
-#define PALU_V4_SWIZZLE 0
-#endif
-constexpr bool kV4Swizzle = PALU_V4_SWIZZLE;
+/* v4's HK and HV tiles: unpadded rows with their 16-byte chunks XOR-swizzled, not rows padded by 16 bytes (v2-v3,
+ * v4 until run 18). Why: ncu's source page counted the shared-memory wavefronts of v4's 16-byte cp.async at
+ * 2.5-2.75x their ideal (run 15: 10 and 11 wavefronts per 512-byte LDGSTS where 4 suffice), about a third of all
+ * of v4's wavefronts: padded rows start 16 bytes further into a 128-byte line each, so most rows straddle two lines.
+ * Unpadded rows sit in whole lines; the swizzle keeps each ldmatrix phase (8 rows, one 16-byte chunk each) on 8
+ * different bank groups: chunk c of row r lives at chunk c ^ (r & 7) for rows of >= 8 chunks, and at c ^
+ * ((r >> 1) & 3) for rows of 4 chunks (64 bytes: two rows per line, bit 0 of r picks the half). Measured (run 18,
+ * against the padded rows in the same run): kernel -1.6% at Llama-3-8B B8 64K, -2.4% at Llama-2-7B B8 64K. */
 template <int C> __device__ __forceinline__ int v4_swz(int row, int chunk)
 {
     static_assert(C == 4 || C >= 8, "rows of 4 or >= 8 16-byte chunks");
@@ -1331,17 +1328,18 @@ template <int RK> struct V4Shape {
 };
 
 /* Shared memory of a v4 CTA: Uk (padded rows as v2), bias, turn[i] = (hi, lo turn split, cos, sin of
- * 32 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 32 (rows padded by 64 B as v3), then
- * per warp: two key stages (16 rows of HK, 16 positions) and one value tile (16 rows of HV). */
+ * 32 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 32 (row stride: V4Warp::RTST; allocated
+ * at the fp32 size), then from a 128-byte boundary per warp: two key stages (16 swizzled rows of HK, 16 positions;
+ * each stage a whole number of 128-byte lines) and one value tile (16 swizzled rows of HV). */
 template <int D, int RK, int RV> struct V4Layout {
     static constexpr int HALF = D / 2;
     static constexpr int UKST = (RK + 8) * 2, RTST = HALF * 8 + 64;
-    static constexpr int HKST = kV4Swizzle ? RK * 2 : (RK + 8) * 2, HVST = kV4Swizzle ? RV * 2 : (RV + 8) * 2;
+    static constexpr int HKST = RK * 2, HVST = RV * 2; /* swizzled rows (v4_swz) */
     static constexpr size_t UK = 0;
     static constexpr size_t BIAS = UK + (size_t)D * UKST;
     static constexpr size_t TURN = BIAS + (size_t)D * 4;
     static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
-    static constexpr size_t round(size_t n) { return kV4Swizzle ? (n + 127) / 128 * 128 : n; } /* whole lines */
+    static constexpr size_t round(size_t n) { return (n + 127) / 128 * 128; } /* swizzled rows in whole lines */
     static constexpr size_t WARPS = round(RTAB + (size_t)kV4Span * RTST);
     static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
     static constexpr size_t KSTAGE = round(KPOS + kV4Tile * 4);
@@ -1364,12 +1362,13 @@ template <typename T, int D, int RV, bool SWZ = false> struct V4Warp {
      * and the R(tau) table in halves: half its shared-memory reads). The keys are rounded to fp16 for the score
      * MMA anyway; this adds the roundings of cos/sin and of the product (measured error in the notes). */
     static constexpr bool HROPE = Num<T>::kHalfRope;
-    /* HV row stride (V4Layout, V5Layout; SWZ: v4's swizzled rows), and the R(tau) table's row stride. fp32 rows (8 B per frequency) keep
-     * v3's 64-byte pad: a row is 16 x 8 + 4 words apart mod 32, so the LDS.128 of 8 rows x 4 lanes fill 4
-     * wavefronts, the minimum. Half rows (4 B per frequency) with that same stride put rows 0, 2, 4, 6 on the
-     * same 8 banks: the table's LDS.64 took 4 wavefronts where 2 suffice (ncu source page, run 15: 1.05 M of
-     * 2.68 M LDS.64 wavefronts "excessive"), so they are padded by 32 B instead: 8 words apart mod 32, rows 0-3
-     * and 4-7 each cover the 32 banks once. Both fit the fp32-sized table the layouts allocate. */
+    /* HV row stride (SWZ: v4's swizzled rows, V4Layout; else v5's padded rows, V5Layout), and the R(tau) table's
+     * row stride. fp32 rows (8 B per frequency) keep v3's 64-byte pad: a row is 16 x 8 + 4 words apart mod 32, so
+     * the LDS.128 of 8 rows x 4 lanes fill 4 wavefronts, the minimum. Half rows (4 B per frequency) with that
+     * same stride put rows 0, 2, 4, 6 on the same 8 banks: the table's LDS.64 took 4 wavefronts where 2 suffice
+     * (ncu source page, run 15: 1.05 M of 2.68 M LDS.64 wavefronts "excessive"), so they are padded by 32 B
+     * instead: 8 words apart mod 32, rows 0-3 and 4-7 each cover the 32 banks once (run 17: -12% shared-memory
+     * wavefronts, v4 kernel -6% at Llama-3-8B B1 64K). Both fit the fp32-sized table the layouts allocate. */
     static constexpr int HVST = SWZ ? RV * 2 : (RV + 8) * 2, RTST = HROPE ? HALF * 4 + 32 : HALF * 8 + 64;
 
     /* R(tau) table entry (tau, frequency i): fp32 (cos, sin) at byte 8 i of row tau; with HROPE, per frequency
@@ -1720,7 +1719,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
 #pragma unroll
     for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-    V4Warp<T, D, RV, kV4Swizzle> pw{qrlo, qrhi, anchor, age, zacc, m_run, l_run, turn, rtab, qptr, lane, gq, cq, n_rep};
+    V4Warp<T, D, RV, true> pw{qrlo, qrhi, anchor, age, zacc, m_run, l_run, turn, rtab, qptr, lane, gq, cq, n_rep};
 
     char *wbase = smem + L::WARPS + (size_t)warp * L::PER_WARP;
     char *vtile = wbase + L::VTILE;
@@ -1730,11 +1729,11 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
     /* lane's copies: chunk lane % C of rows lane / C + (32 / C) x (C = 16-byte chunks per row) */
     const CopyRows kcopy(klg, p.kts, wb, lane / KC, lane % KC, we - wb);
     const CopyRows vcopy(vlg, p.vts, wb, lane / VC, lane % VC, we - wb);
-    /* destination of copy x of this lane: row lane / C + (32 / C) x, chunk lane % C (swizzled: see v4_swz) */
+    /* destination of copy x of this lane: row lane / C + (32 / C) x, chunk lane % C, swizzled (v4_swz) */
     auto dst_off = [&](auto chunks, int x, int stride) {
         constexpr int C = decltype(chunks)::value;
         const int row = lane / C + (32 / C) * x;
-        return row * stride + (kV4Swizzle ? v4_swz<C>(row, lane % C) : lane % C) * 16;
+        return row * stride + v4_swz<C>(row, lane % C) * 16;
     };
     auto issue_k_tile = [&](int it, auto full) {
         char *st = wbase + (it & 1) * L::KSTAGE;
@@ -1776,7 +1775,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         issue_k(0);
         issue_v(0);
     }
-    V4Warp<T, D, RV, kV4Swizzle>::build_tables(p, kvh, bias, turn, rtab);
+    V4Warp<T, D, RV, true>::build_tables(p, kvh, bias, turn, rtab);
     if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<2>();
     else /* nothing else in flight: the records will overlay Uk */
@@ -1800,7 +1799,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
 #pragma unroll
         for (int s = 0; s < RKT; s++) {
             const int chunk = 2 * s + (lane >> 4);
-            dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + (kV4Swizzle ? v4_swz<KC>(lane & 15, chunk) : chunk) * 16);
+            dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + v4_swz<KC>(lane & 15, chunk) * 16);
         }
 
         /* the passes: rebuild 32 dims (and partners) on the tensor cores, RoPE, scores; one copy per tile kind */
