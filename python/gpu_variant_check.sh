@@ -7,25 +7,15 @@
 # full ncu profile with per-SASS stall sampling and memcheck/racecheck on a reduced set.
 #   usage: VARIANTS="base pair" IMPL=v4 TESTK=v4 bash python/gpu_variant_check.sh
 # Logs in $OUT: log.txt ncu_<impl>.ncu-rep ncu_<impl>_source.csv ncu_<impl>_details.txt
-set -uo pipefail
-OUT=${OUT:-$PWD/gpu_logs}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
-exec > >(tee -a "$OUT/log.txt") 2>&1
+source "$(dirname "$0")/gpu_lib.sh"
 IMPL=${IMPL:-v4}; TESTK=${TESTK:-$IMPL}
-step() { echo "=== $1 ($(date +%T))"; }
 PROF="python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl $IMPL"
 BAL="smsp__inst_executed.avg,smsp__inst_executed.max,smsp__issue_active.avg,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,gpu__time_duration.sum"
-build() {
-  step "build with $1"
-  PALU_C_CUDA=1 PALU_C_CUDA_OBJECTS=$1 python3 setup.py build_ext --inplace --force > "$OUT/build.tmp" 2>&1 \
-    || { tail -30 "$OUT/build.tmp"; exit 1; }
-}
 timing() { timeout 150 python3 python/profile_fixed_cost.py --impl "$IMPL" --shapes llama3-8b,llama2-7b --batches 1,8 \
   --tokens 16384,65536 --iters 10 2>&1 | grep -v Warning; }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
 for v in ${VARIANTS:-base}; do
-  build "build/objs_$v"
+  step "build with build/objs_$v"
+  link_objects "build/objs_$v"
   step "$v: kernel tests (-k $TESTK)"
   timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$TESTK" -x --tb=short 2>&1 | tail -3
   step "$v: timing ($IMPL)"; timing
@@ -40,9 +30,6 @@ ncu -i "$OUT/ncu_$IMPL.ncu-rep" --page details > "$OUT/ncu_${IMPL}_details.txt" 
 grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " "$OUT/ncu_${IMPL}_details.txt" | head -12
 ncu -i "$OUT/ncu_$IMPL.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_${IMPL}_source.csv" 2>&1
 step "memcheck / racecheck ($IMPL, last variant, reduced set)"
-K="(poisoned and float16 and $IMPL and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or long-split)) or (long_ranges and $IMPL and float16)"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
-  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$K" 2>&1 | tail -3; echo "memcheck exit ${PIPESTATUS[0]}"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool racecheck --error-exitcode 9 \
-  python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "(poisoned and float16 and $IMPL and (gqa-d128-g1 or long-split))" 2>&1 | tail -3; echo "racecheck exit ${PIPESTATUS[0]}"
+sanitize "(poisoned and float16 and $IMPL and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or long-split)) or (long_ranges and $IMPL and float16)" \
+  "(poisoned and float16 and $IMPL and (gqa-d128-g1 or long-split))"
 step "done"
