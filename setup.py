@@ -46,6 +46,13 @@ def _find_nvcc() -> str | None:
     return None
 
 
+def _nvcc_flags() -> list[str]:
+    """The nvcc arguments of every kernel object, from kernels/nvcc.flags (shared with python/build_cuda_objects.sh;
+    paths in it are relative to the repository root, where nvcc runs)."""
+    lines = (line.split("#", 1)[0].split() for line in (ROOT / "kernels" / "nvcc.flags").read_text().splitlines())
+    return [arg for line in lines for arg in line]
+
+
 def _want_cuda() -> tuple[bool, str | None]:
     flag = _env_flag("PALU_C_CUDA")
     if flag in ("0", "false", "no", "off"):
@@ -104,7 +111,8 @@ class PaluBuildExt(build_ext):
     def _compile_cuda(self, nvcc: str) -> list[str]:
         prebuilt = os.environ.get("PALU_C_CUDA_OBJECTS")
         if prebuilt:
-            objects = [Path(prebuilt) / (source.stem + ".o") for source in sorted((ROOT / "kernels").glob("*.cu"))]
+            kernels = sorted((ROOT / "kernels").glob("*.cu"))
+            objects = [Path(prebuilt).resolve() / (source.stem + ".o") for source in kernels]
             missing = [str(o) for o in objects if not o.is_file()]
             if missing:
                 raise RuntimeError(f"PALU_C_CUDA_OBJECTS={prebuilt}: missing {', '.join(missing)}; build them with "
@@ -113,22 +121,14 @@ class PaluBuildExt(build_ext):
             return [str(o) for o in objects]
         out_dir = Path(self.build_temp) / "kernels"
         out_dir.mkdir(parents=True, exist_ok=True)
-        commands = []
-        for source in sorted((ROOT / "kernels").glob("*.cu")):
-            obj = out_dir / (source.stem + ".o")
-            # --threads 0: the two targets (sm_90a code, compute_90 PTX) compile in parallel
-            commands.append([
-                nvcc, "-c", str(source), "-o", str(obj), "-O3", "-std=c++17", "--expt-relaxed-constexpr",
-                "--threads", "0", "-Xcompiler", "-fPIC", "-Xcompiler", "-Wall",
-                "-gencode", "arch=compute_90a,code=sm_90a", "-gencode", "arch=compute_90,code=compute_90",
-                "-I", str(ROOT / "csrc"), "-I", str(ROOT / "kernels"),
-                "-I", str(ROOT / "third_party" / "dlpack" / "include"),
-            ])
+        flags = _nvcc_flags()
+        commands = [[nvcc, "-c", str(source), "-o", str((out_dir / (source.stem + ".o")).resolve()), *flags]
+                    for source in sorted((ROOT / "kernels").glob("*.cu"))]
         for cmd in commands:
             print(" ".join(cmd))
         # the sources compile side by side (latent_decode.cu alone takes most of the time; the rest hide behind it)
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(len(commands), os.cpu_count() or 1))) as pool:
-            for future in [pool.submit(subprocess.check_call, cmd) for cmd in commands]:
+            for future in [pool.submit(subprocess.check_call, cmd, cwd=ROOT) for cmd in commands]:
                 future.result()
         return [cmd[cmd.index("-o") + 1] for cmd in commands]
 
@@ -149,9 +149,9 @@ extension = Extension(
     extra_link_args=[],
     extra_objects=[],
     libraries=["m"],
-    # headers and kernels: a change in any of them rebuilds the extension
+    # headers, kernels and their nvcc flags: a change in any of them rebuilds the extension
     depends=sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.h"))
-    + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu*")),
+    + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "kernels").glob("*.cu*")) + ["kernels/nvcc.flags"],
 )
 
 setup(
