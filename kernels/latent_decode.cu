@@ -1305,6 +1305,7 @@ template <int N> struct IntC {
     static constexpr int value = N;
 };
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
+constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
 /* v4's HK and HV tiles: unpadded rows with their 16-byte chunks XOR-swizzled, not rows padded by 16 bytes (v2-v3,
  * v4 until run 18). Why: ncu's source page counted the shared-memory wavefronts of v4's 16-byte cp.async at
@@ -1319,7 +1320,6 @@ template <int C> __device__ __forceinline__ int v4_swz(int row, int chunk)
     static_assert(C == 4 || C >= 8, "rows of 4 or >= 8 16-byte chunks");
     return C >= 8 ? chunk ^ (row & 7) : chunk ^ ((row >> 1) & 3);
 }
-constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
 /* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
 template <int RK> struct V4Shape {
