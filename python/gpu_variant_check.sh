@@ -5,14 +5,16 @@
 # Per variant: the kernel tests (TESTK, a pytest -k expression), profile_fixed_cost.py timings of IMPL on Llama-3-8B
 # and Llama-2-7B shapes (B 1/8, 16K/64K) and ncu's per-scheduler instruction balance; then for the last variant a
 # full ncu profile with per-SASS stall sampling and memcheck/racecheck on a reduced set.
+# TIMED="v4 v8" times several implementations side by side (default: IMPL alone); BENCH="v4,v8" also runs the
+# benchmark table (python/bench_attention.py --impls BENCH) on the last variant.
 #   usage: VARIANTS="base pair" IMPL=v4 TESTK=v4 bash python/gpu_variant_check.sh
-# Logs in $OUT: log.txt ncu_<impl>.ncu-rep ncu_<impl>_source.csv ncu_<impl>_details.txt
+# Logs in $OUT: log.txt ncu_<impl>.ncu-rep ncu_<impl>_source.csv ncu_<impl>_details.txt [bench_attention_h200.md]
 source "$(dirname "$0")/gpu_lib.sh"
 IMPL=${IMPL:-v4}; TESTK=${TESTK:-$IMPL}
 PROF="python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl $IMPL"
 BAL="smsp__inst_executed.avg,smsp__inst_executed.max,smsp__issue_active.avg,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,gpu__time_duration.sum"
-timing() { timeout 150 python3 python/profile_fixed_cost.py --impl "$IMPL" --shapes llama3-8b,llama2-7b --batches 1,8 \
-  --tokens 16384,65536 --iters 10 2>&1 | grep -v Warning; }
+timing() { for i in ${TIMED:-$IMPL}; do echo "-- $i"; timeout 150 python3 python/profile_fixed_cost.py --impl "$i" \
+  --shapes llama3-8b,llama2-7b --batches 1,8 --tokens 16384,65536 --iters 10 2>&1 | grep -v Warning; done; }
 for v in ${VARIANTS:-base}; do
   step "build with build/objs_$v"
   link_objects "build/objs_$v"
@@ -23,6 +25,11 @@ for v in ${VARIANTS:-base}; do
   timeout 120 ncu --clock-control none -k regex:decode_v --launch-skip 3 --launch-count 1 --metrics "$BAL" $PROF 2>&1 \
     | grep -E "smsp__|gpu__time|l1tex"
 done
+if [ -n "${BENCH:-}" ]; then
+  step "benchmark (--impls $BENCH, last variant)"
+  timeout 200 python3 python/bench_attention.py --impls "$BENCH" --out "$OUT/bench_attention_h200.md" > "$OUT/bench.tmp" 2>&1
+  echo "bench exit $?"; grep -E "(llama3-8b|llama2-7b) \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/bench_attention_h200.md" | cut -d'|' -f2-8,12,13
+fi
 step "ncu full $IMPL (last variant)"
 timeout 200 ncu --clock-control none --set full --import-source yes -k regex:decode_v --launch-skip 3 --launch-count 1 \
   -o "$OUT/ncu_$IMPL" $PROF > /dev/null 2>&1; echo "ncu exit $?"
