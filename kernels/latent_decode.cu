@@ -2177,16 +2177,26 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
  * warps alike). */
 constexpr int kV8Stages = 2;
 constexpr int kV8Reanchor = 16; /* R(16) advances before a precise re-anchor: 256 slots, as v3 and v4 */
+#ifndef PALU_V8_PPW
+#define PALU_V8_PPW 2
+#endif
 
-template <int RK> struct V8Shape {
-    static constexpr int WARPS = RK <= 64 ? 8 : 12; /* 2 CTAs x 8 warps (<= 128 registers) or 1 x 12 (<= 168) */
-    static constexpr int MINB = RK <= 64 ? 2 : 1;
+/* Passes (32 dims each) per warp and the CTA. PPW = 1: a team of D / 32 warps, Uk's share 32 x rk per warp (32
+ * registers at rk = 64): 2 CTAs x 8 warps at <= 128 registers (rk <= 64) or 1 x 12 at <= 168 (rk = 128). PPW = 2
+ * (rk <= 64): teams of D / 64 warps with 64 dims each: half the per-tile set-up repeated per warp and two
+ * independent rebuild chains per tile, for 64 registers of Uk: 2 CTAs x 6 warps at <= 168 registers. */
+template <int D, int RK> struct V8Shape {
+    static constexpr int PPW = RK <= 64 && D / 32 >= PALU_V8_PPW ? PALU_V8_PPW : 1;
+    static constexpr int TEAM = D / 32 / PPW;
+    static constexpr int WARPS = PPW == 2 ? 6 : RK <= 64 ? 8 : 12;
+    static constexpr int MINB = PPW == 2 ? 2 : RK <= 64 ? 2 : 1;
+    static_assert(WARPS % TEAM == 0 && WARPS / TEAM <= 6, "whole teams, named barriers 1..6");
 };
 
 /* Shared memory of a v8 CTA: per team kV8Stages stages of {HK (STEP swizzled rows), HV (likewise), STEP positions}
  * and the partial scores (TEAM tiles x TEAM warps x 32 lanes x 16 bytes); the warps' records overlay it at the end. */
 template <int D, int RK, int RV> struct V8Layout {
-    static constexpr int TEAM = D / 32, STEP = TEAM * kV4Tile;
+    static constexpr int TEAM = V8Shape<D, RK>::TEAM, STEP = TEAM * kV4Tile;
     static constexpr int HKST = RK * 2, HVST = RV * 2;
     static constexpr size_t round(size_t n) { return (n + 127) / 128 * 128; }
     static constexpr size_t HK = 0, HV = (size_t)STEP * HKST, POS = HV + (size_t)STEP * HVST;
@@ -2197,11 +2207,11 @@ template <int D, int RK, int RV> struct V8Layout {
 };
 
 template <typename T, int D, int RK, int RV, bool BIAS>
-__global__ void __launch_bounds__(V8Shape<RK>::WARPS * 32, V8Shape<RK>::MINB) decode_v8_kernel(const DecodeParams p)
+__global__ void __launch_bounds__(V8Shape<D, RK>::WARPS * 32, V8Shape<D, RK>::MINB) decode_v8_kernel(const DecodeParams p)
 {
     using L = V8Layout<D, RK, RV>;
     constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16, TT = kV4Tile;
-    constexpr int TEAM = L::TEAM, STEP = L::STEP, TTHREADS = 32 * TEAM;
+    constexpr int TEAM = L::TEAM, STEP = L::STEP, TTHREADS = 32 * TEAM, PPW = V8Shape<D, RK>::PPW;
     constexpr int KC = RK / 8, VC = RV / 8; /* 16-byte chunks per latent row */
     constexpr bool HROPE = Num<T>::kHalfRope;
     static_assert(TTHREADS % KC == 0 && TTHREADS % VC == 0 && STEP * KC % TTHREADS == 0 && STEP * VC % TTHREADS == 0,
@@ -2262,68 +2272,79 @@ __global__ void __launch_bounds__(V8Shape<RK>::WARPS * 32, V8Shape<RK>::MINB) de
     };
     if (nsteps > 0) issue(0); /* flies while the registers below are loaded */
 
-    /* this warp's 32 dimensions: d(q, x) = 16 w + 8 (q & 1) + (q >> 1) HALF + column 2 cq + x of the C fragment */
-    const int d0 = 16 * w;
+    /* this warp's PPW passes of 32 dims: pass pp covers d(pp, q, x) = 16 kk + 8 (q & 1) + (q >> 1) HALF + column
+     * 2 cq + x of the C fragment, kk = PPW w + pp (v4's pass kk) */
     const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * RK;
-    /* Uk's B fragments: [s][r] = dims d0 + 8 (r >> 1) + gq (lo) or + HALF (hi), ranks 16 s + 8 (r & 1) + 2 cq, +1 */
-    uint32_t ulo[RKT][4], uhi[RKT][4];
+    /* Uk's B fragments: [pp][s][r] = dims 16 kk + 8 (r >> 1) + gq (lo) or + HALF (hi), ranks 16 s + 8 (r & 1) +
+     * 2 cq, +1 */
+    uint32_t ulo[PPW][RKT][4], uhi[PPW][RKT][4];
+    float2 bq[PPW][4];
 #pragma unroll
-    for (int s = 0; s < RKT; s++)
+    for (int pp = 0; pp < PPW; pp++) {
+        const int d0 = 16 * (PPW * w + pp);
 #pragma unroll
-        for (int r = 0; r < 4; r++) {
-            const int d = d0 + 8 * (r >> 1) + gq, k = 16 * s + 8 * (r & 1) + 2 * cq;
-            ulo[s][r] = *reinterpret_cast<const uint32_t *>(ukg + (size_t)d * RK + k);
-            uhi[s][r] = *reinterpret_cast<const uint32_t *>(ukg + (size_t)(d + HALF) * RK + k);
+        for (int s = 0; s < RKT; s++)
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int d = d0 + 8 * (r >> 1) + gq, k = 16 * s + 8 * (r & 1) + 2 * cq;
+                ulo[pp][s][r] = *reinterpret_cast<const uint32_t *>(ukg + (size_t)d * RK + k);
+                uhi[pp][s][r] = *reinterpret_cast<const uint32_t *>(ukg + (size_t)(d + HALF) * RK + k);
+            }
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int d = d0 + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq;
+            bq[pp][q] = BIAS ? make_float2(p.k_bias[(size_t)kvh * D + d], p.k_bias[(size_t)kvh * D + d + 1])
+                             : make_float2(0.0f, 0.0f);
         }
-    float2 bq[4];
-#pragma unroll
-    for (int q = 0; q < 4; q++) {
-        const int d = d0 + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq;
-        bq[q] = BIAS ? make_float2(p.k_bias[(size_t)kvh * D + d], p.k_bias[(size_t)kvh * D + d + 1])
-                     : make_float2(0.0f, 0.0f);
     }
-    /* frequency of entry x (x < 4) of the query fragments and of pair (qq, e) of the keys: i = d0 + 8 qq + 2 cq + e */
-    auto freq = [&](int qq, int e) { return d0 + 8 * qq + 2 * cq + e; };
+    /* frequency of query entry x = 2 qq + e of pass pp and of key pair (qq, e): 16 kk + 8 qq + 2 cq + e */
+    auto freq = [&](int pp, int qq, int e) { return 16 * (PPW * w + pp) + 8 * qq + 2 * cq + e; };
     /* R(tau) of this lane's keys, tau = gq + 8 u: loop-invariant (fp16: packed per pair of frequencies) */
-    float rc[2][2][2], rs[2][2][2];  /* [qq][u][e] */
-    __half2 hc[2][2], hs[2][2];     /* [qq][u] */
-    float c16[4], s16[4];            /* R(16) per query entry x = 2 qq + e */
+    float rc[PPW][2][2][2], rs[PPW][2][2][2]; /* [pp][qq][u][e] */
+    __half2 hc[PPW][2][2], hs[PPW][2][2];    /* [pp][qq][u] */
+    float c16[PPW][4], s16[PPW][4];           /* R(16) per query entry */
 #pragma unroll
-    for (int qq = 0; qq < 2; qq++)
+    for (int pp = 0; pp < PPW; pp++)
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            const float f = p.inv_freq[freq(qq, e)];
-            const float2 tsp = turn_split(f);
+        for (int qq = 0; qq < 2; qq++)
 #pragma unroll
-            for (int u = 0; u < 2; u++) rope_cos_sin(gq + 8 * u, tsp, &rc[qq][u][e], &rs[qq][u][e]);
-            double sd, cd;
-            sincos((double)TT * (double)f, &sd, &cd);
-            c16[2 * qq + e] = (float)cd, s16[2 * qq + e] = (float)sd;
-        }
+            for (int e = 0; e < 2; e++) {
+                const float f = p.inv_freq[freq(pp, qq, e)];
+                const float2 tsp = turn_split(f);
 #pragma unroll
-    for (int qq = 0; qq < 2; qq++)
+                for (int u = 0; u < 2; u++) rope_cos_sin(gq + 8 * u, tsp, &rc[pp][qq][u][e], &rs[pp][qq][u][e]);
+                double sd, cd;
+                sincos((double)TT * (double)f, &sd, &cd);
+                c16[pp][2 * qq + e] = (float)cd, s16[pp][2 * qq + e] = (float)sd;
+            }
 #pragma unroll
-        for (int u = 0; u < 2; u++) {
-            hc[qq][u] = __floats2half2_rn(rc[qq][u][0], rc[qq][u][1]);
-            hs[qq][u] = __floats2half2_rn(rs[qq][u][0], rs[qq][u][1]);
-        }
+    for (int pp = 0; pp < PPW; pp++)
+#pragma unroll
+        for (int qq = 0; qq < 2; qq++)
+#pragma unroll
+            for (int u = 0; u < 2; u++) {
+                hc[pp][qq][u] = __floats2half2_rn(rc[pp][qq][u][0], rc[pp][qq][u][1]);
+                hs[pp][qq][u] = __floats2half2_rn(rs[pp][qq][u][0], rs[pp][qq][u][1]);
+            }
 
-    /* the rotated query qr = R(anchor)^T q on this warp's dims: entry x = 2 qq + e at dim freq(qq, e) (lo) and
-     * + HALF (hi) of head gq (0 past n_rep) */
+    /* the rotated query qr = R(anchor)^T q on this warp's dims: entry x = 2 qq + e of pass pp at dim
+     * freq(pp, qq, e) (lo) and + HALF (hi) of head gq (0 past n_rep) */
     const T *qrow = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D;
-    float qlo[4], qhi[4];
+    float qlo[PPW][4], qhi[PPW][4];
     int anchor = INT_MIN, age = 0;
     auto anchor_query = [&](int a) {
 #pragma unroll
-        for (int x = 0; x < 4; x++) {
-            const int i = freq(x >> 1, x & 1);
-            const float lo = gq < n_rep ? Num<T>::to_f(qrow[i]) : 0.0f;
-            const float hi = gq < n_rep ? Num<T>::to_f(qrow[i + HALF]) : 0.0f;
-            float c, s;
-            rope_cos_sin(a, turn_split(p.inv_freq[i]), &c, &s);
-            qlo[x] = lo * c + hi * s;
-            qhi[x] = hi * c - lo * s;
-        }
+        for (int pp = 0; pp < PPW; pp++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const int i = freq(pp, x >> 1, x & 1);
+                const float lo = gq < n_rep ? Num<T>::to_f(qrow[i]) : 0.0f;
+                const float hi = gq < n_rep ? Num<T>::to_f(qrow[i + HALF]) : 0.0f;
+                float c, s;
+                rope_cos_sin(a, turn_split(p.inv_freq[i]), &c, &s);
+                qlo[pp][x] = lo * c + hi * s;
+                qhi[pp][x] = hi * c - lo * s;
+            }
         anchor = a, age = 0;
     };
 
@@ -2337,7 +2358,6 @@ __global__ void __launch_bounds__(V8Shape<RK>::WARPS * 32, V8Shape<RK>::MINB) de
     V4Warp<T, D, RV, true> pw{unused_q, unused_q, unused_anchor, unused_age, zacc, m_run, l_run,
                               nullptr, nullptr, qrow, lane, gq, cq, n_rep};
 
-    static_assert(V8Shape<RK>::WARPS / TEAM <= 6, "named barriers 1..6");
     for (int it = 0; it < nsteps; it++) {
         dev::cp_async_wait<0>(); /* this thread's copies of step it */
         dev::bar_team<TTHREADS>(team); /* everyone's have landed; every warp is done with step it - 1 */
@@ -2358,11 +2378,13 @@ __global__ void __launch_bounds__(V8Shape<RK>::WARPS * 32, V8Shape<RK>::MINB) de
             if (consec) {
                 if (anchor != INT_MIN && p0 == anchor + TT && age + 1 < kV8Reanchor) {
 #pragma unroll
-                    for (int x = 0; x < 4; x++) {
-                        const float lo = qlo[x], hi = qhi[x];
-                        qlo[x] = lo * c16[x] + hi * s16[x];
-                        qhi[x] = hi * c16[x] - lo * s16[x];
-                    }
+                    for (int pp = 0; pp < PPW; pp++)
+#pragma unroll
+                        for (int x = 0; x < 4; x++) {
+                            const float lo = qlo[pp][x], hi = qhi[pp][x];
+                            qlo[pp][x] = lo * c16[pp][x] + hi * s16[pp][x];
+                            qhi[pp][x] = hi * c16[pp][x] - lo * s16[pp][x];
+                        }
                     anchor = p0, age++;
                 } else if (p0 != anchor) {
                     anchor_query(p0);
@@ -2370,59 +2392,72 @@ __global__ void __launch_bounds__(V8Shape<RK>::WARPS * 32, V8Shape<RK>::MINB) de
             } else if (anchor != 0) {
                 anchor_query(0);
             }
-            const uint32_t qb0 = Num<T>::pack(qlo[0], qlo[1]), qb1 = Num<T>::pack(qlo[2], qlo[3]);
-            const uint32_t qb2 = Num<T>::pack(qhi[0], qhi[1]), qb3 = Num<T>::pack(qhi[2], qhi[3]);
-
-            float acc[4][4]; /* [column tile d0.., d0+8.., +HALF, +HALF+8][fragment]: rows g, g+8 = tokens */
-#pragma unroll
-            for (int q = 0; q < 4; q++) acc[q][0] = acc[q][2] = bq[q].x, acc[q][1] = acc[q][3] = bq[q].y;
             const char *hk = st + L::HK + (size_t)(m * TT) * L::HKST;
+            uint32_t af[RKT][4]; /* HK (16 tokens x RK), shared by the warp's passes */
 #pragma unroll
-            for (int s = 0; s < RKT; s++) {
-                uint32_t af[4];
-                dev::ldsm_x4(af, hk + (lane & 15) * L::HKST + v4_swz<KC>(lane & 15, 2 * s + (lane >> 4)) * 16);
-                dev::mma16816<T>(acc[0], af, ulo[s][0], ulo[s][1]);
-                dev::mma16816<T>(acc[1], af, ulo[s][2], ulo[s][3]);
-                dev::mma16816<T>(acc[2], af, uhi[s][0], uhi[s][1]);
-                dev::mma16816<T>(acc[3], af, uhi[s][2], uhi[s][3]);
-            }
-            /* RoPE by pos - anchor (the table for a consecutive tile, else each key's precise angle), then the
-             * partial scores S^T (16 tokens x 8 heads) = K . Qr^T over this warp's dims, as a v4 pass */
-            uint32_t klo[4], khi[4];
-#pragma unroll
-            for (int qq = 0; qq < 2; qq++)
-#pragma unroll
-                for (int u = 0; u < 2; u++) {
-                    float cs[2], sn[2];
-                    if (!consec) {
-#pragma unroll
-                        for (int e = 0; e < 2; e++)
-                            rope_cos_sin(tpos[gq + 8 * u], turn_split(p.inv_freq[freq(qq, e)]), &cs[e], &sn[e]);
-                    }
-                    if constexpr (HROPE) {
-                        const __half2 c2 = consec ? hc[qq][u] : __floats2half2_rn(cs[0], cs[1]);
-                        const __half2 s2 = consec ? hs[qq][u] : __floats2half2_rn(sn[0], sn[1]);
-                        const __half2 lo = __floats2half2_rn(acc[qq][2 * u], acc[qq][2 * u + 1]);
-                        const __half2 hi = __floats2half2_rn(acc[qq + 2][2 * u], acc[qq + 2][2 * u + 1]);
-                        const __half2 nlo = __hfma2(lo, c2, __hneg2(__hmul2(hi, s2)));
-                        const __half2 nhi = __hfma2(hi, c2, __hmul2(lo, s2));
-                        memcpy(&klo[2 * qq + u], &nlo, 4), memcpy(&khi[2 * qq + u], &nhi, 4);
-                    } else {
-                        float nlo[2], nhi[2];
-#pragma unroll
-                        for (int e = 0; e < 2; e++) {
-                            const float c = consec ? rc[qq][u][e] : cs[e], sv = consec ? rs[qq][u][e] : sn[e];
-                            const float lo = acc[qq][2 * u + e], hi = acc[qq + 2][2 * u + e];
-                            nlo[e] = lo * c - hi * sv;
-                            nhi[e] = hi * c + lo * sv;
-                        }
-                        klo[2 * qq + u] = Num<T>::pack(nlo[0], nlo[1]);
-                        khi[2 * qq + u] = Num<T>::pack(nhi[0], nhi[1]);
-                    }
-                }
+            for (int s = 0; s < RKT; s++)
+                dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + v4_swz<KC>(lane & 15, 2 * s + (lane >> 4)) * 16);
             float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            dev::mma16816<T>(sacc, klo, qb0, qb1);
-            dev::mma16816<T>(sacc, khi, qb2, qb3);
+            auto pass = [&](auto cflag, auto ppc) {
+                constexpr bool CONSEC = decltype(cflag)::value;
+                constexpr int pp = decltype(ppc)::value;
+                float acc[4][4]; /* [column tile 2kk, 2kk+1, +HALF, +HALF+8][fragment]: rows g, g+8 = tokens */
+#pragma unroll
+                for (int q = 0; q < 4; q++)
+                    acc[q][0] = acc[q][2] = bq[pp][q].x, acc[q][1] = acc[q][3] = bq[pp][q].y;
+#pragma unroll
+                for (int s = 0; s < RKT; s++) {
+                    dev::mma16816<T>(acc[0], af[s], ulo[pp][s][0], ulo[pp][s][1]);
+                    dev::mma16816<T>(acc[1], af[s], ulo[pp][s][2], ulo[pp][s][3]);
+                    dev::mma16816<T>(acc[2], af[s], uhi[pp][s][0], uhi[pp][s][1]);
+                    dev::mma16816<T>(acc[3], af[s], uhi[pp][s][2], uhi[pp][s][3]);
+                }
+                /* RoPE by pos - anchor (the table for a consecutive tile, else each key's precise angle), then the
+                 * partial scores S^T (16 tokens x 8 heads) = K . Qr^T over these 32 dims, as a v4 pass */
+                uint32_t klo[4], khi[4];
+#pragma unroll
+                for (int qq = 0; qq < 2; qq++)
+#pragma unroll
+                    for (int u = 0; u < 2; u++) {
+                        float cs[2], sn[2];
+                        if (!CONSEC) {
+#pragma unroll
+                            for (int e = 0; e < 2; e++)
+                                rope_cos_sin(tpos[gq + 8 * u], turn_split(p.inv_freq[freq(pp, qq, e)]), &cs[e], &sn[e]);
+                        }
+                        if constexpr (HROPE) {
+                            const __half2 c2 = CONSEC ? hc[pp][qq][u] : __floats2half2_rn(cs[0], cs[1]);
+                            const __half2 s2 = CONSEC ? hs[pp][qq][u] : __floats2half2_rn(sn[0], sn[1]);
+                            const __half2 lo = __floats2half2_rn(acc[qq][2 * u], acc[qq][2 * u + 1]);
+                            const __half2 hi = __floats2half2_rn(acc[qq + 2][2 * u], acc[qq + 2][2 * u + 1]);
+                            const __half2 nlo = __hfma2(lo, c2, __hneg2(__hmul2(hi, s2)));
+                            const __half2 nhi = __hfma2(hi, c2, __hmul2(lo, s2));
+                            memcpy(&klo[2 * qq + u], &nlo, 4), memcpy(&khi[2 * qq + u], &nhi, 4);
+                        } else {
+                            float nlo[2], nhi[2];
+#pragma unroll
+                            for (int e = 0; e < 2; e++) {
+                                const float c = CONSEC ? rc[pp][qq][u][e] : cs[e];
+                                const float sv = CONSEC ? rs[pp][qq][u][e] : sn[e];
+                                const float lo = acc[qq][2 * u + e], hi = acc[qq + 2][2 * u + e];
+                                nlo[e] = lo * c - hi * sv;
+                                nhi[e] = hi * c + lo * sv;
+                            }
+                            klo[2 * qq + u] = Num<T>::pack(nlo[0], nlo[1]);
+                            khi[2 * qq + u] = Num<T>::pack(nhi[0], nhi[1]);
+                        }
+                    }
+                dev::mma16816<T>(sacc, klo, Num<T>::pack(qlo[pp][0], qlo[pp][1]), Num<T>::pack(qlo[pp][2], qlo[pp][3]));
+                dev::mma16816<T>(sacc, khi, Num<T>::pack(qhi[pp][0], qhi[pp][1]), Num<T>::pack(qhi[pp][2], qhi[pp][3]));
+            };
+            auto passes = [&](auto cflag) {
+                pass(cflag, IntC<0>());
+                if constexpr (PPW == 2) pass(cflag, IntC<PPW - 1>());
+            };
+            if (consec)
+                passes(Flag<true>());
+            else
+                passes(Flag<false>());
             part[(m * TEAM + w) * 32 + lane] = make_float4(sacc[0], sacc[1], sacc[2], sacc[3]);
         }
         dev::bar_team<TTHREADS>(team); /* every warp's partial scores of the step are in */
@@ -2447,7 +2482,7 @@ __global__ void __launch_bounds__(V8Shape<RK>::WARPS * 32, V8Shape<RK>::MINB) de
 
     dev::sync_cta(); /* every warp is past its last use of the stages: they hold the records now */
     float *recs = reinterpret_cast<float *>(smem);
-    static_assert(L::total(V8Shape<RK>::WARPS) >= (size_t)V8Shape<RK>::WARPS * 8 * (2 + RV) * 4, "records fit");
+    static_assert(L::total(V8Shape<D, RK>::WARPS) >= (size_t)V8Shape<D, RK>::WARPS * 8 * (2 + RV) * 4, "records fit");
     pw.write_record(recs + (size_t)warp * n_rep * (2 + RV));
     dev::sync_cta();
     combine_cta_partials<RV>(p, b, h0, split, warps, recs, bad_pad);
@@ -2917,7 +2952,7 @@ palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p,
 size_t v8_smem(int D, int rk, int rv)
 {
 #define PALU_V8_SMEM(d, k, v) \
-    if (D == d && rk == k && rv == v) return V8Layout<d, k, v>::total(V8Shape<k>::WARPS);
+    if (D == d && rk == k && rv == v) return V8Layout<d, k, v>::total(V8Shape<d, k>::WARPS);
     PALU_V8_SMEM(64, 32, 32) PALU_V8_SMEM(64, 64, 64) PALU_V8_SMEM(64, 128, 128)
     PALU_V8_SMEM(128, 32, 32) PALU_V8_SMEM(128, 64, 64) PALU_V8_SMEM(128, 128, 128)
 #undef PALU_V8_SMEM
@@ -2931,8 +2966,11 @@ const char *v8_unsupported(const palu_latent_decode_args *a, int max_rk, int max
     if (no != NULL) return no;
     const size_t need = v8_smem((int)a->head_dim, max_rk, max_rv);
     if ((no = smem_unsupported("v8", need, max_rk, max_rv, smem_optin, why, why_len)) != NULL) return no;
-    *warps = max_rk <= 64 ? V8Shape<64>::WARPS : V8Shape<128>::WARPS;
-    *ctas_per_sm = max_rk <= 64 ? V8Shape<64>::MINB : V8Shape<128>::MINB;
+    const bool d64 = a->head_dim == 64, small = max_rk <= 64;
+    *warps = d64 ? (small ? V8Shape<64, 64>::WARPS : V8Shape<64, 128>::WARPS)
+                 : (small ? V8Shape<128, 64>::WARPS : V8Shape<128, 128>::WARPS);
+    *ctas_per_sm = d64 ? (small ? V8Shape<64, 64>::MINB : V8Shape<64, 128>::MINB)
+                       : (small ? V8Shape<128, 64>::MINB : V8Shape<128, 128>::MINB);
     *smem = need;
     return NULL;
 }
@@ -2942,9 +2980,9 @@ struct V8Kernels {
     template <typename T, int D, int R> static palu_status launch(const DecodeParams &p, const Plan &pl,
                                                                  cudaStream_t stream)
     {
-        if (pl.warps != V8Shape<R>::WARPS)
+        if (pl.warps != V8Shape<D, R>::WARPS)
             return palu_fail(PALU_ERR_INTERNAL, "v8 planned with %d warps, its kernel takes %d", pl.warps,
-                             V8Shape<R>::WARPS);
+                             V8Shape<D, R>::WARPS);
         return launch_decode(p.k_bias ? decode_v8_kernel<T, D, R, R, true> : decode_v8_kernel<T, D, R, R, false>, p,
                              pl, stream);
     }

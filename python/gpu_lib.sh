@@ -4,6 +4,7 @@
 #   link_objects DIR    build the extension in place from kernel objects compiled elsewhere
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
 #   sanitize MEM_K RACE_K   compute-sanitizer memcheck / racecheck over test_latent_decode_cuda.py -k expressions
+#                       (full reports in $OUT/memcheck.txt, $OUT/racecheck.txt)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
@@ -19,8 +20,8 @@ sanitize() {
   for tool in memcheck racecheck; do
     [ "$tool" = memcheck ] && k=$1 || k=$2
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
-      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" 2>&1 | tail -2
-    echo "$tool exit ${PIPESTATUS[0]}"
+      python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" > "$OUT/$tool.txt" 2>&1
+    echo "$tool exit $?"; tail -2 "$OUT/$tool.txt"
   done
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
