@@ -101,19 +101,6 @@ __device__ __forceinline__ char *dyn_smem()
     return reinterpret_cast<char *>(smem_f4);
 }
 __device__ __forceinline__ void sync_warp() { __syncwarp(); }
-/* Barrier of THREADS threads (whole warps) on named barrier 1 + team (0 is __syncthreads), team < 6. The id is
- * an immediate in each case: with a register id ptxas reserves all 16 of the CTA's barriers. */
-template <int THREADS> __device__ __forceinline__ void bar_team(int team)
-{
-    switch (team) {
-    case 0: asm volatile("bar.sync 1, %0;\n" ::"n"(THREADS) : "memory"); break;
-    case 1: asm volatile("bar.sync 2, %0;\n" ::"n"(THREADS) : "memory"); break;
-    case 2: asm volatile("bar.sync 3, %0;\n" ::"n"(THREADS) : "memory"); break;
-    case 3: asm volatile("bar.sync 4, %0;\n" ::"n"(THREADS) : "memory"); break;
-    case 4: asm volatile("bar.sync 5, %0;\n" ::"n"(THREADS) : "memory"); break;
-    default: asm volatile("bar.sync 6, %0;\n" ::"n"(THREADS) : "memory"); break;
-    }
-}
 __device__ __forceinline__ float shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 __device__ __forceinline__ int shfl_int(int v, int src) { return __shfl_sync(0xffffffffu, v, src); }
 __device__ __forceinline__ float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
@@ -2147,351 +2134,10 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
 #endif
 }
 
-/* ---- v8: Uk in registers, the dimensions of a tile split over a team of warps -------------------------------- */
-
-/* Why v8. Every kernel before it sits at 65-75% of the memory floor, for one trade-off (notes, "Where the 1.8x
- * target stands"): a warp that rebuilds all D dimensions of its tokens must read all of Uk (D x rk) per tile, from
- * shared memory (v4: 16 warps per SM, bound by that ldmatrix traffic) or through warpgroup operands (v5-v7: 8-12
- * warps per SM, bound by latency). v8 turns the split around. A team of TEAM = D / 32 warps works on TEAM 16-token
- * tiles at once (a step of 16 TEAM slots):
- *   phase 1: warp w of the team rebuilds, for all TEAM tiles, only its 32 dimensions (v4's pass w: column tiles
- *            2w, 2w + 1 and their rotate_half partners). Its share of Uk (32 x rk) sits in registers for the whole
- *            kernel (32 registers at rk = 64), loaded once from global memory: no Uk traffic at all. Per tile it
- *            rotates its keys, multiplies them with its 32 dimensions of the rotated query (the same two HMMA per
- *            tile as a v4 pass) and stores the partial S^T (16 tokens x 8 heads, one float4 per lane) in shared
- *            memory;
- *   phase 2: after a team barrier, warp w owns tile w of the step: it sums the TEAM partials of that tile (same
- *            fragment layout, so one LDS.128 each), runs v4's online softmax and PV product on it, and keeps its own
- *            softmax state over the tiles it owned. The CTA combines the warps' states as v4.
- * What moves, per 16 tokens and KV head (rk = rv = 64, D = 128, prediction before any run): shared wavefronts
- * ~272 (v4 before v4d) -> ~150 (HK read by TEAM warps 64, HV 16, partials 32, copies 32); instructions ~735 -> ~450
- * (no Uk LDSM, the R(tau) table in registers: a warp's keys are always at tile offsets g and g + 8 of its anchor,
- * so its 4 frequencies x 2 offsets of cos / sin are loop-invariant; the query advances by R(16) per tile on 8
- * registers instead of 32). Both below the 222 SM-cycles the DRAM bytes take at the floor, with 16 warps per SM
- * and two team barriers per step. RoPE anchoring as v4 with one anchor per tile: tile offsets g and g + 8 need
- * R(g), R(g + 8) only; re-anchored with the precise angle every kV8Reanchor tiles (256 slots, as v3/v4), on a
- * position jump, or where a tile's positions are not consecutive (then anchor 0 and every key its precise angle).
- * Copies: the team's 32 TEAM threads fill a step (HK, HV, positions) with cp.async; two stages per team, the next
- * step issued right after the step's top barrier (all warps are then done with the stage it overwrites). Rows past
- * the team's range are zero-filled, and their tiles skipped (a step's tiles past the range are empty for all
- * warps alike). */
-constexpr int kV8Stages = 2;
-constexpr int kV8Reanchor = 16; /* R(16) advances before a precise re-anchor: 256 slots, as v3 and v4 */
-#ifndef PALU_V8_PPW
-#define PALU_V8_PPW 2
-#endif
-
-/* Passes (32 dims each) per warp and the CTA. PPW = 1: a team of D / 32 warps, Uk's share 32 x rk per warp (32
- * registers at rk = 64): 2 CTAs x 8 warps at <= 128 registers (rk <= 64) or 1 x 12 at <= 168 (rk = 128). PPW = 2
- * (rk <= 64): teams of D / 64 warps with 64 dims each: half the per-tile set-up repeated per warp and two
- * independent rebuild chains per tile, for 64 registers of Uk: 2 CTAs x 6 warps at <= 168 registers. */
-template <int D, int RK> struct V8Shape {
-    static constexpr int PPW = RK <= 64 && D / 32 >= PALU_V8_PPW ? PALU_V8_PPW : 1;
-    static constexpr int TEAM = D / 32 / PPW;
-    static constexpr int WARPS = PPW == 2 ? 6 : RK <= 64 ? 8 : 12;
-    static constexpr int MINB = PPW == 2 ? 2 : RK <= 64 ? 2 : 1;
-    static_assert(WARPS % TEAM == 0 && WARPS / TEAM <= 6, "whole teams, named barriers 1..6");
-};
-
-/* Shared memory of a v8 CTA: per team kV8Stages stages of {HK (STEP swizzled rows), HV (likewise), STEP positions}
- * and the partial scores (TEAM tiles x TEAM warps x 32 lanes x 16 bytes); the warps' records overlay it at the end. */
-template <int D, int RK, int RV> struct V8Layout {
-    static constexpr int TEAM = V8Shape<D, RK>::TEAM, STEP = TEAM * kV4Tile;
-    static constexpr int HKST = RK * 2, HVST = RV * 2;
-    static constexpr size_t round(size_t n) { return (n + 127) / 128 * 128; }
-    static constexpr size_t HK = 0, HV = (size_t)STEP * HKST, POS = HV + (size_t)STEP * HVST;
-    static constexpr size_t STAGE = round(POS + (size_t)STEP * 4);
-    static constexpr size_t PART = kV8Stages * STAGE;
-    static constexpr size_t PER_TEAM = round(PART + (size_t)TEAM * TEAM * 32 * 16);
-    static constexpr size_t total(int warps) { return (size_t)(warps / TEAM) * PER_TEAM; }
-};
-
-template <typename T, int D, int RK, int RV, bool BIAS>
-__global__ void __launch_bounds__(V8Shape<D, RK>::WARPS * 32, V8Shape<D, RK>::MINB) decode_v8_kernel(const DecodeParams p)
-{
-    using L = V8Layout<D, RK, RV>;
-    constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16, TT = kV4Tile;
-    constexpr int TEAM = L::TEAM, STEP = L::STEP, TTHREADS = 32 * TEAM, PPW = V8Shape<D, RK>::PPW;
-    constexpr int KC = RK / 8, VC = RV / 8; /* 16-byte chunks per latent row */
-    constexpr bool HROPE = Num<T>::kHalfRope;
-    static_assert(TTHREADS % KC == 0 && TTHREADS % VC == 0 && STEP * KC % TTHREADS == 0 && STEP * VC % TTHREADS == 0,
-                  "a step's copies are whole rounds of the team's threads");
-    char *smem = dev::dyn_smem();
-    const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
-    const int g = kvh / p.G, j = kvh - g * p.G;
-    const int kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
-    const int n_rep = p.n_rep, T_len = p.T, h0 = kvh * n_rep;
-    const int warps = blockDim.x >> 5, warp = dev::warp_id(), lane = dev::lane_id();
-    const int team = warp / TEAM, w = warp - team * TEAM, tt = threadIdx.x - team * TTHREADS;
-    const int gq = lane >> 2, cq = lane & 3, teams = warps / TEAM;
-    char *tbase = smem + (size_t)team * L::PER_TEAM;
-    float4 *part = reinterpret_cast<float4 *>(tbase + L::PART);
-
-    /* the team's slot range: the CTA's share of the sequence cut into `teams` ranges of whole steps */
-    const int ps = p.pad_start[b];
-    const bool bad_pad = ps < 0 || ps >= T_len;
-    const int len = bad_pad ? 0 : T_len - ps, nparts = p.splits * teams, pidx = split * teams + team;
-    const int chunk = ((len + nparts - 1) / nparts + STEP - 1) / STEP * STEP;
-    const int tb = ps + pidx * chunk;
-    const int te = bad_pad ? tb : min(T_len, tb + chunk);
-    const int nsteps = te > tb ? (te - tb + STEP - 1) / STEP : 0;
-
-    /* copies: team thread tt moves chunk tt % C of rows tt / C + (TTHREADS / C) x of a step (C chunks per row) */
-    const T *klg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + kcol;
-    const T *vlg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + vcol;
-    const int32_t *posg = p.positions + (size_t)b * p.pbs;
-    const CopyRows kcopy(klg, p.kts, tb, tt / KC, tt % KC, te - tb);
-    const CopyRows vcopy(vlg, p.vts, tb, tt / VC, tt % VC, te - tb);
-    auto issue_step = [&](int it, auto full) {
-        constexpr bool FULL = decltype(full)::value;
-        char *st = tbase + (size_t)(it % kV8Stages) * L::STAGE;
-#pragma unroll
-        for (int x = 0; x < STEP * KC / TTHREADS; x++) {
-            const int row = tt / KC + (TTHREADS / KC) * x;
-            kcopy.copy<FULL>(st + L::HK + row * L::HKST + v4_swz<KC>(row, tt % KC) * 16, it * TEAM,
-                             (TTHREADS / KC) * x, 0);
-        }
-#pragma unroll
-        for (int x = 0; x < STEP * VC / TTHREADS; x++) {
-            const int row = tt / VC + (TTHREADS / VC) * x;
-            vcopy.copy<FULL>(st + L::HV + row * L::HVST + v4_swz<VC>(row, tt % VC) * 16, it * TEAM,
-                             (TTHREADS / VC) * x, 0);
-        }
-        if (tt < STEP) {
-            const int slot = tb + it * STEP + tt;
-            const bool ok = slot < te;
-            dev::cp_async4(st + L::POS + tt * 4, ok ? posg + slot : posg, ok);
-        }
-        dev::cp_async_commit();
-    };
-    auto issue = [&](int it) {
-        if ((it + 1) * STEP <= te - tb)
-            issue_step(it, Flag<true>());
-        else
-            issue_step(it, Flag<false>());
-    };
-    if (nsteps > 0) issue(0); /* flies while the registers below are loaded */
-
-    /* this warp's PPW passes of 32 dims: pass pp covers d(pp, q, x) = 16 kk + 8 (q & 1) + (q >> 1) HALF + column
-     * 2 cq + x of the C fragment, kk = PPW w + pp (v4's pass kk) */
-    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)p.G * D * kcol + (size_t)j * D * RK;
-    /* Uk's B fragments: [pp][s][r] = dims 16 kk + 8 (r >> 1) + gq (lo) or + HALF (hi), ranks 16 s + 8 (r & 1) +
-     * 2 cq, +1 */
-    uint32_t ulo[PPW][RKT][4], uhi[PPW][RKT][4];
-    float2 bq[PPW][4];
-#pragma unroll
-    for (int pp = 0; pp < PPW; pp++) {
-        const int d0 = 16 * (PPW * w + pp);
-#pragma unroll
-        for (int s = 0; s < RKT; s++)
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int d = d0 + 8 * (r >> 1) + gq, k = 16 * s + 8 * (r & 1) + 2 * cq;
-                ulo[pp][s][r] = *reinterpret_cast<const uint32_t *>(ukg + (size_t)d * RK + k);
-                uhi[pp][s][r] = *reinterpret_cast<const uint32_t *>(ukg + (size_t)(d + HALF) * RK + k);
-            }
-#pragma unroll
-        for (int q = 0; q < 4; q++) {
-            const int d = d0 + 8 * (q & 1) + (q >> 1) * HALF + 2 * cq;
-            bq[pp][q] = BIAS ? make_float2(p.k_bias[(size_t)kvh * D + d], p.k_bias[(size_t)kvh * D + d + 1])
-                             : make_float2(0.0f, 0.0f);
-        }
-    }
-    /* frequency of query entry x = 2 qq + e of pass pp and of key pair (qq, e): 16 kk + 8 qq + 2 cq + e */
-    auto freq = [&](int pp, int qq, int e) { return 16 * (PPW * w + pp) + 8 * qq + 2 * cq + e; };
-    /* R(tau) of this lane's keys, tau = gq + 8 u: loop-invariant (fp16: packed per pair of frequencies) */
-    float rc[PPW][2][2][2], rs[PPW][2][2][2]; /* [pp][qq][u][e] */
-    __half2 hc[PPW][2][2], hs[PPW][2][2];    /* [pp][qq][u] */
-    float c16[PPW][4], s16[PPW][4];           /* R(16) per query entry */
-#pragma unroll
-    for (int pp = 0; pp < PPW; pp++)
-#pragma unroll
-        for (int qq = 0; qq < 2; qq++)
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                const float f = p.inv_freq[freq(pp, qq, e)];
-                const float2 tsp = turn_split(f);
-#pragma unroll
-                for (int u = 0; u < 2; u++) rope_cos_sin(gq + 8 * u, tsp, &rc[pp][qq][u][e], &rs[pp][qq][u][e]);
-                double sd, cd;
-                sincos((double)TT * (double)f, &sd, &cd);
-                c16[pp][2 * qq + e] = (float)cd, s16[pp][2 * qq + e] = (float)sd;
-            }
-#pragma unroll
-    for (int pp = 0; pp < PPW; pp++)
-#pragma unroll
-        for (int qq = 0; qq < 2; qq++)
-#pragma unroll
-            for (int u = 0; u < 2; u++) {
-                hc[pp][qq][u] = __floats2half2_rn(rc[pp][qq][u][0], rc[pp][qq][u][1]);
-                hs[pp][qq][u] = __floats2half2_rn(rs[pp][qq][u][0], rs[pp][qq][u][1]);
-            }
-
-    /* the rotated query qr = R(anchor)^T q on this warp's dims: entry x = 2 qq + e of pass pp at dim
-     * freq(pp, qq, e) (lo) and + HALF (hi) of head gq (0 past n_rep) */
-    const T *qrow = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D;
-    float qlo[PPW][4], qhi[PPW][4];
-    int anchor = INT_MIN, age = 0;
-    auto anchor_query = [&](int a) {
-#pragma unroll
-        for (int pp = 0; pp < PPW; pp++)
-#pragma unroll
-            for (int x = 0; x < 4; x++) {
-                const int i = freq(pp, x >> 1, x & 1);
-                const float lo = gq < n_rep ? Num<T>::to_f(qrow[i]) : 0.0f;
-                const float hi = gq < n_rep ? Num<T>::to_f(qrow[i + HALF]) : 0.0f;
-                float c, s;
-                rope_cos_sin(a, turn_split(p.inv_freq[i]), &c, &s);
-                qlo[pp][x] = lo * c + hi * s;
-                qhi[pp][x] = hi * c - lo * s;
-            }
-        anchor = a, age = 0;
-    };
-
-    /* phase 2's state: v4's per-warp softmax and PV code (V4Warp) on the tiles this warp owns */
-    float zacc[RVT][4];
-#pragma unroll
-    for (int u = 0; u < RVT; u++) zacc[u][0] = zacc[u][1] = zacc[u][2] = zacc[u][3] = 0.0f;
-    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f};
-    float unused_q[PASSES][4] = {};
-    int unused_anchor = 0, unused_age = 0;
-    V4Warp<T, D, RV, true> pw{unused_q, unused_q, unused_anchor, unused_age, zacc, m_run, l_run,
-                              nullptr, nullptr, qrow, lane, gq, cq, n_rep};
-
-    for (int it = 0; it < nsteps; it++) {
-        dev::cp_async_wait<0>(); /* this thread's copies of step it */
-        dev::bar_team<TTHREADS>(team); /* everyone's have landed; every warp is done with step it - 1 */
-        if (it + 1 < nsteps) issue(it + 1);
-        const char *st = tbase + (size_t)(it % kV8Stages) * L::STAGE;
-        const int *spos = reinterpret_cast<const int *>(st + L::POS);
-        const int left = te - (tb + it * STEP); /* valid slots from the step's first */
-
-        /* phase 1: this warp's dims of every tile of the step */
-#pragma unroll 1
-        for (int m = 0; m < TEAM; m++) {
-            const int nvalid = min(TT, left - m * TT);
-            if (nvalid <= 0) break; /* the same for every warp of the team */
-            const int *tpos = spos + m * TT;
-            const int mypos = tpos[lane & (TT - 1)];
-            const int p0 = dev::shfl_int(mypos, 0);
-            const bool consec = dev::all_lanes((lane & (TT - 1)) >= nvalid || mypos == p0 + (lane & (TT - 1)));
-            if (consec) {
-                if (anchor != INT_MIN && p0 == anchor + TT && age + 1 < kV8Reanchor) {
-#pragma unroll
-                    for (int pp = 0; pp < PPW; pp++)
-#pragma unroll
-                        for (int x = 0; x < 4; x++) {
-                            const float lo = qlo[pp][x], hi = qhi[pp][x];
-                            qlo[pp][x] = lo * c16[pp][x] + hi * s16[pp][x];
-                            qhi[pp][x] = hi * c16[pp][x] - lo * s16[pp][x];
-                        }
-                    anchor = p0, age++;
-                } else if (p0 != anchor) {
-                    anchor_query(p0);
-                }
-            } else if (anchor != 0) {
-                anchor_query(0);
-            }
-            const char *hk = st + L::HK + (size_t)(m * TT) * L::HKST;
-            uint32_t af[RKT][4]; /* HK (16 tokens x RK), shared by the warp's passes */
-#pragma unroll
-            for (int s = 0; s < RKT; s++)
-                dev::ldsm_x4(af[s], hk + (lane & 15) * L::HKST + v4_swz<KC>(lane & 15, 2 * s + (lane >> 4)) * 16);
-            float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-            auto pass = [&](auto cflag, auto ppc) {
-                constexpr bool CONSEC = decltype(cflag)::value;
-                constexpr int pp = decltype(ppc)::value;
-                float acc[4][4]; /* [column tile 2kk, 2kk+1, +HALF, +HALF+8][fragment]: rows g, g+8 = tokens */
-#pragma unroll
-                for (int q = 0; q < 4; q++)
-                    acc[q][0] = acc[q][2] = bq[pp][q].x, acc[q][1] = acc[q][3] = bq[pp][q].y;
-#pragma unroll
-                for (int s = 0; s < RKT; s++) {
-                    dev::mma16816<T>(acc[0], af[s], ulo[pp][s][0], ulo[pp][s][1]);
-                    dev::mma16816<T>(acc[1], af[s], ulo[pp][s][2], ulo[pp][s][3]);
-                    dev::mma16816<T>(acc[2], af[s], uhi[pp][s][0], uhi[pp][s][1]);
-                    dev::mma16816<T>(acc[3], af[s], uhi[pp][s][2], uhi[pp][s][3]);
-                }
-                /* RoPE by pos - anchor (the table for a consecutive tile, else each key's precise angle), then the
-                 * partial scores S^T (16 tokens x 8 heads) = K . Qr^T over these 32 dims, as a v4 pass */
-                uint32_t klo[4], khi[4];
-#pragma unroll
-                for (int qq = 0; qq < 2; qq++)
-#pragma unroll
-                    for (int u = 0; u < 2; u++) {
-                        float cs[2], sn[2];
-                        if (!CONSEC) {
-#pragma unroll
-                            for (int e = 0; e < 2; e++)
-                                rope_cos_sin(tpos[gq + 8 * u], turn_split(p.inv_freq[freq(pp, qq, e)]), &cs[e], &sn[e]);
-                        }
-                        if constexpr (HROPE) {
-                            const __half2 c2 = CONSEC ? hc[pp][qq][u] : __floats2half2_rn(cs[0], cs[1]);
-                            const __half2 s2 = CONSEC ? hs[pp][qq][u] : __floats2half2_rn(sn[0], sn[1]);
-                            const __half2 lo = __floats2half2_rn(acc[qq][2 * u], acc[qq][2 * u + 1]);
-                            const __half2 hi = __floats2half2_rn(acc[qq + 2][2 * u], acc[qq + 2][2 * u + 1]);
-                            const __half2 nlo = __hfma2(lo, c2, __hneg2(__hmul2(hi, s2)));
-                            const __half2 nhi = __hfma2(hi, c2, __hmul2(lo, s2));
-                            memcpy(&klo[2 * qq + u], &nlo, 4), memcpy(&khi[2 * qq + u], &nhi, 4);
-                        } else {
-                            float nlo[2], nhi[2];
-#pragma unroll
-                            for (int e = 0; e < 2; e++) {
-                                const float c = CONSEC ? rc[pp][qq][u][e] : cs[e];
-                                const float sv = CONSEC ? rs[pp][qq][u][e] : sn[e];
-                                const float lo = acc[qq][2 * u + e], hi = acc[qq + 2][2 * u + e];
-                                nlo[e] = lo * c - hi * sv;
-                                nhi[e] = hi * c + lo * sv;
-                            }
-                            klo[2 * qq + u] = Num<T>::pack(nlo[0], nlo[1]);
-                            khi[2 * qq + u] = Num<T>::pack(nhi[0], nhi[1]);
-                        }
-                    }
-                dev::mma16816<T>(sacc, klo, Num<T>::pack(qlo[pp][0], qlo[pp][1]), Num<T>::pack(qlo[pp][2], qlo[pp][3]));
-                dev::mma16816<T>(sacc, khi, Num<T>::pack(qhi[pp][0], qhi[pp][1]), Num<T>::pack(qhi[pp][2], qhi[pp][3]));
-            };
-            auto passes = [&](auto cflag) {
-                pass(cflag, IntC<0>());
-                if constexpr (PPW == 2) pass(cflag, IntC<PPW - 1>());
-            };
-            if (consec)
-                passes(Flag<true>());
-            else
-                passes(Flag<false>());
-            part[(m * TEAM + w) * 32 + lane] = make_float4(sacc[0], sacc[1], sacc[2], sacc[3]);
-        }
-        dev::bar_team<TTHREADS>(team); /* every warp's partial scores of the step are in */
-
-        /* phase 2: tile w of the step, the TEAM partials summed in a fixed order */
-        const int nvalid = min(TT, left - w * TT);
-        if (nvalid > 0) {
-            float4 s4 = part[(w * TEAM) * 32 + lane];
-#pragma unroll
-            for (int o = 1; o < TEAM; o++) {
-                const float4 t4 = part[(w * TEAM + o) * 32 + lane];
-                s4.x += t4.x, s4.y += t4.y, s4.z += t4.z, s4.w += t4.w;
-            }
-            const float sacc[4] = {s4.x, s4.y, s4.z, s4.w};
-            pw.nvalid = nvalid;
-            uint32_t pb0, pb1;
-            pw.softmax(sacc, p.score_scale, pb0, pb1);
-            pw.pv_product(st + L::HV + (size_t)(w * TT) * L::HVST, pb0, pb1);
-        }
-    }
-    dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
-
-    dev::sync_cta(); /* every warp is past its last use of the stages: they hold the records now */
-    float *recs = reinterpret_cast<float *>(smem);
-    static_assert(L::total(V8Shape<D, RK>::WARPS) >= (size_t)V8Shape<D, RK>::WARPS * 8 * (2 + RV) * 4, "records fit");
-    pw.write_record(recs + (size_t)warp * n_rep * (2 + RV));
-    dev::sync_cta();
-    combine_cta_partials<RV>(p, b, h0, split, warps, recs, bad_pad);
-}
-
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4), 6 (v5) or 7 (v8) */
+    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4) or 6 (v5) */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -2538,10 +2184,9 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V8)
+    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V5)
         return palu_fail(PALU_ERR_VALUE,
-                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5), 7 (v8)",
-                         a->impl);
+                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5)", a->impl);
     return PALU_OK;
 }
 
@@ -2572,9 +2217,6 @@ const char *smem_unsupported(const char *name, size_t need, int max_rk, int max_
 }
 
 const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
-                           int *ctas_per_sm, size_t *smem, char *why, size_t why_len);
-/* Why v8 cannot run this call (NULL when it can): v3's shapes and its CTA's shared memory. */
-const char *v8_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
                            int *ctas_per_sm, size_t *smem, char *why, size_t why_len);
 /* Why v5 cannot run this call (NULL when it can): v3's shapes on a compute capability 9.0 device (sm_90a code). */
 const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
@@ -2611,17 +2253,6 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             pl->partials_per_cta = 1; /* the CTA combines its warps' states */
         }
     }
-    if (a->impl == PALU_LATENT_DECODE_V8) { /* only on request until measured */
-        char why8[256] = "";
-        int w8 = 0;
-        size_t s8 = 0;
-        const char *no = v8_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &w8, &v4_ctas, &s8, why8, sizeof why8);
-        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v8 does not support this call: %s", no);
-        pl->impl = 7;
-        pl->warps = w8;
-        pl->smem = s8;
-        pl->partials_per_cta = 1; /* the CTA combines its warps' states */
-    }
     if (a->impl == PALU_LATENT_DECODE_V5) { /* only on request (auto stays v4 until the H200 says otherwise) */
         char why5[256] = "";
         int w5 = 0;
@@ -2645,13 +2276,13 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         pl->partials_per_cta = kV3wWarps;
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
-                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6 || pl->impl == 7
-                            ? "v1, v2, v3w, v4, v5 or v8 chosen"
+                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6
+                            ? "v1, v2, v3w, v4 or v5 chosen"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (pl->impl >= 4) {
+    if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6) {
         /* planned above */
     } else if (no_v3 == NULL) {
         pl->impl = 3;
@@ -2683,7 +2314,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     /* Splits: enough CTAs for about two waves, but no slice shorter than min_tokens. */
     /* v3: one wave (every CTA does the same work, so a second wave only adds a tail) */
     int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
-    if ((pl->impl == 5 || pl->impl == 7) && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* register bound */
+    if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
     if (pl->impl == 6) ctas_per_sm = 1;                                   /* v5: one CTA per SM by design */
     const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
@@ -2693,7 +2324,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
                                  : (target + a->kv_heads * a->batch - 1) / (a->kv_heads * a->batch);
     if (smax < 1) smax = 1;
     if (smax > kMaxSplits) smax = kMaxSplits;
-    /* v4, v5, v8: at least two 16-token tiles per warp, so that the prefetch has something to hide */
+    /* v4, v5: at least two 16-token tiles per warp, so that the prefetch has something to hide */
     const int64_t min_tokens = pl->impl >= 5 ? 32LL * pl->warps : pl->impl >= 2 ? 64LL * pl->warps : 64;
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
@@ -2947,52 +2578,6 @@ palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p,
     return dispatch_equal_ranks<V4Kernels>(a, p, pl, stream);
 }
 
-/* ---- v8 launch ---- */
-
-size_t v8_smem(int D, int rk, int rv)
-{
-#define PALU_V8_SMEM(d, k, v) \
-    if (D == d && rk == k && rv == v) return V8Layout<d, k, v>::total(V8Shape<d, k>::WARPS);
-    PALU_V8_SMEM(64, 32, 32) PALU_V8_SMEM(64, 64, 64) PALU_V8_SMEM(64, 128, 128)
-    PALU_V8_SMEM(128, 32, 32) PALU_V8_SMEM(128, 64, 64) PALU_V8_SMEM(128, 128, 128)
-#undef PALU_V8_SMEM
-    return 0;
-}
-
-const char *v8_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
-                           int *ctas_per_sm, size_t *smem, char *why, size_t why_len)
-{
-    const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
-    if (no != NULL) return no;
-    const size_t need = v8_smem((int)a->head_dim, max_rk, max_rv);
-    if ((no = smem_unsupported("v8", need, max_rk, max_rv, smem_optin, why, why_len)) != NULL) return no;
-    const bool d64 = a->head_dim == 64, small = max_rk <= 64;
-    *warps = d64 ? (small ? V8Shape<64, 64>::WARPS : V8Shape<64, 128>::WARPS)
-                 : (small ? V8Shape<128, 64>::WARPS : V8Shape<128, 128>::WARPS);
-    *ctas_per_sm = d64 ? (small ? V8Shape<64, 64>::MINB : V8Shape<64, 128>::MINB)
-                       : (small ? V8Shape<128, 64>::MINB : V8Shape<128, 128>::MINB);
-    *smem = need;
-    return NULL;
-}
-
-struct V8Kernels {
-    static constexpr const char *name = "v8";
-    template <typename T, int D, int R> static palu_status launch(const DecodeParams &p, const Plan &pl,
-                                                                 cudaStream_t stream)
-    {
-        if (pl.warps != V8Shape<D, R>::WARPS)
-            return palu_fail(PALU_ERR_INTERNAL, "v8 planned with %d warps, its kernel takes %d", pl.warps,
-                             V8Shape<D, R>::WARPS);
-        return launch_decode(p.k_bias ? decode_v8_kernel<T, D, R, R, true> : decode_v8_kernel<T, D, R, R, false>, p,
-                             pl, stream);
-    }
-};
-
-palu_status dispatch_v8(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
-{
-    return dispatch_equal_ranks<V8Kernels>(a, p, pl, stream);
-}
-
 /* ---- v5 launch ---- */
 
 size_t v5_smem(int D, int rk, int rv)
@@ -3160,8 +2745,6 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v4(a, p, pl, stream);
     } else if (pl.impl == 6) {
         st = dispatch_v5(a, p, pl, stream);
-    } else if (pl.impl == 7) {
-        st = dispatch_v8(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

@@ -86,8 +86,7 @@ typedef enum palu_latent_decode_impl {
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
     PALU_LATENT_DECODE_V3W = 4,  /* v3 with 6 warps of one stage each (ranks 32/64), only on request; likewise */
     PALU_LATENT_DECODE_V4 = 5,   /* v3 in 16-token warp tiles, 8-12 warps per CTA (v3's shapes); likewise */
-    PALU_LATENT_DECODE_V5 = 6,   /* v4 with the key rebuild on wgmma (v3's shapes, compute capability 9.0); likewise */
-    PALU_LATENT_DECODE_V8 = 7    /* Uk in registers, a tile's dims split over a team of D/32 warps (v3's shapes); likewise */
+    PALU_LATENT_DECODE_V5 = 6    /* v4 with the key rebuild on wgmma (v3's shapes, compute capability 9.0); likewise */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */
@@ -134,7 +133,7 @@ typedef struct palu_latent_decode_args {
  * launcher (naming the value). */
 palu_status palu_latent_decode_cuda_workspace(const palu_latent_decode_args *a, int device, int64_t *floats);
 
-/* Which implementation `a` runs with (1 to 7) on `device`; errors as the launcher. */
+/* Which implementation `a` runs with (1 to 6) on `device`; errors as the launcher. */
 palu_status palu_latent_decode_cuda_impl(const palu_latent_decode_args *a, int device, int *impl);
 
 /* One decode step (see above): launches the decode kernel and the merge kernel on `stream` (a cudaStream_t;

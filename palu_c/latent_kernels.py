@@ -18,9 +18,8 @@ Design
   sequence; a second kernel merges the splits. The kernel docs (kernels/latent_decode.cuh) give the layouts and
   the implementations (v1 CUDA cores; v2 tensor cores; v3 v2 specialized to equal ranks 32/64/128; v3w, v3 with
   one-stage warps, on request; v4, v3 in 16-token warp tiles with 8-12 warps per CTA; v5, v4 with the key rebuild
-  on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request; v8, v3's shapes with each warp's
-  share of Uk in registers and a tile's dimensions split over a team of D/32 warps). ``impl="auto"`` picks v4
-  where it applies, else v3, else v2, else v1.
+  on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request). ``impl="auto"`` picks v4 where it
+  applies, else v3, else v2, else v1.
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z
   into NaN, loud rather than silent. Positions must be below 2**24 in magnitude.
 
@@ -42,7 +41,7 @@ from ._arrays import as_int
 __all__ = ["KERNEL_NAMES", "latent_decode_attention_cuda", "latent_decode_workspace_size", "latent_append_cuda", "pack_k_up",
            "value_up", "z_layout"]
 
-_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v8": 7}
+_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6}
 #: implementation number (the second value of :func:`latent_decode_workspace_size`) -> kernel name
 KERNEL_NAMES = {number: name for name, number in _IMPLS.items() if number}
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -208,7 +207,7 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     attention_scaling : float
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
-    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v8"}
+    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5"}
         Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).

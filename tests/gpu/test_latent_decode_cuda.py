@@ -147,8 +147,8 @@ def impl_used(c, impl):
 
 
 V5_OK = torch.cuda.get_device_capability() == (9, 0)  # v5 is sm_90a code (Hopper wgmma)
-SPECIAL = ("v3", "v4", "v5", "v8")  # the kernels specialized to equal ranks 32/64/128
-USED = {"v3": 3, "v4": 5, "v5": 6, "v8": 7}
+SPECIAL = ("v3", "v4", "v5")  # the kernels specialized to equal ranks 32/64/128
+USED = {"v3": 3, "v4": 5, "v5": 6}
 NAME = lk.KERNEL_NAMES  # implementation number -> kernel name
 
 
@@ -178,7 +178,7 @@ def check_specialized(c, impl, dtype, scaling, att):
     assert glob <= tol and worst <= 3 * tol, f"{impl}: {glob:.3e} / {worst:.3e} vs {tol}"
 
 
-@pytest.mark.parametrize("impl", ["v1", "v3", "v4", "v5", "v8", "auto"])
+@pytest.mark.parametrize("impl", ["v1", "v3", "v4", "v5", "auto"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=[s[0] for s in SHAPES])
 def test_matches_float64_reference_poisoned(torch_gen, shape, dtype, impl):
@@ -216,7 +216,7 @@ def test_random_positions_sharp_softmax_no_bias(torch_gen, shape, dtype):
     name, B, H, Hkv, D, G, kr, vr, T, C = shape
     c = make_case(torch_gen, B, H, Hkv, D, G, kr, vr, T, C, dtype, consecutive=False, bias=False, q_scale=3.0)
     scaling = D ** -0.5
-    for impl in ("v1", "auto") + (("v3", "v4", "v8") + (("v5",) if V5_OK else ()) if v3_shape(kr, vr) else ()):
+    for impl in ("v1", "auto") + (("v3", "v4") + (("v5",) if V5_OK else ()) if v3_shape(kr, vr) else ()):
         used = impl_used(c, impl)
         z = run(c, impl=impl, scaling=scaling, att=1.0)
         tol = TOL[("v1" if used == 1 else "v2", dtype)]
@@ -224,7 +224,7 @@ def test_random_positions_sharp_softmax_no_bias(torch_gen, shape, dtype):
         assert glob <= tol and worst <= 3 * tol, f"{NAME[used]}: {glob:.3e} / {worst:.3e} vs {tol}"
 
 
-@pytest.mark.parametrize("impl", ["v3", "v4", "v5", "v8"])
+@pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("G,rank", [(1, 64), (2, 128), (1, 32)])
 def test_v3_runs_of_positions_and_jumps(torch_gen, dtype, G, rank, impl):
@@ -240,7 +240,7 @@ def test_v3_runs_of_positions_and_jumps(torch_gen, dtype, G, rank, impl):
     check_specialized(c, impl, dtype, D ** -0.5, 1.1)
 
 
-@pytest.mark.parametrize("impl", ["v4", "v5", "v8"])
+@pytest.mark.parametrize("impl", ["v4", "v5"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_long_ranges_reanchor(torch_gen, dtype, impl):
     """Batch 8 x 8 KV heads leave 2 splits on an H200, so every warp walks ~1000 slots: many query advances and
@@ -276,7 +276,7 @@ def test_value_up_matches_c_twin(torch_gen, dtype):
         assert err <= tol, f"{NAME[used]}: {err:.3e} vs {tol}"
 
 
-@pytest.mark.parametrize("impl", ["v3", "v4", "v5", "v8"])
+@pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_out_dtype_and_strided_latents(torch_gen, dtype, impl):
     """Output in the input dtype; latents viewed out of a wider buffer (non-compact token stride)."""
@@ -297,12 +297,12 @@ def test_out_dtype_and_strided_latents(torch_gen, dtype, impl):
 def test_bad_pad_start_gives_nan_not_garbage(torch_gen):
     c = make_case(torch_gen, 3, 4, 2, 64, 1, [32, 32], [32, 32], 50, 64, torch.float16)
     c["pad"][1] = 50  # == length: nothing to attend
-    for impl in ("v1", "v3", "v4", "v8", "auto") + (("v5",) if V5_OK else ()):
+    for impl in ("v1", "v3", "v4", "auto") + (("v5",) if V5_OK else ()):
         z = run(c, impl=impl, scaling=0.125, att=1.0)
         assert torch.isnan(z[1]).all() and torch.isfinite(z[0]).all() and torch.isfinite(z[2]).all()
 
 
-@pytest.mark.parametrize("impl", ["v3", "v4", "v5", "v8"])
+@pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 def test_side_stream_and_graph_capture(torch_gen, impl):
     c = make_case(torch_gen, 2, 8, 2, 128, 1, [64, 64], [64, 64], 700, 768, torch.bfloat16)
     if v5_refused(c, impl, scaling=0.088, att=1.0):
