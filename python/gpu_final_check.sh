@@ -31,24 +31,15 @@ for r in $(seq "${SUITE_RUNS:-1}"); do
   { echo "=== run $r"; cat "$OUT/suite.tmp"; } >> "$OUT/suite.txt"; rm -f "$OUT/suite.tmp"
 done
 step "benchmark ($best)"
-timeout 200 python3 python/bench_attention.py --impls auto --out "$OUT/bench_attention_h200.md" > "$OUT/bench.tmp" 2>&1
-echo "bench exit $?"; rm -f "$OUT/bench.tmp"; grep -E "llama3-8b \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/bench_attention_h200.md" | cut -d'|' -f2-8,12,13
+bench_table bench_attention_h200.md --impls auto
 if [ "${GRAPHS:-0}" = 1 ]; then
   step "benchmark, CUDA-graph replay ($best)"
-  timeout 200 python3 python/bench_attention.py --impls auto --graphs --out "$OUT/bench_attention_graphs_h200.md" \
-    > "$OUT/bench.tmp" 2>&1
-  echo "bench exit $?"; rm -f "$OUT/bench.tmp"; grep -E "llama3-8b \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/bench_attention_graphs_h200.md" | cut -d'|' -f2-8,12,13
+  bench_table bench_attention_graphs_h200.md --impls auto --graphs
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
   step "ncu: v4 at Llama-3-8B B8 64K"
-  timeout 200 ncu --clock-control none --set full --import-source yes -k regex:decode_v --launch-skip 3 --launch-count 1 \
-    -o "$OUT/ncu_v4_b8" python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 8 --group 1 \
-    --impl v4 > /dev/null 2>&1; echo "ncu exit $?"
-  ncu -i "$OUT/ncu_v4_b8.ncu-rep" --page details > "$OUT/ncu_v4_b8_details.txt" 2>&1
-  grep -E "Duration|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " \
-    "$OUT/ncu_v4_b8_details.txt" | head -8
-  ncu -i "$OUT/ncu_v4_b8.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_v4_b8_source.csv" 2>&1
-  rm -f "$OUT/ncu_v4_b8.ncu-rep"
+  ncu_profile ncu_v4_b8 python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 8 --group 1 \
+    --impl v4
 fi
 step "memcheck / racecheck (v4 and auto, reduced set)"
 sanitize "(poisoned and float16 and (v4 or auto) and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or gqa-d128-g2-r128 or long-split)) or (long_ranges and v4 and float16)" \

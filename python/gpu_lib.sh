@@ -5,6 +5,9 @@
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
 #   sanitize MEM_K RACE_K   compute-sanitizer memcheck / racecheck over test_latent_decode_cuda.py -k expressions
 #                       (full reports appended to $OUT/sanitize.txt)
+#   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
+#   ncu_profile NAME CMD...     ncu --set full of CMD's 4th decode kernel: $OUT/NAME_details.txt and the per-SASS
+#                       source page $OUT/NAME_source.csv (the report itself is deleted: one file fewer to return)
 # The device tool returns at most 8 files from $OUT: drivers delete their scratch files and append to few logs.
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu_logs}
@@ -26,5 +29,21 @@ sanitize() {
     echo "$tool exit $?"; tail -2 "$OUT/san.tmp"
     { echo "=== $tool -k $k"; cat "$OUT/san.tmp"; } >> "$OUT/sanitize.txt"; rm -f "$OUT/san.tmp"
   done
+}
+bench_table() {
+  local file=$1; shift
+  timeout 200 python3 python/bench_attention.py "$@" --out "$OUT/$file" > "$OUT/bench.tmp" 2>&1
+  echo "bench exit $?"; rm -f "$OUT/bench.tmp"
+  grep -E "(llama3-8b|llama2-7b) \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/$file" | cut -d'|' -f2-8,12,13
+}
+ncu_profile() {
+  local name=$1; shift
+  timeout 200 ncu --clock-control none --set full --import-source yes -k regex:decode_v --launch-skip 3 \
+    --launch-count 1 -o "$OUT/$name" "$@" > /dev/null 2>&1; echo "ncu exit $?"
+  ncu -i "$OUT/$name.ncu-rep" --page details > "$OUT/${name}_details.txt" 2>&1
+  grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " \
+    "$OUT/${name}_details.txt" | head -12
+  ncu -i "$OUT/$name.ncu-rep" --page source --csv --print-source sass > "$OUT/${name}_source.csv" 2>&1
+  rm -f "$OUT/$name.ncu-rep"
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv

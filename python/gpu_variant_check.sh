@@ -8,7 +8,7 @@
 # TIMED="v4 v8" times several implementations side by side (default: IMPL alone); BENCH="v4,v8" also runs the
 # benchmark table (python/bench_attention.py --impls BENCH) on the last variant.
 #   usage: VARIANTS="base pair" IMPL=v4 TESTK=v4 bash python/gpu_variant_check.sh
-# Logs in $OUT: log.txt ncu_<impl>.ncu-rep ncu_<impl>_source.csv ncu_<impl>_details.txt [bench_attention_h200.md]
+# Logs in $OUT: log.txt sanitize.txt ncu_<impl>_source.csv ncu_<impl>_details.txt [bench_attention_h200.md]
 source "$(dirname "$0")/gpu_lib.sh"
 IMPL=${IMPL:-v4}; TESTK=${TESTK:-$IMPL}
 PROF="python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 1 --group 1 --impl $IMPL"
@@ -27,15 +27,10 @@ for v in ${VARIANTS:-base}; do
 done
 if [ -n "${BENCH:-}" ]; then
   step "benchmark (--impls $BENCH, last variant)"
-  timeout 200 python3 python/bench_attention.py --impls "$BENCH" --out "$OUT/bench_attention_h200.md" > "$OUT/bench.tmp" 2>&1
-  echo "bench exit $?"; grep -E "(llama3-8b|llama2-7b) \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/bench_attention_h200.md" | cut -d'|' -f2-8,12,13
+  bench_table bench_attention_h200.md --impls "$BENCH"
 fi
 step "ncu full $IMPL (last variant)"
-timeout 200 ncu --clock-control none --set full --import-source yes -k regex:decode_v --launch-skip 3 --launch-count 1 \
-  -o "$OUT/ncu_$IMPL" $PROF > /dev/null 2>&1; echo "ncu exit $?"
-ncu -i "$OUT/ncu_$IMPL.ncu-rep" --page details > "$OUT/ncu_${IMPL}_details.txt" 2>&1
-grep -E "Duration|Registers Per|Achieved Active Warps|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  " "$OUT/ncu_${IMPL}_details.txt" | head -12
-ncu -i "$OUT/ncu_$IMPL.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_${IMPL}_source.csv" 2>&1
+ncu_profile "ncu_$IMPL" $PROF
 step "memcheck / racecheck ($IMPL, last variant, reduced set)"
 sanitize "(poisoned and float16 and $IMPL and (mha-d64-g1 or single-slot or odd-rank or gqa-d128-g1 or long-split)) or (long_ranges and $IMPL and float16)" \
   "(poisoned and float16 and $IMPL and (gqa-d128-g1 or long-split))"
