@@ -11,13 +11,17 @@
  * and the one dispatch switch.
  */
 #ifndef PALU_EMULATE
+#include <cuda.h> /* CUtensorMap (types only: the encoder is reached through cudaGetDriverEntryPointByVersion) */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>
 #endif
 
 #include <limits.h>
 #include <math.h>
+#include <stdlib.h>
+#include <type_traits>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -29,6 +33,7 @@
 
 #ifndef PALU_EMU_LAUNCH
 #define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, args) kernel<<<grid, block, smem, stream>>>(args)
+#define PALU_EMU_LAUNCH2(kernel, grid, block, smem, stream, a1, a2) kernel<<<grid, block, smem, stream>>>(a1, a2)
 #endif
 
 namespace {
@@ -60,6 +65,17 @@ struct DecodeParams {
     int max_rk, max_rv;
     float score_scale; /* scaling * attention_scaling * log2(e) */
     GroupTable groups;
+};
+
+/* v4's tensor maps (the TMA build): key latents, value latents (3D: columns, slots, sequences; boxes of rk x 16 rows,
+ * swizzled as v4_swz) and positions (2D: slots, sequences; boxes of 16). A second kernel parameter, __grid_constant__
+ * so that the copies can name it by address (CUtensorMap carries its own 128-byte alignment); the cp.async build
+ * ignores it. */
+#ifndef PALU_EMULATE
+typedef CUtensorMap TmaMap;
+#endif
+struct V4Maps {
+    TmaMap k, v, pos;
 };
 
 struct MergeParams {
@@ -156,6 +172,48 @@ __device__ __forceinline__ uint32_t movm_trans(uint32_t a)
     uint32_t d;
     asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
     return d;
+}
+
+/* Tensor-memory-access copies (sm_90): one thread moves a whole box of a tensor described by a CUtensorMap kernel
+ * parameter into shared memory, completing `bytes` of transaction on an mbarrier the consumers wait on. The
+ * mbarriers here have one arrival (the issuing thread's arrive.expect_tx), so each fill is one phase. */
+__device__ __forceinline__ void mbar_init(uint64_t *bar)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)) : "memory");
+}
+/* the inits visible to the async proxy (the TMA unit completes transactions on them) */
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect(uint64_t *bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+/* until phase `parity` of bar has completed (its bytes have landed and are visible to this thread) */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
+{
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "wait_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra wait_%=;\n"
+                 "}\n" ::"r"(smem_u32(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+/* box at (c0, c1[, c2]) of the tensor map (a __grid_constant__ kernel parameter) into dst */
+__device__ __forceinline__ void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+                 "[%5];\n" ::"r"(smem_u32(dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+                 : "memory");
+}
+__device__ __forceinline__ void tma_load_2d(void *dst, const void *map, int c0, int c1, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
+                 "[%4];\n" ::"r"(smem_u32(dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
+                 : "memory");
 }
 
 /* d += a (16x16, row) . b (16x8, col), fp32 accumulators (PTX ISA fragment layouts for m16n8k16). */
@@ -1346,6 +1404,26 @@ template <int D, int RK, int RV> struct V4Layout {
     static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
     static constexpr size_t PER_WARP = VTILE + (size_t)kV4Tile * HVST;
     static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP; }
+    static constexpr size_t BARS = 0; /* no mbarriers: the cp.async build */
+};
+
+/* v4's shared memory with tensor-memory-access tile loads (TMA; V4Layout otherwise): the same CTA tables, then per
+ * warp two key stages and the value tile as whole swizzle atoms (TMA's SWIZZLE_128B / 64B address bits are those of
+ * the shared-memory address, so each box must start on 1024 bytes; rk = 64 or 32 makes a 16-row tile 2048 or 1024
+ * bytes), the two stages' positions, and three mbarriers (key stages 0, 1, value tile). The kernel rounds the
+ * dynamic shared-memory base up to 1024 bytes (hence + 1024 in total). */
+template <int D, int RK, int RV> struct V4TmaLayout {
+    using B = V4Layout<D, RK, RV>;
+    static constexpr size_t up(size_t n) { return (n + 1023) / 1024 * 1024; }
+    static constexpr int UKST = B::UKST, HKST = B::HKST, HVST = B::HVST;
+    static constexpr size_t UK = B::UK, BIAS = B::BIAS, TURN = B::TURN, RTAB = B::RTAB;
+    static constexpr size_t WARPS = up(RTAB + (size_t)kV4Span * B::RTST);
+    static constexpr size_t KSTAGE = (size_t)kV4Tile * HKST, VTILE = 2 * KSTAGE;
+    static constexpr size_t KPOS = VTILE + (size_t)kV4Tile * HVST; /* positions of key stage s at KPOS + 64 s */
+    static constexpr size_t BARS = KPOS + 2 * kV4Tile * 4;
+    static constexpr size_t PER_WARP = up(BARS + 3 * 8);
+    static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP + 1024; }
+    static_assert(KSTAGE % 1024 == 0 && RK == RV, "whole swizzle atoms; one box shape for keys and values");
 };
 
 /* The per-warp stages v4 and v5 share, once a 16-token tile's rebuilt keys sit in registers as fp32 in the
@@ -1678,14 +1756,16 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
  * 16-token tiles; the warps' states are combined into one partial per CTA. Fragments as v3 with one m tile: K (16 x D) = HK . Uk^T per pass
  * of 32 dims (four n8 column tiles: 2kk, 2kk+1 and their RoPE partners), RoPE by R(tau) from the table,
  * S (8 heads x 16 tokens) = Qr . K^T (two n8 token tiles), online softmax, z^T += HV^T . P^T (one k step). */
-template <typename T, int D, int RK, int RV, bool BIAS>
-__global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) decode_v4_kernel(const DecodeParams p)
+template <typename T, int D, int RK, int RV, bool BIAS, bool TMA>
+__global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
+    decode_v4_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
-    using L = V4Layout<D, RK, RV>;
+    using L = std::conditional_t<TMA, V4TmaLayout<D, RK, RV>, V4Layout<D, RK, RV>>;
     constexpr int HALF = D / 2, PASSES = D / 32, RKT = RK / 16, RVT = RV / 16, TT = kV4Tile;
     constexpr int KC = RK / 8, VC = RV / 8; /* 16-byte chunks per latent row */
     static_assert(TT * KC % 32 == 0 && TT * VC % 32 == 0, "a tile load is whole warp-wide rounds of cp.async");
     char *smem = dev::dyn_smem();
+    if constexpr (TMA) smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* whole swizzle atoms */
     const int kvh = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
     const int g = kvh / p.G, j = kvh - g * p.G;
     const int kcol = p.groups.kcol[g], vcol = p.groups.vcol[g];
@@ -1753,46 +1833,82 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
             vcopy.copy<decltype(full)::value>(vtile + dst_off(IntC<VC>(), x, L::HVST), it, (32 / VC) * x, 0);
         dev::cp_async_commit();
     };
+    /* TMA: one box per tile and kind, issued by lane 0 on the stage's mbarrier. Rows past the tensor's T slots
+     * land as zeros; rows past this warp's range but below T are the next range's slots, finite, and masked like
+     * the zero rows (scores by nvalid; their p = 0 meets finite values in PV). */
+    uint64_t *bars = reinterpret_cast<uint64_t *>(wbase + L::BARS); /* TMA: [key stage 0, 1, value] */
+    auto kpos = [&](int stage) -> char * {
+        if constexpr (TMA)
+            return wbase + L::KPOS + stage * TT * 4;
+        else
+            return wbase + stage * L::KSTAGE + L::KPOS;
+    };
     /* key latents and positions of tile it into key stage it & 1; value latents into the value tile (one group
      * each); the bound checks only on the range's last tile */
     auto issue_k = [&](int it) {
-        if ((it + 1) * TT <= we - wb)
+        if constexpr (TMA) {
+            if (lane == 0) {
+                uint64_t *bar = bars + (it & 1);
+                dev::mbar_expect(bar, (uint32_t)(L::KSTAGE + TT * 4));
+                dev::tma_load_3d(wbase + (it & 1) * L::KSTAGE, &maps.k, kcol, wb + it * TT, b, bar);
+                dev::tma_load_2d(kpos(it & 1), &maps.pos, wb + it * TT, b, bar);
+            }
+        } else if ((it + 1) * TT <= we - wb) {
             issue_k_tile(it, Flag<true>());
-        else
+        } else {
             issue_k_tile(it, Flag<false>());
+        }
     };
     auto issue_v = [&](int it) {
-        if ((it + 1) * TT <= we - wb)
+        if constexpr (TMA) {
+            if (lane == 0) {
+                dev::mbar_expect(bars + 2, (uint32_t)(TT * L::HVST));
+                dev::tma_load_3d(vtile, &maps.v, vcol, wb + it * TT, b, bars + 2);
+            }
+        } else if ((it + 1) * TT <= we - wb) {
             issue_v_tile(it, Flag<true>());
-        else
+        } else {
             issue_v_tile(it, Flag<false>());
+        }
     };
 
     /* cp.async groups in commit order: Uk K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
      * of tile it the newest groups are V(it) and K(it+1), so wait_group 2 completes K(it); before PV the newest
-     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile) */
+     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile). TMA: Uk is the only cp.async
+     * group; fill k of key stage s (tile 2k + s) completes its mbarrier's phase k, fill it of the value tile
+     * phase it, so the waits are for parity (it >> 1) & 1 and it & 1. */
+    if constexpr (TMA) {
+        if (lane == 0) {
+            for (int i = 0; i < 3; i++) dev::mbar_init(bars + i);
+            dev::mbar_init_fence();
+        }
+        dev::sync_warp();
+    }
     if (ntiles > 0) { /* the first tile's loads fly while the tables are built and Uk lands */
         issue_k(0);
         issue_v(0);
     }
     V4Warp<T, D, RV, true>::build_tables(p, kvh, bias, turn, rtab);
-    if (ntiles > 0) /* Uk (the oldest group) */
+    if (ntiles > 0 && !TMA) /* Uk (the oldest group) */
         dev::cp_async_wait<2>();
-    else /* nothing else in flight: the records will overlay Uk */
+    else /* Uk is all that is in flight as cp.async: the records will overlay it */
         dev::cp_async_wait<0>();
     dev::sync_cta();
     for (int it = 0; it < ntiles; it++) {
         const bool more = it + 1 < ntiles;
-        if (more) {
-            issue_k(it + 1); /* its stage held tile it-1, whose readers all passed the end-of-tile sync_warp */
-            dev::cp_async_wait<2>();
+        if (more) issue_k(it + 1); /* its stage held tile it-1, whose readers all passed the end-of-tile sync_warp */
+        if constexpr (TMA) {
+            dev::mbar_wait(bars + (it & 1), (it >> 1) & 1);
         } else {
-            dev::cp_async_wait<1>();
+            if (more)
+                dev::cp_async_wait<2>();
+            else
+                dev::cp_async_wait<1>();
+            dev::sync_warp();
         }
-        dev::sync_warp();
         const char *hk = wbase + (it & 1) * L::KSTAGE;
         const int nvalid = min(TT, we - (wb + it * TT));
-        pw.begin_tile(reinterpret_cast<const int *>(hk + L::KPOS), nvalid);
+        pw.begin_tile(reinterpret_cast<const int *>(kpos(it & 1)), nvalid);
         float sacc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 
         uint32_t af[RKT][4]; /* HK (16 tokens x RK), resident across the passes */
@@ -1847,11 +1963,15 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB) de
         uint32_t pb0, pb1;
         pw.softmax(sacc, p.score_scale, pb0, pb1);
 
-        if (more) /* this tile's values (the newest group is K(it+1)) */
-            dev::cp_async_wait<1>();
-        else
-            dev::cp_async_wait<0>();
-        dev::sync_warp();
+        if constexpr (TMA) {
+            dev::mbar_wait(bars + 2, it & 1);
+        } else {
+            if (more) /* this tile's values (the newest group is K(it+1)) */
+                dev::cp_async_wait<1>();
+            else
+                dev::cp_async_wait<0>();
+            dev::sync_warp();
+        }
         pw.pv_product(vtile, pb0, pb1);
         dev::sync_warp(); /* every lane is done with the value tile and this key stage before they are refilled */
         if (more) issue_v(it + 1);
@@ -2560,6 +2680,100 @@ const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max
     return NULL;
 }
 
+/* v4's tile loads by TMA. Per call, three tensor maps (key latents, value latents: 3D columns x slots x sequences,
+ * boxes of rk x 16 swizzled as v4_swz; positions: 2D slots x sequences, boxes of 16) are encoded on the host with
+ * the driver's cuTensorMapEncodeTiled and passed as a __grid_constant__ parameter. Taken when every condition holds,
+ * else the cp.async build runs (same results):
+ *   - rk = rv <= 64 (a row fits the 128-byte swizzle span), compute capability >= 9.0;
+ *   - the stream is not capturing a CUDA graph: a map holds this call's slot count T (rows past it read as zeros),
+ *     and a replayed graph would reuse it for later, longer steps;
+ *   - positions 16-byte aligned with a batch stride of whole 16 bytes (the latents' conditions are v2's);
+ *   - PALU_C_V4_TMA is not "0" in the environment (read once: the switch for side-by-side timing).
+ * Measured in the notes (v4e). */
+#ifndef PALU_EMULATE
+typedef PFN_cuTensorMapEncodeTiled_v12000 EncodeTiledFn;
+EncodeTiledFn tensor_map_encoder()
+{
+    static const EncodeTiledFn fn = []() -> EncodeTiledFn {
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            (void)cudaGetLastError();
+            return NULL;
+        }
+        return reinterpret_cast<EncodeTiledFn>(f);
+    }();
+    return fn;
+}
+#endif
+
+/* One tiled tensor map, no interleave, unit element strides, zero fill out of bounds; false if it cannot be made. */
+bool encode_map(TmaMap *m, CUtensorMapDataType dt, cuuint32_t rank, const void *base, const cuuint64_t *dims,
+                const cuuint64_t *strides, const cuuint32_t *box, CUtensorMapSwizzle swizzle)
+{
+    const cuuint32_t unit[3] = {1, 1, 1};
+#ifdef PALU_EMULATE
+    return emu_encode_map(m, dt, rank, base, dims, strides, box, unit, swizzle);
+#else
+    const EncodeTiledFn f = tensor_map_encoder();
+    return f != NULL && f(m, dt, rank, const_cast<void *>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                          swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+#endif
+}
+
+bool v4_tma_enabled()
+{
+    static const bool on = [] {
+        const char *e = getenv("PALU_C_V4_TMA");
+        return !(e != NULL && strcmp(e, "0") == 0);
+    }();
+    return on;
+}
+
+/* The maps of this call (see above); false where the cp.async build must run. */
+bool v4_tma_maps(const DecodeParams &p, const Plan &pl, int rank, cudaStream_t stream, V4Maps *maps)
+{
+    if (rank > 64 || pl.cc_major < 9 || !v4_tma_enabled()) return false;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    if (cap != cudaStreamCaptureStatusNone) return false;
+    if (((uintptr_t)p.positions & 15) || (p.B > 1 && p.pbs % 4)) return false;
+    int ncols_k = 0, ncols_v = 0; /* Rk, Rv: the columns the maps span */
+    for (int g = 0; g < p.Hkv / p.G; g++) ncols_k += p.groups.rk[g], ncols_v += p.groups.rv[g];
+    const cuuint64_t T = (cuuint64_t)p.T, B = (cuuint64_t)p.B;
+    auto round16 = [](cuuint64_t n) { return (n + 15) / 16 * 16; };
+    /* a single sequence's batch stride is never used: any multiple of 16 that spans its rows */
+    const cuuint64_t ks[2] = {(cuuint64_t)p.kts * 2, p.B > 1 ? (cuuint64_t)p.kbs * 2 : round16(T * p.kts * 2)};
+    const cuuint64_t vs[2] = {(cuuint64_t)p.vts * 2, p.B > 1 ? (cuuint64_t)p.vbs * 2 : round16(T * p.vts * 2)};
+    const cuuint64_t ps[1] = {p.B > 1 ? (cuuint64_t)p.pbs * 4 : round16(T * 4)};
+    const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T, B}, vd[3] = {(cuuint64_t)ncols_v, T, B}, pd[2] = {T, B};
+    const cuuint32_t kb[3] = {(cuuint32_t)rank, (cuuint32_t)kV4Tile, 1}, pb[2] = {(cuuint32_t)kV4Tile, 1};
+    const CUtensorMapSwizzle sw = rank * 2 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+    return encode_map(&maps->k, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.k_latent, kd, ks, kb, sw) &&
+           encode_map(&maps->v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, kb, sw) &&
+           encode_map(&maps->pos, CU_TENSOR_MAP_DATA_TYPE_INT32, 2, p.positions, pd, ps, pb,
+                      CU_TENSOR_MAP_SWIZZLE_NONE);
+}
+
+template <typename T, int D, int R, bool TMA>
+palu_status launch_v4(const DecodeParams &p, const Plan &pl, const V4Maps &maps, cudaStream_t stream)
+{
+    auto kern = p.k_bias ? decode_v4_kernel<T, D, R, R, true, TMA> : decode_v4_kernel<T, D, R, R, false, TMA>;
+    size_t smem = pl.smem;
+    if constexpr (TMA) smem = V4TmaLayout<D, R, R>::total(V4Shape<R>::WARPS);
+    if (smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH2(kern, grid, dim3(32 * pl.warps), smem, stream, p, maps);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
 struct V4Kernels {
     static constexpr const char *name = "v4";
     template <typename T, int D, int R> static palu_status launch(const DecodeParams &p, const Plan &pl,
@@ -2568,8 +2782,12 @@ struct V4Kernels {
         if (pl.warps != V4Shape<R>::WARPS)
             return palu_fail(PALU_ERR_INTERNAL, "v4 planned with %d warps, its kernel takes %d", pl.warps,
                              V4Shape<R>::WARPS);
-        return launch_decode(p.k_bias ? decode_v4_kernel<T, D, R, R, true> : decode_v4_kernel<T, D, R, R, false>, p,
-                             pl, stream);
+        V4Maps maps;
+        memset(&maps, 0, sizeof maps);
+        if constexpr (R <= 64) {
+            if (v4_tma_maps(p, pl, R, stream, &maps)) return launch_v4<T, D, R, true>(p, pl, maps, stream);
+        }
+        return launch_v4<T, D, R, false>(p, pl, maps, stream);
     }
 };
 
@@ -2708,6 +2926,9 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, boo
     const int want = (kMergeCtas + m.H * B - 1) / (m.H * B), most = max_rv / 16 > 1 ? max_rv / 16 : 1;
     const int chunks = want < 1 ? 1 : want > most ? most : want;
     const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)chunks);
+#ifdef PALU_EMULATE
+    pdl = false; /* the lock-step emulator launches through PALU_EMU_LAUNCH only */
+#endif
     if (pdl) {
         cudaLaunchAttribute attr[1];
         attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;

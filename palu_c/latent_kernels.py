@@ -19,7 +19,9 @@ Design
   the implementations (v1 CUDA cores; v2 tensor cores; v3 v2 specialized to equal ranks 32/64/128; v3w, v3 with
   one-stage warps, on request; v4, v3 in 16-token warp tiles with 8-12 warps per CTA; v5, v4 with the key rebuild
   on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request). ``impl="auto"`` picks v4 where it
-  applies, else v3, else v2, else v1.
+  applies, else v3, else v2, else v1. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
+  <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
+  environment, by cp.async; the results are bit for bit the same).
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z
   into NaN, loud rather than silent. Positions must be below 2**24 in magnitude.
 
