@@ -68,14 +68,14 @@ struct DecodeParams {
 };
 
 /* v4's tensor maps (the TMA build): key latents, value latents (3D: columns, slots, sequences; boxes of rk x 16 rows,
- * swizzled as v4_swz) and positions (2D: slots, sequences; boxes of 16). A second kernel parameter, __grid_constant__
+ * swizzled as v4_swz). A second kernel parameter, __grid_constant__
  * so that the copies can name it by address (CUtensorMap carries its own 128-byte alignment); the cp.async build
  * ignores it. */
 #ifndef PALU_EMULATE
 typedef CUtensorMap TmaMap;
 #endif
 struct V4Maps {
-    TmaMap k, v, pos;
+    TmaMap k, v;
 };
 
 struct MergeParams {
@@ -200,19 +200,12 @@ __device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
                  "r"(parity)
                  : "memory");
 }
-/* box at (c0, c1[, c2]) of the tensor map (a __grid_constant__ kernel parameter) into dst */
+/* box at (c0, c1, c2) of the tensor map (a __grid_constant__ kernel parameter) into dst */
 __device__ __forceinline__ void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar)
 {
     asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
                  "[%5];\n" ::"r"(smem_u32(dst)),
                  "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
-                 : "memory");
-}
-__device__ __forceinline__ void tma_load_2d(void *dst, const void *map, int c0, int c1, uint64_t *bar)
-{
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], "
-                 "[%4];\n" ::"r"(smem_u32(dst)),
-                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
                  : "memory");
 }
 
@@ -1410,7 +1403,7 @@ template <int D, int RK, int RV> struct V4Layout {
 /* v4's shared memory with tensor-memory-access tile loads (TMA; V4Layout otherwise): the same CTA tables, then per
  * warp two key stages and the value tile as whole swizzle atoms (TMA's SWIZZLE_128B / 64B address bits are those of
  * the shared-memory address, so each box must start on 1024 bytes; rk = 64 or 32 makes a 16-row tile 2048 or 1024
- * bytes), the two stages' positions (128 bytes apart: every TMA destination starts on 128 bytes), and three
+ * bytes), the two stages' positions (filled by cp.async; 128 bytes apart), and three
  * mbarriers (key stages 0, 1, value tile). The kernel rounds the dynamic shared-memory base up to 1024 bytes (hence
  * + 1024 in total). */
 template <int D, int RK, int RV> struct V4TmaLayout {
@@ -1850,10 +1843,15 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
         if constexpr (TMA) {
             if (lane == 0) {
                 uint64_t *bar = bars + (it & 1);
-                dev::mbar_expect(bar, (uint32_t)(L::KSTAGE + TT * 4));
+                dev::mbar_expect(bar, (uint32_t)L::KSTAGE);
                 dev::tma_load_3d(wbase + (it & 1) * L::KSTAGE, &maps.k, kcol, wb + it * TT, b, bar);
-                dev::tma_load_2d(kpos(it & 1), &maps.pos, wb + it * TT, b, bar);
             }
+            if (lane < TT) { /* positions by cp.async, one group per tile (a 2D INT32 tensor map faulted, runs 26-28) */
+                const int slot = wb + it * TT + lane;
+                const bool ok = slot < we;
+                dev::cp_async4(kpos(it & 1) + lane * 4, ok ? posg + slot : posg, ok);
+            }
+            dev::cp_async_commit();
         } else if ((it + 1) * TT <= we - wb) {
             issue_k_tile(it, Flag<true>());
         } else {
@@ -1875,9 +1873,10 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
 
     /* cp.async groups in commit order: Uk K0 V0 | K1 (top of tile 0) V1 (end of tile 0) | K2 V2 | ...; at the top
      * of tile it the newest groups are V(it) and K(it+1), so wait_group 2 completes K(it); before PV the newest
-     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile). TMA: Uk is the only cp.async
-     * group; fill k of key stage s (tile 2k + s) completes its mbarrier's phase k, fill it of the value tile
-     * phase it, so the waits are for parity (it >> 1) & 1 and it & 1. */
+     * is K(it+1), so wait_group 1 completes V(it) (wait_group 0 on the last tile). TMA: the cp.async groups are
+     * Uk, then the positions P(it) of each tile (P(it+1) committed at the top of tile it, so wait_group 1 there
+     * completes P(it)); fill k of key stage s (tile 2k + s) completes its mbarrier's phase k, fill it of the value
+     * tile phase it, so the waits are for parity (it >> 1) & 1 and it & 1. */
     if constexpr (TMA) {
         if (lane == 0) {
             for (int i = 0; i < 3; i++) dev::mbar_init(bars + i);
@@ -1890,15 +1889,20 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
         issue_v(0);
     }
     V4Warp<T, D, RV, true>::build_tables(p, kvh, bias, turn, rtab);
-    if (ntiles > 0 && !TMA) /* Uk (the oldest group) */
-        dev::cp_async_wait<2>();
-    else /* Uk is all that is in flight as cp.async: the records will overlay it */
+    if (ntiles > 0) /* Uk (the oldest group) */
+        dev::cp_async_wait<TMA ? 1 : 2>();
+    else /* nothing else in flight: the records will overlay Uk */
         dev::cp_async_wait<0>();
     dev::sync_cta();
     for (int it = 0; it < ntiles; it++) {
         const bool more = it + 1 < ntiles;
         if (more) issue_k(it + 1); /* its stage held tile it-1, whose readers all passed the end-of-tile sync_warp */
         if constexpr (TMA) {
+            if (more)
+                dev::cp_async_wait<1>();
+            else
+                dev::cp_async_wait<0>();
+            dev::sync_warp(); /* the positions, copied by lanes 0-15 */
             dev::mbar_wait(bars + (it & 1), (it >> 1) & 1);
         } else {
             if (more)
@@ -2681,14 +2685,13 @@ const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max
     return NULL;
 }
 
-/* v4's tile loads by TMA. Per call, three tensor maps (key latents, value latents: 3D columns x slots x sequences,
- * boxes of rk x 16 swizzled as v4_swz; positions: 2D slots x sequences, boxes of 16) are encoded on the host with
- * the driver's cuTensorMapEncodeTiled and passed as a __grid_constant__ parameter. Taken when every condition holds,
- * else the cp.async build runs (same results):
+/* v4's tile loads by TMA. Per call, two tensor maps (key and value latents: 3D columns x slots x sequences, boxes of
+ * rk x 16 swizzled as v4_swz) are encoded on the host with the driver's cuTensorMapEncodeTiled and passed as a
+ * __grid_constant__ parameter; the positions stay on cp.async. Taken when every condition holds, else the cp.async
+ * build runs (same results; the latents' alignment conditions are v2's):
  *   - rk = rv <= 64 (a row fits the 128-byte swizzle span), compute capability >= 9.0;
  *   - the stream is not capturing a CUDA graph: a map holds this call's slot count T (rows past it read as zeros),
  *     and a replayed graph would reuse it for later, longer steps;
- *   - positions 16-byte aligned with a batch stride of whole 16 bytes (the latents' conditions are v2's);
  *   - PALU_C_V4_TMA is not "0" in the environment (read once: the switch for side-by-side timing).
  * Measured in the notes (v4e). */
 #ifndef PALU_EMULATE
@@ -2743,7 +2746,6 @@ bool v4_tma_maps(const DecodeParams &p, const Plan &pl, int rank, cudaStream_t s
         return false;
     }
     if (cap != cudaStreamCaptureStatusNone) return false;
-    if (((uintptr_t)p.positions & 15) || (p.B > 1 && p.pbs % 4)) return false;
     int ncols_k = 0, ncols_v = 0; /* Rk, Rv: the columns the maps span */
     for (int g = 0; g < p.Hkv / p.G; g++) ncols_k += p.groups.rk[g], ncols_v += p.groups.rv[g];
     const cuuint64_t T = (cuuint64_t)p.T, B = (cuuint64_t)p.B;
@@ -2751,14 +2753,11 @@ bool v4_tma_maps(const DecodeParams &p, const Plan &pl, int rank, cudaStream_t s
     /* a single sequence's batch stride is never used: any multiple of 16 that spans its rows */
     const cuuint64_t ks[2] = {(cuuint64_t)p.kts * 2, p.B > 1 ? (cuuint64_t)p.kbs * 2 : round16(T * p.kts * 2)};
     const cuuint64_t vs[2] = {(cuuint64_t)p.vts * 2, p.B > 1 ? (cuuint64_t)p.vbs * 2 : round16(T * p.vts * 2)};
-    const cuuint64_t ps[1] = {p.B > 1 ? (cuuint64_t)p.pbs * 4 : round16(T * 4)};
-    const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T, B}, vd[3] = {(cuuint64_t)ncols_v, T, B}, pd[2] = {T, B};
-    const cuuint32_t kb[3] = {(cuuint32_t)rank, (cuuint32_t)kV4Tile, 1}, pb[2] = {(cuuint32_t)kV4Tile, 1};
+    const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T, B}, vd[3] = {(cuuint64_t)ncols_v, T, B};
+    const cuuint32_t kb[3] = {(cuuint32_t)rank, (cuuint32_t)kV4Tile, 1};
     const CUtensorMapSwizzle sw = rank * 2 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
     return encode_map(&maps->k, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.k_latent, kd, ks, kb, sw) &&
-           encode_map(&maps->v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, kb, sw) &&
-           encode_map(&maps->pos, CU_TENSOR_MAP_DATA_TYPE_INT32, 2, p.positions, pd, ps, pb,
-                      CU_TENSOR_MAP_SWIZZLE_NONE);
+           encode_map(&maps->v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, kb, sw);
 }
 
 template <typename T, int D, int R, bool TMA>

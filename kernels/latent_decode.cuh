@@ -60,9 +60,10 @@
  *   key stages and one value tile, each waited for right where it is used (keys at the top of their tile,
  *   values before the PV product), so the copies overlap a whole tile of work. One query anchor serves two
  *   tiles (R(tau) table of 32 rows; the query advances by R(32) per pair). Goal: latency hiding by occupancy (v3 had 2 warps per scheduler and issued in 35% of the slots).
- *   v4 loads its tiles by TMA (one tensor copy per tile and kind, on per-warp mbarriers; tensor maps encoded per
- *   call) at rk = rv <= 64 on compute capability 9.0+ outside CUDA-graph capture, else by cp.async (a captured map
- *   would keep the capture's slot count); PALU_C_V4_TMA=0 in the environment forces cp.async.
+ *   v4 loads its latent tiles by TMA (one tensor copy per tile and kind, on per-warp mbarriers; tensor maps
+ *   encoded per call; positions by cp.async) at rk = rv <= 64 on compute capability 9.0+ outside CUDA-graph capture,
+ *   else by cp.async (a captured map would keep the capture's slot count); PALU_C_V4_TMA=0 in the environment
+ *   forces cp.async.
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
