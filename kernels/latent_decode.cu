@@ -67,10 +67,9 @@ struct DecodeParams {
     GroupTable groups;
 };
 
-/* v4's tensor maps (the TMA build): key latents, value latents (3D: columns, slots, sequences; boxes of rk x 16 rows,
- * swizzled as v4_swz). A second kernel parameter, __grid_constant__
- * so that the copies can name it by address (CUtensorMap carries its own 128-byte alignment); the cp.async build
- * ignores it. */
+/* v4's tensor maps (the TMA build): key and value latents (3D: columns, slots, sequences; boxes of rk x 16 rows,
+ * swizzled as v4_swz). A second kernel parameter, __grid_constant__ so that the copies can name it by address
+ * (CUtensorMap carries its own 128-byte alignment); the cp.async build ignores it. */
 #ifndef PALU_EMULATE
 typedef CUtensorMap TmaMap;
 #endif
@@ -1403,9 +1402,8 @@ template <int D, int RK, int RV> struct V4Layout {
 /* v4's shared memory with tensor-memory-access tile loads (TMA; V4Layout otherwise): the same CTA tables, then per
  * warp two key stages and the value tile as whole swizzle atoms (TMA's SWIZZLE_128B / 64B address bits are those of
  * the shared-memory address, so each box must start on 1024 bytes; rk = 64 or 32 makes a 16-row tile 2048 or 1024
- * bytes), the two stages' positions (filled by cp.async; 128 bytes apart), and three
- * mbarriers (key stages 0, 1, value tile). The kernel rounds the dynamic shared-memory base up to 1024 bytes (hence
- * + 1024 in total). */
+ * bytes), the two stages' positions (by cp.async, 128 bytes apart) and three mbarriers (key stages 0, 1, value
+ * tile). The kernel rounds the dynamic shared-memory base up to 1024 bytes (hence + 1024 in total). */
 template <int D, int RK, int RV> struct V4TmaLayout {
     using B = V4Layout<D, RK, RV>;
     static constexpr size_t up(size_t n) { return (n + 1023) / 1024 * 1024; }
@@ -1414,7 +1412,7 @@ template <int D, int RK, int RV> struct V4TmaLayout {
     static constexpr size_t WARPS = up(RTAB + (size_t)kV4Span * B::RTST);
     static constexpr size_t KSTAGE = (size_t)kV4Tile * HKST, VTILE = 2 * KSTAGE;
     static constexpr size_t KPOS = VTILE + (size_t)kV4Tile * HVST; /* positions of key stage s at KPOS + 128 s */
-    static constexpr size_t BARS = KPOS + 2 * 128; /* (a TMA destination starts on 128 bytes) */
+    static constexpr size_t BARS = KPOS + 2 * 128; /* after the two stages' positions */
     static constexpr size_t PER_WARP = up(BARS + 3 * 8);
     static constexpr size_t total(int warps) { return WARPS + (size_t)warps * PER_WARP + 1024; }
     static_assert(KSTAGE % 1024 == 0 && RK == RV, "whole swizzle atoms; one box shape for keys and values");
