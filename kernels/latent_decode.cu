@@ -1844,7 +1844,11 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
                 dev::mbar_expect(bar, (uint32_t)L::KSTAGE);
                 dev::tma_load_3d(wbase + (it & 1) * L::KSTAGE, &maps.k, kcol, wb + it * TT, b, bar);
             }
-            if (lane < TT) { /* positions by cp.async, one group per tile (a 2D INT32 tensor map faulted, runs 26-28) */
+            /* positions by cp.async, one group per tile: a position box starts at any slot, and a TMA box whose
+             * first byte is not 16-byte aligned faults with an illegal instruction (runs 26-29; the hardware rule
+             * reported in triton-lang/triton#7385). The latent boxes are always aligned (16-byte row strides,
+             * column offsets of 16 elements). */
+            if (lane < TT) {
                 const int slot = wb + it * TT + lane;
                 const bool ok = slot < we;
                 dev::cp_async4(kpos(it & 1) + lane * 4, ok ? posg + slot : posg, ok);
