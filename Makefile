@@ -5,7 +5,7 @@ PIP_FLAGS := --disable-pip-version-check -q -c constraints.txt
 ASAN_DIR := build/asan
 PYTEST_FLAGS ?= -q
 
-.PHONY: install install-test install-model demo test test-core test-asan test-gpu bench clean
+.PHONY: install install-test install-model demo test test-core test-asan test-gpu test-emu bench clean
 
 install:  ## build and install palu_c in editable mode (CUDA kernels too when nvcc is found)
 	$(PIP) install $(PIP_FLAGS) "setuptools>=64" wheel "numpy>=2.0" scipy
@@ -39,6 +39,9 @@ test-asan:
 
 test-gpu: install  ## on a CUDA machine
 	$(PYTHON) -m pytest $(PYTEST_FLAGS) tests/gpu
+
+test-emu:  ## the CUDA decode kernels on the CPU lock-step emulator (needs CUDA headers, no GPU; tests/emu/README.md)
+	bash tests/emu/run.sh
 
 bench: install
 	$(PYTHON) python/bench_linalg.py

@@ -1,0 +1,278 @@
+// CPU lock-step emulator prelude for kernels/latent_decode.cu (force-included with -DPALU_EMULATE; driver:
+// emu_main.cpp, runner: run.sh, what it is for: README.md).
+// Every CUDA thread is a std::thread; CTA, named and warp barriers are std::barriers; warp collectives (ldmatrix,
+// mma, movmatrix, shfl, vote) exchange operands through a per-warp table exactly as the PTX ISA defines the fragment
+// layouts; cp.async copies are queued per thread and applied at wait_group (late, so a missing wait shows; EMU_EARLY
+// applies them at issue to probe write-after-read hazards); TMA fills complete their mbarrier when a lane waits
+// after all of the fill's bytes were issued, with the hardware's rules checked (expect_tx bytes, 128-byte
+// destinations, swizzle atoms, 16-byte aligned box starts).
+#pragma once
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <map>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+#include <algorithm>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+#include <deque>
+#include <mutex>
+#include <cstdio>
+#include "palu.h"
+
+#undef __global__
+#define __global__
+#define __launch_bounds__(...)
+#undef __device__
+#define __device__
+#undef __host__
+#define __host__
+#undef __forceinline__
+#define __forceinline__ inline
+#undef __shared__
+#define __shared__
+#undef __grid_constant__
+#define __grid_constant__
+using std::max;
+using std::min;
+
+// Emulated tensor map: what cuTensorMapEncodeTiled would encode, for dev::tma_load_*.
+struct TmaMap {
+    const char *base; uint64_t dims[3]; uint64_t strides[2]; uint32_t box[3]; int rank, esize, swz;
+    char pad[64];
+};
+inline bool emu_encode_map(TmaMap *m, CUtensorMapDataType dt, cuuint32_t rank, const void *base, const cuuint64_t *dims,
+                           const cuuint64_t *strides, const cuuint32_t *box, const cuuint32_t *, CUtensorMapSwizzle sw) {
+    memset(m, 0, sizeof *m);
+    m->base = (const char *)base; m->rank = (int)rank;
+    m->esize = dt == CU_TENSOR_MAP_DATA_TYPE_INT32 ? 4 : 2;
+    m->swz = sw == CU_TENSOR_MAP_SWIZZLE_128B ? 128 : sw == CU_TENSOR_MAP_SWIZZLE_64B ? 64 : 0;
+    if ((uintptr_t)base & 15) return false;
+    for (cuuint32_t i = 0; i < rank; i++) { m->dims[i] = dims[i]; m->box[i] = box[i]; }
+    for (cuuint32_t i = 0; i + 1 < rank; i++) { if (strides[i] % 16) return false; m->strides[i] = strides[i]; }
+    if ((box[0] * m->esize) % 16 || (m->swz && box[0] * m->esize > (uint32_t)m->swz)) return false;
+    return true;
+}
+
+extern thread_local uint3 threadIdx, blockIdx;
+extern thread_local dim3 blockDim, gridDim;
+extern float4 smem_f4[];
+namespace dev { inline char *dyn_smem() { return reinterpret_cast<char *>(smem_f4); } }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+
+struct EmuWarp {
+    std::unique_ptr<std::barrier<>> bar;
+    uint64_t slot[32][8];
+};
+struct EmuCta {
+    std::unique_ptr<std::barrier<>> bar;
+    std::mutex named_mu;
+    std::unique_ptr<std::barrier<>> named[16];
+    std::vector<std::unique_ptr<EmuWarp>> warps;
+};
+extern EmuCta *emu_cta;
+extern bool emu_async_early; // apply cp.async at issue (WAR probing) instead of at wait
+
+namespace dev {
+inline int lane_id() { return threadIdx.x & 31; }
+inline int warp_id() { return threadIdx.x >> 5; }
+inline EmuWarp &W() { return *emu_cta->warps[warp_id()]; }
+inline void sync_cta() { emu_cta->bar->arrive_and_wait(); }
+inline void sync_warp() { W().bar->arrive_and_wait(); }
+template <int threads> inline void bar_team(int team) {
+    const int id = 1 + team;
+    if (id < 1 || id > 15 || threads % 32) { fprintf(stderr, "bad named barrier %d/%d\n", id, threads); abort(); }
+    std::barrier<> *b;
+    { std::lock_guard<std::mutex> lk(emu_cta->named_mu);
+      if (!emu_cta->named[id]) emu_cta->named[id] = std::make_unique<std::barrier<>>(threads);
+      b = emu_cta->named[id].get(); }
+    b->arrive_and_wait();
+}
+template <typename F> inline void exchange(uint64_t *mine, int n, F f) {
+    EmuWarp &w = W();
+    memcpy(w.slot[lane_id()], mine, n * 8);
+    w.bar->arrive_and_wait();
+    f(w);
+    w.bar->arrive_and_wait();
+}
+inline float shfl(float v, int src) {
+    uint64_t m = 0; memcpy(&m, &v, 4); float r;
+    exchange(&m, 1, [&](EmuWarp &w) { memcpy(&r, &w.slot[src & 31][0], 4); });
+    return r;
+}
+inline int shfl_int(int v, int src) { float f; memcpy(&f, &v, 4); f = shfl(f, src); int r; memcpy(&r, &f, 4); return r; }
+inline float shfl_xor(float v, int m) { return shfl(v, lane_id() ^ m); }
+inline bool all_lanes(bool pred) {
+    uint64_t m = pred; bool r = true;
+    exchange(&m, 1, [&](EmuWarp &w) { for (int l = 0; l < 32; l++) r = r && w.slot[l][0]; });
+    return r;
+}
+inline void grid_dependency_wait() {}
+inline void launch_dependents() {}
+inline float ex2(float x) { return exp2f(x); }
+inline void sincos_turn(float x, float *s, float *c) { *s = sinf(x); *c = cosf(x); }
+
+struct Pending { void *dst; const void *src; int n; bool valid; };
+extern thread_local std::deque<std::vector<Pending>> emu_groups;
+extern thread_local std::vector<Pending> emu_open;
+inline void apply(const Pending &p) { if (p.valid) memcpy(p.dst, p.src, p.n); else memset(p.dst, 0, p.n); }
+inline void cp_async16(void *dst, const void *src, bool valid) {
+    if (((uintptr_t)dst & 15) || (valid && ((uintptr_t)src & 15))) { fprintf(stderr, "cp_async16 misaligned\n"); abort(); }
+    Pending p{dst, src, 16, valid};
+    if (emu_async_early) apply(p); else emu_open.push_back(p);
+}
+inline void cp_async4(void *dst, const void *src, bool valid) {
+    Pending p{dst, src, 4, valid};
+    if (emu_async_early) apply(p); else emu_open.push_back(p);
+}
+inline void cp_async_commit() { emu_groups.push_back(emu_open); emu_open.clear(); }
+template <int N> inline void cp_async_wait() {
+    while ((int)emu_groups.size() > N) { for (auto &p : emu_groups.front()) apply(p); emu_groups.pop_front(); }
+}
+inline void ldsm_common(uint32_t (&r)[4], const void *p, bool trans) {
+    if ((uintptr_t)p & 15) { fprintf(stderr, "ldmatrix row misaligned\n"); abort(); }
+    uint64_t m = (uint64_t)(uintptr_t)p;
+    int lane = lane_id();
+    exchange(&m, 1, [&](EmuWarp &w) {
+        for (int k = 0; k < 4; k++) {
+            if (!trans) {
+                const uint16_t *row = (const uint16_t *)(uintptr_t)w.slot[8 * k + lane / 4][0];
+                r[k] = row[2 * (lane % 4)] | ((uint32_t)row[2 * (lane % 4) + 1] << 16);
+            } else {
+                const uint16_t *r0 = (const uint16_t *)(uintptr_t)w.slot[8 * k + 2 * (lane % 4)][0];
+                const uint16_t *r1 = (const uint16_t *)(uintptr_t)w.slot[8 * k + 2 * (lane % 4) + 1][0];
+                r[k] = r0[lane / 4] | ((uint32_t)r1[lane / 4] << 16);
+            }
+        }
+    });
+}
+inline uint32_t movm_trans(uint32_t a) { // PTX movmatrix.m8n8.trans.b16
+    uint64_t m = a; uint32_t r = 0; int lane = lane_id();
+    exchange(&m, 1, [&](EmuWarp &w) {
+        for (int i = 0; i < 2; i++) { // out (row lane/4, col 2(lane%4)+i) = in (row 2(lane%4)+i, col lane/4)
+            int row = 2 * (lane % 4) + i, col = lane / 4;
+            uint32_t v = (uint32_t)w.slot[row * 4 + col / 2][0];
+            uint32_t h = col % 2 ? v >> 16 : v & 0xffff;
+            r |= h << (16 * i);
+        }
+    });
+    return r;
+}
+inline void ldsm_x4(uint32_t (&r)[4], const void *p) { ldsm_common(r, p, false); }
+inline void ldsm_x4_trans(uint32_t (&r)[4], const void *p) { ldsm_common(r, p, true); }
+template <typename T> inline float h2f(uint16_t u) { T t; memcpy(&t, &u, 2); return (float)t; }
+template <typename T> inline void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    uint64_t m[6] = {a[0], a[1], a[2], a[3], b0, b1};
+    int lane = lane_id(), g = lane / 4, c = lane % 4;
+    float out[4];
+    exchange(m, 6, [&](EmuWarp &w) {
+        auto A = [&](int row, int k) { // PTX m16n8k16 A fragment
+            int l = (row % 8) * 4 + (k % 8) / 2, reg = (row >= 8 ? 1 : 0) + (k >= 8 ? 2 : 0);
+            uint32_t v = (uint32_t)w.slot[l][reg];
+            return h2f<T>((uint16_t)(k % 2 ? v >> 16 : v & 0xffff));
+        };
+        auto B = [&](int k, int n) {
+            int l = n * 4 + (k % 8) / 2, reg = 4 + (k >= 8 ? 1 : 0);
+            uint32_t v = (uint32_t)w.slot[l][reg];
+            return h2f<T>((uint16_t)(k % 2 ? v >> 16 : v & 0xffff));
+        };
+        for (int i = 0; i < 4; i++) {
+            int row = g + (i >= 2 ? 8 : 0), col = 2 * c + (i % 2);
+            double acc = d[i];
+            for (int k = 0; k < 16; k++) acc += (double)A(row, k) * (double)B(k, col);
+            out[i] = (float)acc;
+        }
+    });
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+inline unsigned smem_u32(const void *p) { return (unsigned)(uintptr_t)p; }
+// mbarriers and TMA: a fill (expect_tx + its copies) lands when some lane waits on the barrier after all of its
+// bytes were issued (late, so a missing wait shows); try_wait.parity(P) returns once the completed-fill count's
+// parity differs from P, as on the hardware.
+struct EmuTmaCopy { void *dst; const TmaMap *map; int c[3]; };
+struct EmuFill { uint32_t expect = 0, issued = 0; std::vector<EmuTmaCopy> copies; };
+struct EmuBar { int completed = 0; std::deque<EmuFill> fills; };
+extern std::mutex emu_bar_mu;
+extern std::map<const void *, EmuBar> emu_bars;
+inline void mbar_init(uint64_t *bar) { std::lock_guard<std::mutex> lk(emu_bar_mu); emu_bars[bar] = EmuBar(); }
+inline void mbar_init_fence() {}
+inline void mbar_expect(uint64_t *bar, uint32_t bytes) {
+    std::lock_guard<std::mutex> lk(emu_bar_mu);
+    auto it = emu_bars.find(bar);
+    if (it == emu_bars.end()) { fprintf(stderr, "mbarrier used before init\n"); abort(); }
+    it->second.fills.emplace_back(); it->second.fills.back().expect = bytes;
+}
+inline void tma_issue(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) {
+    const TmaMap *m = (const TmaMap *)map;
+    std::lock_guard<std::mutex> lk(emu_bar_mu);
+    auto it = emu_bars.find(bar);
+    if (it == emu_bars.end() || it->second.fills.empty()) { fprintf(stderr, "TMA without expect_tx\n"); abort(); }
+    uint32_t bytes = m->esize; for (int i = 0; i < m->rank; i++) bytes *= m->box[i];
+    if (m->swz && ((uintptr_t)dst & (m->swz == 128 ? 1023 : 511))) { fprintf(stderr, "TMA box not on a swizzle atom\n"); abort(); }
+    if ((uintptr_t)dst & 127) { fprintf(stderr, "TMA destination not on 128 bytes\n"); abort(); }
+    {   // the box's first global byte must be 16-byte aligned (hardware: illegal instruction otherwise)
+        uint64_t a = (uint64_t)(uintptr_t)m->base + (uint64_t)c0 * m->esize;
+        if (m->rank >= 2) a += (uint64_t)c1 * m->strides[0];
+        if (m->rank == 3) a += (uint64_t)c2 * m->strides[1];
+        if (a & 15) { fprintf(stderr, "TMA box start not 16-byte aligned\n"); abort(); }
+    }
+    static bool said = false;
+    if (!said && getenv("EMU_TRACE")) { said = true; fprintf(stderr, "TMA path taken\n"); }
+    EmuFill &f = it->second.fills.back();
+    f.copies.push_back({dst, m, {c0, c1, c2}}); f.issued += bytes;
+}
+inline void tma_apply(const EmuTmaCopy &c) {
+    const TmaMap *m = c.map;
+    const uint32_t rowb = m->box[0] * m->esize, rows = m->rank >= 2 ? m->box[1] : 1;
+    for (uint32_t r = 0; r < rows; r++)
+        for (uint32_t e = 0; e < m->box[0]; e++) {
+            const uint64_t col = (uint64_t)c.c[0] + e, row = (uint64_t)c.c[1] + r, bb = m->rank == 3 ? (uint64_t)c.c[2] : (uint64_t)c.c[1];
+            bool in = col < m->dims[0];
+            const char *src = m->base + col * m->esize;
+            if (m->rank == 3) { in = in && row < m->dims[1] && bb < m->dims[2]; src += row * m->strides[0] + bb * m->strides[1]; }
+            if (m->rank == 2) { in = in && (uint64_t)c.c[1] < m->dims[1]; src += (uint64_t)c.c[1] * m->strides[0]; }
+            uint32_t o = r * rowb + e * m->esize;
+            if (m->swz == 128) o ^= ((o >> 7) & 7) << 4;
+            if (m->swz == 64) o ^= ((o >> 7) & 3) << 4;
+            char *d = (char *)c.dst + o;
+            if (in) memcpy(d, src, m->esize); else memset(d, 0, m->esize);
+        }
+}
+inline void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) { tma_issue(dst, map, c0, c1, c2, bar); }
+inline void tma_load_2d(void *dst, const void *map, int c0, int c1, uint64_t *bar) { tma_issue(dst, map, c0, c1, 0, bar); }
+inline void mbar_wait(uint64_t *bar, uint32_t parity) {
+    for (;;) {
+        {
+            std::lock_guard<std::mutex> lk(emu_bar_mu);
+            EmuBar &b = emu_bars.at(bar);
+            while (!b.fills.empty() && b.fills.front().issued == b.fills.front().expect) {
+                for (auto &c : b.fills.front().copies) tma_apply(c);
+                b.fills.pop_front(); b.completed++;
+            }
+            if (!b.fills.empty() && b.fills.front().issued > b.fills.front().expect) { fprintf(stderr, "TMA bytes exceed expect_tx\n"); abort(); }
+            if ((uint32_t)(b.completed & 1) != parity) return;
+        }
+        std::this_thread::yield();
+    }
+}
+} // namespace dev
+
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
+    const float2 fa = __half22float2(a), fb = __half22float2(b), fc = __half22float2(c);
+    return __floats2half2_rn((float)((double)fa.x * fb.x + fc.x), (float)((double)fa.y * fb.y + fc.y));
+}
+#define PALU_CUDA_CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) return palu_fail(PALU_ERR_CUDA, "%s", #call); } while (0)
+#define PALU_CUDA_CHECK_LAUNCH() PALU_CUDA_CHECK(cudaGetLastError())
+
+void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem);
+#define PALU_EMU_LAUNCH2(kernel, grid, block, smem, stream, a1, a2) \
+    do { (void)(stream); auto b1_ = (a1); auto b2_ = (a2); emu_run([=]() { kernel(b1_, b2_); }, (grid), (block), (smem)); } while (0)
+#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, args) \
+    do { (void)(stream); auto a_ = (args); emu_run([=]() { kernel(a_); }, (grid), (block), (smem)); } while (0)
+template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, cudaFuncAttribute, int) { return cudaSuccess; }
