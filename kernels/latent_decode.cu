@@ -32,8 +32,7 @@
 #include "latent_decode.cuh"
 
 #ifndef PALU_EMU_LAUNCH
-#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, args) kernel<<<grid, block, smem, stream>>>(args)
-#define PALU_EMU_LAUNCH2(kernel, grid, block, smem, stream, a1, a2) kernel<<<grid, block, smem, stream>>>(a1, a2)
+#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #endif
 
 namespace {
@@ -2504,15 +2503,22 @@ const char *v2_unsupported(const palu_latent_decode_args *a, int max_rk, int max
            why;
 }
 
-/* One launch of a decode kernel: shared-memory opt-in, grid (KV head, split, sequence), 32 x warps threads. */
-palu_status launch_decode(void (*kern)(DecodeParams), const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+/* One launch of a decode kernel: shared-memory opt-in, grid (KV head, split, sequence), 32 x warps threads; `extra`
+ * are the kernel's parameters after DecodeParams (v4: its tensor maps). */
+template <class... A>
+palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, const DecodeParams &p, const Plan &pl,
+                               cudaStream_t stream, const A &...extra)
 {
-    if (pl.smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem));
+    if (smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), pl.smem, stream, p);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;
+}
+palu_status launch_decode(void (*kern)(DecodeParams), const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    return launch_decode_smem(kern, pl.smem, p, pl, stream);
 }
 
 template <typename T, int D, int RKT, int RVT>
@@ -2768,12 +2774,7 @@ palu_status launch_v4(const DecodeParams &p, const Plan &pl, const V4Maps &maps,
     auto kern = p.k_bias ? decode_v4_kernel<T, D, R, R, true, TMA> : decode_v4_kernel<T, D, R, R, false, TMA>;
     size_t smem = pl.smem;
     if constexpr (TMA) smem = V4TmaLayout<D, R, R>::total(V4Shape<R>::WARPS);
-    if (smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH2(kern, grid, dim3(32 * pl.warps), smem, stream, p, maps);
-    PALU_CUDA_CHECK_LAUNCH();
-    return PALU_OK;
+    return launch_decode_smem(kern, smem, p, pl, stream, maps);
 }
 
 struct V4Kernels {

@@ -1,6 +1,6 @@
 // CPU lock-step emulator prelude for kernels/latent_decode.cu (force-included with -DPALU_EMULATE; driver:
 // emu_main.cpp, runner: run.sh, what it is for: README.md).
-// Every CUDA thread is a std::thread; CTA, named and warp barriers are std::barriers; warp collectives (ldmatrix,
+// Every CUDA thread is a std::thread; CTA and warp barriers are std::barriers; warp collectives (ldmatrix,
 // mma, movmatrix, shfl, vote) exchange operands through a per-warp table exactly as the PTX ISA defines the fragment
 // layouts; cp.async copies are queued per thread and applied at wait_group (late, so a missing wait shows; EMU_EARLY
 // applies them at issue to probe write-after-read hazards); TMA fills complete their mbarrier when a lane waits
@@ -72,8 +72,6 @@ struct EmuWarp {
 };
 struct EmuCta {
     std::unique_ptr<std::barrier<>> bar;
-    std::mutex named_mu;
-    std::unique_ptr<std::barrier<>> named[16];
     std::vector<std::unique_ptr<EmuWarp>> warps;
 };
 extern EmuCta *emu_cta;
@@ -85,15 +83,6 @@ inline int warp_id() { return threadIdx.x >> 5; }
 inline EmuWarp &W() { return *emu_cta->warps[warp_id()]; }
 inline void sync_cta() { emu_cta->bar->arrive_and_wait(); }
 inline void sync_warp() { W().bar->arrive_and_wait(); }
-template <int threads> inline void bar_team(int team) {
-    const int id = 1 + team;
-    if (id < 1 || id > 15 || threads % 32) { fprintf(stderr, "bad named barrier %d/%d\n", id, threads); abort(); }
-    std::barrier<> *b;
-    { std::lock_guard<std::mutex> lk(emu_cta->named_mu);
-      if (!emu_cta->named[id]) emu_cta->named[id] = std::make_unique<std::barrier<>>(threads);
-      b = emu_cta->named[id].get(); }
-    b->arrive_and_wait();
-}
 template <typename F> inline void exchange(uint64_t *mine, int n, F f) {
     EmuWarp &w = W();
     memcpy(w.slot[lane_id()], mine, n * 8);
@@ -245,7 +234,6 @@ inline void tma_apply(const EmuTmaCopy &c) {
         }
 }
 inline void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) { tma_issue(dst, map, c0, c1, c2, bar); }
-inline void tma_load_2d(void *dst, const void *map, int c0, int c1, uint64_t *bar) { tma_issue(dst, map, c0, c1, 0, bar); }
 inline void mbar_wait(uint64_t *bar, uint32_t parity) {
     for (;;) {
         {
@@ -271,8 +259,7 @@ inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
 #define PALU_CUDA_CHECK_LAUNCH() PALU_CUDA_CHECK(cudaGetLastError())
 
 void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem);
-#define PALU_EMU_LAUNCH2(kernel, grid, block, smem, stream, a1, a2) \
-    do { (void)(stream); auto b1_ = (a1); auto b2_ = (a2); emu_run([=]() { kernel(b1_, b2_); }, (grid), (block), (smem)); } while (0)
-#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, args) \
-    do { (void)(stream); auto a_ = (args); emu_run([=]() { kernel(a_); }, (grid), (block), (smem)); } while (0)
+// the kernel's arguments are captured by copy: every emulated thread calls it with its own copies, as a launch would
+#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
+    do { (void)(stream); emu_run([=]() { kernel(__VA_ARGS__); }, (grid), (block), (smem)); } while (0)
 template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, cudaFuncAttribute, int) { return cudaSuccess; }
