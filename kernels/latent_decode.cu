@@ -357,6 +357,19 @@ __device__ __forceinline__ float2 turn_split(float inv_freq)
     return make_float2(hi, (float)(f - (double)hi));
 }
 
+/* A turn table entry: turn_split(inv_freq) and the cos and sin of span * inv_freq, span a power of two (8, 32), so
+ * that the product is exact in float and sincosf (full accuracy: the kernels are built without fast math) rounds
+ * once, ~1 ulp. It replaced a double-precision sincos per frequency and CTA: no faster on the H200 (run 35; the
+ * ~1-1.5 us that the v4 prologue's tables cost is the R(tau) table loop), but free of FP64, which runs at 1/64 of
+ * the FP32 rate on GPUs outside the H100/H200 class that the compute_90 PTX may be JIT-compiled for. */
+__device__ __forceinline__ float4 turn_entry(float inv_freq, float span)
+{
+    const float2 tr = turn_split(inv_freq);
+    float s, c;
+    sincosf(span * inv_freq, &s, &c);
+    return make_float4(tr.x, tr.y, c, s);
+}
+
 /* cos and sin of pos * inv_freq for |pos| < 2^24, inv_freq given as turn_split(inv_freq). pos * hi is split
  * exactly into r1 + e1 (FMA), r1 - rint(r1) is exact, so the fraction of a turn carries ~2^-25 absolute error;
  * __sincosf on [-pi, pi] adds at most ~2^-21; total ~1e-6 absolute at every position. */
@@ -684,10 +697,7 @@ __global__ void __launch_bounds__(128) decode_v2_kernel(const DecodeParams p)
     dev::cp_async_commit();
     for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
     for (int i = tid; i < HALF; i += blockDim.x) {
-        const float2 tr = turn_split(p.inv_freq[i]);
-        double s8, c8;
-        sincos(8.0 * (double)p.inv_freq[i], &s8, &c8);
-        turn[i] = make_float4(tr.x, tr.y, (float)c8, (float)s8);
+        turn[i] = turn_entry(p.inv_freq[i], 8.0f);
     }
     dev::cp_async_wait<0>();
     dev::sync_cta();
@@ -998,10 +1008,7 @@ __global__ void __launch_bounds__(ONE ? 192 : 128, ONE ? 2 : 1) decode_v3_kernel
     dev::cp_async_commit();
     for (int d = tid; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
     for (int i = tid; i < HALF; i += blockDim.x) {
-        const float2 tr = turn_split(p.inv_freq[i]);
-        double s32, c32;
-        sincos(32.0 * (double)p.inv_freq[i], &s32, &c32);
-        turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+        turn[i] = turn_entry(p.inv_freq[i], 32.0f);
     }
     for (int e = tid; e < kV2Tile * HALF; e += blockDim.x) {
         const int tau = e / HALF, i = e - tau * HALF;
@@ -1354,6 +1361,7 @@ template <int N> struct IntC {
     static constexpr int value = N;
 };
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
+static_assert((kV4Span & (kV4Span - 1)) == 0, "turn_entry needs a power-of-two span");
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
 /* v4's HK and HV tiles: unpadded rows with their 16-byte chunks XOR-swizzled, not rows padded by 16 bytes (v2-v3,
@@ -1459,10 +1467,7 @@ template <typename T, int D, int RV, bool SWZ = false> struct V4Warp {
     {
         for (int d = threadIdx.x; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
         for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
-            const float2 tr = turn_split(p.inv_freq[i]);
-            double s32, c32;
-            sincos((double)kV4Span * (double)p.inv_freq[i], &s32, &c32);
-            turn[i] = make_float4(tr.x, tr.y, (float)c32, (float)s32);
+            turn[i] = turn_entry(p.inv_freq[i], (float)kV4Span);
         }
         for (int e = threadIdx.x; e < kV4Span * HALF; e += blockDim.x) {
             const int tau = e / HALF, i = e - tau * HALF;
