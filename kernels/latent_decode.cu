@@ -1462,18 +1462,37 @@ template <typename T, int D, int RV, bool SWZ = false> struct V4Warp {
     }
     /* The CTA's bias (0 without one), turn[i] = (hi, lo turn split, cos, sin of kV4Span inv_freq_i) and the R(tau)
      * table for tau < kV4Span, written by all threads (v4 and v5 prologues; the caller synchronizes). */
+    /* NT > 0: the CTA's threads, a multiple of HALF, so that every thread fills the table rows of one frequency:
+     * its turn split is computed once and its rows are independent (unrolled), not a chain of loads and FP64
+     * conversions per entry. The tables sit on the path to the first tile: -0.7 us per call at batch 1 (run 36).
+     * NT = 0: the rolled loop over all entries. The 12-warp v4 kernels (rk = 128, 168 registers) keep it: the
+     * unrolled prologue changed ptxas's allocation of their decode loop (fp16 128/128: 8 -> 16 spilled loads)
+     * and made the G = 2 rows 4-8% slower (run 36); the 8-warp kernels' spills did not change. v5 keeps it too. */
+    template <int NT>
     static __device__ __forceinline__ void build_tables(const DecodeParams &p, int kvh, float *bias, float4 *turn,
                                                         char *rtab)
     {
         for (int d = threadIdx.x; d < D; d += blockDim.x) bias[d] = p.k_bias ? p.k_bias[(size_t)kvh * D + d] : 0.0f;
-        for (int i = threadIdx.x; i < HALF; i += blockDim.x) {
-            turn[i] = turn_entry(p.inv_freq[i], (float)kV4Span);
-        }
-        for (int e = threadIdx.x; e < kV4Span * HALF; e += blockDim.x) {
-            const int tau = e / HALF, i = e - tau * HALF;
-            float c, s;
-            rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
-            store_rtab(rtab, tau, i, c, s);
+        if constexpr (NT > 0) {
+            static_assert(NT % HALF == 0, "each thread fills the rows of one frequency");
+            const int i = threadIdx.x % HALF;
+            const float inv_freq = p.inv_freq[i];
+            if (threadIdx.x < HALF) turn[i] = turn_entry(inv_freq, (float)kV4Span);
+            const float2 tr = turn_split(inv_freq);
+#pragma unroll
+            for (int tau = threadIdx.x / HALF; tau < kV4Span; tau += NT / HALF) {
+                float c, s;
+                rope_cos_sin(tau, tr, &c, &s);
+                store_rtab(rtab, tau, i, c, s);
+            }
+        } else {
+            for (int i = threadIdx.x; i < HALF; i += blockDim.x) turn[i] = turn_entry(p.inv_freq[i], (float)kV4Span);
+            for (int e = threadIdx.x; e < kV4Span * HALF; e += blockDim.x) {
+                const int tau = e / HALF, i = e - tau * HALF;
+                float c, s;
+                rope_cos_sin(tau, turn_split(p.inv_freq[i]), &c, &s);
+                store_rtab(rtab, tau, i, c, s);
+            }
         }
     }
     /* The state is the kernel's own variables, held here by reference (as the lambdas held them before): a struct
@@ -1894,7 +1913,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
         issue_k(0);
         issue_v(0);
     }
-    V4Warp<T, D, RV, true>::build_tables(p, kvh, bias, turn, rtab);
+    V4Warp<T, D, RV, true>::template build_tables<RK <= 64 ? V4Shape<RK>::WARPS * 32 : 0>(p, kvh, bias, turn, rtab);
     if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<TMA ? 1 : 2>();
     else /* nothing else in flight: the records will overlay Uk */
@@ -2079,7 +2098,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
         dev::cp_async16(uk + (size_t)e * 16, ukg + (size_t)d * RK + cc * 8, true);
     }
     dev::cp_async_commit();
-    V4Warp<T, D, RV>::build_tables(p, kvh, bias, turn, rtab);
+    V4Warp<T, D, RV>::template build_tables<0>(p, kvh, bias, turn, rtab);
     dev::cp_async_wait<0>();
     dev::fence_proxy_async(); /* Uk is read by wgmma (async proxy) */
     dev::sync_cta();
