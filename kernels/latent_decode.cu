@@ -1461,8 +1461,8 @@ template <typename T, int D, int RV, bool SWZ = false> struct V4Warp {
         }
     }
     /* The CTA's bias (0 without one), turn[i] = (hi, lo turn split, cos, sin of kV4Span inv_freq_i) and the R(tau)
-     * table for tau < kV4Span, written by all threads (v4 and v5 prologues; the caller synchronizes). */
-    /* NT > 0: the CTA's threads, a multiple of HALF, so that every thread fills the table rows of one frequency:
+     * table for tau < kV4Span, written by all threads (v4 and v5 prologues; the caller synchronizes).
+     * NT > 0: the CTA's threads, a multiple of HALF, so that every thread fills the table rows of one frequency:
      * its turn split is computed once and its rows are independent (unrolled), not a chain of loads and FP64
      * conversions per entry. The tables sit on the path to the first tile: -0.7 us per call at batch 1 (run 36).
      * NT = 0: the rolled loop over all entries. The 12-warp v4 kernels (rk = 128, 168 registers) keep it: the
