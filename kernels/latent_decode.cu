@@ -41,8 +41,7 @@ constexpr int kMaxGroups = PALU_LATENT_DECODE_MAX_GROUPS;
 constexpr int kV1Threads = 128;
 constexpr int kV1Tile = 16;        /* tokens per v1 tile */
 constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles) */
-constexpr int kMergeThreads = 512; /* the merge is latency-bound at small batch: many loads in flight per CTA */
-constexpr int kMergeCtas = 256;    /* merge CTAs to aim for (heads x batch x column chunks): ~2 per H200 SM */
+constexpr int kMergeThreads = 128; /* merge_kernel: 4 warps of 4 columns each */
 constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -533,96 +532,71 @@ __global__ void __launch_bounds__(kV1Threads) decode_v1_kernel(const DecodeParam
 
 /* ---- merge ------------------------------------------------------------------------------------------------ */
 
-/* Combine two online-softmax states (max m, sum l scaled to m): m == -inf is an empty state (its factor must not
- * become ex2(-inf - -inf) = NaN). */
-__device__ __forceinline__ void combine_ml(float &m, float &l, float m2, float l2)
+/* Combine two online-softmax states (max m, sum l and one column z, both scaled to m): m == -inf is an empty state
+ * (its factor must not become ex2(-inf - -inf) = NaN). */
+__device__ __forceinline__ void combine_mlz(float &m, float &l, float &z, float m2, float l2, float z2)
 {
     const float mn = fmaxf(m, m2);
-    l = (m == mn ? l : l * dev::ex2(m - mn)) + (m2 == mn ? l2 : l2 * dev::ex2(m2 - mn));
-    m = mn;
+    const float a = m == mn ? 1.0f : dev::ex2(m - mn), c = m2 == mn ? 1.0f : dev::ex2(m2 - mn);
+    l = fmaf(l, a, l2 * c), z = fmaf(z, a, z2 * c), m = mn;
 }
 
-/* Block-wide combine of (m, l) and max of a flag; every thread gets the result. */
-__device__ void block_reduce_ml(float &m, float &l, float &flag, float *scratch /* [3][32] */)
-{
-    for (int o = 16; o > 0; o >>= 1) {
-        const float m2 = dev::shfl_xor(m, o), l2 = dev::shfl_xor(l, o), f2 = dev::shfl_xor(flag, o);
-        combine_ml(m, l, m2, l2);
-        flag = fmaxf(flag, f2);
-    }
-    const int warp = dev::warp_id(), lane = dev::lane_id(), warps = blockDim.x >> 5;
-    if (lane == 0) scratch[warp] = m, scratch[32 + warp] = l, scratch[64 + warp] = flag;
-    dev::sync_cta();
-    m = scratch[0], l = scratch[32], flag = scratch[64];
-    for (int w = 1; w < warps; w++) {
-        combine_ml(m, l, scratch[w], scratch[32 + w]);
-        flag = fmaxf(flag, scratch[64 + w]);
-    }
-}
-
-/* One CTA per (query head, sequence, column chunk): z = sum_s 2^(m_s - M) z_s / sum_s 2^(m_s - M) l_s over the
- * chunk's columns of z; a NaN partial (bad pad_start) makes the head NaN. The merge is latency-bound at small
- * batch: first one CTA per (head, sequence) with one thread per column walking all ~264 partials of a v4 split
- * took 19 us of an 85 us step (torch profiler, Llama-3-8B B = 1, 64K slots); 512 threads with four accumulators
- * per thread group took 8.5 us. Now (m, l) are read once and reduced as online-softmax pairs (one global pass
- * and one block reduction instead of two each), and the host splits the columns over gridDim.z CTAs so that a
- * small batch still fills the GPU (32 heads x 4 chunks at B = 1), each thread walking ~1/4 of the partials. */
+/* z = sum_s 2^(m_s - M) z_s / sum_s 2^(m_s - M) l_s over the P partials of each (sequence, query head) and column;
+ * a NaN partial (bad pad_start) makes the head NaN.
+ * History: one CTA per (head, sequence) with one thread per column walking all partials took 19 us of an 85 us step
+ * (Llama-3-8B B = 1, 64K slots); 512 threads per (head, sequence, column chunk) with a block reduction of (m, l)
+ * and of the column sums took ~5 us of every batch-1 call (probe run 35b), most of it dependent latency: two
+ * rounds of L2 loads, four CTA barriers, two serial loops over 16 warps / 32 thread groups. Run 40 measured such
+ * steps at 1500-2000 SM cycles each on the H200.
+ * Now one warp per (head, sequence, 4 columns), no shared memory and no barrier: lane (j, c) = (lane / 4, lane % 4)
+ * loads m, l and column c of partials j, j + 8, ... (kMergeBatch per round, one round up to P = 64), reduces them
+ * to one state, and three xor shuffles over j combine the 8 states; lanes j = 0 write. 4 warps per CTA cover 16
+ * columns; grid (H, B, ceil(max rv / 16)). */
+constexpr int kMergeBatch = 8;
 template <typename OT>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams p)
 {
     dev::grid_dependency_wait(); /* launched as the decode kernel's programmatic dependent (launch_merge) */
-    float *wt = reinterpret_cast<float *>(dev::dyn_smem()); /* [P] weights, then [96] scratch, then z parts */
-    float *scratch = wt + p.partials;
-    const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x;
+    const int h = blockIdx.x, b = blockIdx.y, lane = dev::lane_id(), j = lane >> 2;
     const int kvh = h / p.n_rep, g = kvh / p.G, rv = p.groups.rv[g];
+    const int c = (int)blockIdx.z * 16 + dev::warp_id() * 4 + (lane & 3);
+    if ((int)blockIdx.z * 16 + dev::warp_id() * 4 >= rv) return; /* warp-uniform: none of its columns exist */
+    const bool has_col = c < rv;
     const int col = p.n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * p.n_rep) * rv;
     const float *base = p.ws + (size_t)(b * p.H + h) * p.partials * p.ws_stride;
-    float mx = -INFINITY, lsum = 0.0f, bad = 0.0f;
-    for (int s = tid; s < p.partials; s += blockDim.x) {
-        const float m = base[(size_t)s * p.ws_stride], l = base[(size_t)s * p.ws_stride + 1];
-        if (isnan(m) || isnan(l)) bad = 1.0f;
-        wt[s] = m;
-        combine_ml(mx, lsum, m, l);
-    }
-    block_reduce_ml(mx, lsum, bad, scratch); /* its barrier also publishes wt[] = m */
-    for (int s = tid; s < p.partials; s += blockDim.x) wt[s] = wt[s] == -INFINITY ? 0.0f : dev::ex2(wt[s] - mx);
-    const float inv = bad != 0.0f ? __int_as_float(0x7fc00000) : 1.0f / lsum;
-    const int cw = (rv + (int)gridDim.z - 1) / (int)gridDim.z, c0 = (int)blockIdx.z * cw;
-    const int ncols = min(rv - c0, cw);
-    dev::sync_cta(); /* wt[] weights; every thread is past its read of scratch */
-    if (ncols <= 0) return; /* CTA-uniform */
-    OT *out = static_cast<OT *>(p.out) + (size_t)b * p.z_width + col + c0;
-    /* thread (j, d) sums column c0 + d over partials s = j, j + J, ... (J = blockDim / ncols groups, four
-     * independent accumulators) and the J partial sums meet in shared memory */
-    const int J = ncols < (int)blockDim.x ? (int)blockDim.x / ncols : 1;
-    if (J == 1) {
-        for (int d = tid; d < ncols; d += blockDim.x) {
-            float acc = 0.0f;
-            for (int s = 0; s < p.partials; s++) acc = fmaf(wt[s], base[(size_t)s * p.ws_stride + 2 + c0 + d], acc);
-            out[d] = Num<OT>::from_f(acc * inv);
+    float mx = -INFINITY, l = 0.0f, z = 0.0f, bad = 0.0f;
+    for (int s0 = j; s0 < p.partials; s0 += 8 * kMergeBatch) {
+        float ms[kMergeBatch], ls[kMergeBatch], zs[kMergeBatch];
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; k++) { /* every load of the round in flight at once */
+            const int s = s0 + 8 * k;
+            const float *r = base + (size_t)s * p.ws_stride;
+            ms[k] = s < p.partials ? r[0] : -INFINITY;
+            ls[k] = s < p.partials ? r[1] : 0.0f;
+            zs[k] = s < p.partials && has_col ? r[2 + c] : 0.0f;
         }
-        return;
-    }
-    float *part = scratch + 96; /* [J][ncols] */
-    const int j = tid / ncols, d = tid - j * ncols;
-    if (j < J) {
-        float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-        const float *col_d = base + 2 + c0 + d;
-        int s = j;
-        for (; s + 3 * J < p.partials; s += 4 * J) {
-            a0 = fmaf(wt[s], col_d[(size_t)s * p.ws_stride], a0);
-            a1 = fmaf(wt[s + J], col_d[(size_t)(s + J) * p.ws_stride], a1);
-            a2 = fmaf(wt[s + 2 * J], col_d[(size_t)(s + 2 * J) * p.ws_stride], a2);
-            a3 = fmaf(wt[s + 3 * J], col_d[(size_t)(s + 3 * J) * p.ws_stride], a3);
+        float bm = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; k++) {
+            if (isnan(ms[k]) || isnan(ls[k])) bad = 1.0f;
+            bm = fmaxf(bm, ms[k]);
         }
-        for (; s < p.partials; s += J) a0 = fmaf(wt[s], col_d[(size_t)s * p.ws_stride], a0);
-        part[j * ncols + d] = (a0 + a1) + (a2 + a3);
+        float bl = 0.0f, bz = 0.0f;
+#pragma unroll
+        for (int k = 0; k < kMergeBatch; k++) {
+            const float w = ms[k] == -INFINITY ? 0.0f : dev::ex2(ms[k] - bm);
+            bl = fmaf(w, ls[k], bl), bz = fmaf(w, zs[k], bz);
+        }
+        combine_mlz(mx, l, z, bm, bl, bz);
     }
-    dev::sync_cta();
-    if (tid < ncols) {
-        float acc = 0.0f;
-        for (int k = 0; k < J; k++) acc += part[k * ncols + tid];
-        out[tid] = Num<OT>::from_f(acc * inv);
+    for (int o = 4; o < 32; o <<= 1) { /* the 8 partial groups of the same column */
+        const float m2 = dev::shfl_xor(mx, o), l2 = dev::shfl_xor(l, o), z2 = dev::shfl_xor(z, o);
+        bad = fmaxf(bad, dev::shfl_xor(bad, o));
+        combine_mlz(mx, l, z, m2, l2, z2);
+    }
+    if (j == 0 && has_col) {
+        OT *out = static_cast<OT *>(p.out) + (size_t)b * p.z_width + col + c;
+        *out = Num<OT>::from_f(bad != 0.0f ? __int_as_float(0x7fc00000) : z / l);
     }
 }
 
@@ -2944,15 +2918,10 @@ template <typename T> palu_status launch_v1(const DecodeParams &p, const Plan &p
  * B = 1, 64K), also inside CUDA-graph capture (a programmatic edge). */
 template <typename OT> palu_status launch_merge(const MergeParams &m, int B, bool pdl, cudaStream_t stream)
 {
-    const size_t smem = ((size_t)m.partials + 96 + kMergeThreads) * sizeof(float); /* weights, scratch, z parts */
-    if (smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(merge_kernel<OT>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    /* column chunks: enough CTAs for ~2 per SM at small batch, chunks of >= 16 columns */
     int max_rv = 0;
     for (int g = 0; g < kMaxGroups; g++) max_rv = m.groups.rv[g] > max_rv ? m.groups.rv[g] : max_rv;
-    const int want = (kMergeCtas + m.H * B - 1) / (m.H * B), most = max_rv / 16 > 1 ? max_rv / 16 : 1;
-    const int chunks = want < 1 ? 1 : want > most ? most : want;
-    const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)chunks);
+    const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)((max_rv + 15) / 16)); /* 16 columns per CTA */
+    const size_t smem = 0;
 #ifdef PALU_EMULATE
     pdl = false; /* the lock-step emulator launches through PALU_EMU_LAUNCH only */
 #endif
