@@ -552,24 +552,28 @@ __device__ __forceinline__ void combine_mlz(float &m, float &l, float &z, float 
  * loads m, l and column c of partials j, j + 8, ... (kMergeBatch per round, one round up to P = 64), reduces them
  * to one state, and three xor shuffles over j combine the 8 states; lanes j = 0 write. 4 warps per CTA cover 16
  * columns; grid (H, B, ceil(max rv / 16)). */
-constexpr int kMergeBatch = 8;
+constexpr int kMergeBatch = 8;                                       /* partials per lane and load round */
+constexpr int kMergeLaneCols = 4;                                    /* columns per warp */
+constexpr int kMergeGroups = 32 / kMergeLaneCols;                    /* partial groups per column (lanes) */
+constexpr int kMergeCtaCols = kMergeLaneCols * (kMergeThreads / 32); /* columns per CTA */
 template <typename OT>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams p)
 {
     dev::grid_dependency_wait(); /* launched as the decode kernel's programmatic dependent (launch_merge) */
-    const int h = blockIdx.x, b = blockIdx.y, lane = dev::lane_id(), j = lane >> 2;
+    const unsigned lane = dev::lane_id();
+    const int h = blockIdx.x, b = blockIdx.y, j = (int)(lane / kMergeLaneCols);
     const int kvh = h / p.n_rep, g = kvh / p.G, rv = p.groups.rv[g];
-    const int c = (int)blockIdx.z * 16 + dev::warp_id() * 4 + (lane & 3);
-    if ((int)blockIdx.z * 16 + dev::warp_id() * 4 >= rv) return; /* warp-uniform: none of its columns exist */
+    const int c = (int)blockIdx.z * kMergeCtaCols + dev::warp_id() * kMergeLaneCols + (int)(lane % kMergeLaneCols);
+    if ((int)blockIdx.z * kMergeCtaCols + dev::warp_id() * kMergeLaneCols >= rv) return; /* warp-uniform: none of its columns exist */
     const bool has_col = c < rv;
     const int col = p.n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * p.n_rep) * rv;
     const float *base = p.ws + (size_t)(b * p.H + h) * p.partials * p.ws_stride;
     float mx = -INFINITY, l = 0.0f, z = 0.0f, bad = 0.0f;
-    for (int s0 = j; s0 < p.partials; s0 += 8 * kMergeBatch) {
+    for (int s0 = j; s0 < p.partials; s0 += kMergeGroups * kMergeBatch) {
         float ms[kMergeBatch], ls[kMergeBatch], zs[kMergeBatch];
 #pragma unroll
         for (int k = 0; k < kMergeBatch; k++) { /* every load of the round in flight at once */
-            const int s = s0 + 8 * k;
+            const int s = s0 + kMergeGroups * k;
             const float *r = base + (size_t)s * p.ws_stride;
             ms[k] = s < p.partials ? r[0] : -INFINITY;
             ls[k] = s < p.partials ? r[1] : 0.0f;
@@ -589,7 +593,7 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams 
         }
         combine_mlz(mx, l, z, bm, bl, bz);
     }
-    for (int o = 4; o < 32; o <<= 1) { /* the 8 partial groups of the same column */
+    for (int o = kMergeLaneCols; o < 32; o <<= 1) { /* the partial groups of the same column */
         const float m2 = dev::shfl_xor(mx, o), l2 = dev::shfl_xor(l, o), z2 = dev::shfl_xor(z, o);
         bad = fmaxf(bad, dev::shfl_xor(bad, o));
         combine_mlz(mx, l, z, m2, l2, z2);
@@ -2920,7 +2924,7 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, boo
 {
     int max_rv = 0;
     for (int g = 0; g < kMaxGroups; g++) max_rv = m.groups.rv[g] > max_rv ? m.groups.rv[g] : max_rv;
-    const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)((max_rv + 15) / 16)); /* 16 columns per CTA */
+    const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)((max_rv + kMergeCtaCols - 1) / kMergeCtaCols));
     const size_t smem = 0;
 #ifdef PALU_EMULATE
     pdl = false; /* the lock-step emulator launches through PALU_EMU_LAUNCH only */
