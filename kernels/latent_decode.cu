@@ -1339,6 +1339,7 @@ template <int N> struct IntC {
     static constexpr int value = N;
 };
 constexpr int kV4Span = 2 * kV4Tile; /* slots one query anchor covers: two tiles (R(tau) table rows) */
+constexpr int kV4MaxRep = 8;         /* query heads per KV head (n_rep) v2-v5 take */
 static_assert((kV4Span & (kV4Span - 1)) == 0, "turn_entry needs a power-of-two span");
 constexpr int kV4Reanchor = 8;       /* advances by R(32) before a precise re-anchor (256 slots, as v3) */
 
@@ -1375,7 +1376,8 @@ template <int D, int RK, int RV> struct V4Layout {
     static constexpr size_t TURN = BIAS + (size_t)D * 4;
     static constexpr size_t RTAB = TURN + (size_t)HALF * 16;
     static constexpr size_t round(size_t n) { return (n + 127) / 128 * 128; } /* swizzled rows in whole lines */
-    static constexpr size_t WARPS = round(RTAB + (size_t)kV4Span * RTST);
+    static constexpr size_t Q = RTAB + (size_t)kV4Span * RTST; /* the CTA's query rows (n_rep x D, 2-byte dtype) */
+    static constexpr size_t WARPS = round(Q + (size_t)kV4MaxRep * D * 2);
     static constexpr size_t KPOS = (size_t)kV4Tile * HKST;              /* positions inside a key stage */
     static constexpr size_t KSTAGE = round(KPOS + kV4Tile * 4);
     static constexpr size_t VTILE = 2 * KSTAGE;                           /* value tile inside a warp's area */
@@ -1393,8 +1395,8 @@ template <int D, int RK, int RV> struct V4TmaLayout {
     using B = V4Layout<D, RK, RV>;
     static constexpr size_t up(size_t n) { return (n + 1023) / 1024 * 1024; }
     static constexpr int UKST = B::UKST, HKST = B::HKST, HVST = B::HVST;
-    static constexpr size_t UK = B::UK, BIAS = B::BIAS, TURN = B::TURN, RTAB = B::RTAB;
-    static constexpr size_t WARPS = up(RTAB + (size_t)kV4Span * B::RTST);
+    static constexpr size_t UK = B::UK, BIAS = B::BIAS, TURN = B::TURN, RTAB = B::RTAB, Q = B::Q;
+    static constexpr size_t WARPS = up(Q + (size_t)kV4MaxRep * D * 2);
     static constexpr size_t KSTAGE = (size_t)kV4Tile * HKST, VTILE = 2 * KSTAGE;
     static constexpr size_t KPOS = VTILE + (size_t)kV4Tile * HVST; /* positions of key stage s at KPOS + 128 s */
     static constexpr size_t BARS = KPOS + 2 * 128; /* after the two stages' positions */
@@ -1785,7 +1787,14 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
     const int we = bad_pad ? wb : min(T_len, wb + chunk);
     const int ntiles = we > wb ? (we - wb + TT - 1) / TT : 0;
 
-    const T *qptr = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D + 2 * cq;
+    /* the query rows live in shared memory (copied in the prologue) in the 8-warp kernels: the first tile's anchor
+     * and every precise re-anchor read them there instead of waiting on a global load (an L2 round trip on the
+     * warp's chain). Not in the 12-warp rank-128 kernels: there the copy moved ptxas's loop allocation (nvdisasm:
+     * fp16 128/128 spill instructions 15 -> 39), as the unrolled table build did (run 36). */
+    constexpr bool QS = RK <= 64;
+    T *qs = reinterpret_cast<T *>(smem + L::Q);
+    const T *qptr = (QS ? qs + min(gq, n_rep - 1) * D
+                        : static_cast<const T *>(p.q) + ((size_t)b * p.H + h0 + min(gq, n_rep - 1)) * D) + 2 * cq;
     float qrlo[PASSES][4] = {}, qrhi[PASSES][4] = {};
     int anchor = INT_MIN, age = 0;
     float zacc[RVT][4];
@@ -1891,7 +1900,21 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
         issue_k(0);
         issue_v(0);
     }
+    /* the query rows: loaded before the tables are built, stored after, so the loads fly meanwhile */
+    constexpr int QN = (kV4MaxRep * D + V4Shape<RK>::WARPS * 32 - 1) / (V4Shape<RK>::WARPS * 32);
+    const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0) * D;
+    T qv[QN];
+#pragma unroll
+    for (int k = 0; k < QN; k++) {
+        const int e = tid + k * V4Shape<RK>::WARPS * 32;
+        if (QS && e < n_rep * D) qv[k] = qg[e];
+    }
     V4Warp<T, D, RV, true>::template build_tables<RK <= 64 ? V4Shape<RK>::WARPS * 32 : 0>(p, kvh, bias, turn, rtab);
+#pragma unroll
+    for (int k = 0; k < QN; k++) {
+        const int e = tid + k * V4Shape<RK>::WARPS * 32;
+        if (QS && e < n_rep * D) qs[e] = qv[k];
+    }
     if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<TMA ? 1 : 2>();
     else /* nothing else in flight: the records will overlay Uk */
