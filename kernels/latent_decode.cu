@@ -1365,7 +1365,8 @@ template <int RK> struct V4Shape {
 
 /* Shared memory of a v4 CTA: Uk (padded rows as v2), bias, turn[i] = (hi, lo turn split, cos, sin of
  * 32 * inv_freq_i), rtab[tau][i] = (cos, sin)(tau * inv_freq_i) for tau < 32 (row stride: V4Warp::RTST; allocated
- * at the fp32 size), then from a 128-byte boundary per warp: two key stages (16 swizzled rows of HK, 16 positions;
+ * at the fp32 size), the query rows of the CTA's heads (n_rep x D; used by the rk <= 64 kernels), then from a
+ * 128-byte boundary per warp: two key stages (16 swizzled rows of HK, 16 positions;
  * each stage a whole number of 128-byte lines) and one value tile (16 swizzled rows of HV). */
 template <int D, int RK, int RV> struct V4Layout {
     static constexpr int HALF = D / 2;
