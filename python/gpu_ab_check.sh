@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One H200 call that validates and times a change to the merge kernel: objects compiled beforehand and carried,
-# NEW (default build/objs_m1) and the baseline BASE (default build/objs_m0), both by
+# One H200 call that validates and times a kernel change against its baseline (A/B). Objects compiled beforehand
+# and carried: NEW (default build/objs_m1) and the baseline BASE (default build/objs_m0), both by
 # SM90A_ONLY=1 bash python/build_cuda_objects.sh DIR (the baseline from a worktree of the commit before).
+# Used for the one-round merge (run 42) and v4's query rows in shared memory (run 43).
 #   1. the whole GPU suite on NEW;
 #   2. profile_fixed_cost.py (v4; Llama-3-8B and Llama-2-7B shapes; batch 1 and 8; 1K / 16K / 64K) on BASE, NEW,
 #      BASE, NEW, relinking in between (alternating, so clock and run-to-run drift hit both alike);
