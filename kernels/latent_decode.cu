@@ -563,8 +563,9 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams 
     const unsigned lane = dev::lane_id();
     const int h = blockIdx.x, b = blockIdx.y, j = (int)(lane / kMergeLaneCols);
     const int kvh = h / p.n_rep, g = kvh / p.G, rv = p.groups.rv[g];
-    const int c = (int)blockIdx.z * kMergeCtaCols + dev::warp_id() * kMergeLaneCols + (int)(lane % kMergeLaneCols);
-    if ((int)blockIdx.z * kMergeCtaCols + dev::warp_id() * kMergeLaneCols >= rv) return; /* warp-uniform: none of its columns exist */
+    const int c0 = (int)blockIdx.z * kMergeCtaCols + dev::warp_id() * kMergeLaneCols; /* the warp's first column */
+    const int c = c0 + (int)(lane % kMergeLaneCols);
+    if (c0 >= rv) return; /* warp-uniform: none of its columns exist */
     const bool has_col = c < rv;
     const int col = p.n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * p.n_rep) * rv;
     const float *base = p.ws + (size_t)(b * p.H + h) * p.partials * p.ws_stride;
@@ -1902,20 +1903,16 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
         issue_v(0);
     }
     /* the query rows: loaded before the tables are built, stored after, so the loads fly meanwhile */
-    constexpr int QN = (kV4MaxRep * D + V4Shape<RK>::WARPS * 32 - 1) / (V4Shape<RK>::WARPS * 32);
+    constexpr int NT = V4Shape<RK>::WARPS * 32, QN = (kV4MaxRep * D + NT - 1) / NT;
     const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + h0) * D;
     T qv[QN];
 #pragma unroll
-    for (int k = 0; k < QN; k++) {
-        const int e = tid + k * V4Shape<RK>::WARPS * 32;
-        if (QS && e < n_rep * D) qv[k] = qg[e];
-    }
-    V4Warp<T, D, RV, true>::template build_tables<RK <= 64 ? V4Shape<RK>::WARPS * 32 : 0>(p, kvh, bias, turn, rtab);
+    for (int k = 0; k < QN; k++)
+        if (QS && tid + k * NT < n_rep * D) qv[k] = qg[tid + k * NT];
+    V4Warp<T, D, RV, true>::template build_tables<RK <= 64 ? NT : 0>(p, kvh, bias, turn, rtab);
 #pragma unroll
-    for (int k = 0; k < QN; k++) {
-        const int e = tid + k * V4Shape<RK>::WARPS * 32;
-        if (QS && e < n_rep * D) qs[e] = qv[k];
-    }
+    for (int k = 0; k < QN; k++)
+        if (QS && tid + k * NT < n_rep * D) qs[tid + k * NT] = qv[k];
     if (ntiles > 0) /* Uk (the oldest group) */
         dev::cp_async_wait<TMA ? 1 : 2>();
     else /* nothing else in flight: the records will overlay Uk */
@@ -2949,7 +2946,7 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, boo
     int max_rv = 0;
     for (int g = 0; g < kMaxGroups; g++) max_rv = m.groups.rv[g] > max_rv ? m.groups.rv[g] : max_rv;
     const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)((max_rv + kMergeCtaCols - 1) / kMergeCtaCols));
-    const size_t smem = 0;
+    const size_t smem = 0; /* merge_kernel keeps everything in registers */
 #ifdef PALU_EMULATE
     pdl = false; /* the lock-step emulator launches through PALU_EMU_LAUNCH only */
 #endif
