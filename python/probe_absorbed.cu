@@ -34,47 +34,47 @@ extern "C" const char *palu_dtype_name(palu_dtype) { return "?"; }
 
 namespace probe {
 constexpr int D = 128, R = 64, HALF = 64, S = PROBE_S, NST = PROBE_NST, ROWS = 64;
-constexpr int THREADS = 160; /* warps 0-3: the consumer warpgroup; warp 4: the copies */
+static_assert(S % 2 == 0, "the step loop alternates two accumulator sets within a block");
+/* warps 0-3: the consumer warpgroup; warp 4: the copies; warps 5-8: the query anchors of the next block */
+constexpr int QWARPS = 4, THREADS = 32 * (5 + QWARPS);
 constexpr size_t TILE = (size_t)ROWS * R * 2;        /* one 64-row latent box, 8 KB */
 constexpr size_t STAGE = 2 * TILE;                   /* K and V */
 constexpr size_t UT = (size_t)D * R * 2;             /* one U_tau image, 16 KB */
-constexpr size_t OFF_U = NST * STAGE, OFF_QA = OFF_U + S * UT, OFF_QB = OFF_QA + (size_t)ROWS * D * 2;
-constexpr size_t OFF_TAB = OFF_QB + HALF * 16;            /* rtab copy: 64 x HALF float2, 32 KB */
-constexpr size_t OFF_REC = OFF_TAB + 64 * HALF * 8, OFF_BAR = OFF_REC + 32 * (2 + R) * 4;
-constexpr size_t SMEM = OFF_BAR + 8 * (2 * NST + 1) + 1024;
+constexpr size_t QA = (size_t)ROWS * D * 2;          /* one anchored-query image, 16 KB */
+constexpr int RTS = HALF + 8;                        /* table row stride in float2: 64 B pad, conflict-free LDS.128 */
+constexpr size_t TAB = 64 * RTS * 8;                 /* (cos, sin)(k theta_i), k < 64, fp32 */
+constexpr size_t OFF_U = NST * STAGE, OFF_QA = OFF_U + S * UT, OFF_TAB = OFF_QA + 2 * QA;
+constexpr size_t OFF_QB = OFF_TAB + TAB, OFF_BAR = OFF_QB + HALF * 8;
+constexpr int NBAR = 2 * NST + 1 + 4;                /* full, empty, tables, qa_full[2], qa_empty[2] */
+constexpr size_t SMEM = OFF_BAR + 8 * NBAR + 1024;
+constexpr size_t OFF_REC = 0;                        /* the records reuse the stages after the last step */
+static_assert(SMEM <= 232448, "shared memory per CTA");
+static_assert(32 * (2 + R) * 4 <= NST * STAGE, "records fit in the stages");
 constexpr uint32_t SBO = (D / 8) * 128; /* core-matrix layout: 8-row groups 2 KB apart, K-adjacent ones 128 B */
 
 struct Params {
     const __half *q;       /* [B][H][D] */
-    const char *ut;        /* [H][S][UT bytes]: U_tau in the wgmma B image (columns permuted, see wcol_latent) */
+    const char *ut;        /* [H][S][UT bytes]: U_tau in the wgmma B image */
     const float *inv_freq; /* [HALF] */
-    const float2 *rtab;    /* [64 k][HALF]: (cos, sin)(k theta_i) */
+    const float2 *rtab;    /* [64 k][RTS]: (cos, sin)(k theta_i), i < HALF */
     float *part;           /* [B][H][splits][2 + R]: (m, l, z) per split, log2 domain */
-    int B, H, T, splits, chunk;
+    int B, H, T, splits, chunk; /* chunk: a multiple of 64 S */
     float scale_log2;
 };
 
-/* Column j of W (thread quad c = (j % 8) / 2 holds j = 8n + 2c + e) is latent column 8c + 2n + e for n < 4 and
- * 8 (c + 4) + 2 (n - 4) + e for n >= 4: each thread's 16 W columns are the latent's 16-byte chunks c and c + 4,
- * which the 8 rows of a quad phase read bank-conflict-free from a 128B-swizzled tile. */
-__host__ __device__ inline int wcol_latent(int j)
-{
-    const int n = j / 8, c = (j % 8) / 2, e = j % 2;
-    return n < 4 ? 8 * c + 2 * n + e : 8 * (c + 4) + 2 * (n - 4) + e;
-}
 /* byte offset of element (row, k) of a K-major no-swizzle core-matrix image with 8-row groups SBO apart */
 __host__ __device__ inline size_t cm_off(int row, int k) { return (size_t)(row / 8) * SBO + (k / 8) * 128 + (row % 8) * 16 + (k % 8) * 2; }
 
-/* U_tau images: grid (H, S), 256 threads; element (n = j, k = d) of B is U_tau[d][wcol_latent(j)] */
+/* U_tau images: grid (H, S), 256 threads; element (n = j, k = d) of B is U_tau[d][j] = (R(64 tau) U)[d][j] */
 __global__ void build_ut(const __half *uk, const float *inv_freq, char *ut, int H)
 {
     const int h = blockIdx.x, tau = blockIdx.y;
     for (int e = threadIdx.x; e < D * R; e += blockDim.x) {
-        const int d = e / R, j = e % R, l = wcol_latent(j), i = d % HALF;
+        const int d = e / R, j = e % R, i = d % HALF;
         double s, c;
         sincos(64.0 * tau * (double)inv_freq[i], &s, &c);
-        const double u = __half2float(uk[((size_t)h * D + d) * R + l]);
-        const double v = __half2float(uk[((size_t)h * D + (d < HALF ? d + HALF : d - HALF)) * R + l]);
+        const double u = __half2float(uk[((size_t)h * D + d) * R + j]);
+        const double v = __half2float(uk[((size_t)h * D + (d < HALF ? d + HALF : d - HALF)) * R + j]);
         const double r = d < HALF ? u * c - v * s : u * c + v * s;
         *reinterpret_cast<__half *>(ut + ((size_t)h * S + tau) * UT + cm_off(j, d)) = __float2half_rn((float)r);
     }
@@ -95,35 +95,32 @@ __device__ __forceinline__ void bulk_copy(void *dst, const void *src, uint32_t b
                  "l"(src), "r"(bytes), "r"(dev::smem_u32(bar))
                  : "memory");
 }
-__device__ __forceinline__ uint4 lds128(const char *p)
-{
-    uint4 v;
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(dev::smem_u32(p)));
-    return v;
-}
-__device__ __forceinline__ float2 h2f(uint32_t w) { return __half22float2(*reinterpret_cast<__half2 *>(&w)); }
 
 __global__ void __launch_bounds__(THREADS, 1) absorbed_kernel(const Params p, const __grid_constant__ CUtensorMap km,
                                                                const __grid_constant__ CUtensorMap vm)
 {
 #ifdef PALU_V5_WGMMA
-    char *smem = reinterpret_cast<char *>(((uintptr_t)dev::dyn_smem() + 1023) & ~(uintptr_t)1023);
+    char *base = dev::dyn_smem();
+    char *smem = base + ((1024u - (dev::smem_u32(base) & 1023u)) & 1023u); /* stays a shared-space pointer */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int t0 = split * p.chunk, t1 = min(p.T, t0 + p.chunk);
-    const int nsteps = t1 > t0 ? (t1 - t0 + ROWS - 1) / ROWS : 0;
-    uint64_t *full = reinterpret_cast<uint64_t *>(smem + OFF_BAR), *empty = full + NST, *ubar = empty + NST;
+    const int nblocks = t1 > t0 ? (t1 - t0 + ROWS * S - 1) / (ROWS * S) : 0;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + OFF_BAR), *empty = full + NST, *tbar = empty + NST;
+    uint64_t *qfull = tbar + 1, *qempty = qfull + 2;
     if (tid == 0) {
         for (int s = 0; s < NST; s++) mbar_init_n(full + s, 1), mbar_init_n(empty + s, 4);
-        mbar_init_n(ubar, 1);
+        mbar_init_n(tbar, 1);
+        mbar_init_n(qfull, 32 * QWARPS), mbar_init_n(qfull + 1, 32 * QWARPS), mbar_init_n(qempty, 4), mbar_init_n(qempty + 1, 4);
         dev::mbar_init_fence();
     }
     __syncthreads();
-    if (warp == 4) { /* the copies: U_tau once, then one K and one V box per step through NST stages */
+    if (warp == 4) { /* the copies: U_tau and the table once, then one K and one V box per step through NST stages */
         if (lane == 0) {
-            dev::mbar_expect(ubar, (uint32_t)(S * UT));
-            for (int x = 0; x < S; x++) bulk_copy(smem + OFF_U + x * UT, p.ut + ((size_t)h * S + x) * UT, UT, ubar);
-            for (int st = 0; st < nsteps; st++) {
+            dev::mbar_expect(tbar, (uint32_t)(S * UT + TAB));
+            for (int x = 0; x < S; x++) bulk_copy(smem + OFF_U + x * UT, p.ut + ((size_t)h * S + x) * UT, UT, tbar);
+            bulk_copy(smem + OFF_TAB, p.rtab, TAB, tbar);
+            for (int st = 0; st < nblocks * S; st++) {
                 const int s = st % NST;
                 if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
                 dev::mbar_expect(full + s, (uint32_t)STAGE);
@@ -133,126 +130,153 @@ __global__ void __launch_bounds__(THREADS, 1) absorbed_kernel(const Params p, co
         }
         return;
     }
-    /* ---- consumer warpgroup ---- */
-    const int g = lane >> 2, c = lane & 3, r0 = 16 * warp + g, r1 = r0 + 8;
-    char *qa = smem + OFF_QA;
-    float2 *qb = reinterpret_cast<float2 *>(smem + OFF_QB); /* [i] = (lo, hi) of R(A)^T q at frequency i */
-    const __half *q = p.q + ((size_t)b * p.H + h) * D;
-    float2 *rt = reinterpret_cast<float2 *>(smem + OFF_TAB);
-    for (int x = tid; x < 64 * HALF / 2; x += 128) reinterpret_cast<float4 *>(rt)[x] = reinterpret_cast<const float4 *>(p.rtab)[x];
-    /* Qa for the block at base A: rows k = g + 8 m, frequency pairs of chunks 2 warp, 2 warp + 1 (conflict-free
-     * 4-byte stores: a warp's 32 lanes cover one 8-row x 16-byte core matrix) */
-    auto build_qa = [&](int A) {
-        dev::bar_wg(1); /* every wgmma that read Qa is complete (each warp waited for its groups) */
-        if (tid < HALF) {
-            float cs, sn;
-            rope_cos_sin(A, turn_split(p.inv_freq[tid]), &cs, &sn);
-            const float lo = __half2float(q[tid]), hi = __half2float(q[tid + HALF]);
-            qb[tid] = make_float2(lo * cs + hi * sn, hi * cs - lo * sn);
-        }
-        dev::bar_wg(1);
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            const int ch = 2 * warp + x, i0 = 8 * ch + 2 * c;
-            const float2 qa0 = qb[i0], qa1 = qb[i0 + 1];
-#pragma unroll
-            for (int m = 0; m < 8; m++) {
-                const int k = g + 8 * m;
-                const float2 e0 = rt[k * HALF + i0], e1 = rt[k * HALF + i0 + 1];
-                const float lo0 = qa0.x * e0.x + qa0.y * e0.y, hi0 = qa0.y * e0.x - qa0.x * e0.y;
-                const float lo1 = qa1.x * e1.x + qa1.y * e1.y, hi1 = qa1.y * e1.x - qa1.x * e1.y;
-                *reinterpret_cast<uint32_t *>(qa + cm_off(k, i0)) = Num<__half>::pack(lo0, lo1);
-                *reinterpret_cast<uint32_t *>(qa + cm_off(k, i0 + HALF)) = Num<__half>::pack(hi0, hi1);
+    if (warp >= 5) { /* the anchored query of each block: Qa[k] = R(A + k)^T q = R(k)^T (R(A)^T q); warp 5 + qw
+                      * writes frequencies 16 qw .. 16 qw + 15 (chunks 2 qw, 2 qw + 1 and their + HALF partners) */
+        const int qw = warp - 5, fi = 16 * qw + (lane & 15);
+        const __half *q = p.q + ((size_t)b * p.H + h) * D;
+        float2 *qb = reinterpret_cast<float2 *>(smem + OFF_QB);
+        const float2 *rt = reinterpret_cast<const float2 *>(smem + OFF_TAB);
+        const float qlo = __half2float(q[fi]), qhi = __half2float(q[fi + HALF]);
+        const float2 tr = turn_split(p.inv_freq[fi]);
+        dev::mbar_wait(tbar, 0);
+        const int kr = lane >> 2, pp = lane & 3;
+        for (int blk = 0; blk < nblocks; blk++) {
+            const int x = blk & 1;
+            if (blk >= 2) dev::mbar_wait(qempty + x, ((blk >> 1) - 1) & 1);
+            {
+                float cs, sn;
+                rope_cos_sin(t0 + blk * ROWS * S, tr, &cs, &sn);
+                qb[fi] = make_float2(qlo * cs + qhi * sn, qhi * cs - qlo * sn); /* two lanes, one value */
             }
-        }
-        dev::fence_proxy_async();
-        dev::bar_wg(1);
-    };
-    const uint64_t qa_desc = dev::wgmma_desc(qa, 128, SBO), u_desc = dev::wgmma_desc(smem + OFF_U, 128, SBO);
-    auto issue = [&](float (&acc)[32], int tau) {
-        dev::wgmma_fence();
-        const uint64_t ud = u_desc + ((uint64_t)(tau * UT) >> 4);
+            __syncwarp();
+            char *qa = smem + OFF_QA + x * QA;
 #pragma unroll
-        for (int s = 0; s < D / 16; s++) dev::wgmma_k16<__half, 64>(acc, qa_desc + (uint64_t)(16 * s), ud + (uint64_t)(16 * s), s > 0);
+            for (int ch = 2 * qw; ch < 2 * qw + 2; ch++) {
+                const int i0 = 8 * ch + 2 * pp;
+                const float2 qa0 = qb[i0], qa1 = qb[i0 + 1];
+#pragma unroll
+                for (int m = 0; m < 8; m++) {
+                    const int k = kr + 8 * m;
+                    const float4 e = *reinterpret_cast<const float4 *>(rt + k * RTS + i0);
+                    const float2 e0 = make_float2(e.x, e.y), e1 = make_float2(e.z, e.w);
+                    const float lo0 = qa0.x * e0.x + qa0.y * e0.y, hi0 = qa0.y * e0.x - qa0.x * e0.y;
+                    const float lo1 = qa1.x * e1.x + qa1.y * e1.y, hi1 = qa1.y * e1.x - qa1.x * e1.y;
+                    *reinterpret_cast<uint32_t *>(qa + cm_off(k, i0)) = Num<__half>::pack(lo0, lo1);
+                    *reinterpret_cast<uint32_t *>(qa + cm_off(k, i0 + HALF)) = Num<__half>::pack(hi0, hi1);
+                }
+            }
+            dev::fence_proxy_async();
+            __syncwarp();
+            mbar_arrive(qfull + x);
+        }
+        return;
+    }
+    /* ---- consumer warpgroup: warp w owns rows 16 w .. 16 w + 15 of every step; quad g = lane / 4 owns rows
+     * 16 w + g and + 8, its softmax state sits in lane c == g / 2 (the lane that holds those rows' diagonal
+     * scores), and column g of this warp's O^T accumulates its rows' values ---- */
+    const int g = lane >> 2, c = lane & 3, r0 = 16 * warp + g;
+    const bool owner = c == (g >> 1);
+    const uint64_t qa_desc0 = dev::wgmma_desc(smem + OFF_QA, 128, SBO), u_desc0 = dev::wgmma_desc(smem + OFF_U, 128, SBO);
+    auto issue = [&](float (&acc)[32], int x, int tau) {
+        dev::wgmma_fence();
+        const uint64_t ad = qa_desc0 + ((uint64_t)(x * QA) >> 4), ud = u_desc0 + ((uint64_t)(tau * UT) >> 4);
+#pragma unroll
+        for (int s = 0; s < D / 16; s++) dev::wgmma_k16<__half, 64>(acc, ad + (uint64_t)(16 * s), ud + (uint64_t)(16 * s), s > 0);
         dev::wgmma_commit();
     };
-    float wa[32], wb[32], o[16] = {};
+    float wa[32], wb[32], o[4][4] = {};
     float m_run = -INFINITY, l_run = 0.0f;
-    if (nsteps > 0) build_qa(t0);
-    dev::mbar_wait(ubar, 0);
-    issue(wa, 0);
-    dev::wgmma_wait0();
-#pragma unroll
-    for (int x = 0; x < 32; x++) dev::fence_reg(wa[x]);
+    const int lrow = 16 * warp + (lane & 7) + ((lane >> 4) << 3); /* ldmatrix row of this lane: tokens 0-7 / 8-15 */
+    const int lsel = (lane >> 3) & 1;                              /* ... and its chunk parity */
 
-    /* step st on `cur` (complete); step st + 1 issued into `nxt` first (a dummy past the end) */
-    auto step = [&](float (&nxt)[32], float (&cur)[32], int st) {
-        const int tn = st + 1;
-        if (tn < nsteps && tn % S == 0) build_qa(t0 + tn * ROWS);
-        issue(nxt, min(tn, nsteps - 1) % S);
+    /* one 64-token step on `cur` (complete) of block blk, offset tau */
+    auto process = [&](const float (&cur)[32], int st) {
         const int s = st % NST;
         dev::mbar_wait(full + s, (st / NST) & 1);
         const char *kt = smem + s * STAGE, *vt = kt + TILE;
-        const uint4 k0a = lds128(kt + r0 * 128 + ((c ^ (r0 & 7)) << 4)), k0b = lds128(kt + r0 * 128 + (((c + 4) ^ (r0 & 7)) << 4));
-        const uint4 k1a = lds128(kt + r1 * 128 + ((c ^ (r1 & 7)) << 4)), k1b = lds128(kt + r1 * 128 + (((c + 4) ^ (r1 & 7)) << 4));
-        const uint32_t w0[8] = {k0a.x, k0a.y, k0a.z, k0a.w, k0b.x, k0b.y, k0b.z, k0b.w};
-        const uint32_t w1[8] = {k1a.x, k1a.y, k1a.z, k1a.w, k1b.x, k1b.y, k1b.z, k1b.w};
-        float s0a = 0.0f, s0b = 0.0f, s1a = 0.0f, s1b = 0.0f;
+        /* diagonal scores: S = W (16 rows x rk) . C^T (rk x 16 tokens) on mma.sync, W's accumulators as A */
+        float sa[2][4] = {};
 #pragma unroll
-        for (int n = 0; n < 8; n++) {
-            const float2 f0 = h2f(w0[n]), f1 = h2f(w1[n]);
-            s0a = fmaf(cur[4 * n + 0], f0.x, s0a), s0b = fmaf(cur[4 * n + 1], f0.y, s0b);
-            s1a = fmaf(cur[4 * n + 2], f1.x, s1a), s1b = fmaf(cur[4 * n + 3], f1.y, s1b);
+        for (int kk = 0; kk < R / 16; kk++) {
+            const uint32_t a[4] = {Num<__half>::pack(cur[8 * kk + 0], cur[8 * kk + 1]), Num<__half>::pack(cur[8 * kk + 2], cur[8 * kk + 3]),
+                                   Num<__half>::pack(cur[8 * kk + 4], cur[8 * kk + 5]), Num<__half>::pack(cur[8 * kk + 6], cur[8 * kk + 7])};
+            uint32_t bm[4];
+            const int chunk = 2 * kk + lsel;
+            dev::ldsm_x4(bm, kt + lrow * 128 + ((chunk ^ (lrow & 7)) << 4));
+            dev::mma16816<__half>(sa[0], a, bm[0], bm[1]);
+            dev::mma16816<__half>(sa[1], a, bm[2], bm[3]);
         }
-        float s0 = s0a + s0b, s1 = s1a + s1b;
-        s0 += dev::shfl_xor(s0, 1), s1 += dev::shfl_xor(s1, 1);
-        s0 += dev::shfl_xor(s0, 2), s1 += dev::shfl_xor(s1, 2);
-        const int tok = t0 + ROWS * st;
-        s0 = tok + r0 < t1 ? s0 * p.scale_log2 : -INFINITY;
-        s1 = tok + r1 < t1 ? s1 * p.scale_log2 : -INFINITY;
-        /* per-lane online softmax over this lane's rows (identical in the 4 lanes of a quad): no warp-wide step */
+        const int tok = t0 + ROWS * st + r0;
+        float s0 = (g & 1) ? sa[0][1] : sa[0][0], s1 = (g & 1) ? sa[1][3] : sa[1][2];
+        s0 = tok < t1 ? s0 * p.scale_log2 : -INFINITY;
+        s1 = tok + 8 < t1 ? s1 * p.scale_log2 : -INFINITY;
         const float m_new = fmaxf(m_run, fmaxf(s0, s1));
-        if (m_new != -INFINITY) {
-            if (m_new > m_run) {
-                const float corr = dev::ex2(m_run - m_new);
-                l_run *= corr;
+        const bool grow = owner && m_new > m_run;
+        float corr = 1.0f;
+        if (grow) corr = dev::ex2(m_run - m_new), l_run *= corr, m_run = m_new;
+        if (__any_sync(0xffffffffu, grow)) { /* quads 2c and 2c + 1 own this lane's two O^T columns */
+            const float c0 = dev::shfl(corr, 9 * c), c1 = dev::shfl(corr, 9 * c + 4);
 #pragma unroll
-                for (int x = 0; x < 16; x++) o[x] *= corr;
-                m_run = m_new;
-            }
+            for (int mb = 0; mb < 4; mb++) o[mb][0] *= c0, o[mb][1] *= c1, o[mb][2] *= c0, o[mb][3] *= c1;
+        }
+        uint32_t b0 = 0u, b1 = 0u;
+        if (owner && m_run != -INFINITY) {
             const float p0 = dev::ex2(s0 - m_run), p1 = dev::ex2(s1 - m_run);
             l_run += p0 + p1;
-            const uint4 v0a = lds128(vt + r0 * 128 + ((c ^ (r0 & 7)) << 4)), v0b = lds128(vt + r0 * 128 + (((c + 4) ^ (r0 & 7)) << 4));
-            const uint4 v1a = lds128(vt + r1 * 128 + ((c ^ (r1 & 7)) << 4)), v1b = lds128(vt + r1 * 128 + (((c + 4) ^ (r1 & 7)) << 4));
-            const uint32_t u0[8] = {v0a.x, v0a.y, v0a.z, v0a.w, v0b.x, v0b.y, v0b.z, v0b.w};
-            const uint32_t u1[8] = {v1a.x, v1a.y, v1a.z, v1a.w, v1b.x, v1b.y, v1b.z, v1b.w};
+            b0 = (g & 1) ? Num<__half>::pack(0.0f, p0) : Num<__half>::pack(p0, 0.0f);
+            b1 = (g & 1) ? Num<__half>::pack(0.0f, p1) : Num<__half>::pack(p1, 0.0f);
+        }
 #pragma unroll
-            for (int n = 0; n < 8; n++) {
-                const float2 f0 = h2f(u0[n]), f1 = h2f(u1[n]);
-                o[2 * n] = fmaf(p0, f0.x, fmaf(p1, f1.x, o[2 * n]));
-                o[2 * n + 1] = fmaf(p0, f0.y, fmaf(p1, f1.y, o[2 * n + 1]));
-            }
+        for (int mb = 0; mb < 4; mb++) {
+            uint32_t a[4];
+            const int chunk = 2 * mb + lsel;
+            dev::ldsm_x4_trans(a, vt + lrow * 128 + ((chunk ^ (lrow & 7)) << 4));
+            dev::mma16816<__half>(o[mb], a, b0, b1);
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(empty + s);
-        dev::wgmma_wait0();
-#pragma unroll
-        for (int x = 0; x < 32; x++) dev::fence_reg(nxt[x]);
     };
-    for (int st = 0; st < nsteps; st += 2) {
-        step(wb, wa, st);
-        if (st + 1 >= nsteps) break;
-        step(wa, wb, st + 1);
+    auto fence_all = [&](float (&acc)[32]) {
+#pragma unroll
+        for (int x = 0; x < 32; x++) dev::fence_reg(acc[x]);
+    };
+    if (nblocks > 0) dev::mbar_wait(qfull, 0);
+    dev::mbar_wait(tbar, 0);
+    issue(wa, 0, 0);
+    dev::wgmma_wait0();
+    fence_all(wa);
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int x = blk & 1;
+#pragma unroll
+        for (int tau = 0; tau < S; tau += 2) {
+            const int st = blk * S + tau;
+            /* tau + 1 into wb, then tau on wa */
+            issue(wb, x, tau + 1);
+            process(wa, st);
+            dev::wgmma_wait0();
+            fence_all(wb);
+            if (tau + 2 == S) { /* Qa of this block is no longer read; the next block's first W into wa */
+                if (lane == 0) mbar_arrive(qempty + x);
+                const bool more = blk + 1 < nblocks;
+                if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
+                issue(wa, more ? x ^ 1 : x, 0);
+            } else {
+                issue(wa, x, tau + 2);
+            }
+            process(wb, st + 1);
+            dev::wgmma_wait0();
+            fence_all(wa);
+        }
     }
-    /* combine the 32 quads (row groups) of the warpgroup: lane (g, c) holds V columns 8c.. and 8(c + 4).. */
+    /* combine the 32 quads of the warpgroup (records over the stages: every box has been consumed) */
     dev::bar_wg(1);
     float *recs = reinterpret_cast<float *>(smem + OFF_REC);
-    float *rec = recs + (warp * 8 + g) * (2 + R);
-    if (c == 0) rec[0] = m_run, rec[1] = l_run;
+    if (owner) recs[(warp * 8 + g) * (2 + R)] = m_run, recs[(warp * 8 + g) * (2 + R) + 1] = l_run;
 #pragma unroll
-    for (int n = 0; n < 8; n++) {
-        const int col = n < 4 ? 8 * c + 2 * n : 8 * (c + 4) + 2 * (n - 4);
-        rec[2 + col] = o[2 * n], rec[3 + col] = o[2 * n + 1];
+    for (int e = 0; e < 2; e++) {
+        float *rec = recs + (warp * 8 + 2 * c + e) * (2 + R) + 2;
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) rec[16 * mb + g] = o[mb][e], rec[16 * mb + g + 8] = o[mb][2 + e];
     }
     dev::bar_wg(1);
     if (tid < 2 + R) {
@@ -319,22 +343,22 @@ int main(int argc, char **argv)
     const bool check = argc > 1 && !strcmp(argv[1], "check");
     const int B = check ? 2 : atoi(argv[2]), H = check ? 3 : atoi(argv[3]), T = check ? 5001 : atoi(argv[4]);
     const int splits = check ? 3 : atoi(argv[5]), iters = check ? 1 : atoi(argv[6]);
-    const int chunk = ((T + splits - 1) / splits + ROWS - 1) / ROWS * ROWS;
+    const int chunk = ((T + splits - 1) / splits + ROWS * S - 1) / (ROWS * S) * (ROWS * S);
     const size_t nq = (size_t)B * H * D, nl = (size_t)B * T * H * R, nu = (size_t)H * D * R;
     __half *q, *kl, *vl, *uk;
     char *ut;
     float *inv, *part;
     float2 *rtab;
     CK(cudaMalloc(&q, nq * 2)); CK(cudaMalloc(&kl, nl * 2)); CK(cudaMalloc(&vl, nl * 2)); CK(cudaMalloc(&uk, nu * 2));
-    CK(cudaMalloc(&ut, (size_t)H * S * UT)); CK(cudaMalloc(&inv, HALF * 4)); CK(cudaMalloc(&rtab, 64 * HALF * 8));
+    CK(cudaMalloc(&ut, (size_t)H * S * UT)); CK(cudaMalloc(&inv, HALF * 4)); CK(cudaMalloc(&rtab, TAB));
     CK(cudaMalloc(&part, (size_t)B * H * splits * (2 + R) * 4));
     fill_rand<<<512, 256>>>(q, nq, 1u, 1.0f); fill_rand<<<4096, 256>>>(kl, nl, 2u, 1.0f);
     fill_rand<<<4096, 256>>>(vl, nl, 3u, 1.0f); fill_rand<<<512, 256>>>(uk, nu, 4u, 0.35f);
     std::vector<float> hinv(HALF);
-    std::vector<float2> htab(64 * HALF);
+    std::vector<float2> htab(64 * RTS);
     for (int i = 0; i < HALF; i++) hinv[i] = (float)pow(10000.0, -2.0 * i / D);
     for (int k = 0; k < 64; k++)
-        for (int i = 0; i < HALF; i++) htab[k * HALF + i] = make_float2((float)cos(k * (double)hinv[i]), (float)sin(k * (double)hinv[i]));
+        for (int i = 0; i < HALF; i++) htab[k * RTS + i] = make_float2((float)cos(k * (double)hinv[i]), (float)sin(k * (double)hinv[i]));
     CK(cudaMemcpy(inv, hinv.data(), HALF * 4, cudaMemcpyHostToDevice));
     CK(cudaMemcpy(rtab, htab.data(), htab.size() * 8, cudaMemcpyHostToDevice));
     build_ut<<<dim3(H, S), 256>>>(uk, inv, ut, H);
