@@ -2283,10 +2283,464 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
 #endif
 }
 
+/* ---- v9: absorbed RoPE for one query head per latent (MHA, G = 1), D = 128, rk = rv = 64 (sm_90a) ----------------
+ *
+ * No key is rebuilt. The score of the key in slot A + k + 64 tau of a block (k < 64 rows, tau < kV9S steps) whose
+ * position is a_k + 64 tau is
+ *     q . R(a_k + 64 tau) U c = (R(a_k)^T q) . (R(64 tau) U) c = W_tau[k] . c,    W_tau = Qa . U_tau,
+ * with Qa (64 x D) the query rotated to the block's 64 anchors a_k = position of slot A + k, and U_tau = R(64 tau) U
+ * (D x rk; R(64 tau) applied to U's rotate_half pairs). So one 64-slot step is one warpgroup MMA (m64n64, K = D, both
+ * operands in shared memory) that gives one rk-vector per slot, then one rk-long dot product per slot. Those dot
+ * products run on mma.sync as the diagonal of W (16 rows) . C^T (16 slots) per warp, with W's fp32 accumulators
+ * packed as the A operand; P . V runs on mma.sync with P as a quad-diagonal B operand (column g of O^T is quad g's),
+ * so no warp-wide reduction is on any step's chain: each quad (rows g, g + 8 of a warp) keeps its own softmax state
+ * in lane g / 2, the one that holds its diagonal scores. Per 16 slots and warp that is ~100 instructions, where v4
+ * spends ~580 on the rebuild, RoPE of every key element and the scores.
+ *
+ * A slot whose position is not its row's anchor + 64 tau (irregular positions: a jump inside a block, or a row whose
+ * first slot is left padding) gets its exact score from a slow path: its quad rebuilds the key from U (the tau = 0
+ * image) and rotates it by its own angle. Padding and slots past the sequence are masked as in v4.
+ *
+ * CTA = 9 warps, one per SM (209 KB of shared memory): warps 0-3 the consumer warpgroup (the MMAs, scores, softmax,
+ * P . V), warp 4 the copies (cp.async into 144-byte padded rows, so that ldmatrix reads them bank-conflict-free; no
+ * tensor map holds the call's length, so CUDA-graph capture needs no fallback), warps 5-8 the anchored
+ * query of the next block (double-buffered; qfull / qempty mbarriers) from an R(k) table (k < 64) when the block's
+ * anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau, the tables and the first
+ * Qa with the consumer and anchor warps while the copy warp starts streaming.
+ *
+ * Measured first as a standalone probe (python/probe_absorbed.cu, runs 45-48, notes "The absorbed probe"): at
+ * Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots. GQA (n_rep > 1) is not taken: W is per query head, so
+ * its tensor work grows with n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
+constexpr int kV9D = 128, kV9R = 64;
+constexpr int kV9S = 4;           /* 64-slot steps per block (one Qa); U_tau images for tau < kV9S */
+constexpr int kV9Stages = 4;      /* steps of latents in flight */
+constexpr int kV9Rows = 64;       /* slots per step: the wgmma M */
+constexpr int kV9AnchorWarps = 4; /* warps 5 .. 8 */
+constexpr int kV9Warps = 5 + kV9AnchorWarps;
+
+/* Shared memory of a v9 CTA. TMA: latent rows of 128 bytes, their 16-byte chunks swizzled (chunk c of row r at
+ * c ^ (r & 7), TMA's SWIZZLE_128B; boxes on 1024-byte boundaries); cp.async (under CUDA-graph capture, where no
+ * tensor map may hold the call's length): rows padded to 144 bytes. Either way ldmatrix's 8 rows x 16 bytes fall on
+ * 32 different banks. */
+template <bool TMA> struct V9Layout {
+    static constexpr int HALF = kV9D / 2, ROWB = TMA ? kV9R * 2 : kV9R * 2 + 16;
+    static constexpr int RTS = HALF + 8;                        /* R(k) table row stride (float2): 576 bytes */
+    static constexpr size_t ALIGN = TMA ? 1024 : 128;
+    static constexpr size_t TILE = (size_t)kV9Rows * ROWB;
+    static constexpr size_t POS = 2 * TILE;                     /* the step's 64 positions, after K and V */
+    static constexpr size_t STAGE = (POS + kV9Rows * 4 + ALIGN - 1) / ALIGN * ALIGN;
+    static constexpr size_t UT = (size_t)kV9D * kV9R * 2, QA = (size_t)kV9Rows * kV9D * 2;
+    static constexpr size_t U = kV9Stages * STAGE;
+    static constexpr size_t QAB = U + kV9S * UT;             /* two Qa images (the prologue stages Uk in the first) */
+    static constexpr size_t ANCH = QAB + 2 * QA;             /* int anchors[2][64], then int regular[2] */
+    static constexpr size_t TAB = ANCH + 2 * kV9Rows * 4 + 16; /* (cos, sin)(k theta_i), k < 64 */
+    static constexpr size_t TURN = TAB + (size_t)kV9Rows * RTS * 8; /* (cos, sin)(64 tau theta_i), tau < kV9S */
+    static constexpr size_t QB = TURN + (size_t)kV9S * HALF * 8; /* R(a_0)^T q per frequency */
+    static constexpr size_t BARS = QB + (size_t)HALF * 8;      /* full, empty per stage; qfull, qempty per Qa */
+    static constexpr size_t TOTAL = BARS + (2 * kV9Stages + 4) * 8 + ALIGN; /* + the base's alignment */
+    static constexpr uint32_t SBO = (kV9D / 8) * 128; /* core-matrix images: 8-row groups 2 KB apart */
+    static_assert(32 * (2 + kV9R) * 4 <= U, "the records fit in the stages");
+    static_assert(STAGE % 16 == 0 && U % 128 == 0 && QAB % 128 == 0, "copy and descriptor alignment");
+    /* byte offset of 16-byte chunk `chunk` of latent row `row` in a tile */
+    static __device__ __forceinline__ int at(int row, int chunk) { return row * ROWB + ((TMA ? chunk ^ (row & 7) : chunk) << 4); }
+};
+
+/* byte offset of element (row, k) of a K-major no-swizzle core-matrix image (8 rows x 16 bytes per core matrix) */
+__device__ __forceinline__ uint32_t v9_cm(int row, int k)
+{
+    return (uint32_t)((row >> 3) * (kV9D / 8) * 128 + (k >> 3) * 128 + (row & 7) * 16 + (k & 7) * 2);
+}
+
+#ifdef PALU_V5_WGMMA
+namespace dev {
+__device__ __forceinline__ void mbar_init_count(uint64_t *bar, int n)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(n) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
+__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+/* arrive on `bar` once this thread's earlier cp.async copies have landed (the count was set for these arrivals) */
+__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t *bar)
+{
+    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
+}
+} // namespace dev
+#endif
+
+template <typename T, bool TMA>
+__global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
+{
+#ifdef PALU_V5_WGMMA
+    using L = V9Layout<TMA>;
+    constexpr int D = kV9D, R = kV9R, HALF = L::HALF, S = kV9S, NST = kV9Stages, M = kV9Rows;
+    char *smem = dev::dyn_smem();
+    smem += (L::ALIGN - (dev::smem_u32(smem) & (L::ALIGN - 1))) & (L::ALIGN - 1); /* stays a shared-space pointer */
+    const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z; /* n_rep = G = 1: KV head = group = query head */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T;
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps;
+    const int chunk = ((len + p.splits - 1) / p.splits + M * S - 1) / (M * S) * (M * S);
+    const int t0 = ps + split * chunk, t1 = bad_pad ? t0 : min(T_len, t0 + chunk);
+    const int nblocks = t1 > t0 ? (t1 - t0 + M * S - 1) / (M * S) : 0;
+    const int32_t *pos = p.positions + (size_t)b * p.pbs;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::BARS), *empty = full + NST, *qfull = empty + NST;
+    uint64_t *qempty = qfull + 2;
+    int *anch = reinterpret_cast<int *>(smem + L::ANCH), *fullreg = anch + 2 * M; /* per Qa buffer */
+    if (tid == 0) {
+        /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
+        for (int s = 0; s < NST; s++) dev::mbar_init_count(full + s, TMA ? 2 : 32), dev::mbar_init_count(empty + s, 4);
+        for (int x = 0; x < 2; x++)
+            dev::mbar_init_count(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init_count(qempty + x, 4);
+        dev::mbar_init_fence();
+    }
+    __syncthreads();
+
+    if (warp == 4) { /* ---- the copies: per step 64 K rows, 64 V rows and 64 positions by cp.async (rows past the
+                      * sequence zero-filled), each lane's completion arriving on the stage's `full` (count 32). One
+                      * 128-byte bulk copy per row was measured 6-8x slower than this (run 49): the bulk-copy unit
+                      * takes small requests one at a time. */
+        const T *kg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + p.groups.kcol[h];
+        const T *vg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + p.groups.vcol[h];
+        if constexpr (TMA) {
+            /* per step two boxes of 64 rows x rk (rows past the sequence read as zeros); the positions travel through
+             * this warp's registers, loaded two steps ahead into alternating sets (a load on this warp's chain, or a
+             * register copy of one still in flight, held every step for an L2 round trip: runs 51-52) */
+            auto load_pos = [&](int st, int (&v)[2]) {
+#pragma unroll
+                for (int x = 0; x < 2; x++) v[x] = pos[min(t0 + M * st + lane + 32 * x, T_len - 1)];
+            };
+            auto step = [&](int st, const int (&v)[2]) {
+                const int s = st % NST;
+                if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
+                char *kt = smem + s * L::STAGE;
+                if (lane == 0) {
+                    dev::mbar_expect(full + s, (uint32_t)(2 * L::TILE));
+                    dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, full + s);
+                    dev::tma_load_3d(kt + L::TILE, &maps.v, p.groups.vcol[h], t0 + M * st, b, full + s);
+                }
+                reinterpret_cast<int *>(kt + L::POS)[lane] = v[0];
+                reinterpret_cast<int *>(kt + L::POS)[lane + 32] = v[1];
+                __syncwarp();
+                if (lane == 0) dev::mbar_arrive(full + s);
+            };
+            int pa[2], pb[2];
+            load_pos(0, pa), load_pos(1, pb);
+            for (int st = 0; st < nblocks * S; st += 2) { /* nblocks * S is even */
+                step(st, pa);
+                load_pos(st + 2, pa);
+                step(st + 1, pb);
+                load_pos(st + 3, pb);
+            }
+        } else { /* per step 64 K rows, 64 V rows and 64 positions by cp.async (rows past the sequence zero-filled),
+                  * each lane's completion arriving on the stage's `full` (count 32) */
+            for (int st = 0; st < nblocks * S; st++) {
+                const int s = st % NST;
+                if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
+                char *kt = smem + s * L::STAGE, *vt = kt + L::TILE;
+                const int base = t0 + M * st;
+#pragma unroll 8
+                for (int x = 0; x < M * R / 8 / 32; x++) { /* chunk e: row e / 8, 16-byte chunk e % 8 (coalesced) */
+                    const int e = lane + 32 * x, row = e >> 3, ch = e & 7, slot = base + row;
+                    const bool ok = slot < T_len;
+                    dev::cp_async16(kt + L::at(row, ch), ok ? kg + (size_t)slot * p.kts + ch * 8 : kg, ok);
+                    dev::cp_async16(vt + L::at(row, ch), ok ? vg + (size_t)slot * p.vts + ch * 8 : vg, ok);
+                }
+#pragma unroll
+                for (int x = 0; x < 2; x++) {
+                    const int row = lane + 32 * x, slot = base + row;
+                    dev::cp_async4(kt + L::POS + row * 4, pos + min(slot, T_len - 1), slot < T_len);
+                }
+                dev::cp_async_mbar_arrive(full + s);
+            }
+        }
+        dev::launch_dependents();
+        return;
+    }
+
+    /* ---- prologue (consumer and anchor warps, 256 threads): Uk staged in the first Qa buffer, the tables, then
+     * U_tau from the staged copy (global reads in that loop would each wait an L2 round trip) ---- */
+    const int pt = tid < 128 ? tid : tid - 32;
+    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
+    T *uks = reinterpret_cast<T *>(smem + L::QAB);
+    for (int e = pt; e < D * R / 8; e += 256) dev::cp_async16(uks + 8 * e, ukg + 8 * e, true);
+    dev::cp_async_commit();
+    float2 *tab = reinterpret_cast<float2 *>(smem + L::TAB), *turn = reinterpret_cast<float2 *>(smem + L::TURN);
+    for (int e = pt; e < M * HALF + S * HALF; e += 256) {
+        const int i = e % HALF, k = e / HALF; /* k < 64: R(k) table; then tau = k - 64 for R(64 tau) */
+        float c, s;
+        rope_cos_sin(k < M ? k : 64 * (k - M), turn_split(p.inv_freq[i]), &c, &s);
+        if (k < M)
+            tab[k * L::RTS + i] = make_float2(c, s);
+        else
+            turn[(k - M) * HALF + i] = make_float2(c, s);
+    }
+    dev::cp_async_wait<0>();
+    dev::bar_named_n(2, 256);
+#pragma unroll 4
+    for (int e = pt; e < S * D * R / 2; e += 256) {
+        const int tau = e / (D * R / 2), r = e % (D * R / 2), d = r / (R / 2), j = 2 * (r % (R / 2));
+        const float2 cs = turn[tau * HALF + (d % HALF)];
+        const int dp = d < HALF ? d + HALF : d - HALF;
+        const float sg = d < HALF ? -cs.y : cs.y;
+        const float u0 = Num<T>::to_f(uks[d * R + j]), u1 = Num<T>::to_f(uks[d * R + j + 1]);
+        const float w0 = Num<T>::to_f(uks[dp * R + j]), w1 = Num<T>::to_f(uks[dp * R + j + 1]);
+        char *img = smem + L::U + tau * L::UT;
+        *reinterpret_cast<T *>(img + v9_cm(j, d)) = Num<T>::from_f(u0 * cs.x + w0 * sg);
+        *reinterpret_cast<T *>(img + v9_cm(j + 1, d)) = Num<T>::from_f(u1 * cs.x + w1 * sg);
+    }
+    dev::fence_proxy_async();
+    dev::bar_named_n(2, 256); /* U_tau complete; the staged Uk may be overwritten by the first Qa */
+
+    if (warp >= 5) { /* ---- anchored queries: warp 5 + qw writes frequencies 16 qw .. 16 qw + 15 (and + HALF) ---- */
+        const int qw = warp - 5, fi = 16 * qw + (lane & 15), kr = lane >> 2, pp = lane & 3;
+        const T *q = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
+        const float qlo = Num<T>::to_f(q[fi]), qhi = Num<T>::to_f(q[fi + HALF]);
+        const float2 tr = turn_split(p.inv_freq[fi]);
+        float2 *qb = reinterpret_cast<float2 *>(smem + L::QB);
+        /* the positions of a block's 64 S slots (this lane's: slot A + lane + 32 i), loaded a block ahead: a load
+         * on this chain would wait an L2 round trip behind the stream for every block */
+        constexpr int PV = M * S / 32;
+        int pv[PV];
+        auto load_block = [&](int blk) {
+#pragma unroll
+            for (int i = 0; i < PV; i++) pv[i] = pos[min(t0 + blk * M * S + lane + 32 * i, T_len - 1)];
+        };
+        load_block(0);
+        for (int blk = 0; blk < nblocks; blk++) {
+            const int x = blk & 1, A = t0 + blk * M * S;
+            int cur[PV];
+#pragma unroll
+            for (int i = 0; i < PV; i++) cur[i] = pv[i];
+            if (blk + 1 < nblocks) load_block(blk + 1);
+            if (blk >= 2) dev::mbar_wait(qempty + x, ((blk >> 1) - 1) & 1);
+            /* anchors: positions of the block's first 64 slots; consecutive ones use the R(k) table. A block whose
+             * every slot is its first position + its offset lets the consumers skip the per-slot check */
+            const int a_lo = cur[0], a_hi = cur[1], a0 = dev::shfl_int(a_lo, 0);
+            const bool reg = dev::all_lanes((A + lane >= t1 || a_lo == a0 + lane) && (A + lane + 32 >= t1 || a_hi == a0 + lane + 32));
+            bool all = true;
+#pragma unroll
+            for (int i = 0; i < PV; i++) all = all && (A + lane + 32 * i >= t1 || cur[i] == a0 + lane + 32 * i);
+            all = dev::all_lanes(all);
+            if (qw == 0) anch[x * M + lane] = a_lo, anch[x * M + lane + 32] = a_hi;
+            if (qw == 0 && lane == 0) fullreg[x] = all;
+            if (reg) {
+                float cs, sn;
+                rope_cos_sin(a0, tr, &cs, &sn);
+                qb[fi] = make_float2(qlo * cs + qhi * sn, qhi * cs - qlo * sn); /* two lanes, one value */
+            }
+            __syncwarp();
+            char *qa = smem + L::QAB + x * L::QA;
+            if (reg) { /* the hot path: R(k)^T (R(a_0)^T q) from the table */
+#pragma unroll
+                for (int ch = 2 * qw; ch < 2 * qw + 2; ch++) {
+                    const int i0 = 8 * ch + 2 * pp;
+                    const float2 q0 = qb[i0], q1 = qb[i0 + 1];
+#pragma unroll
+                    for (int m = 0; m < 8; m++) {
+                        const int k = kr + 8 * m;
+                        const float4 e = *reinterpret_cast<const float4 *>(tab + k * L::RTS + i0);
+                        const float lo0 = q0.x * e.x + q0.y * e.y, hi0 = q0.y * e.x - q0.x * e.y;
+                        const float lo1 = q1.x * e.z + q1.y * e.w, hi1 = q1.y * e.z - q1.x * e.w;
+                        *reinterpret_cast<uint32_t *>(qa + v9_cm(k, i0)) = Num<T>::pack(lo0, lo1);
+                        *reinterpret_cast<uint32_t *>(qa + v9_cm(k, i0 + HALF)) = Num<T>::pack(hi0, hi1);
+                    }
+                }
+            } else { /* each anchor's own angle (rows past the range get some angle: their slots are masked); rolled */
+#pragma unroll 1
+                for (int it = 0; it < 16; it++) {
+                    const int ch = 2 * qw + (it >> 3), m = it & 7, i0 = 8 * ch + 2 * pp, k = kr + 8 * m;
+                    const int ak = dev::shfl_int(m < 4 ? a_lo : a_hi, k & 31);
+                    float c0, s0, c1, s1;
+                    rope_cos_sin(ak, turn_split(p.inv_freq[i0]), &c0, &s0);
+                    rope_cos_sin(ak, turn_split(p.inv_freq[i0 + 1]), &c1, &s1);
+                    const float ql0 = Num<T>::to_f(q[i0]), qh0 = Num<T>::to_f(q[i0 + HALF]);
+                    const float ql1 = Num<T>::to_f(q[i0 + 1]), qh1 = Num<T>::to_f(q[i0 + 1 + HALF]);
+                    *reinterpret_cast<uint32_t *>(qa + v9_cm(k, i0)) = Num<T>::pack(ql0 * c0 + qh0 * s0, ql1 * c1 + qh1 * s1);
+                    *reinterpret_cast<uint32_t *>(qa + v9_cm(k, i0 + HALF)) = Num<T>::pack(qh0 * c0 - ql0 * s0, qh1 * c1 - ql1 * s1);
+                }
+            }
+            dev::fence_proxy_async();
+            __syncwarp();
+            dev::mbar_arrive(qfull + x);
+        }
+        dev::launch_dependents();
+        return;
+    }
+
+    /* ---- consumer warpgroup: warp w owns rows 16 w .. 16 w + 15 of every step; quad g = lane / 4 owns rows
+     * 16 w + g and + 8; its softmax state sits in lane g / 2 (which holds those rows' diagonal scores), and column g
+     * of this warp's O^T accumulates its rows' values ---- */
+    const int g = lane >> 2, c = lane & 3, r0 = 16 * warp + g;
+    const bool owner = c == (g >> 1);
+    const uint64_t qa_desc0 = dev::wgmma_desc(smem + L::QAB, 128, L::SBO);
+    const uint64_t u_desc0 = dev::wgmma_desc(smem + L::U, 128, L::SBO);
+    auto issue = [&](float (&acc)[32], int x, int tau) {
+        dev::wgmma_fence();
+        const uint64_t ad = qa_desc0 + ((uint64_t)(x * L::QA) >> 4), ud = u_desc0 + ((uint64_t)(tau * L::UT) >> 4);
+#pragma unroll
+        for (int s = 0; s < D / 16; s++) dev::wgmma_k16<T, 64>(acc, ad + (uint64_t)(16 * s), ud + (uint64_t)(16 * s), s > 0);
+        dev::wgmma_commit();
+    };
+    float wa[32], wb[32], o[4][4] = {};
+    float m_run = -INFINITY, l_run = 0.0f;
+    const int lrow = 16 * warp + (lane & 7) + ((lane >> 4) << 3); /* this lane's ldmatrix row */
+    const int lsel = (lane >> 3) & 1;                              /* ... and its 16-byte chunk parity */
+    const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
+
+    /* The exact score of row `row` of the K tile at position `ps_`: its quad rebuilds the key (lane c: frequencies
+     * 16 c .. 16 c + 15 and their partners) from U (the tau = 0 image) and rotates it by its own angle. Quad-uniform
+     * branch; the slow path of irregular positions only. */
+    auto exact_score = [&](const char *kt, int row, int ps_) -> float {
+        const char *u0 = smem + L::U;
+        float acc = 0.0f;
+        /* rolled loops: this path is cold, and unrolled copies of it in every step pushed the hot loop out of the
+         * instruction cache (run 53: 11% of stall samples "no instruction") */
+#pragma unroll 1
+        for (int i = 16 * c; i < 16 * c + 16; i++) {
+            float klo = 0.0f, khi = 0.0f;
+#pragma unroll 1
+            for (int jj = 0; jj < R; jj++) {
+                const float cj = Num<T>::to_f(*reinterpret_cast<const T *>(kt + L::at(row, jj >> 3) + 2 * (jj & 7)));
+                klo = fmaf(Num<T>::to_f(*reinterpret_cast<const T *>(u0 + v9_cm(jj, i))), cj, klo);
+                khi = fmaf(Num<T>::to_f(*reinterpret_cast<const T *>(u0 + v9_cm(jj, i + HALF))), cj, khi);
+            }
+            float cs, sn;
+            rope_cos_sin(ps_, turn_split(p.inv_freq[i]), &cs, &sn);
+            acc = fmaf(Num<T>::to_f(qg[i]), klo * cs - khi * sn, acc);
+            acc = fmaf(Num<T>::to_f(qg[i + HALF]), khi * cs + klo * sn, acc);
+        }
+        const unsigned quad = 0xFu << (4 * g);
+        acc += __shfl_xor_sync(quad, acc, 1);
+        acc += __shfl_xor_sync(quad, acc, 2);
+        return acc;
+    };
+
+    /* one 64-slot step on `cur` (complete): block offset tau, Qa buffer x */
+    auto process = [&](const float (&cur)[32], int st, int x, int tau) {
+        const int s = st % NST, sl0 = t0 + M * st + r0, sl1 = sl0 + 8;
+        dev::mbar_wait(full + s, (st / NST) & 1);
+        const char *kt = smem + s * L::STAGE, *vt = kt + L::TILE;
+        /* diagonal scores: S = W (16 rows x rk) . C^T (rk x 16 slots), W's accumulators as the A operand */
+        float sa[2][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < R / 16; kk++) {
+            const uint32_t a[4] = {Num<T>::pack(cur[8 * kk + 0], cur[8 * kk + 1]), Num<T>::pack(cur[8 * kk + 2], cur[8 * kk + 3]),
+                                   Num<T>::pack(cur[8 * kk + 4], cur[8 * kk + 5]), Num<T>::pack(cur[8 * kk + 6], cur[8 * kk + 7])};
+            uint32_t bm[4];
+            dev::ldsm_x4(bm, kt + L::at(lrow, 2 * kk + lsel));
+            dev::mma16816<T>(sa[0], a, bm[0], bm[1]);
+            dev::mma16816<T>(sa[1], a, bm[2], bm[3]);
+        }
+        float s0 = (g & 1) ? sa[0][1] : sa[0][0], s1 = (g & 1) ? sa[1][3] : sa[1][2];
+        if (!fullreg[x]) { /* warp-uniform: a block with irregular positions checks every slot */
+            const int *an = anch + x * M, *pt = reinterpret_cast<const int *>(kt + L::POS);
+            const int p0 = pt[r0], p1 = pt[r0 + 8];
+            if (sl0 < t1 && p0 != an[r0] + M * tau) s0 = exact_score(kt, r0, p0);
+            if (sl1 < t1 && p1 != an[r0 + 8] + M * tau) s1 = exact_score(kt, r0 + 8, p1);
+            __syncwarp();
+        }
+        s0 = sl0 < t1 ? s0 * p.score_scale : -INFINITY;
+        s1 = sl1 < t1 ? s1 * p.score_scale : -INFINITY;
+        const float m_new = fmaxf(m_run, fmaxf(s0, s1));
+        const bool grow = owner && m_new > m_run;
+        float corr = 1.0f;
+        if (grow) corr = dev::ex2(m_run - m_new), l_run *= corr, m_run = m_new;
+        if (__any_sync(0xffffffffu, grow)) { /* quads 2c and 2c + 1 own this lane's two O^T columns */
+            const float c0 = dev::shfl(corr, 9 * c), c1 = dev::shfl(corr, 9 * c + 4);
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) o[mb][0] *= c0, o[mb][1] *= c1, o[mb][2] *= c0, o[mb][3] *= c1;
+        }
+        uint32_t b0 = 0u, b1 = 0u;
+        if (owner && m_run != -INFINITY) {
+            const float q0 = dev::ex2(s0 - m_run), q1 = dev::ex2(s1 - m_run);
+            l_run += q0 + q1;
+            b0 = (g & 1) ? Num<T>::pack(0.0f, q0) : Num<T>::pack(q0, 0.0f);
+            b1 = (g & 1) ? Num<T>::pack(0.0f, q1) : Num<T>::pack(q1, 0.0f);
+        }
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) {
+            uint32_t a[4];
+            dev::ldsm_x4_trans(a, vt + L::at(lrow, 2 * mb + lsel));
+            dev::mma16816<T>(o[mb], a, b0, b1);
+        }
+        __syncwarp();
+        if (lane == 0) dev::mbar_arrive(empty + s);
+    };
+    auto fence_all = [&](float (&acc)[32]) {
+#pragma unroll
+        for (int x = 0; x < 32; x++) dev::fence_reg(acc[x]);
+    };
+    if (nblocks > 0) dev::mbar_wait(qfull, 0);
+    issue(wa, 0, 0); /* outside any branch (a dummy when the range is empty) */
+    dev::wgmma_wait0();
+    fence_all(wa);
+    for (int blk = 0; blk < nblocks; blk++) {
+        const int x = blk & 1;
+#pragma unroll
+        for (int tau = 0; tau < S; tau += 2) {
+            const int st = blk * S + tau;
+            issue(wb, x, tau + 1); /* tau + 1 into wb, then tau on wa */
+            process(wa, st, x, tau);
+            dev::wgmma_wait0();
+            fence_all(wb);
+            if (tau + 2 == S) { /* the next block's first W into wa */
+                const bool more = blk + 1 < nblocks;
+                if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
+                issue(wa, more ? x ^ 1 : x, 0);
+            } else {
+                issue(wa, x, tau + 2);
+            }
+            process(wb, st + 1, x, tau + 1);
+            if (tau + 2 == S) { /* this block's Qa image and anchors are no longer read */
+                __syncwarp();
+                if (lane == 0) dev::mbar_arrive(qempty + x);
+            }
+            dev::wgmma_wait0();
+            fence_all(wa);
+        }
+    }
+    dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
+
+    /* combine the 32 quads (records over the stages: every copy has been consumed) */
+    dev::bar_wg(1);
+    float *recs = reinterpret_cast<float *>(smem);
+    constexpr int REC = 2 + R;
+    if (owner) recs[(warp * 8 + g) * REC] = m_run, recs[(warp * 8 + g) * REC + 1] = l_run;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        float *rec = recs + (warp * 8 + 2 * c + e) * REC + 2;
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) rec[16 * mb + g] = o[mb][e], rec[16 * mb + g + 8] = o[mb][2 + e];
+    }
+    dev::bar_wg(1);
+    if (tid < REC) {
+        float mx = -INFINITY;
+        for (int w = 0; w < 32; w++) mx = fmaxf(mx, recs[w * REC]);
+        float acc = 0.0f, l = 0.0f;
+        for (int w = 0; w < 32; w++) {
+            const float m = recs[w * REC], wt = m == -INFINITY ? 0.0f : dev::ex2(m - mx);
+            l = fmaf(wt, recs[w * REC + 1], l);
+            if (tid >= 2) acc = fmaf(wt, recs[w * REC + tid], acc);
+        }
+        const float nan = __int_as_float(0x7fc00000);
+        partial(p, b, h, split)[tid] = bad_pad ? nan : tid == 0 ? mx : tid == 1 ? l : acc;
+    }
+#else
+    /* Not an sm_90a build (the host plans v9 only on compute capability 9.0, where the sm_90a code runs): make the
+     * output loudly NaN rather than silently wrong. */
+    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+#endif
+}
+
 /* ---- plan ---------------------------------------------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4) or 6 (v5) */
+    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4), 6 (v5) or 9 (v9) */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -2333,9 +2787,10 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || a->impl > PALU_LATENT_DECODE_V5)
+    if (a->impl < PALU_LATENT_DECODE_AUTO || (a->impl > PALU_LATENT_DECODE_V5 && a->impl != PALU_LATENT_DECODE_V9))
         return palu_fail(PALU_ERR_VALUE,
-                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5)", a->impl);
+                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5), 9 (v9)",
+                         a->impl);
     return PALU_OK;
 }
 
@@ -2370,6 +2825,8 @@ const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 /* Why v5 cannot run this call (NULL when it can): v3's shapes on a compute capability 9.0 device (sm_90a code). */
 const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
                            int *warps, size_t *smem, char *why, size_t why_len);
+const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           char *why, size_t why_len);
 
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
 {
@@ -2389,7 +2846,19 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     char why[256] = "", why3[256] = "", why4[256] = "";
     int warps = 0, v4_ctas = 0;
     size_t smem2 = 0;
-    if (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO) { /* auto: v4 first */
+    if (a->impl == PALU_LATENT_DECODE_V9 || a->impl == PALU_LATENT_DECODE_AUTO) { /* auto: v9 first */
+        char why9[256] = "";
+        const char *no = v9_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, why9, sizeof why9);
+        if (no != NULL && a->impl == PALU_LATENT_DECODE_V9)
+            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v9 does not support this call: %s", no);
+        if (no == NULL) {
+            pl->impl = 9;
+            pl->warps = kV9Warps;
+            pl->smem = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
+            pl->partials_per_cta = 1;         /* the CTA combines its quads' states */
+        }
+    }
+    if (pl->impl != 9 && (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
         int w4 = 0;
         size_t s4 = 0;
         const char *no = v4_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &w4, &v4_ctas, &s4, why4, sizeof why4);
@@ -2425,13 +2894,13 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         pl->partials_per_cta = kV3wWarps;
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
-                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6
-                            ? "v1, v2, v3w, v4 or v5 chosen"
+                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6 || pl->impl == 9
+                            ? "v1, v2, v3w, v4, v5 or v9 chosen"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6) {
+    if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6 || pl->impl == 9) {
         /* planned above */
     } else if (no_v3 == NULL) {
         pl->impl = 3;
@@ -2465,6 +2934,9 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
     if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
     if (pl->impl == 6) ctas_per_sm = 1;                                   /* v5: one CTA per SM by design */
+    /* v9 (one CTA per SM) sizes its workspace as v4 would (two CTAs per SM), so that a workspace sized by a query
+     * without the pointers (which cannot see a key bias or a misaligned latent, where v4 runs instead) covers both */
+    if (pl->impl == 9) ctas_per_sm = V4Shape<64>::MINB;
     const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
     /* v4 rounds down, so that the grid never spills a few CTAs into a second wave (v3 rounds up: Llama-2-7B
@@ -2478,6 +2950,14 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
+    if (pl->impl == 9) { /* one wave at one CTA per SM, and at least two 256-slot blocks per CTA */
+        const int64_t wave = pl->sm_count / (a->kv_heads * a->batch);
+        const int64_t by_len = (a->length + 2 * kV9Rows * kV9S - 1) / (2 * kV9Rows * kV9S);
+        s = wave < 1 ? 1 : wave;
+        if (s > by_len) s = by_len;
+        if (s > smax) s = smax;
+        if (s < 1) s = 1;
+    }
     pl->splits_max = (int)smax;
     pl->splits = (int)s;
     pl->ws_stride = (pl->max_rv + 2 + 3) & ~3;
@@ -2871,6 +3351,77 @@ palu_status dispatch_v5(const palu_latent_decode_args *a, const DecodeParams &p,
     return dispatch_equal_ranks<V5Kernels>(a, p, pl, stream);
 }
 
+/* ---- v9 launch ---- */
+
+const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           char *why, size_t why_len)
+{
+    const int64_t n_rep = a->heads / a->kv_heads;
+    if (n_rep != 1)
+        return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v9 takes one query head per KV head: its "
+                                      "work grows with n_rep)", (long long)n_rep), why;
+    if (a->group_size != 1)
+        return snprintf(why, why_len, "group_size %lld (v9 takes 1)", (long long)a->group_size), why;
+    if (a->head_dim != kV9D)
+        return snprintf(why, why_len, "head_dim %lld (v9 takes %d)", (long long)a->head_dim, kV9D), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] != kV9R || a->v_ranks[g] != kV9R)
+            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v9 takes %d / %d)",
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, kV9R, kV9R), why;
+    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v9 takes none)"), why;
+    /* every latent row is one 128-byte bulk copy: 16-byte aligned rows */
+    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
+        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
+        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (v9 copies whole rows: base pointers, "
+                                      "token and batch strides must be multiples of 16 bytes)"), why;
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+        return snprintf(why, why_len, "the compute capability of device %d could not be read", device), why;
+    if (major != 9 || minor != 0)
+        return snprintf(why, why_len, "compute capability %d.%d (v9 uses wgmma: sm_90a, i.e. 9.0 only)", major, minor),
+               why;
+    const size_t need = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
+    return smem_unsupported("v9", need, max_rk, max_rv, smem_optin, why, why_len);
+}
+
+/* v9's latent tiles by TMA (boxes of rk x 64 rows, SWIZZLE_128B) where v4 would take TMA (not under CUDA-graph
+ * capture, PALU_C_V4_TMA not "0"), else by cp.async (measured in the notes: "v9 in the library") */
+template <typename T> palu_status launch_v9(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    V4Maps maps;
+    memset(&maps, 0, sizeof maps);
+    bool tma = pl.cc_major >= 9 && v4_tma_enabled();
+    if (tma) {
+        cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+        if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) (void)cudaGetLastError(), cap = cudaStreamCaptureStatusActive;
+        tma = cap == cudaStreamCaptureStatusNone;
+    }
+    if (tma) {
+        int ncols_k = 0, ncols_v = 0;
+        for (int g = 0; g < p.Hkv / p.G; g++) ncols_k += p.groups.rk[g], ncols_v += p.groups.rv[g];
+        const cuuint64_t T_ = (cuuint64_t)p.T, B_ = (cuuint64_t)p.B;
+        auto round16 = [](cuuint64_t n) { return (n + 15) / 16 * 16; };
+        const cuuint64_t ks[2] = {(cuuint64_t)p.kts * 2, p.B > 1 ? (cuuint64_t)p.kbs * 2 : round16(T_ * p.kts * 2)};
+        const cuuint64_t vs[2] = {(cuuint64_t)p.vts * 2, p.B > 1 ? (cuuint64_t)p.vbs * 2 : round16(T_ * p.vts * 2)};
+        const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T_, B_}, vd[3] = {(cuuint64_t)ncols_v, T_, B_};
+        const cuuint32_t box[3] = {(cuuint32_t)kV9R, (cuuint32_t)kV9Rows, 1};
+        tma = encode_map(&maps.k, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.k_latent, kd, ks, box, CU_TENSOR_MAP_SWIZZLE_128B) &&
+              encode_map(&maps.v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, box, CU_TENSOR_MAP_SWIZZLE_128B);
+    }
+    if (tma) return launch_decode_smem(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, p, pl, stream, maps);
+    return launch_decode_smem(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, p, pl, stream, maps);
+}
+
+palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    switch (a->dtype) {
+    case PALU_DTYPE_F16: return launch_v9<__half>(p, pl, stream);
+    case PALU_DTYPE_BF16: return launch_v9<__nv_bfloat16>(p, pl, stream);
+    default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by v9", palu_dtype_name(a->dtype));
+    }
+}
+
 palu_status check_pointers(const palu_latent_decode_args *a)
 {
     if (!a->q || !a->k_latent || !a->v_latent || !a->positions || !a->pad_start || !a->k_up || !a->inv_freq ||
@@ -2987,6 +3538,8 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v4(a, p, pl, stream);
     } else if (pl.impl == 6) {
         st = dispatch_v5(a, p, pl, stream);
+    } else if (pl.impl == 9) {
+        st = dispatch_v9(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

@@ -84,13 +84,16 @@ extern "C" {
 
 /* Which kernel runs. Values are only ever appended. */
 typedef enum palu_latent_decode_impl {
-    PALU_LATENT_DECODE_AUTO = 0, /* v4 where supported, else v3, else v2, else v1 */
+    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v4, else v3, else v2, else v1 */
     PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
     PALU_LATENT_DECODE_V2 = 2,   /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
     PALU_LATENT_DECODE_V3W = 4,  /* v3 with 6 warps of one stage each (ranks 32/64), only on request; likewise */
     PALU_LATENT_DECODE_V4 = 5,   /* v3 in 16-token warp tiles, 8-12 warps per CTA (v3's shapes); likewise */
-    PALU_LATENT_DECODE_V5 = 6    /* v4 with the key rebuild on wgmma (v3's shapes, compute capability 9.0); likewise */
+    PALU_LATENT_DECODE_V5 = 6,   /* v4 with the key rebuild on wgmma (v3's shapes, compute capability 9.0); likewise */
+    /* 7 and 8 were v6 and v7 on branches (never on main): not to be reused */
+    PALU_LATENT_DECODE_V9 = 9    /* absorbed RoPE: MHA, group size 1, head_dim 128, ranks 64, no key bias, compute
+                                  * capability 9.0; auto's first choice where it applies; likewise */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */

@@ -316,10 +316,11 @@ class PaluAttention(nn.Module):
             packed = self._k_up_packed = latent_kernels.pack_k_up([u.to(query.dtype) for u in self.k_ups])
         pad_start = _device_left_padding(attention_mask, query.shape[0], store.length, query.device)
         rotary = self.rotary_emb
-        # the fastest tensor-core kernel that covers this layer (v4, then v3: equal ranks 32/64/128; v2: the
-        # general tensor-core one), found once per module; v1 (CUDA cores) is slower than the PyTorch path, never
-        # used here; v5 (wgmma) is slower than v4 on the H200 (docs/design/latent_decode_notes.md)
-        for impl in ((self._cuda_impl,) if self._cuda_impl else ("v4", "v3", "v2")):
+        # the fastest tensor-core kernel that covers this layer (v9: MHA, group 1, head_dim 128, ranks 64, no key
+        # bias, on the H200; v4, then v3: equal ranks 32/64/128; v2: the general tensor-core one), found once per
+        # module; v1 (CUDA cores) is slower than the PyTorch path, never used here; v5 (wgmma) is slower than v4 on
+        # the H200 (docs/design/latent_decode_notes.md)
+        for impl in ((self._cuda_impl,) if self._cuda_impl else ("v9", "v4", "v3", "v2")):
             try:
                 z = latent_kernels.latent_decode_attention_cuda(
                     query[:, :, 0].contiguous(), store.k_latent, store.v_latent, store.positions, pad_start,

@@ -18,8 +18,10 @@ Design
   sequence; a second kernel merges the splits. The kernel docs (kernels/latent_decode.cuh) give the layouts and
   the implementations (v1 CUDA cores; v2 tensor cores; v3 v2 specialized to equal ranks 32/64/128; v3w, v3 with
   one-stage warps, on request; v4, v3 in 16-token warp tiles with 8-12 warps per CTA; v5, v4 with the key rebuild
-  on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request). ``impl="auto"`` picks v4 where it
-  applies, else v3, else v2, else v1. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
+  on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request; v9, absorbed RoPE: no key is rebuilt,
+  R(64 tau) is folded into Uk and the query is rotated to each row's anchor, for one query head per KV head, group
+  size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0). ``impl="auto"`` picks v9 where it applies,
+  else v4, else v3, else v2, else v1. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
   <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
   environment, by cp.async; the results are bit for bit the same).
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z
@@ -43,7 +45,7 @@ from ._arrays import as_int
 __all__ = ["KERNEL_NAMES", "latent_decode_attention_cuda", "latent_decode_workspace_size", "latent_append_cuda", "pack_k_up",
            "value_up", "z_layout"]
 
-_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6}
+_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9}
 #: implementation number (the second value of :func:`latent_decode_workspace_size`) -> kernel name
 KERNEL_NAMES = {number: name for name, number in _IMPLS.items() if number}
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -154,7 +156,7 @@ def value_up(z: torch.Tensor, v_ups: Sequence[torch.Tensor], group_size: int, n_
 def latent_decode_workspace_size(batch: int, heads: int, kv_heads: int, head_dim: int, group_size: int, length: int,
                                  k_ranks: Sequence[int], v_ranks: Sequence[int], dtype: torch.dtype,
                                  device: torch.device | str | int, impl: str = "auto") -> tuple[int, int]:
-    """(float32 workspace elements, implementation 1 to 6) of one decode call with these sizes.
+    """(float32 workspace elements, implementation number) of one decode call with these sizes (1-6, 9).
 
     The size is non-decreasing in ``length``: size a reusable workspace (CUDA graphs) with the largest length.
     """
@@ -209,7 +211,7 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     attention_scaling : float
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
-    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5"}
+    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9"}
         Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).
