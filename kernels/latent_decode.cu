@@ -3386,8 +3386,12 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 }
 
 /* v9's latent tiles by TMA (boxes of rk x 64 rows, SWIZZLE_128B) where v4 would take TMA (not under CUDA-graph
- * capture, PALU_C_V4_TMA not "0"), else by cp.async (measured in the notes: "v9 in the library") */
-template <typename T> palu_status launch_v9(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+ * capture, PALU_C_V4_TMA not "0"), else by cp.async. Where it would be cp.async and the caller asked for auto, v4
+ * runs instead: v9's cp.async build is slower than v4's (run 54: Llama-2-7B B8 64K 1407 vs ~1300 us; its one copy
+ * warp issues ~70 cp.async per step), so a captured graph keeps v4's speed. Same plan: v9's splits are within v4's
+ * workspace, one partial per CTA in both. */
+template <typename T>
+palu_status launch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
@@ -3410,14 +3414,19 @@ template <typename T> palu_status launch_v9(const DecodeParams &p, const Plan &p
               encode_map(&maps.v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, box, CU_TENSOR_MAP_SWIZZLE_128B);
     }
     if (tma) return launch_decode_smem(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, p, pl, stream, maps);
+    if (a->impl == PALU_LATENT_DECODE_AUTO) {
+        Plan p4 = pl;
+        p4.impl = 5, p4.warps = V4Shape<kV9R>::WARPS, p4.smem = v4_smem(kV9D, kV9R, kV9R);
+        return V4Kernels::launch<T, kV9D, kV9R>(p, p4, stream);
+    }
     return launch_decode_smem(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, p, pl, stream, maps);
 }
 
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
     switch (a->dtype) {
-    case PALU_DTYPE_F16: return launch_v9<__half>(p, pl, stream);
-    case PALU_DTYPE_BF16: return launch_v9<__nv_bfloat16>(p, pl, stream);
+    case PALU_DTYPE_F16: return launch_v9<__half>(a, p, pl, stream);
+    case PALU_DTYPE_BF16: return launch_v9<__nv_bfloat16>(a, p, pl, stream);
     default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by v9", palu_dtype_name(a->dtype));
     }
 }
