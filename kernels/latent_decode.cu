@@ -2309,7 +2309,8 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
  * Qa with the consumer and anchor warps while the copy warp starts streaming.
  *
  * Measured first as a standalone probe (python/probe_absorbed.cu, runs 45-48, notes "The absorbed probe"): at
- * Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots. GQA (n_rep > 1) is not taken: W is per query head, so
+ * Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots; this kernel 94-96% at batch 8 from 64K (run 56, notes
+ * "v9 in the library"). GQA (n_rep > 1) is not taken: W is per query head, so
  * its tensor work grows with n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
 constexpr int kV9D = 128, kV9R = 64;
 constexpr int kV9S = 4;           /* 64-slot steps per block (one Qa); U_tau images for tau < kV9S */
@@ -2599,7 +2600,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         const char *u0 = smem + L::U;
         float acc = 0.0f;
         /* rolled loops: this path is cold, and unrolled copies of it in every step pushed the hot loop out of the
-         * instruction cache (run 53: 11% of stall samples "no instruction") */
+         * instruction cache (ncu of run 54: 11% of stall samples "no instruction") */
 #pragma unroll 1
         for (int i = 16 * c; i < 16 * c + 16; i++) {
             float klo = 0.0f, khi = 0.0f;
