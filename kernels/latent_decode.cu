@@ -2308,7 +2308,7 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
  * anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau, the tables and the first
  * Qa with the consumer and anchor warps while the copy warp starts streaming.
  *
- * Measured first as a standalone probe (python/probe_absorbed.cu, runs 45-48, notes "The absorbed probe"): at
+ * Measured first as a standalone probe (python/probe_absorbed.cu at commit b5fe0ea, runs 45-48, notes "The absorbed probe"): at
  * Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots; this kernel 94-96% at batch 8 from 64K (run 56, notes
  * "v9 in the library"). GQA (n_rep > 1) is not taken: W is per query head, so
  * its tensor work grows with n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
@@ -3248,16 +3248,23 @@ bool v4_tma_enabled()
     return on;
 }
 
-/* The maps of this call (see above); false where the cp.async build must run. */
-bool v4_tma_maps(const DecodeParams &p, const Plan &pl, int rank, cudaStream_t stream, V4Maps *maps)
+/* Whether this call may load by TMA: compute capability 9.0+, PALU_C_V4_TMA not "0", and the stream not capturing a
+ * CUDA graph (a map holds this call's slot count T; a replayed graph would reuse it for later, longer steps). */
+bool tma_allowed(const Plan &pl, cudaStream_t stream)
 {
-    if (rank > 64 || pl.cc_major < 9 || !v4_tma_enabled()) return false;
+    if (pl.cc_major < 9 || !v4_tma_enabled()) return false;
     cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) {
         (void)cudaGetLastError();
         return false;
     }
-    if (cap != cudaStreamCaptureStatusNone) return false;
+    return cap == cudaStreamCaptureStatusNone;
+}
+
+/* The key and value latent maps of this call: 3D (columns, slots, sequences), boxes of rank columns x `rows` slots,
+ * swizzled by `sw`; false if they cannot be made. */
+bool latent_tma_maps(const DecodeParams &p, int rank, int rows, CUtensorMapSwizzle sw, V4Maps *maps)
+{
     int ncols_k = 0, ncols_v = 0; /* Rk, Rv: the columns the maps span */
     for (int g = 0; g < p.Hkv / p.G; g++) ncols_k += p.groups.rk[g], ncols_v += p.groups.rv[g];
     const cuuint64_t T = (cuuint64_t)p.T, B = (cuuint64_t)p.B;
@@ -3266,10 +3273,17 @@ bool v4_tma_maps(const DecodeParams &p, const Plan &pl, int rank, cudaStream_t s
     const cuuint64_t ks[2] = {(cuuint64_t)p.kts * 2, p.B > 1 ? (cuuint64_t)p.kbs * 2 : round16(T * p.kts * 2)};
     const cuuint64_t vs[2] = {(cuuint64_t)p.vts * 2, p.B > 1 ? (cuuint64_t)p.vbs * 2 : round16(T * p.vts * 2)};
     const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T, B}, vd[3] = {(cuuint64_t)ncols_v, T, B};
-    const cuuint32_t kb[3] = {(cuuint32_t)rank, (cuuint32_t)kV4Tile, 1};
-    const CUtensorMapSwizzle sw = rank * 2 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B;
+    const cuuint32_t kb[3] = {(cuuint32_t)rank, (cuuint32_t)rows, 1};
     return encode_map(&maps->k, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.k_latent, kd, ks, kb, sw) &&
            encode_map(&maps->v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, kb, sw);
+}
+
+/* The maps of this call (see above); false where the cp.async build must run. */
+bool v4_tma_maps(const DecodeParams &p, const Plan &pl, int rank, cudaStream_t stream, V4Maps *maps)
+{
+    if (rank > 64 || !tma_allowed(pl, stream)) return false;
+    return latent_tma_maps(p, rank, kV4Tile, rank * 2 == 128 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                           maps);
 }
 
 template <typename T, int D, int R, bool TMA>
@@ -3315,18 +3329,26 @@ size_t v5_smem(int D, int rk, int rv)
     return 0;
 }
 
-const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
-                           int *warps, size_t *smem, char *why, size_t why_len)
+/* Why a kernel of sm_90a code (wgmma) cannot run on `device` (NULL when it can: compute capability 9.0 exactly). */
+const char *sm90a_unsupported(const char *name, int device, char *why, size_t why_len)
 {
-    const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
-    if (no != NULL) return no;
     int major = 0, minor = 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
         return snprintf(why, why_len, "the compute capability of device %d could not be read", device), why;
     if (major != 9 || minor != 0)
-        return snprintf(why, why_len, "compute capability %d.%d (v5 uses wgmma: sm_90a, i.e. 9.0 only)", major, minor),
+        return snprintf(why, why_len, "compute capability %d.%d (%s uses wgmma: sm_90a, i.e. 9.0 only)", major, minor,
+                        name),
                why;
+    return NULL;
+}
+
+const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           int *warps, size_t *smem, char *why, size_t why_len)
+{
+    const char *no = v3_shape_unsupported(a, max_rk, max_rv, smem_optin, why, why_len);
+    if (no != NULL) return no;
+    if ((no = sm90a_unsupported("v5", device, why, why_len)) != NULL) return no;
     const size_t need = v5_smem((int)a->head_dim, max_rk, max_rv);
     if ((no = smem_unsupported("v5", need, max_rk, max_rv, smem_optin, why, why_len)) != NULL) return no;
     *warps = max_rk <= 64 ? V5Shape<64>::WARPS : V5Shape<128>::WARPS;
@@ -3370,25 +3392,20 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
             return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v9 takes %d / %d)",
                             (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, kV9R, kV9R), why;
     if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v9 takes none)"), why;
-    /* every latent row is one 128-byte bulk copy: 16-byte aligned rows */
+    /* latent rows are copied whole (TMA boxes, or 16-byte cp.async under capture), Uk by 16-byte cp.async */
     if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
         a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
         return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (v9 copies whole rows: base pointers, "
                                       "token and batch strides must be multiples of 16 bytes)"), why;
-    int major = 0, minor = 0;
-    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
-        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
-        return snprintf(why, why_len, "the compute capability of device %d could not be read", device), why;
-    if (major != 9 || minor != 0)
-        return snprintf(why, why_len, "compute capability %d.%d (v9 uses wgmma: sm_90a, i.e. 9.0 only)", major, minor),
-               why;
+    const char *no = sm90a_unsupported("v9", device, why, why_len);
+    if (no != NULL) return no;
     const size_t need = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
     return smem_unsupported("v9", need, max_rk, max_rv, smem_optin, why, why_len);
 }
 
 /* v9's latent tiles by TMA (boxes of rk x 64 rows, SWIZZLE_128B) where v4 would take TMA (not under CUDA-graph
  * capture, PALU_C_V4_TMA not "0"), else by cp.async. Where it would be cp.async and the caller asked for auto, v4
- * runs instead: v9's cp.async build is slower than v4's (run 54: Llama-2-7B B8 64K 1407 vs ~1300 us; its one copy
+ * runs instead: v9's cp.async build is slower than v4's (run 56: Llama-2-7B B8 64K 1407 vs ~1281 us; its one copy
  * warp issues ~70 cp.async per step), so a captured graph keeps v4's speed. Same plan: v9's splits are within v4's
  * workspace, one partial per CTA in both. */
 template <typename T>
@@ -3396,24 +3413,7 @@ palu_status launch_v9(const palu_latent_decode_args *a, const DecodeParams &p, c
 {
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
-    bool tma = pl.cc_major >= 9 && v4_tma_enabled();
-    if (tma) {
-        cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-        if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) (void)cudaGetLastError(), cap = cudaStreamCaptureStatusActive;
-        tma = cap == cudaStreamCaptureStatusNone;
-    }
-    if (tma) {
-        int ncols_k = 0, ncols_v = 0;
-        for (int g = 0; g < p.Hkv / p.G; g++) ncols_k += p.groups.rk[g], ncols_v += p.groups.rv[g];
-        const cuuint64_t T_ = (cuuint64_t)p.T, B_ = (cuuint64_t)p.B;
-        auto round16 = [](cuuint64_t n) { return (n + 15) / 16 * 16; };
-        const cuuint64_t ks[2] = {(cuuint64_t)p.kts * 2, p.B > 1 ? (cuuint64_t)p.kbs * 2 : round16(T_ * p.kts * 2)};
-        const cuuint64_t vs[2] = {(cuuint64_t)p.vts * 2, p.B > 1 ? (cuuint64_t)p.vbs * 2 : round16(T_ * p.vts * 2)};
-        const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T_, B_}, vd[3] = {(cuuint64_t)ncols_v, T_, B_};
-        const cuuint32_t box[3] = {(cuuint32_t)kV9R, (cuuint32_t)kV9Rows, 1};
-        tma = encode_map(&maps.k, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.k_latent, kd, ks, box, CU_TENSOR_MAP_SWIZZLE_128B) &&
-              encode_map(&maps.v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, box, CU_TENSOR_MAP_SWIZZLE_128B);
-    }
+    const bool tma = tma_allowed(pl, stream) && latent_tma_maps(p, kV9R, kV9Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     if (tma) return launch_decode_smem(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, p, pl, stream, maps);
     if (a->impl == PALU_LATENT_DECODE_AUTO) {
         Plan p4 = pl;

@@ -302,6 +302,19 @@ def test_bad_pad_start_gives_nan_not_garbage(torch_gen):
         assert torch.isnan(z[1]).all() and torch.isfinite(z[0]).all() and torch.isfinite(z[2]).all()
 
 
+def capture_and_replay(args, kw, side):
+    """Warm up on `side`, capture one call into a CUDA graph, poison kw["out"], replay, synchronize."""
+    with torch.cuda.stream(side):
+        lk.latent_decode_attention_cuda(*args, **kw)  # warm-up outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        lk.latent_decode_attention_cuda(*args, **kw)
+    kw["out"].fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+
+
 @pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 def test_side_stream_and_graph_capture(torch_gen, impl):
     c = make_case(torch_gen, 2, 8, 2, 128, 1, [64, 64], [64, 64], 700, 768, torch.bfloat16)
@@ -322,15 +335,7 @@ def test_side_stream_and_graph_capture(torch_gen, impl):
     k_up = lk.pack_k_up(c["k_ups"])
     args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], c["T"], k_up, [64, 64], [64, 64], 1, c["inv_freq"])
     kw = dict(k_bias=c["kb"], scaling=0.088, out=out, workspace=ws, impl=impl)
-    with torch.cuda.stream(side):
-        lk.latent_decode_attention_cuda(*args, **kw)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        lk.latent_decode_attention_cuda(*args, **kw)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    capture_and_replay(args, kw, side)
     # v4 loads its tiles by TMA in eager calls and by cp.async under capture: the two must agree bit for bit
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
 
@@ -445,25 +450,12 @@ def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), [64] * H, [64] * H, 1,
             c["inv_freq"])
     kw = dict(scaling=0.088, out=out, workspace=ws, impl="v9")
-    with torch.cuda.stream(side):
-        lk.latent_decode_attention_cuda(*args, **kw)  # warm-up outside the capture
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        lk.latent_decode_attention_cuda(*args, **kw)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    capture_and_replay(args, kw, side)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
     # auto under capture runs v4 with v9's splits (v9's cp.async build is the slower one): not v9's bits, and within
     # the tensor-core tolerance of the reference
     kw["impl"] = "auto"
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        lk.latent_decode_attention_cuda(*args, **kw)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
+    capture_and_replay(args, kw, side)
     assert not torch.equal(out, ref)
     glob, _ = rel_errors(out, reference_z(c, 0.088, 1.0), c)
     assert glob <= TOL[("v2", dtype)]
