@@ -54,7 +54,7 @@
  *   positions p0 + tau, q . R(p0 + tau) k = (R(p0)^T q) . (R(tau) k); keys rotate by R(tau) from a per-CTA table,
  *   the query rotates once per tile (fp32 registers, advanced by R(32), re-anchored with the precise angle every
  *   8 tiles or after a jump) and is rounded to the dtype for the score product; other tiles as v2.
- *   v4 (v3's shapes; auto's first choice): v3's math in 16-token warp tiles (one m16 tile: half the accumulator,
+ *   v4 (v3's shapes; auto's first choice where v9 does not apply): v3's math in 16-token warp tiles (one m16 tile: half the accumulator,
  *   HK-fragment and score registers, <= 128 per thread at rk = rv <= 64, <= 168 at 128) and CTAs of 8 warps
  *   (two per SM: 16 warps) or 12 warps (rank 128, one per SM) sharing Uk and the R(tau) table; per warp two
  *   key stages and one value tile, each waited for right where it is used (keys at the top of their tile,
@@ -64,6 +64,13 @@
  *   encoded per call; positions by cp.async) at rk = rv <= 64 on compute capability 9.0+ outside CUDA-graph capture,
  *   else by cp.async (a captured map would keep the capture's slot count); PALU_C_V4_TMA=0 in the environment
  *   forces cp.async.
+ *   v9 (one query head per KV head, G = 1, D = 128, ranks 64, no key bias, compute capability 9.0; auto's first
+ *   choice there): absorbed RoPE, no key rebuilt. For the slot at anchor a + 64 tau of a block of 64 rows,
+ *   q . R(a + 64 tau) U c = (R(a)^T q) . (R(64 tau) U) c: U_tau = R(64 tau) U is built per CTA, the query is rotated to
+ *   the block's 64 anchors (four producer warps, double-buffered), one wgmma per 64-slot step gives W = Qa . U_tau,
+ *   each slot's score is W's row . c (the diagonal of an mma.sync product), P . V on mma.sync. One CTA of 9 warps
+ *   per SM; latents by TMA (cp.async under graph capture, where auto runs v4 instead); slots whose positions are
+ *   not their row's anchor + 64 tau take an exact per-slot path.
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
