@@ -2302,16 +2302,15 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
  * image) and rotates it by its own angle. Padding and slots past the sequence are masked as in v4.
  *
  * CTA = 9 warps, one per SM (209 KB of shared memory): warps 0-3 the consumer warpgroup (the MMAs, scores, softmax,
- * P . V), warp 4 the copies (cp.async into 144-byte padded rows, so that ldmatrix reads them bank-conflict-free; no
- * tensor map holds the call's length, so CUDA-graph capture needs no fallback), warps 5-8 the anchored
- * query of the next block (double-buffered; qfull / qempty mbarriers) from an R(k) table (k < 64) when the block's
- * anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau, the tables and the first
- * Qa with the consumer and anchor warps while the copy warp starts streaming.
+ * P . V); warp 4 the copies (TMA boxes, or cp.async under CUDA-graph capture: V9Layout) and the positions; warps 5-8
+ * the anchored query of the next block (double-buffered; qfull / qempty mbarriers) from an R(k) table (k < 64) when
+ * the block's anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau and the tables
+ * with the consumer and anchor warps while the copy warp starts streaming.
  *
- * Measured first as a standalone probe (python/probe_absorbed.cu at commit b5fe0ea, runs 45-48, notes "The absorbed probe"): at
- * Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots; this kernel 94-96% at batch 8 from 64K (run 56, notes
- * "v9 in the library"). GQA (n_rep > 1) is not taken: W is per query head, so
- * its tensor work grows with n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
+ * Measured first as a standalone probe (python/probe_absorbed.cu at commit b5fe0ea, runs 45-48, notes "The absorbed
+ * probe"): at Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots; this kernel 94-96% at batch 8 from 64K (run
+ * 56, notes "v9 in the library"). GQA (n_rep > 1) is not taken: W is per query head, so its tensor work grows with
+ * n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
 constexpr int kV9D = 128, kV9R = 64;
 constexpr int kV9S = 4;           /* 64-slot steps per block (one Qa); U_tau images for tau < kV9S */
 constexpr int kV9Stages = 4;      /* steps of latents in flight */
@@ -2401,10 +2400,9 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     }
     __syncthreads();
 
-    if (warp == 4) { /* ---- the copies: per step 64 K rows, 64 V rows and 64 positions by cp.async (rows past the
-                      * sequence zero-filled), each lane's completion arriving on the stage's `full` (count 32). One
-                      * 128-byte bulk copy per row was measured 6-8x slower than this (run 49): the bulk-copy unit
-                      * takes small requests one at a time. */
+    if (warp == 4) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One 128-byte bulk
+                      * copy per row was measured 5-8x slower (run 49): the bulk-copy unit takes small requests one at
+                      * a time.) */
         const T *kg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + p.groups.kcol[h];
         const T *vg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + p.groups.vcol[h];
         if constexpr (TMA) {
