@@ -254,6 +254,8 @@ __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.s
 __device__ __forceinline__ void fence_reg(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 /* Generic-proxy writes (cp.async, st.shared) of this thread become visible to the async proxy (wgmma). */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
+__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 /* Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads). */
 __device__ __forceinline__ void bar_wg(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 
@@ -2317,6 +2319,7 @@ constexpr int kV9Stages = 4;      /* steps of latents in flight */
 constexpr int kV9Rows = 64;       /* slots per step: the wgmma M */
 constexpr int kV9AnchorWarps = 4; /* warps 5 .. 8 */
 constexpr int kV9Warps = 5 + kV9AnchorWarps;
+constexpr uint32_t kV9Sbo = (kV9D / 8) * 128; /* core-matrix images (U_tau, Qa): 8-row groups 2 KB apart */
 
 /* Shared memory of a v9 CTA. TMA: latent rows of 128 bytes, their 16-byte chunks swizzled (chunk c of row r at
  * c ^ (r & 7), TMA's SWIZZLE_128B; boxes on 1024-byte boundaries); cp.async (under CUDA-graph capture, where no
@@ -2338,7 +2341,7 @@ template <bool TMA> struct V9Layout {
     static constexpr size_t QB = TURN + (size_t)kV9S * HALF * 8; /* R(a_0)^T q per frequency */
     static constexpr size_t BARS = QB + (size_t)HALF * 8;      /* full, empty per stage; qfull, qempty per Qa */
     static constexpr size_t TOTAL = BARS + (2 * kV9Stages + 4) * 8 + ALIGN; /* + the base's alignment */
-    static constexpr uint32_t SBO = (kV9D / 8) * 128; /* core-matrix images: 8-row groups 2 KB apart */
+    static constexpr uint32_t SBO = kV9Sbo;
     static_assert(32 * (2 + kV9R) * 4 <= U, "the records fit in the stages");
     static_assert(STAGE % 16 == 0 && U % 128 == 0 && QAB % 128 == 0, "copy and descriptor alignment");
     /* byte offset of 16-byte chunk `chunk` of latent row `row` in a tile */
@@ -2348,7 +2351,7 @@ template <bool TMA> struct V9Layout {
 /* byte offset of element (row, k) of a K-major no-swizzle core-matrix image (8 rows x 16 bytes per core matrix) */
 __device__ __forceinline__ uint32_t v9_cm(int row, int k)
 {
-    return (uint32_t)((row >> 3) * (kV9D / 8) * 128 + (k >> 3) * 128 + (row & 7) * 16 + (k & 7) * 2);
+    return (uint32_t)((row >> 3) * kV9Sbo + (k >> 3) * 128 + (row & 7) * 16 + (k & 7) * 2);
 }
 
 #ifdef PALU_V5_WGMMA
@@ -2361,8 +2364,6 @@ __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
-/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
-__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 /* arrive on `bar` once this thread's earlier cp.async copies have landed (the count was set for these arrivals) */
 __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t *bar)
 {
