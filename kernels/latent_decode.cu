@@ -2348,6 +2348,9 @@ template <bool TMA> struct V9Layout {
     static __device__ __forceinline__ int at(int row, int chunk) { return row * ROWB + ((TMA ? chunk ^ (row & 7) : chunk) << 4); }
 };
 
+/* the dynamic shared memory a v9 launch asks for: the larger of its two builds */
+constexpr size_t kV9Smem = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
+
 /* byte offset of element (row, k) of a K-major no-swizzle core-matrix image (8 rows x 16 bytes per core matrix) */
 __device__ __forceinline__ uint32_t v9_cm(int row, int k)
 {
@@ -2404,8 +2407,6 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     if (warp == 4) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One 128-byte bulk
                       * copy per row was measured 5-8x slower (run 49): the bulk-copy unit takes small requests one at
                       * a time.) */
-        const T *kg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + p.groups.kcol[h];
-        const T *vg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + p.groups.vcol[h];
         if constexpr (TMA) {
             /* per step two boxes of 64 rows x rk (rows past the sequence read as zeros); the positions travel through
              * this warp's registers, loaded two steps ahead into alternating sets (a load on this warp's chain, or a
@@ -2438,6 +2439,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             }
         } else { /* per step 64 K rows, 64 V rows and 64 positions by cp.async (rows past the sequence zero-filled),
                   * each lane's completion arriving on the stage's `full` (count 32) */
+            const T *kg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + p.groups.kcol[h];
+            const T *vg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + p.groups.vcol[h];
             for (int st = 0; st < nblocks * S; st++) {
                 const int s = st % NST;
                 if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
@@ -2854,7 +2857,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         if (no == NULL) {
             pl->impl = 9;
             pl->warps = kV9Warps;
-            pl->smem = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
+            pl->smem = kV9Smem;
             pl->partials_per_cta = 1;         /* the CTA combines its quads' states */
         }
     }
@@ -3398,8 +3401,7 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
                                       "token and batch strides must be multiples of 16 bytes)"), why;
     const char *no = sm90a_unsupported("v9", device, why, why_len);
     if (no != NULL) return no;
-    const size_t need = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
-    return smem_unsupported("v9", need, max_rk, max_rv, smem_optin, why, why_len);
+    return smem_unsupported("v9", kV9Smem, max_rk, max_rv, smem_optin, why, why_len);
 }
 
 /* v9's latent tiles by TMA (boxes of rk x 64 rows, SWIZZLE_128B) where v4 would take TMA (not under CUDA-graph
