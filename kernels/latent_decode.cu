@@ -2473,10 +2473,11 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     for (int e = pt; e < D * R / 8; e += 256) dev::cp_async16(uks + 8 * e, ukg + 8 * e, true);
     dev::cp_async_commit();
     float2 *tab = reinterpret_cast<float2 *>(smem + L::TAB), *turn = reinterpret_cast<float2 *>(smem + L::TURN);
+    const float2 tr_i = turn_split(p.inv_freq[pt % HALF]); /* this thread's frequency in every entry below */
     for (int e = pt; e < M * HALF + S * HALF; e += 256) {
         const int i = e % HALF, k = e / HALF; /* k < 64: R(k) table; then tau = k - 64 for R(64 tau) */
         float c, s;
-        rope_cos_sin(k < M ? k : 64 * (k - M), turn_split(p.inv_freq[i]), &c, &s);
+        rope_cos_sin(k < M ? k : 64 * (k - M), tr_i, &c, &s);
         if (k < M)
             tab[k * L::RTS + i] = make_float2(c, s);
         else
@@ -2484,17 +2485,25 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     }
     dev::cp_async_wait<0>();
     dev::bar_named_n(2, 256);
-#pragma unroll 4
-    for (int e = pt; e < S * D * R / 2; e += 256) {
-        const int tau = e / (D * R / 2), r = e % (D * R / 2), d = r / (R / 2), j = 2 * (r % (R / 2));
-        const float2 cs = turn[tau * HALF + (d % HALF)];
-        const int dp = d < HALF ? d + HALF : d - HALF;
-        const float sg = d < HALF ? -cs.y : cs.y;
-        const float u0 = Num<T>::to_f(uks[d * R + j]), u1 = Num<T>::to_f(uks[d * R + j + 1]);
-        const float w0 = Num<T>::to_f(uks[dp * R + j]), w1 = Num<T>::to_f(uks[dp * R + j + 1]);
-        char *img = smem + L::U + tau * L::UT;
-        *reinterpret_cast<T *>(img + v9_cm(j, d)) = Num<T>::from_f(u0 * cs.x + w0 * sg);
-        *reinterpret_cast<T *>(img + v9_cm(j + 1, d)) = Num<T>::from_f(u1 * cs.x + w1 * sg);
+    /* U_tau: a task is 8 consecutive dimensions d0 .. d0 + 7 of image row j (one core-matrix row) in all S images.
+     * Lanes take consecutive j, so the Uk reads are conflict-free and each warp's 16-byte stores cover whole bank
+     * sweeps (one thread per element, with d fixed across the warp, stored 2 bytes at 8-way conflicts: ~5 us) */
+    for (int e = pt; e < R * (D / 8); e += 256) {
+        const int j = e % R, d0 = 8 * (e / R);
+        const bool lower = d0 < HALF; /* the 8 dimensions' rotate_half partners sit HALF above, or below */
+        const T *ug = uks + d0 * R + j, *wg = ug + (lower ? HALF * R : -HALF * R);
+        float u[8], w[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) u[k] = Num<T>::to_f(ug[k * R]), w[k] = Num<T>::to_f(wg[k * R]) * (lower ? -1.0f : 1.0f);
+#pragma unroll
+        for (int tau = 0; tau < S; tau++) {
+            const float2 *cs = turn + tau * HALF + (lower ? d0 : d0 - HALF);
+            uint32_t packed[4];
+#pragma unroll
+            for (int k = 0; k < 8; k += 2)
+                packed[k / 2] = Num<T>::pack(u[k] * cs[k].x + w[k] * cs[k].y, u[k + 1] * cs[k + 1].x + w[k + 1] * cs[k + 1].y);
+            *reinterpret_cast<uint4 *>(smem + L::U + tau * L::UT + v9_cm(j, d0)) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+        }
     }
     dev::fence_proxy_async();
     dev::bar_named_n(2, 256); /* U_tau complete; the staged Uk may be overwritten by the first Qa */
@@ -2524,11 +2533,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             /* anchors: positions of the block's first 64 slots; consecutive ones use the R(k) table. A block whose
              * every slot is its first position + its offset lets the consumers skip the per-slot check */
             const int a_lo = cur[0], a_hi = cur[1], a0 = dev::shfl_int(a_lo, 0);
-            const bool reg = dev::all_lanes((A + lane >= t1 || a_lo == a0 + lane) && (A + lane + 32 >= t1 || a_hi == a0 + lane + 32));
-            bool all = true;
+            bool first = true, rest = true; /* the block's first 64 slots, the others */
 #pragma unroll
-            for (int i = 0; i < PV; i++) all = all && (A + lane + 32 * i >= t1 || cur[i] == a0 + lane + 32 * i);
-            all = dev::all_lanes(all);
+            for (int i = 0; i < PV; i++) {
+                const bool ok = A + lane + 32 * i >= t1 || cur[i] == a0 + lane + 32 * i;
+                if (i < 2)
+                    first = first && ok;
+                else
+                    rest = rest && ok;
+            }
+            const bool reg = dev::all_lanes(first), all = dev::all_lanes(first && rest);
             if (qw == 0) anch[x * M + lane] = a_lo, anch[x * M + lane + 32] = a_hi;
             if (qw == 0 && lane == 0) fullreg[x] = all;
             if (reg) {
@@ -2623,8 +2637,10 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         return acc;
     };
 
-    /* one 64-slot step on `cur` (complete): block offset tau, Qa buffer x */
-    auto process = [&](const float (&cur)[32], int st, int x, int tau) {
+    /* one 64-slot step on `cur` (complete): block offset tau, Qa buffer x; CHECK (a block with irregular positions)
+     * checks every slot against its row's anchor + 64 tau */
+    auto process = [&](auto check, const float (&cur)[32], int st, int x, int tau) {
+        constexpr bool CHECK = decltype(check)::value;
         const int s = st % NST, sl0 = t0 + M * st + r0, sl1 = sl0 + 8;
         dev::mbar_wait(full + s, (st / NST) & 1);
         const char *kt = smem + s * L::STAGE, *vt = kt + L::TILE;
@@ -2640,11 +2656,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             dev::mma16816<T>(sa[1], a, bm[2], bm[3]);
         }
         float s0 = (g & 1) ? sa[0][1] : sa[0][0], s1 = (g & 1) ? sa[1][3] : sa[1][2];
-        if (!fullreg[x]) { /* warp-uniform: a block with irregular positions checks every slot */
+        if constexpr (CHECK) { /* the quad's two rows, rolled: one copy of the exact path per step */
             const int *an = anch + x * M, *pt = reinterpret_cast<const int *>(kt + L::POS);
-            const int p0 = pt[r0], p1 = pt[r0 + 8];
-            if (sl0 < t1 && p0 != an[r0] + M * tau) s0 = exact_score(kt, r0, p0);
-            if (sl1 < t1 && p1 != an[r0 + 8] + M * tau) s1 = exact_score(kt, r0 + 8, p1);
+#pragma unroll 1
+            for (int e = 0; e < 2; e++) {
+                const int row = r0 + 8 * e, ps_ = pt[row];
+                if (sl0 + 8 * e < t1 && ps_ != an[row] + M * tau) {
+                    const float v = exact_score(kt, row, ps_);
+                    s0 = e ? s0 : v, s1 = e ? v : s1;
+                }
+            }
             __syncwarp();
         }
         s0 = sl0 < t1 ? s0 * p.score_scale : -INFINITY;
@@ -2682,13 +2703,18 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     issue(wa, 0, 0); /* outside any branch (a dummy when the range is empty) */
     dev::wgmma_wait0();
     fence_all(wa);
-    for (int blk = 0; blk < nblocks; blk++) {
+    /* one block of S steps; wa holds its first W on entry and the next block's on exit. The hot loop holds the
+     * unrolled regular variant only: the checked one (irregular positions) is rolled and sits apart, so that no cold
+     * code shares the hot loop's instruction-cache lines (notes "v9 in the library": rolling the cold paths gained
+     * 12%; this split ~1% more, notes "v9's prologue and hot loop") */
+    auto run_block = [&](auto check, int blk) {
+        constexpr bool CHECK = decltype(check)::value;
         const int x = blk & 1;
-#pragma unroll
+#pragma unroll(CHECK ? 1 : S / 2)
         for (int tau = 0; tau < S; tau += 2) {
             const int st = blk * S + tau;
             issue(wb, x, tau + 1); /* tau + 1 into wb, then tau on wa */
-            process(wa, st, x, tau);
+            process(check, wa, st, x, tau);
             dev::wgmma_wait0();
             fence_all(wb);
             if (tau + 2 == S) { /* the next block's first W into wa */
@@ -2698,7 +2724,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             } else {
                 issue(wa, x, tau + 2);
             }
-            process(wb, st + 1, x, tau + 1);
+            process(check, wb, st + 1, x, tau + 1);
             if (tau + 2 == S) { /* this block's Qa image and anchors are no longer read */
                 __syncwarp();
                 if (lane == 0) dev::mbar_arrive(qempty + x);
@@ -2706,6 +2732,12 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             dev::wgmma_wait0();
             fence_all(wa);
         }
+    };
+    for (int blk = 0; blk < nblocks; blk++) { /* fullreg[x] was written before qfull[x] completed */
+        if (fullreg[blk & 1])
+            run_block(std::false_type{}, blk);
+        else
+            run_block(std::true_type{}, blk);
     }
     dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
 
@@ -2721,18 +2753,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         for (int mb = 0; mb < 4; mb++) rec[16 * mb + g] = o[mb][e], rec[16 * mb + g + 8] = o[mb][2 + e];
     }
     dev::bar_wg(1);
-    if (tid < REC) {
-        float mx = -INFINITY;
-        for (int w = 0; w < 32; w++) mx = fmaxf(mx, recs[w * REC]);
-        float acc = 0.0f, l = 0.0f;
-        for (int w = 0; w < 32; w++) {
-            const float m = recs[w * REC], wt = m == -INFINITY ? 0.0f : dev::ex2(m - mx);
-            l = fmaf(wt, recs[w * REC + 1], l);
-            if (tid >= 2) acc = fmaf(wt, recs[w * REC + tid], acc);
-        }
-        const float nan = __int_as_float(0x7fc00000);
-        partial(p, b, h, split)[tid] = bad_pad ? nan : tid == 0 ? mx : tid == 1 ? l : acc;
-    }
+    combine_cta_partials<R>(p, b, h, split, 32, recs, bad_pad); /* n_rep = 1: the 32 quads' records, REC apart */
 #else
     /* Not an sm_90a build (the host plans v9 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
