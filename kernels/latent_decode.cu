@@ -2717,6 +2717,10 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             process(check, wa, st, x, tau);
             dev::wgmma_wait0();
             fence_all(wb);
+            if (!CHECK && tau + 2 == S) { /* this block's Qa image is no longer read (a checked block's anchors are) */
+                __syncwarp();
+                if (lane == 0) dev::mbar_arrive(qempty + x);
+            }
             if (tau + 2 == S) { /* the next block's first W into wa */
                 const bool more = blk + 1 < nblocks;
                 if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
@@ -2725,7 +2729,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                 issue(wa, x, tau + 2);
             }
             process(check, wb, st + 1, x, tau + 1);
-            if (tau + 2 == S) { /* this block's Qa image and anchors are no longer read */
+            if (CHECK && tau + 2 == S) { /* this block's Qa image and anchors are no longer read */
                 __syncwarp();
                 if (lane == 0) dev::mbar_arrive(qempty + x);
             }

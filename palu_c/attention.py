@@ -329,7 +329,10 @@ class PaluAttention(nn.Module):
                     attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl=impl)
             except NotImplementedError:
                 continue
-            self._cuda_impl = impl
+            # v9 is remembered as auto, which takes v9 wherever v9 can run and v4 where one call cannot (a CUDA-graph
+            # capture, where v9's copies are slower than v4's; latents that lost v9's 16-byte alignment): a
+            # remembered "v9" would raise there and leave the layer on the PyTorch path for good
+            self._cuda_impl = "auto" if impl == "v9" else impl
             break
         else:
             self._cuda_unsupported = True

@@ -144,15 +144,16 @@ def test_cache_bytes_match_what_cuda_allocates(rng):
 
 
 def _shaped_model(kind: str, layers: int = 2):
-    """Random-weight models of real shapes (fewer layers): Llama-3-8B (32/8 heads, D 128) and SmolLM2-135M
-    (9/3 heads, D 64). A larger init scale makes the next-token distribution peaked, so greedy choices are not
-    ties between near-equal logits."""
+    """Random-weight models of real shapes (fewer layers): Llama-3-8B (32/8 heads, D 128), Llama-2-7B (32/32 heads,
+    D 128: MHA, where the decode kernel is v9) and SmolLM2-135M (9/3 heads, D 64). A larger init scale makes the
+    next-token distribution peaked, so greedy choices are not ties between near-equal logits."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    if kind == "llama3-8b":
+    if kind in ("llama3-8b", "llama2-7b"):
+        mha = kind == "llama2-7b"
         cfg = LlamaConfig(vocab_size=4096, hidden_size=4096, intermediate_size=4096, num_hidden_layers=layers,
-                          num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=500000.0,
-                          initializer_range=0.05)
+                          num_attention_heads=32, num_key_value_heads=32 if mha else 8, head_dim=128,
+                          rope_theta=10000.0 if mha else 500000.0, initializer_range=0.05)
     else:
         cfg = LlamaConfig(vocab_size=4096, hidden_size=576, intermediate_size=1536, num_hidden_layers=layers,
                           num_attention_heads=9, num_key_value_heads=3, head_dim=64, rope_theta=100000.0,
@@ -162,7 +163,8 @@ def _shaped_model(kind: str, layers: int = 2):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind,group", [("llama3-8b", 1), ("llama3-8b", 2), ("smollm2", 3), ("smollm2", 1)])
+@pytest.mark.parametrize("kind,group", [("llama3-8b", 1), ("llama3-8b", 2), ("llama2-7b", 1), ("smollm2", 3),
+                                        ("smollm2", 1)])
 def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, kind, group, dtype):
     import palu_c.latent_kernels as lk
 
@@ -188,11 +190,21 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
 
     seq_k, logits_k = run("auto")
     assert calls, "the fused CUDA kernel was never called"
-    # the fastest kernel that covers the layer: v4 for equal ranks 32/64/128 (uniform ranks at ratio 0.5 are
-    # G D / 2: 64 and 128 for Llama-3-8B, 32 and 96 for SmolLM2), else the general tensor-core v2
-    rank = group * (model.config.hidden_size // model.config.num_attention_heads) // 2
+    # the fastest kernel that covers the layer: v9 for MHA at group 1 and head_dim 128 (remembered as auto, which
+    # takes v9 there), v4 for equal ranks 32/64/128 (uniform ranks at ratio 0.5 are G D / 2: 64 and 128 for
+    # Llama-3-8B, 32 and 96 for SmolLM2), else the general tensor-core v2
+    cfg = model.config
+    D = cfg.hidden_size // cfg.num_attention_heads
+    rank = group * D // 2
     used = {layer.self_attn._cuda_impl for layer in model.model.layers}
-    assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
+    if kind == "llama2-7b":
+        assert used == {"auto"}, used
+        _, number = lk.latent_decode_workspace_size(ids.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, D,
+                                                    group, ids.shape[1] + 24, [rank] * cfg.num_key_value_heads,
+                                                    [rank] * cfg.num_key_value_heads, dtype, CUDA)
+        assert lk.KERNEL_NAMES[number] == "v9"
+    else:
+        assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
     n_calls = len(calls)
     seq_r, logits_r = run("torch")
     assert len(calls) == n_calls  # the reference run did not use the kernel
