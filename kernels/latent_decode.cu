@@ -2315,10 +2315,12 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
  * n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
 constexpr int kV9D = 128, kV9R = 64;
 constexpr int kV9S = 4;           /* 64-slot steps per block (one Qa); U_tau images for tau < kV9S */
-constexpr int kV9Stages = 4;      /* steps of latents in flight */
 constexpr int kV9Rows = 64;       /* slots per step: the wgmma M */
-constexpr int kV9AnchorWarps = 4; /* warps 5 .. 8 */
-constexpr int kV9Warps = 5 + kV9AnchorWarps;
+constexpr int kV9Groups = 2;      /* consumer warpgroups (warps 0 .. 7): group cw takes steps tau = cw, cw + 2 */
+constexpr int kV9CopyWarp = 4 * kV9Groups;
+constexpr int kV9AnchorWarps = 4; /* warps 9 .. 12 */
+constexpr int kV9Warps = kV9CopyWarp + 1 + kV9AnchorWarps;
+static_assert(kV9S == 2 * kV9Groups, "each consumer warpgroup takes two steps of a block (its W double-buffered)");
 constexpr uint32_t kV9Sbo = (kV9D / 8) * 128; /* core-matrix images (U_tau, Qa): 8-row groups 2 KB apart */
 
 /* Shared memory of a v9 CTA. TMA: latent rows of 128 bytes, their 16-byte chunks swizzled (chunk c of row r at
@@ -2326,6 +2328,9 @@ constexpr uint32_t kV9Sbo = (kV9D / 8) * 128; /* core-matrix images (U_tau, Qa):
  * tensor map may hold the call's length): rows padded to 144 bytes. Either way ldmatrix's 8 rows x 16 bytes fall on
  * 32 different banks. */
 template <bool TMA> struct V9Layout {
+    /* steps of latents in flight: two are being read at any time (one per consumer warpgroup); the padded rows of
+     * the cp.async build leave room for four */
+    static constexpr int NST = TMA ? 5 : 4;
     static constexpr int HALF = kV9D / 2, ROWB = TMA ? kV9R * 2 : kV9R * 2 + 16;
     static constexpr int RTS = HALF + 8;                        /* R(k) table row stride (float2): 576 bytes */
     static constexpr size_t ALIGN = TMA ? 1024 : 128;
@@ -2333,16 +2338,17 @@ template <bool TMA> struct V9Layout {
     static constexpr size_t POS = 2 * TILE;                     /* the step's 64 positions, after K and V */
     static constexpr size_t STAGE = (POS + kV9Rows * 4 + ALIGN - 1) / ALIGN * ALIGN;
     static constexpr size_t UT = (size_t)kV9D * kV9R * 2, QA = (size_t)kV9Rows * kV9D * 2;
-    static constexpr size_t U = kV9Stages * STAGE;
+    static constexpr size_t U = NST * STAGE;
     static constexpr size_t QAB = U + kV9S * UT;             /* two Qa images (the prologue stages Uk in the first) */
     static constexpr size_t ANCH = QAB + 2 * QA;             /* int anchors[2][64], then int regular[2] */
     static constexpr size_t TAB = ANCH + 2 * kV9Rows * 4 + 16; /* (cos, sin)(k theta_i), k < 64 */
     static constexpr size_t TURN = TAB + (size_t)kV9Rows * RTS * 8; /* (cos, sin)(64 tau theta_i), tau < kV9S */
     static constexpr size_t QB = TURN + (size_t)kV9S * HALF * 8; /* R(a_0)^T q per frequency */
     static constexpr size_t BARS = QB + (size_t)HALF * 8;      /* full, empty per stage; qfull, qempty per Qa */
-    static constexpr size_t TOTAL = BARS + (2 * kV9Stages + 4) * 8 + ALIGN; /* + the base's alignment */
+    static constexpr size_t TOTAL = BARS + (2 * NST + 4) * 8 + ALIGN; /* + the base's alignment */
     static constexpr uint32_t SBO = kV9Sbo;
-    static_assert(32 * (2 + kV9R) * 4 <= U, "the records fit in the stages");
+    static_assert(32 * kV9Groups * (2 + kV9R) * 4 <= U, "the records fit in the stages");
+    static_assert(TOTAL <= 227 * 1024, "one CTA per SM");
     static_assert(STAGE % 16 == 0 && U % 128 == 0 && QAB % 128 == 0, "copy and descriptor alignment");
     /* byte offset of 16-byte chunk `chunk` of latent row `row` in a tile */
     static __device__ __forceinline__ int at(int row, int chunk) { return row * ROWB + ((TMA ? chunk ^ (row & 7) : chunk) << 4); }
@@ -2380,7 +2386,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
 {
 #ifdef PALU_V5_WGMMA
     using L = V9Layout<TMA>;
-    constexpr int D = kV9D, R = kV9R, HALF = L::HALF, S = kV9S, NST = kV9Stages, M = kV9Rows;
+    constexpr int D = kV9D, R = kV9R, HALF = L::HALF, S = kV9S, NST = L::NST, M = kV9Rows;
+    constexpr int PT = 32 * (kV9Warps - 1); /* the prologue's threads: all but the copy warp */
     char *smem = dev::dyn_smem();
     smem += (L::ALIGN - (dev::smem_u32(smem) & (L::ALIGN - 1))) & (L::ALIGN - 1); /* stays a shared-space pointer */
     const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z; /* n_rep = G = 1: KV head = group = query head */
@@ -2399,12 +2406,12 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
         for (int s = 0; s < NST; s++) dev::mbar_init_count(full + s, TMA ? 2 : 32), dev::mbar_init_count(empty + s, 4);
         for (int x = 0; x < 2; x++)
-            dev::mbar_init_count(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init_count(qempty + x, 4);
+            dev::mbar_init_count(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init_count(qempty + x, 4 * kV9Groups);
         dev::mbar_init_fence();
     }
     __syncthreads();
 
-    if (warp == 4) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One 128-byte bulk
+    if (warp == kV9CopyWarp) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One 128-byte bulk
                       * copy per row was measured 5-8x slower (run 49): the bulk-copy unit takes small requests one at
                       * a time.) */
         if constexpr (TMA) {
@@ -2465,16 +2472,17 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         return;
     }
 
-    /* ---- prologue (consumer and anchor warps, 256 threads): Uk staged in the first Qa buffer, the tables, then
+    /* ---- prologue (consumer and anchor warps, PT threads): Uk staged in the first Qa buffer, the tables, then
      * U_tau from the staged copy (global reads in that loop would each wait an L2 round trip) ---- */
-    const int pt = tid < 128 ? tid : tid - 32;
+    const int pt = tid < 32 * kV9CopyWarp ? tid : tid - 32;
     const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
     T *uks = reinterpret_cast<T *>(smem + L::QAB);
-    for (int e = pt; e < D * R / 8; e += 256) dev::cp_async16(uks + 8 * e, ukg + 8 * e, true);
+    for (int e = pt; e < D * R / 8; e += PT) dev::cp_async16(uks + 8 * e, ukg + 8 * e, true);
     dev::cp_async_commit();
     float2 *tab = reinterpret_cast<float2 *>(smem + L::TAB), *turn = reinterpret_cast<float2 *>(smem + L::TURN);
+    static_assert(PT % HALF == 0, "one frequency per thread in the table loop");
     const float2 tr_i = turn_split(p.inv_freq[pt % HALF]); /* this thread's frequency in every entry below */
-    for (int e = pt; e < M * HALF + S * HALF; e += 256) {
+    for (int e = pt; e < M * HALF + S * HALF; e += PT) {
         const int i = e % HALF, k = e / HALF; /* k < 64: R(k) table; then tau = k - 64 for R(64 tau) */
         float c, s;
         rope_cos_sin(k < M ? k : 64 * (k - M), tr_i, &c, &s);
@@ -2484,11 +2492,11 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             turn[(k - M) * HALF + i] = make_float2(c, s);
     }
     dev::cp_async_wait<0>();
-    dev::bar_named_n(2, 256);
+    dev::bar_named_n(2, PT);
     /* U_tau: a task is 8 consecutive dimensions d0 .. d0 + 7 of image row j (one core-matrix row) in all S images.
      * Lanes take consecutive j, so the Uk reads are conflict-free and each warp's 16-byte stores cover whole bank
      * sweeps (one thread per element, with d fixed across the warp, stored 2 bytes at 8-way conflicts: ~5 us) */
-    for (int e = pt; e < R * (D / 8); e += 256) {
+    for (int e = pt; e < R * (D / 8); e += PT) {
         const int j = e % R, d0 = 8 * (e / R);
         const bool lower = d0 < HALF; /* the 8 dimensions' rotate_half partners sit HALF above, or below */
         const T *ug = uks + d0 * R + j, *wg = ug + (lower ? HALF * R : -HALF * R);
@@ -2506,10 +2514,10 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         }
     }
     dev::fence_proxy_async();
-    dev::bar_named_n(2, 256); /* U_tau complete; the staged Uk may be overwritten by the first Qa */
+    dev::bar_named_n(2, PT); /* U_tau complete; the staged Uk may be overwritten by the first Qa */
 
-    if (warp >= 5) { /* ---- anchored queries: warp 5 + qw writes frequencies 16 qw .. 16 qw + 15 (and + HALF) ---- */
-        const int qw = warp - 5, fi = 16 * qw + (lane & 15), kr = lane >> 2, pp = lane & 3;
+    if (warp > kV9CopyWarp) { /* ---- anchored queries: warp kV9CopyWarp + 1 + qw writes frequencies 16 qw .. 16 qw + 15 (and + HALF) ---- */
+        const int qw = warp - kV9CopyWarp - 1, fi = 16 * qw + (lane & 15), kr = lane >> 2, pp = lane & 3;
         const T *q = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
         const float qlo = Num<T>::to_f(q[fi]), qhi = Num<T>::to_f(q[fi + HALF]);
         const float2 tr = turn_split(p.inv_freq[fi]);
@@ -2589,10 +2597,13 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         return;
     }
 
-    /* ---- consumer warpgroup: warp w owns rows 16 w .. 16 w + 15 of every step; quad g = lane / 4 owns rows
-     * 16 w + g and + 8; its softmax state sits in lane g / 2 (which holds those rows' diagonal scores), and column g
-     * of this warp's O^T accumulates its rows' values ---- */
-    const int g = lane >> 2, c = lane & 3, r0 = 16 * warp + g;
+    /* ---- consumer warpgroups: group cw = warp / 4 takes steps tau = cw and cw + 2 of every block (two steps in
+     * flight per CTA, each with its W double-buffered: one warpgroup's chain of ~180 dependent instructions per step
+     * kept the copies waiting, notes "Two consumer warpgroups"); its warp wl = warp % 4 owns rows 16 wl .. 16 wl + 15
+     * of the step; quad g = lane / 4 owns rows 16 wl + g and + 8; its softmax state sits in lane g / 2 (which holds
+     * those rows' diagonal scores), and column g of this warp's O^T accumulates its rows' values ---- */
+    const int cw = warp >> 2, wl = warp & 3;
+    const int g = lane >> 2, c = lane & 3, r0 = 16 * wl + g;
     const bool owner = c == (g >> 1);
     const uint64_t qa_desc0 = dev::wgmma_desc(smem + L::QAB, 128, L::SBO);
     const uint64_t u_desc0 = dev::wgmma_desc(smem + L::U, 128, L::SBO);
@@ -2605,7 +2616,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     };
     float wa[32], wb[32], o[4][4] = {};
     float m_run = -INFINITY, l_run = 0.0f;
-    const int lrow = 16 * warp + (lane & 7) + ((lane >> 4) << 3); /* this lane's ldmatrix row */
+    const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3); /* this lane's ldmatrix row */
     const int lsel = (lane >> 3) & 1;                              /* ... and its 16-byte chunk parity */
     const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
 
@@ -2700,42 +2711,34 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         for (int x = 0; x < 32; x++) dev::fence_reg(acc[x]);
     };
     if (nblocks > 0) dev::mbar_wait(qfull, 0);
-    issue(wa, 0, 0); /* outside any branch (a dummy when the range is empty) */
+    issue(wa, 0, cw); /* outside any branch (a dummy when the range is empty) */
     dev::wgmma_wait0();
     fence_all(wa);
-    /* one block of S steps; wa holds its first W on entry and the next block's on exit. The hot loop holds the
-     * unrolled regular variant only: the checked one (irregular positions) is rolled and sits apart, so that no cold
-     * code shares the hot loop's instruction-cache lines (notes "v9 in the library": rolling the cold paths gained
-     * 12%; this split ~1% more, notes "v9's prologue and hot loop") */
+    /* this warpgroup's two steps of block blk; wa holds the first one's W on entry and the next block's on exit.
+     * The hot loop holds the regular variant only: the checked one (irregular positions) sits apart, so that no
+     * cold code shares the hot loop's instruction-cache lines (notes "v9 in the library": rolling the cold paths
+     * gained 12%; this split ~1% more, notes "v9's prologue and hot loop") */
     auto run_block = [&](auto check, int blk) {
         constexpr bool CHECK = decltype(check)::value;
-        const int x = blk & 1;
-#pragma unroll(CHECK ? 1 : S / 2)
-        for (int tau = 0; tau < S; tau += 2) {
-            const int st = blk * S + tau;
-            issue(wb, x, tau + 1); /* tau + 1 into wb, then tau on wa */
-            process(check, wa, st, x, tau);
-            dev::wgmma_wait0();
-            fence_all(wb);
-            if (!CHECK && tau + 2 == S) { /* this block's Qa image is no longer read (a checked block's anchors are) */
-                __syncwarp();
-                if (lane == 0) dev::mbar_arrive(qempty + x);
-            }
-            if (tau + 2 == S) { /* the next block's first W into wa */
-                const bool more = blk + 1 < nblocks;
-                if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
-                issue(wa, more ? x ^ 1 : x, 0);
-            } else {
-                issue(wa, x, tau + 2);
-            }
-            process(check, wb, st + 1, x, tau + 1);
-            if (CHECK && tau + 2 == S) { /* this block's Qa image and anchors are no longer read */
-                __syncwarp();
-                if (lane == 0) dev::mbar_arrive(qempty + x);
-            }
-            dev::wgmma_wait0();
-            fence_all(wa);
+        const int x = blk & 1, ta = cw, tb = cw + kV9Groups;
+        issue(wb, x, tb); /* tb into wb, then ta on wa */
+        process(check, wa, blk * S + ta, x, ta);
+        dev::wgmma_wait0();
+        fence_all(wb);
+        if (!CHECK) { /* this block's Qa image is no longer read by this warpgroup (a checked block's anchors are) */
+            __syncwarp();
+            if (lane == 0) dev::mbar_arrive(qempty + x);
         }
+        const bool more = blk + 1 < nblocks; /* the next block's first W into wa */
+        if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
+        issue(wa, more ? x ^ 1 : x, ta);
+        process(check, wb, blk * S + tb, x, tb);
+        if (CHECK) { /* this block's Qa image and anchors are no longer read */
+            __syncwarp();
+            if (lane == 0) dev::mbar_arrive(qempty + x);
+        }
+        dev::wgmma_wait0();
+        fence_all(wa);
     };
     for (int blk = 0; blk < nblocks; blk++) { /* fullreg[x] was written before qfull[x] completed */
         if (fullreg[blk & 1])
@@ -2745,8 +2748,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     }
     dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
 
-    /* combine the 32 quads (records over the stages: every copy has been consumed) */
-    dev::bar_wg(1);
+    /* combine the 32 x kV9Groups quads (records over the stages: every copy has been consumed) */
+    dev::bar_named_n(1, 128 * kV9Groups);
     float *recs = reinterpret_cast<float *>(smem);
     constexpr int REC = 2 + R;
     if (owner) recs[(warp * 8 + g) * REC] = m_run, recs[(warp * 8 + g) * REC + 1] = l_run;
@@ -2756,8 +2759,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
 #pragma unroll
         for (int mb = 0; mb < 4; mb++) rec[16 * mb + g] = o[mb][e], rec[16 * mb + g + 8] = o[mb][2 + e];
     }
-    dev::bar_wg(1);
-    combine_cta_partials<R>(p, b, h, split, 32, recs, bad_pad); /* n_rep = 1: the 32 quads' records, REC apart */
+    dev::bar_named_n(1, 128 * kV9Groups);
+    combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad); /* n_rep = 1: records REC apart */
 #else
     /* Not an sm_90a build (the host plans v9 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
