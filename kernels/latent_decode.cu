@@ -2303,16 +2303,19 @@ __global__ void __launch_bounds__(V5Shape<RK>::WARPS * 32, 1) decode_v5_kernel(c
  * first slot is left padding) gets its exact score from a slow path: its quad rebuilds the key from U (the tau = 0
  * image) and rotates it by its own angle. Padding and slots past the sequence are masked as in v4.
  *
- * CTA = 9 warps, one per SM (209 KB of shared memory): warps 0-3 the consumer warpgroup (the MMAs, scores, softmax,
- * P . V); warp 4 the copies (TMA boxes, or cp.async under CUDA-graph capture: V9Layout) and the positions; warps 5-8
+ * CTA = 13 warps, one per SM (226 KB of shared memory with TMA): warps 0-7 two consumer warpgroups (the MMAs,
+ * scores, softmax, P . V), group cw taking steps tau = cw and cw + 2 of every block with its own softmax state (one
+ * warpgroup's per-step chain was the bottleneck: notes "Two consumer warpgroups"); warp 8 the copies (TMA boxes
+ * through five stages, or cp.async through four under CUDA-graph capture: V9Layout) and the positions; warps 9-12
  * the anchored query of the next block (double-buffered; qfull / qempty mbarriers) from an R(k) table (k < 64) when
  * the block's anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau and the tables
- * with the consumer and anchor warps while the copy warp starts streaming.
+ * with the consumer and anchor warps while the copy warp starts streaming. The 64 quads' states are combined in
+ * shared memory into one partial per CTA.
  *
  * Measured first as a standalone probe (python/probe_absorbed.cu at commit b5fe0ea, runs 45-48, notes "The absorbed
- * probe"): at Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots; this kernel 94-96% at batch 8 from 64K (run
- * 56, notes "v9 in the library"). GQA (n_rep > 1) is not taken: W is per query head, so its tensor work grows with
- * n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
+ * probe"): at Llama-2-7B shapes 97-102% of the DRAM floor at 64K slots. This kernel: 103% at batch 8 from 64K, 92-99%
+ * at batch 1 (run 64, notes "Two consumer warpgroups"). GQA (n_rep > 1) is not taken: W is per query head, so its
+ * tensor work grows with n_rep (n_rep = 4 would need ~1.4x the floor's time on the tensor cores alone). */
 constexpr int kV9D = 128, kV9R = 64;
 constexpr int kV9S = 4;           /* 64-slot steps per block (one Qa); U_tau images for tau < kV9S */
 constexpr int kV9Rows = 64;       /* slots per step: the wgmma M */

@@ -68,9 +68,9 @@
  *   choice there): absorbed RoPE, no key rebuilt. For the slot at anchor a + 64 tau of a block of 64 rows,
  *   q . R(a + 64 tau) U c = (R(a)^T q) . (R(64 tau) U) c: U_tau = R(64 tau) U is built per CTA, the query is rotated to
  *   the block's 64 anchors (four producer warps, double-buffered), one wgmma per 64-slot step gives W = Qa . U_tau,
- *   each slot's score is W's row . c (the diagonal of an mma.sync product), P . V on mma.sync. One CTA of 9 warps
- *   per SM; latents by TMA (cp.async under graph capture, where auto runs v4 instead); slots whose positions are
- *   not their row's anchor + 64 tau take an exact per-slot path.
+ *   each slot's score is W's row . c (the diagonal of an mma.sync product), P . V on mma.sync. One CTA of 13 warps
+ *   per SM, two consumer warpgroups taking alternate steps; latents by TMA (cp.async under graph capture, where
+ *   auto runs v4 instead); slots whose positions are not their row's anchor + 64 tau take an exact per-slot path.
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
