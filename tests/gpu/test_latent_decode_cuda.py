@@ -148,13 +148,13 @@ def impl_used(c, impl):
 
 V5_OK = torch.cuda.get_device_capability() == (9, 0)  # v5 is sm_90a code (Hopper wgmma)
 SPECIAL = ("v3", "v4", "v5")  # the kernels specialized to equal ranks 32/64/128
-USED = {"v3": 3, "v4": 5, "v5": 6}
+USED = {"v3": 3, "v4": 5, "v5": 6, "v9": 9}
 NAME = lk.KERNEL_NAMES  # implementation number -> kernel name
 
 
-def v5_refused(c, impl, **kw):
-    """On a device other than compute capability 9.0, check that v5 refuses (naming itself); True if it did."""
-    if impl != "v5" or V5_OK:
+def sm90a_refused(c, impl, **kw):
+    """On a device other than compute capability 9.0, check that v5 / v9 refuse (naming themselves); True if so."""
+    if impl not in ("v5", "v9") or V5_OK:
         return False
     with pytest.raises(NotImplementedError, match="v5"):
         run(c, impl=impl, **kw)
@@ -167,9 +167,9 @@ def v3_shape(kr, vr):
 
 
 def check_specialized(c, impl, dtype, scaling, att):
-    """Run a specialized kernel (v3/v4/v5, named) on case c against the float64 reference with the tensor-core
-    tolerance; v5 off compute capability 9.0 must refuse instead."""
-    if v5_refused(c, impl, scaling=scaling, att=att):
+    """Run a specialized kernel (v3/v4/v5/v9, named) on case c against the float64 reference with the tensor-core
+    tolerance; v5 and v9 off compute capability 9.0 must refuse instead."""
+    if sm90a_refused(c, impl, scaling=scaling, att=att):
         return
     assert impl_used(c, impl) == USED[impl]
     z = run(c, impl=impl, scaling=scaling, att=att)
@@ -189,7 +189,7 @@ def test_matches_float64_reference_poisoned(torch_gen, shape, dtype, impl):
         with pytest.raises(NotImplementedError, match=impl):
             run(c, impl=impl, scaling=scaling, att=att)
         return
-    if v5_refused(c, impl, scaling=scaling, att=att):
+    if sm90a_refused(c, impl, scaling=scaling, att=att):
         return
     used = impl_used(c, impl)
     if impl in SPECIAL:
@@ -285,7 +285,7 @@ def test_out_dtype_and_strided_latents(torch_gen, dtype, impl):
     wide = torch.randn((B, C, 256 + 128), device="cuda", generator=torch_gen).to(dtype)
     wide[:, :, 16:16 + 128] = c["kl"]
     c["kl"] = wide[:, :, 16:16 + 128]
-    if v5_refused(c, impl, scaling=D ** -0.5, att=1.0):
+    if sm90a_refused(c, impl, scaling=D ** -0.5, att=1.0):
         return
     ref = reference_z(c, D ** -0.5, 1.0)
     z = run(c, impl=impl, scaling=D ** -0.5, att=1.0, out_dtype=dtype)
@@ -318,7 +318,7 @@ def capture_and_replay(args, kw, side):
 @pytest.mark.parametrize("impl", ["v3", "v4", "v5"])
 def test_side_stream_and_graph_capture(torch_gen, impl):
     c = make_case(torch_gen, 2, 8, 2, 128, 1, [64, 64], [64, 64], 700, 768, torch.bfloat16)
-    if v5_refused(c, impl, scaling=0.088, att=1.0):
+    if sm90a_refused(c, impl, scaling=0.088, att=1.0):
         return
     ref = run(c, impl=impl, scaling=0.088, att=1.0)
     side = torch.cuda.Stream()
@@ -352,21 +352,11 @@ def v9_case(gen, B, H, T, C, dtype, **kw):
 
 
 def v9_check(c, dtype, scaling=128 ** -0.5, att=1.0):
-    """v9 (and auto, which must pick it) against the float64 reference with the tensor-core tolerance, on poisoned
-    outputs; off compute capability 9.0, v9 must refuse naming itself."""
-    if not V5_OK:
-        with pytest.raises(NotImplementedError, match="v9"):
-            run(c, impl="v9", scaling=scaling, att=att)
-        return
-    assert impl_used(c, "v9") == 9 and impl_used(c, "auto") == 9
-    ref = reference_z(c, scaling, att)
-    tol = TOL[("v2", dtype)]
-    for impl in ("v9", "auto"):
-        z = run(c, impl=impl, scaling=scaling, att=att)
-        glob, worst = rel_errors(z, ref, c)
-        if os.environ.get("PALU_REPORT_ERRORS"):
-            print(f"\nERRORS v9 {str(dtype).split('.')[-1]} {impl} {glob:.3e} {worst:.3e}")
-        assert glob <= tol and worst <= 3 * tol, f"{impl}: relative error {glob:.3e} (worst head {worst:.3e}) vs {tol}"
+    """v9 against the float64 reference with the tensor-core tolerance, on poisoned outputs, and auto, which must
+    pick it; off compute capability 9.0, v9 must refuse naming itself."""
+    check_specialized(c, "v9", dtype, scaling, att)
+    if V5_OK:
+        assert impl_used(c, "auto") == 9
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
