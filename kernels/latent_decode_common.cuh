@@ -1,0 +1,577 @@
+/* latent_decode_common.cuh -- what the decode kernels' translation units share (internal; included by
+ * kernels/latent_decode*.cu only): the kernel parameter block, the device helpers (every PTX instruction and warp
+ * intrinsic sits in one small wrapper, so that a CPU lock-step emulator can stand in for them when PALU_EMULATE is
+ * defined), the RoPE angle, the CTA-level combine of online-softmax states, the plan, the host helpers of the
+ * launchers (shared-memory and sm_90a checks, TMA tensor maps, one launch), and v9 as the plan and the dispatch of
+ * latent_decode.cu see it (latent_decode_v9.cu). Everything sits in namespace palu_decode; each .cu file keeps its
+ * kernels in an anonymous namespace.
+ *
+ * Shape legend: as latent_decode.cu.
+ */
+#ifndef PALU_LATENT_DECODE_COMMON_CUH
+#define PALU_LATENT_DECODE_COMMON_CUH
+
+#ifndef PALU_EMULATE
+#include <cuda.h> /* CUtensorMap (types only: the encoder is reached through cudaGetDriverEntryPointByVersion) */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+#endif
+
+#include <limits.h>
+#include <math.h>
+#include <stdlib.h>
+#include <type_traits>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+#ifndef PALU_EMULATE
+#include "cuda_check.cuh"
+#endif
+#include "latent_decode.cuh"
+
+#ifndef PALU_EMU_LAUNCH
+#define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+
+namespace palu_decode __attribute__((visibility("hidden"))) { /* internal to the extension: no exported symbols */
+
+constexpr int kMaxGroups = PALU_LATENT_DECODE_MAX_GROUPS;
+constexpr int kV1Threads = 128;
+constexpr int kV1Tile = 16;        /* tokens per v1 tile */
+constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles) */
+constexpr int kMergeThreads = 128; /* merge_kernel: 4 warps of 4 columns each */
+constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
+constexpr size_t kDefaultSmem = 48 * 1024;
+
+/* Ranks and column offsets of every group (the kernels read their own group's entry). */
+struct GroupTable {
+    int rk[kMaxGroups], rv[kMaxGroups], kcol[kMaxGroups], vcol[kMaxGroups];
+};
+
+struct DecodeParams {
+    const void *q, *k_latent, *v_latent, *k_up;
+    const int32_t *positions, *pad_start;
+    const float *k_bias, *inv_freq;
+    float *ws;
+    long long kbs, kts, vbs, vts, pbs; /* element strides: batch / token of the latents, batch of positions */
+    int B, H, Hkv, D, G, n_rep, T;
+    int splits;      /* gridDim.y */
+    int partials;    /* P = splits * (partials per CTA) */
+    int ws_stride;   /* W */
+    int max_rk, max_rv;
+    float score_scale; /* scaling * attention_scaling * log2(e) */
+    GroupTable groups;
+};
+
+/* v4's tensor maps (the TMA build): key and value latents (3D: columns, slots, sequences; boxes of rk x 16 rows,
+ * swizzled as v4_swz). A second kernel parameter, __grid_constant__ so that the copies can name it by address
+ * (CUtensorMap carries its own 128-byte alignment); the cp.async build ignores it. */
+#ifndef PALU_EMULATE
+typedef CUtensorMap TmaMap;
+#endif
+struct V4Maps {
+    TmaMap k, v;
+};
+
+struct MergeParams {
+    const float *ws;
+    void *out;
+    int H, G, n_rep, partials, ws_stride, z_width;
+    GroupTable groups;
+};
+
+/* ---- device helpers ------------------------------------------------------------------------------------ */
+
+#ifndef PALU_EMULATE
+namespace dev {
+
+__device__ __forceinline__ unsigned smem_u32(const void *p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ int lane_id() { return threadIdx.x & 31; }
+__device__ __forceinline__ int warp_id() { return threadIdx.x >> 5; }
+__device__ __forceinline__ void sync_cta() { __syncthreads(); }
+/* Programmatic dependent launch (compute capability 9.0+; no-ops below): a kernel launched with programmatic
+ * stream serialization waits here until the grid before it has completed and its memory writes are visible
+ * (without that launch attribute there is nothing to wait for); launch_dependents lets the next such grid be
+ * launched before this one exits (its CTAs still wait for this grid in grid_dependency_wait). */
+__device__ __forceinline__ void grid_dependency_wait()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void launch_dependents()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+/* The CTA's dynamic shared memory (16-byte aligned). */
+__device__ __forceinline__ char *dyn_smem()
+{
+    extern __shared__ float4 smem_f4[];
+    return reinterpret_cast<char *>(smem_f4);
+}
+__device__ __forceinline__ void sync_warp() { __syncwarp(); }
+__device__ __forceinline__ float shfl(float v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+__device__ __forceinline__ int shfl_int(int v, int src) { return __shfl_sync(0xffffffffu, v, src); }
+__device__ __forceinline__ float shfl_xor(float v, int m) { return __shfl_xor_sync(0xffffffffu, v, m); }
+__device__ __forceinline__ bool all_lanes(bool pred) { return __all_sync(0xffffffffu, pred) != 0; }
+/* 2^x (ex2.approx: relative error ~2^-22; ex2(-inf) = +0, which the online softmax relies on) */
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+__device__ __forceinline__ void sincos_turn(float x, float *s, float *c) { __sincosf(x, s, c); }
+
+/* 16 bytes global -> shared, bypassing L1; valid = false writes 16 zero bytes (src-size 0, nothing is read) */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 4 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Four 8x8 b16 matrices; lane l gives the row address of matrix l/8, row l%8; register k holds matrix k's
+ * (row lane/4, cols 2*(lane%4) .. +1), or with .trans its (rows 2*(lane%4) .. +1, col lane/4). */
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p))
+                 : "memory");
+}
+
+/* Transpose of an 8x8 b16 matrix held as an mma fragment (lane l: row l/4, cols 2(l%4), +1), same layout out. */
+__device__ __forceinline__ uint32_t movm_trans(uint32_t a)
+{
+    uint32_t d;
+    asm("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(d) : "r"(a));
+    return d;
+}
+
+/* Tensor-memory-access copies (sm_90): one thread moves a whole box of a tensor described by a CUtensorMap kernel
+ * parameter into shared memory, completing `bytes` of transaction on an mbarrier the consumers wait on. The
+ * mbarriers here have one arrival (the issuing thread's arrive.expect_tx), so each fill is one phase. */
+__device__ __forceinline__ void mbar_init(uint64_t *bar)
+{
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)) : "memory");
+}
+/* the inits visible to the async proxy (the TMA unit completes transactions on them) */
+__device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void mbar_expect(uint64_t *bar, uint32_t bytes)
+{
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes)
+                 : "memory");
+}
+/* until phase `parity` of bar has completed (its bytes have landed and are visible to this thread) */
+__device__ __forceinline__ void mbar_wait(uint64_t *bar, uint32_t parity)
+{
+    asm volatile("{\n"
+                 ".reg .pred done;\n"
+                 "wait_%=:\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+                 "@!done bra wait_%=;\n"
+                 "}\n" ::"r"(smem_u32(bar)),
+                 "r"(parity)
+                 : "memory");
+}
+/* box at (c0, c1, c2) of the tensor map (a __grid_constant__ kernel parameter) into dst */
+__device__ __forceinline__ void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar)
+{
+    asm volatile("cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+                 "[%5];\n" ::"r"(smem_u32(dst)),
+                 "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(smem_u32(bar))
+                 : "memory");
+}
+
+/* d += a (16x16, row) . b (16x8, col), fp32 accumulators (PTX ISA fragment layouts for m16n8k16). */
+template <typename T> __device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                             uint32_t b1);
+template <> __device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                                     uint32_t b0, uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <> __device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+} // namespace dev
+#endif /* !PALU_EMULATE */
+
+/* ---- v5 device helpers: Hopper warpgroup MMA (sm_90a only) ---------------------------------------------------- */
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL) && !defined(PALU_EMULATE)
+#define PALU_V5_WGMMA 1
+namespace dev {
+
+/* Shared-memory matrix descriptor, no swizzle (PTX ISA "Matrix Descriptor Format"): bits 0-13 start address >> 4,
+ * 16-29 leading-dimension byte offset >> 4, 32-45 stride-dimension byte offset >> 4, 49-51 base offset (0),
+ * 62-63 swizzle mode (0 = none). For a K-major operand in the no-swizzle mode the matrix is made of core
+ * matrices of 8 rows x 16 bytes (8 rows x 8 b16 values, 128 contiguous bytes, row r at byte 16 r); LBO is the
+ * distance between the two core matrices adjacent in K (one k16 step spans two), SBO the distance between core
+ * matrices adjacent in M (or N), i.e. between 8-row groups. */
+__device__ __forceinline__ uint64_t wgmma_desc(const void *p, uint32_t lbo, uint32_t sbo)
+{
+    const uint32_t a = smem_u32(p);
+    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) |
+           ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32);
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+/* Pins a register across the asynchronous MMA: the compiler may neither read it early nor write it late. */
+__device__ __forceinline__ void fence_reg(float &r) { asm volatile("" : "+f"(r)::"memory"); }
+/* Generic-proxy writes (cp.async, st.shared) of this thread become visible to the async proxy (wgmma). */
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
+__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+/* Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads). */
+__device__ __forceinline__ void bar_wg(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
+
+/* d (64 x N, fp32) = A (64 x 16, K-major, descriptor da) . B (16 x N, K-major, descriptor db) + (scale_d ? d : 0),
+ * one asynchronous warpgroup MMA, m64nNk16 with N = D. */
+template <typename T, int N> __device__ __forceinline__ void wgmma_k16(float (&d)[N / 2], uint64_t da, uint64_t db,
+                                                                      int scale_d);
+/* The PTX type name and the accumulator registers are part of the instruction text, so one macro body per N writes
+ * the fp16 and bf16 specializations (operands: d[0 .. N/2), then da, db, scale_d). */
+#define PALU_WGMMA_D32 \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), \
+    "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), \
+    "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), \
+    "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+#define PALU_WGMMA_D64 \
+    PALU_WGMMA_D32, \
+    "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), \
+    "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), \
+    "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), \
+    "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+#define PALU_WGMMA_K16_N64(TYPE, PTX_TYPE)                                                                             \
+    template <>                                                                                                        \
+    __device__ __forceinline__ void wgmma_k16<TYPE, 64>(float(&d)[32], uint64_t da, uint64_t db, int scale_d)          \
+    {                                                                                                                  \
+        asm volatile("{\n.reg .pred p;\n"                                                                              \
+                     "setp.ne.b32 p, %34, 0;\n"                                                                        \
+                     "wgmma.mma_async.sync.aligned.m64n64k16.f32." PTX_TYPE "." PTX_TYPE " "                           \
+                     "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                        \
+                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "                             \
+                     "%32, %33, p, 1, 1, 0, 0;\n}\n"                                                                   \
+                     : PALU_WGMMA_D32                                                                                  \
+                     : "l"(da), "l"(db), "r"(scale_d)                                                                  \
+                     : "memory");                                                                                      \
+    }
+#define PALU_WGMMA_K16_N128(TYPE, PTX_TYPE)                                                                            \
+    template <>                                                                                                        \
+    __device__ __forceinline__ void wgmma_k16<TYPE, 128>(float(&d)[64], uint64_t da, uint64_t db, int scale_d)         \
+    {                                                                                                                  \
+        asm volatile("{\n.reg .pred p;\n"                                                                              \
+                     "setp.ne.b32 p, %66, 0;\n"                                                                        \
+                     "wgmma.mma_async.sync.aligned.m64n128k16.f32." PTX_TYPE "." PTX_TYPE " "                          \
+                     "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"                                        \
+                     "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"                               \
+                     "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"                               \
+                     "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "                             \
+                     "%64, %65, p, 1, 1, 0, 0;\n}\n"                                                                   \
+                     : PALU_WGMMA_D64                                                                                  \
+                     : "l"(da), "l"(db), "r"(scale_d)                                                                  \
+                     : "memory");                                                                                      \
+    }
+PALU_WGMMA_K16_N64(__half, "f16")
+PALU_WGMMA_K16_N64(__nv_bfloat16, "bf16")
+PALU_WGMMA_K16_N128(__half, "f16")
+PALU_WGMMA_K16_N128(__nv_bfloat16, "bf16")
+#undef PALU_WGMMA_K16_N64
+#undef PALU_WGMMA_K16_N128
+#undef PALU_WGMMA_D64
+#undef PALU_WGMMA_D32
+
+} // namespace dev
+#endif
+
+template <typename T> struct Num;
+template <> struct Num<__half> {
+    static constexpr bool kHalfRope = true; /* v4/v5 rotate fp16 keys in packed half2 (see V4Warp) */
+    static __device__ __forceinline__ float to_f(__half v) { return __half2float(v); }
+    static __device__ __forceinline__ __half from_f(float v) { return __float2half_rn(v); }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
+    {
+        __half2 h = __floats2half2_rn(lo, hi);
+        uint32_t u;
+        memcpy(&u, &h, sizeof u);
+        return u;
+    }
+};
+template <> struct Num<__nv_bfloat16> {
+    static constexpr bool kHalfRope = false; /* bf16's 8-bit mantissa: RoPE stays fp32 */
+    static __device__ __forceinline__ float to_f(__nv_bfloat16 v) { return __bfloat162float(v); }
+    static __device__ __forceinline__ __nv_bfloat16 from_f(float v) { return __float2bfloat16_rn(v); }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
+    {
+        __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+        uint32_t u;
+        memcpy(&u, &h, sizeof u);
+        return u;
+    }
+};
+template <> struct Num<float> {
+    static __device__ __forceinline__ float to_f(float v) { return v; }
+    static __device__ __forceinline__ float from_f(float v) { return v; }
+};
+
+/* ---- RoPE angle ------------------------------------------------------------------------------------------ */
+
+/* (hi, lo) floats with hi + lo = inv_freq / (2 pi) to ~2^-48 relative (computed in double). */
+__device__ __forceinline__ float2 turn_split(float inv_freq)
+{
+    const double f = (double)inv_freq * 0.15915494309189533577; /* 1 / (2 pi) */
+    const float hi = (float)f;
+    return make_float2(hi, (float)(f - (double)hi));
+}
+
+/* A turn table entry: turn_split(inv_freq) and the cos and sin of span * inv_freq, span a power of two (8, 32), so
+ * that the product is exact in float and sincosf (full accuracy: the kernels are built without fast math) rounds
+ * once, ~1 ulp. It replaced a double-precision sincos per frequency and CTA: no faster on the H200 (run 35; the
+ * ~1-1.5 us that the v4 prologue's tables cost is the R(tau) table loop), but free of FP64, which runs at 1/64 of
+ * the FP32 rate on GPUs outside the H100/H200 class that the compute_90 PTX may be JIT-compiled for. */
+__device__ __forceinline__ float4 turn_entry(float inv_freq, float span)
+{
+    const float2 tr = turn_split(inv_freq);
+    float s, c;
+    sincosf(span * inv_freq, &s, &c);
+    return make_float4(tr.x, tr.y, c, s);
+}
+
+/* cos and sin of pos * inv_freq for |pos| < 2^24, inv_freq given as turn_split(inv_freq). pos * hi is split
+ * exactly into r1 + e1 (FMA), r1 - rint(r1) is exact, so the fraction of a turn carries ~2^-25 absolute error;
+ * __sincosf on [-pi, pi] adds at most ~2^-21; total ~1e-6 absolute at every position. */
+__device__ __forceinline__ void rope_cos_sin(int pos, float2 turn, float *c, float *s)
+{
+    const float p = (float)pos;
+    const float r1 = p * turn.x;
+    const float e1 = fmaf(p, turn.x, -r1);
+    const float fr = (r1 - rintf(r1)) + fmaf(p, turn.y, e1);
+    dev::sincos_turn(fr * 6.28318530717958648f, s, c);
+}
+
+/* Partial record of (sequence b, query head h, partial index pidx). */
+__device__ __forceinline__ float *partial(const DecodeParams &p, int b, int h, int pidx)
+{
+    return p.ws + ((size_t)(b * p.H + h) * p.partials + pidx) * p.ws_stride;
+}
+
+/* The CTA's one partial per head (pidx = split): the warps' records (write_record, `recs` in shared memory, warp
+ * w's at recs + w n_rep (2 + RV)) combined as online-softmax states. Per-warp partials (v4 and v5 as first
+ * written) made the merge kernel walk 264 partials per head at Llama-3-8B B = 1 (33 splits x 8 warps); one per
+ * CTA is 33. NaN for a bad pad_start; a CTA whose warps all had empty ranges writes m = -inf, l = 0, z = 0. */
+template <int RV>
+__device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int split, int warps, const float *recs,
+                                     bool bad_pad)
+{
+    constexpr int REC = 2 + RV;
+    const int n_rep = p.n_rep, stride = n_rep * REC;
+    const float nan = __int_as_float(0x7fc00000);
+    for (int t = threadIdx.x; t < n_rep * RV; t += blockDim.x) {
+        const int e = t / RV, d = t - e * RV;
+        const float *r = recs + e * REC;
+        float mx = -INFINITY;
+        for (int w = 0; w < warps; w++) mx = fmaxf(mx, r[w * stride]);
+        float l = 0.0f, z = 0.0f;
+        for (int w = 0; w < warps; w++) {
+            const float m = r[w * stride], wt = m == -INFINITY ? 0.0f : dev::ex2(m - mx);
+            l = fmaf(wt, r[w * stride + 1], l);
+            z = fmaf(wt, r[w * stride + 2 + d], z);
+        }
+        float *out = partial(p, b, h0 + e, split);
+        if (d == 0) out[0] = bad_pad ? nan : mx, out[1] = bad_pad ? nan : l;
+        out[2 + d] = bad_pad ? nan : z;
+    }
+}
+
+/* ---- the plan, and the launchers' host helpers ------------------------------------------------------------- */
+
+struct Plan {
+    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4), 6 (v5) or 9 (v9) */
+    int warps;       /* v2: warps per CTA */
+    int splits_max;  /* splits for the largest length (sizes the workspace) */
+    int splits;      /* splits for this length */
+    int partials_per_cta;
+    int ws_stride;
+    int max_rk, max_rv;
+    size_t smem;
+    int sm_count;
+    int cc_major; /* >= 9: the merge is launched as a programmatic dependent of the decode kernel */
+};
+
+inline bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
+
+/* The shared-memory part of an equal-rank kernel's support check: `need` bytes per CTA (0: no instantiation for
+ * these ranks) against the device's opt-in limit; NULL when it fits, else `why` filled. */
+inline const char *smem_unsupported(const char *name, size_t need, int max_rk, int max_rv, int smem_optin, char *why,
+                             size_t why_len)
+{
+    if (need == 0)
+        return snprintf(why, why_len, "ranks k %d / v %d (%s takes 32/32, 64/64, 128/128)", max_rk, max_rv, name),
+               why;
+    if (need > (size_t)smem_optin)
+        return snprintf(why, why_len, "ranks k %d / v %d need %zu bytes of shared memory per CTA; the device allows "
+                        "%d", max_rk, max_rv, need, smem_optin),
+               why;
+    return NULL;
+}
+
+/* Why a kernel of sm_90a code (wgmma) cannot run on `device` (NULL when it can: compute capability 9.0 exactly). */
+inline const char *sm90a_unsupported(const char *name, int device, char *why, size_t why_len)
+{
+    int major = 0, minor = 0;
+    if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
+        return snprintf(why, why_len, "the compute capability of device %d could not be read", device), why;
+    if (major != 9 || minor != 0)
+        return snprintf(why, why_len, "compute capability %d.%d (%s uses wgmma: sm_90a, i.e. 9.0 only)", major, minor,
+                        name),
+               why;
+    return NULL;
+}
+
+/* v4's tile loads by TMA. Per call, two tensor maps (key and value latents: 3D columns x slots x sequences, boxes of
+ * rk x 16 swizzled as v4_swz) are encoded on the host with the driver's cuTensorMapEncodeTiled and passed as a
+ * __grid_constant__ parameter; the positions stay on cp.async. Taken when every condition holds, else the cp.async
+ * build runs (same results; the latents' alignment conditions are v2's):
+ *   - rk = rv <= 64 (a row fits the 128-byte swizzle span), compute capability >= 9.0;
+ *   - the stream is not capturing a CUDA graph: a map holds this call's slot count T (rows past it read as zeros),
+ *     and a replayed graph would reuse it for later, longer steps;
+ *   - PALU_C_V4_TMA is not "0" in the environment (read once: the switch for side-by-side timing).
+ * Measured in the notes (v4e). */
+#ifndef PALU_EMULATE
+typedef PFN_cuTensorMapEncodeTiled_v12000 EncodeTiledFn;
+inline EncodeTiledFn tensor_map_encoder()
+{
+    static const EncodeTiledFn fn = []() -> EncodeTiledFn {
+        void *f = NULL;
+        cudaDriverEntryPointQueryResult q = cudaDriverEntryPointSymbolNotFound;
+        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) !=
+                cudaSuccess ||
+            q != cudaDriverEntryPointSuccess) {
+            (void)cudaGetLastError();
+            return NULL;
+        }
+        return reinterpret_cast<EncodeTiledFn>(f);
+    }();
+    return fn;
+}
+#endif
+
+/* One tiled tensor map, no interleave, unit element strides, zero fill out of bounds; false if it cannot be made. */
+inline bool encode_map(TmaMap *m, CUtensorMapDataType dt, cuuint32_t rank, const void *base, const cuuint64_t *dims,
+                const cuuint64_t *strides, const cuuint32_t *box, CUtensorMapSwizzle swizzle)
+{
+    const cuuint32_t unit[3] = {1, 1, 1};
+#ifdef PALU_EMULATE
+    return emu_encode_map(m, dt, rank, base, dims, strides, box, unit, swizzle);
+#else
+    const EncodeTiledFn f = tensor_map_encoder();
+    return f != NULL && f(m, dt, rank, const_cast<void *>(base), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                          swizzle, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+#endif
+}
+
+inline bool v4_tma_enabled()
+{
+    static const bool on = [] {
+        const char *e = getenv("PALU_C_V4_TMA");
+        return !(e != NULL && strcmp(e, "0") == 0);
+    }();
+    return on;
+}
+
+/* Whether this call may load by TMA: compute capability 9.0+, PALU_C_V4_TMA not "0", and the stream not capturing a
+ * CUDA graph (a map holds this call's slot count T; a replayed graph would reuse it for later, longer steps). */
+inline bool tma_allowed(const Plan &pl, cudaStream_t stream)
+{
+    if (pl.cc_major < 9 || !v4_tma_enabled()) return false;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(stream, &cap) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    return cap == cudaStreamCaptureStatusNone;
+}
+
+/* The key and value latent maps of this call: 3D (columns, slots, sequences), boxes of rank columns x `rows` slots,
+ * swizzled by `sw`; false if they cannot be made. */
+inline bool latent_tma_maps(const DecodeParams &p, int rank, int rows, CUtensorMapSwizzle sw, V4Maps *maps)
+{
+    int ncols_k = 0, ncols_v = 0; /* Rk, Rv: the columns the maps span */
+    for (int g = 0; g < p.Hkv / p.G; g++) ncols_k += p.groups.rk[g], ncols_v += p.groups.rv[g];
+    const cuuint64_t T = (cuuint64_t)p.T, B = (cuuint64_t)p.B;
+    auto round16 = [](cuuint64_t n) { return (n + 15) / 16 * 16; };
+    /* a single sequence's batch stride is never used: any multiple of 16 that spans its rows */
+    const cuuint64_t ks[2] = {(cuuint64_t)p.kts * 2, p.B > 1 ? (cuuint64_t)p.kbs * 2 : round16(T * p.kts * 2)};
+    const cuuint64_t vs[2] = {(cuuint64_t)p.vts * 2, p.B > 1 ? (cuuint64_t)p.vbs * 2 : round16(T * p.vts * 2)};
+    const cuuint64_t kd[3] = {(cuuint64_t)ncols_k, T, B}, vd[3] = {(cuuint64_t)ncols_v, T, B};
+    const cuuint32_t kb[3] = {(cuuint32_t)rank, (cuuint32_t)rows, 1};
+    return encode_map(&maps->k, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.k_latent, kd, ks, kb, sw) &&
+           encode_map(&maps->v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, kb, sw);
+}
+
+/* One launch of a decode kernel: shared-memory opt-in, grid (KV head, split, sequence), 32 x warps threads; `extra`
+ * are the kernel's parameters after DecodeParams (v4: its tensor maps). */
+template <class... A>
+palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, const DecodeParams &p, const Plan &pl,
+                               cudaStream_t stream, const A &...extra)
+{
+    if (smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+/* ---- v9 (latent_decode_v9.cu), as the plan and the dispatch see it ---- */
+
+constexpr int kV9BlockSlots = 256; /* slots per block (one anchored query); the plan keeps >= 2 blocks per CTA */
+
+/* Why v9 cannot run this call (NULL when it can); *warps and *smem get its CTA shape. */
+const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           int *warps, size_t *smem, char *why, size_t why_len);
+
+/* Launches v9 for a plan that chose it and sets *ran; nothing is launched (*ran false) where v9 would copy by cp.async
+ * (CUDA-graph capture) and the caller asked for auto: the caller runs v4 instead, on the same workspace. */
+palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                        bool *ran);
+
+} // namespace palu_decode
+
+#endif /* PALU_LATENT_DECODE_COMMON_CUH */
