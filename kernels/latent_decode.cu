@@ -1944,6 +1944,12 @@ const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
                            int *warps, size_t *smem, char *why, size_t why_len);
 
+/* The kernel a call runs: its implementation number, warps per CTA (v2-v9), shared memory and partials per CTA. */
+void choose(Plan *pl, int impl, int warps, size_t smem, int partials_per_cta)
+{
+    pl->impl = impl, pl->warps = warps, pl->smem = smem, pl->partials_per_cta = partials_per_cta;
+}
+
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
 {
     palu_status st = check_sizes(a);
@@ -1969,12 +1975,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         const char *no = v9_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w9, &s9, why9, sizeof why9);
         if (no != NULL && a->impl == PALU_LATENT_DECODE_V9)
             return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v9 does not support this call: %s", no);
-        if (no == NULL) {
-            pl->impl = 9;
-            pl->warps = w9;
-            pl->smem = s9;
-            pl->partials_per_cta = 1;         /* the CTA combines its quads' states */
-        }
+        if (no == NULL) choose(pl, 9, w9, s9, 1); /* the CTA combines its quads' states */
     }
     if (pl->impl != 9 && (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
         int w4 = 0;
@@ -1982,12 +1983,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         const char *no = v4_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &w4, &v4_ctas, &s4, why4, sizeof why4);
         if (no != NULL && a->impl == PALU_LATENT_DECODE_V4)
             return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v4 does not support this call: %s", no);
-        if (no == NULL) {
-            pl->impl = 5;
-            pl->warps = w4;
-            pl->smem = s4;
-            pl->partials_per_cta = 1; /* the CTA combines its warps' states */
-        }
+        if (no == NULL) choose(pl, 5, w4, s4, 1); /* the CTA combines its warps' states */
     }
     if (a->impl == PALU_LATENT_DECODE_V5) { /* only on request (auto stays v4 until the H200 says otherwise) */
         char why5[256] = "";
@@ -1995,10 +1991,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         size_t s5 = 0;
         const char *no = v5_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w5, &s5, why5, sizeof why5);
         if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v5 does not support this call: %s", no);
-        pl->impl = 6;
-        pl->warps = w5;
-        pl->smem = s5;
-        pl->partials_per_cta = w5;
+        choose(pl, 6, w5, s5, w5);
     }
     if (a->impl == PALU_LATENT_DECODE_V3W) { /* only on request: 6 warps, one stage each, 2 CTAs per SM */
         const char *no = v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
@@ -2006,10 +1999,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         if (no == NULL && (need == 0 || need > (size_t)smem_optin))
             no = "ranks above 64 or not enough shared memory for 6 one-stage warps";
         if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v3w does not support this call: %s", no);
-        pl->impl = 4;
-        pl->warps = kV3wWarps;
-        pl->smem = need;
-        pl->partials_per_cta = kV3wWarps;
+        choose(pl, 4, kV3wWarps, need, kV3wWarps);
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
                                 a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6 || pl->impl == 9
@@ -2021,17 +2011,11 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6 || pl->impl == 9) {
         /* planned above */
     } else if (no_v3 == NULL) {
-        pl->impl = 3;
-        pl->warps = warps;
-        pl->smem = smem2;
-        pl->partials_per_cta = warps;
+        choose(pl, 3, warps, smem2, warps);
     } else if (a->impl == PALU_LATENT_DECODE_V3) {
         return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v3 does not support this call: %s", no_v3);
     } else if (no_v2 == NULL) {
-        pl->impl = 2;
-        pl->warps = warps;
-        pl->smem = smem2;
-        pl->partials_per_cta = warps;
+        choose(pl, 2, warps, smem2, warps);
     } else if (a->impl == PALU_LATENT_DECODE_V2) {
         return palu_fail(PALU_ERR_UNSUPPORTED, "the tensor-core decode kernel (v2) does not support this call: %s",
                          no_v2);
@@ -2043,9 +2027,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
                              "head_dim %d with ranks up to k %d / v %d and n_rep %d needs %zu bytes of shared memory "
                              "per block; device %d allows %d",
                              D, pl->max_rk, pl->max_rv, n_rep, L.total, device, smem_optin);
-        pl->impl = 1;
-        pl->smem = L.total;
-        pl->partials_per_cta = 1;
+        choose(pl, 1, 0, L.total, 1); /* v1: kV1Threads threads */
     }
     /* Splits: enough CTAs for about two waves, but no slice shorter than min_tokens. */
     /* v3: one wave (every CTA does the same work, so a second wave only adds a tail) */

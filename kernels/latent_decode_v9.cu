@@ -71,7 +71,6 @@ constexpr int kV9CopyWarp = 4 * kV9Groups;
 constexpr int kV9AnchorWarps = 4; /* warps 9 .. 12 */
 constexpr int kV9Warps = kV9CopyWarp + 1 + kV9AnchorWarps;
 static_assert(kV9S == 2 * kV9Groups, "each consumer warpgroup takes two steps of a block (its W double-buffered)");
-constexpr uint32_t kV9Sbo = (kV9D / 8) * 128; /* core-matrix images (U_tau, Qa): 8-row groups 2 KB apart */
 
 /* Shared memory of a v9 CTA. TMA: latent rows of 128 bytes, their 16-byte chunks swizzled (chunk c of row r at
  * c ^ (r & 7), TMA's SWIZZLE_128B; boxes on 1024-byte boundaries); cp.async (under CUDA-graph capture, where no
@@ -96,7 +95,6 @@ template <bool TMA> struct V9Layout {
     static constexpr size_t QB = TURN + (size_t)kV9S * HALF * 8; /* R(a_0)^T q per frequency */
     static constexpr size_t BARS = QB + (size_t)HALF * 8;      /* full, empty per stage; qfull, qempty per Qa */
     static constexpr size_t TOTAL = BARS + (2 * NST + 4) * 8 + ALIGN; /* + the base's alignment */
-    static constexpr uint32_t SBO = kV9Sbo;
     static_assert(32 * kV9Groups * (2 + kV9R) * 4 <= U, "the records fit in the stages");
     static_assert(TOTAL <= 227 * 1024, "one CTA per SM");
     static_assert(STAGE % 16 == 0 && U % 128 == 0 && QAB % 128 == 0, "copy and descriptor alignment");
@@ -107,11 +105,14 @@ template <bool TMA> struct V9Layout {
 /* the dynamic shared memory a v9 launch asks for: the larger of its two builds */
 constexpr size_t kV9Smem = V9Layout<true>::TOTAL > V9Layout<false>::TOTAL ? V9Layout<true>::TOTAL : V9Layout<false>::TOTAL;
 
+#ifdef PALU_V5_WGMMA /* used by the sm_90a build of the kernel only */
+constexpr uint32_t kV9Sbo = (kV9D / 8) * 128; /* core-matrix images (U_tau, Qa): 8-row groups 2 KB apart */
 /* byte offset of element (row, k) of a K-major no-swizzle core-matrix image (8 rows x 16 bytes per core matrix) */
 __device__ __forceinline__ uint32_t v9_cm(int row, int k)
 {
     return (uint32_t)((row >> 3) * kV9Sbo + (k >> 3) * 128 + (row & 7) * 16 + (k & 7) * 2);
 }
+#endif
 
 
 template <typename T, bool TMA>
@@ -338,8 +339,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     const int cw = warp >> 2, wl = warp & 3;
     const int g = lane >> 2, c = lane & 3, r0 = 16 * wl + g;
     const bool owner = c == (g >> 1);
-    const uint64_t qa_desc0 = dev::wgmma_desc(smem + L::QAB, 128, L::SBO);
-    const uint64_t u_desc0 = dev::wgmma_desc(smem + L::U, 128, L::SBO);
+    const uint64_t qa_desc0 = dev::wgmma_desc(smem + L::QAB, 128, kV9Sbo);
+    const uint64_t u_desc0 = dev::wgmma_desc(smem + L::U, 128, kV9Sbo);
     auto issue = [&](float (&acc)[32], int x, int tau) {
         dev::wgmma_fence();
         const uint64_t ad = qa_desc0 + ((uint64_t)(x * L::QA) >> 4), ud = u_desc0 + ((uint64_t)(tau * L::UT) >> 4);
