@@ -173,11 +173,11 @@ __device__ __forceinline__ uint32_t movm_trans(uint32_t a)
 }
 
 /* Tensor-memory-access copies (sm_90): one thread moves a whole box of a tensor described by a CUtensorMap kernel
- * parameter into shared memory, completing `bytes` of transaction on an mbarrier the consumers wait on. The
- * mbarriers here have one arrival (the issuing thread's arrive.expect_tx), so each fill is one phase. */
-__device__ __forceinline__ void mbar_init(uint64_t *bar)
+ * parameter into shared memory, completing `bytes` of transaction on an mbarrier the consumers wait on. v4's
+ * mbarriers have one arrival (the issuing thread's arrive.expect_tx), so each fill is one phase; v9's take `count`. */
+__device__ __forceinline__ void mbar_init(uint64_t *bar, int count = 1)
 {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(smem_u32(bar)) : "memory");
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count) : "memory");
 }
 /* the inits visible to the async proxy (the TMA unit completes transactions on them) */
 __device__ __forceinline__ void mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }

@@ -13,10 +13,6 @@ using namespace palu_decode;
 #ifdef PALU_V5_WGMMA
 namespace palu_decode __attribute__((visibility("hidden"))) { /* internal to the extension: no exported symbols */
 namespace dev {
-__device__ __forceinline__ void mbar_init_count(uint64_t *bar, int n)
-{
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(n) : "memory");
-}
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
@@ -138,16 +134,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     int *anch = reinterpret_cast<int *>(smem + L::ANCH), *fullreg = anch + 2 * M; /* per Qa buffer */
     if (tid == 0) {
         /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
-        for (int s = 0; s < NST; s++) dev::mbar_init_count(full + s, TMA ? 2 : 32), dev::mbar_init_count(empty + s, 4);
+        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, TMA ? 2 : 32), dev::mbar_init(empty + s, 4);
         for (int x = 0; x < 2; x++)
-            dev::mbar_init_count(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init_count(qempty + x, 4 * kV9Groups);
+            dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 4 * kV9Groups);
         dev::mbar_init_fence();
     }
     __syncthreads();
 
-    if (warp == kV9CopyWarp) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One 128-byte bulk
-                      * copy per row was measured 5-8x slower (run 49): the bulk-copy unit takes small requests one at
-                      * a time.) */
+    if (warp == kV9CopyWarp) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One
+                                * 128-byte bulk copy per row was measured 5-8x slower (run 49): the bulk-copy unit
+                                * takes small requests one at a time.) */
         if constexpr (TMA) {
             /* per step two boxes of 64 rows x rk (rows past the sequence read as zeros); the positions travel through
              * this warp's registers, loaded two steps ahead into alternating sets (a load on this warp's chain, or a
