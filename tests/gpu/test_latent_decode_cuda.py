@@ -383,7 +383,7 @@ def test_v9_irregular_positions(torch_gen, dtype):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v9_long_ranges(torch_gen, dtype):
     """Batch 8 x 32 heads leave one split per (sequence, head) on an H200: every CTA walks 32 blocks of 256 slots,
-    so the two anchored-query buffers and the four latent stages turn over many times; a jump and a random stretch
+    so the two anchored-query buffers and the latent stages turn over many times; a jump and a random stretch
     in between."""
     c = v9_case(torch_gen, 8, 32, 8192, 8192, dtype)
     pos = c["pos"].clone()
@@ -413,8 +413,8 @@ def test_v9_refuses_other_shapes_and_auto_falls_back(torch_gen):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream and a captured CUDA graph give
-    bit for bit the eager result (v9 copies rows by bulk copies: nothing of the call's length is baked into a
-    descriptor, so capture needs no fallback)."""
+    bit for bit the eager result (under capture an explicit v9 copies by cp.async, so nothing of the call's length is
+    baked into a tensor map; auto takes v4 there)."""
     B, H, T, C = 2, 4, 700, 768
     c = v9_case(torch_gen, B, H, T, C, dtype)
     if not V5_OK:
