@@ -3,7 +3,7 @@
 # at Llama-3-8B shapes (8 KV heads x 4 query heads, D 128, rk = rv = 64) against the DRAM floor, and profile one
 # row with ncu. Log in $OUT/log.txt (ncu details in $OUT/probe_details.txt).
 source python/gpu_lib.sh
-step "build"
+step "build"; mkdir -p build
 for n in 4 6; do
   nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -DPROBE_NST=$n -I csrc \
     -I kernels -I third_party/dlpack/include python/probe_gqa.cu -o build/probe_gqa_$n -lcuda || exit 1
