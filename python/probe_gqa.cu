@@ -23,9 +23,9 @@
  * Tensor work per slot: 8K MAC on wgmma (the rebuild) + 2.5K on mma.sync (scores at 4x padding, P . V): ~45% of
  * the H200's tensor rate at its 4.3 TB/s floor. CUDA-core work: ~200 instructions per 16 slots and warp.
  *
- * CTA = 9 warps, one per SM: warps 0-7 two consumer warpgroups (group cw takes steps cw, cw + 2 of every block of
- * S = 4 steps), warp 8 the copies (TMA boxes of 64 rows x rk through NST stages, and R(A) of each block's first
- * position written beside every step's boxes). U_tau images are built by a separate kernel before timing (the
+ * CTA = 8 warps, one per SM: two warpgroups, group cw taking steps cw, cw + 2 of every block of S = 4 steps and
+ * loading them itself (TMA boxes of 64 rows x rk into the stages of its parity; one thread refills a stage once its
+ * four warps are done with it); warp wl of a group rotates query head wl to each block's first position. U_tau images are built by a separate kernel before timing (the
  * library would build them per layer once, or per CTA as v9 does).
  *
  * build: nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -I csrc -I kernels \
@@ -41,22 +41,28 @@ extern "C" palu_status palu_fail(palu_status s, const char *, ...) { return s; }
 extern "C" const char *palu_dtype_name(palu_dtype) { return "?"; }
 
 #ifndef PROBE_NST
-#define PROBE_NST 6
+#define PROBE_NST 8
+#endif
+#ifndef PROBE_CHAINS
+#define PROBE_CHAINS 2 /* independent accumulator chains per score tile */
 #endif
 
 using namespace palu_decode;
 
 namespace probe {
-constexpr int D = 128, R = 64, HALF = 64, S = 4, NST = PROBE_NST, ROWS = 64, NREP = 4;
-constexpr int CWARPS = 8, THREADS = 32 * (CWARPS + 1);
+constexpr int D = 128, R = 64, HALF = 64, S = 4, NST = PROBE_NST, ROWS = 64, NREP = 4, NCH = PROBE_CHAINS;
+/* two warpgroups and nothing else: ptxas sizes registers per warpgroup for a wgmma kernel, so a ninth (copy) warp
+ * would cut every thread to 168 registers; each warpgroup issues the TMA copies of its own stages instead */
+constexpr int CWARPS = 8, THREADS = 32 * CWARPS;
 constexpr size_t TILE = (size_t)ROWS * R * 2;                     /* one 64-row latent box, 8 KB, SW128 */
-constexpr size_t RA = 2 * TILE;                                   /* R(A) per frequency (float2), after K and V */
-constexpr size_t STAGE = (RA + HALF * 8 + 1023) / 1024 * 1024;    /* 17 KB */
+constexpr size_t STAGE = 2 * TILE;                                /* K and V */
 constexpr size_t UT = (size_t)D * R * 2;                          /* one U_tau image, 16 KB */
-constexpr size_t OFF_U = NST * STAGE, OFF_Q = OFF_U + S * UT, OFF_BAR = OFF_Q + NREP * D * 4;
+constexpr int QROW = 2 * D + 16;                                  /* Q_A row (fp16), padded: conflict-free reads */
+constexpr size_t OFF_U = NST * STAGE, OFF_QA = OFF_U + S * UT, OFF_BAR = OFF_QA + 2 * 2 * NREP * QROW;
 constexpr size_t SMEM = OFF_BAR + 8 * (2 * NST) + 1024;
 static_assert(SMEM <= 232448, "shared memory per CTA");
 static_assert(CWARPS * NREP * (2 + R) * 4 <= NST * STAGE, "records fit in the stages");
+static_assert(NST % 2 == 0 && NST >= 6, "each warpgroup owns the stages of its parity, two held and the rest loading");
 constexpr uint32_t USBO = (R / 8) * 128; /* U_tau image: N = D rows, K = rk; 8-row groups 1 KB apart */
 
 /* byte offset of U_tau[d][j] in its image (K-major, no swizzle, core matrices of 8 rows x 16 bytes) */
@@ -65,13 +71,8 @@ __host__ __device__ inline uint32_t ucm(int d, int j)
     return (uint32_t)((d >> 3) * USBO + (j >> 3) * 128 + (d & 7) * 16 + (j & 7) * 2);
 }
 
-/* 128-byte-swizzled K-major descriptor (the TMA SWIZZLE_128B box of 64-element rows): SBO 1024 (8-row groups),
- * layout type 1 in bits 62-63; the tile starts on a 1024-byte boundary */
-__device__ __forceinline__ uint64_t desc_sw128(const void *p)
-{
-    const uint32_t a = dev::smem_u32(p);
-    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)1 << 16) | ((uint64_t)(1024 >> 4) << 32) | ((uint64_t)1 << 62);
-}
+/* the constant high word of a wgmma descriptor: SBO, and the layout type (1: 128-byte swizzle) */
+__device__ __forceinline__ uint64_t desc_hi(uint32_t sbo, uint32_t layout) { return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32; }
 
 __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
 {
@@ -84,12 +85,6 @@ __device__ __forceinline__ uint32_t h2u(__half2 h)
     memcpy(&u, &h, 4);
     return u;
 }
-__device__ __forceinline__ __half2 u2h(uint32_t u)
-{
-    __half2 h;
-    memcpy(&h, &u, 4);
-    return h;
-}
 
 /* grid (split, KV head, sequence); p.ws gets one (m, l, z) record per query head and split (log2 domain) */
 __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, const char *ut,
@@ -100,54 +95,36 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
     smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023;
     const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T;
+    const int g = lane >> 2, c = lane & 3, cw = warp >> 2, wl = warp & 3;
     const int chunk = ((T_len + p.splits - 1) / p.splits + ROWS * S - 1) / (ROWS * S) * (ROWS * S);
     const int t0 = split * chunk, t1 = min(T_len, t0 + chunk);
-    const int nblocks = t1 > t0 ? (t1 - t0 + ROWS * S - 1) / (ROWS * S) : 0;
+    const int nblocks = t1 > t0 ? (t1 - t0 + ROWS * S - 1) / (ROWS * S) : 0, nsteps = nblocks * S;
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + OFF_BAR), *empty = full + NST;
     if (tid == 0) {
-        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, 2), dev::mbar_init(empty + s, 4);
+        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, 1), dev::mbar_init(empty + s, 4);
         dev::mbar_init_fence();
     }
     __syncthreads();
+    const bool issuer = wl == 0 && lane == 0; /* copies this warpgroup's stages (parity cw) */
+    auto load = [&](int st) {
+        char *kt = smem + (st % NST) * STAGE;
+        uint64_t *bar = full + st % NST;
+        dev::mbar_expect(bar, (uint32_t)(2 * TILE));
+        dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + ROWS * st, b, bar);
+        dev::tma_load_3d(kt + TILE, &maps.v, p.groups.vcol[h], t0 + ROWS * st, b, bar);
+    };
+    if (issuer)
+        for (int st = cw; st < min(nsteps, NST); st += 2) load(st);
 
-    if (warp == CWARPS) { /* ---- copies: per step two boxes (K, V) and R(A) of the step's block ---- */
-        const float2 tr0 = turn_split(p.inv_freq[lane]), tr1 = turn_split(p.inv_freq[lane + 32]);
-        float2 ra0 = make_float2(1.f, 0.f), ra1 = ra0;
-        for (int st = 0; st < nblocks * S; st++) {
-            const int s = st % NST;
-            if (st % S == 0) { /* positions are the slot indices in this probe */
-                const int A = t0 + st * ROWS;
-                rope_cos_sin(A, tr0, &ra0.x, &ra0.y);
-                rope_cos_sin(A, tr1, &ra1.x, &ra1.y);
-            }
-            if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
-            char *kt = smem + s * STAGE;
-            if (lane == 0) {
-                dev::mbar_expect(full + s, (uint32_t)(2 * TILE));
-                dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + ROWS * st, b, full + s);
-                dev::tma_load_3d(kt + TILE, &maps.v, p.groups.vcol[h], t0 + ROWS * st, b, full + s);
-            }
-            reinterpret_cast<float2 *>(kt + RA)[lane] = ra0;
-            reinterpret_cast<float2 *>(kt + RA)[lane + 32] = ra1;
-            __syncwarp();
-            if (lane == 0) mbar_arrive(full + s);
-        }
-        return;
-    }
-
-    /* ---- prologue (consumers): U_tau images and the queries into shared memory ---- */
+    /* ---- prologue: the U_tau images into shared memory ---- */
     {
         const char *src = ut + (size_t)h * S * UT;
-        for (int e = tid; e < (int)(S * UT / 16); e += 32 * CWARPS) dev::cp_async16(smem + OFF_U + 16 * e, src + 16 * e, true);
+        for (int e = tid; e < (int)(S * UT / 16); e += THREADS) dev::cp_async16(smem + OFF_U + 16 * e, src + 16 * e, true);
         dev::cp_async_commit();
-        float *qs = reinterpret_cast<float *>(smem + OFF_Q);
-        const __half *qg = static_cast<const __half *>(p.q) + ((size_t)b * p.H + (size_t)h * NREP) * D;
-        for (int e = tid; e < NREP * D; e += 32 * CWARPS) qs[e] = __half2float(qg[e]);
         dev::cp_async_wait<0>();
         dev::fence_proxy_async();
-        dev::bar_named_n(2, 32 * CWARPS);
+        __syncthreads();
     }
-    const int cw = warp >> 2, wl = warp & 3, g = lane >> 2, c = lane & 3;
     /* R(k) for this thread's rows k = 16 wl + g and + 8, frequencies f = 8 i + 2 c + e (i < 8, e < 2): packed half2
      * (e = 0, 1) cos and sin per row and i */
     __half2 kc[2][8], ks[2][8];
@@ -163,57 +140,67 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
             ks[rr][i] = __floats2half2_rn(s0, s1);
         }
     }
-    const float *qs = reinterpret_cast<const float *>(smem + OFF_Q);
-    uint32_t qf[8][2]; /* A operand rows g < NREP: (R(A)^T q_g) at d = 16 kk + 2 c (+1) and + 8 (+9) */
-    auto rotate_queries = [&](const char *stage) {
-        const float2 *ra = reinterpret_cast<const float2 *>(stage + RA);
+    /* Q_A = R(A)^T q per block: warp wl rotates query head wl, lane taking frequencies lane and lane + 32 */
+    const __half *qg = static_cast<const __half *>(p.q) + ((size_t)b * p.H + (size_t)h * NREP + wl) * D;
+    float qlo[2], qhi[2];
+    float2 qtr[2];
 #pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int d = 16 * kk + 2 * c + 8 * hf; /* < 64; partner d + 64 sits at kk + 4 */
-                float lo[2], hi[2];
-#pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float2 cs = ra[d + e];
-                    const float ql = g < NREP ? qs[g * D + d + e] : 0.0f, qh = g < NREP ? qs[g * D + d + e + HALF] : 0.0f;
-                    lo[e] = ql * cs.x + qh * cs.y;
-                    hi[e] = qh * cs.x - ql * cs.y;
-                }
-                qf[kk][hf] = Num<__half>::pack(lo[0], lo[1]);
-                qf[kk + 4][hf] = Num<__half>::pack(hi[0], hi[1]);
-            }
-    };
+    for (int e = 0; e < 2; e++)
+        qlo[e] = __half2float(qg[lane + 32 * e]), qhi[e] = __half2float(qg[lane + 32 * e + HALF]),
+        qtr[e] = turn_split(p.inv_freq[lane + 32 * e]);
+    char *qab = smem + OFF_QA + (size_t)cw * 2 * NREP * QROW; /* this warpgroup's two Q_A buffers */
 
-    const uint64_t u_desc0 = dev::wgmma_desc(smem + OFF_U, 128, USBO);
+    const uint32_t u_lo = (dev::smem_u32(smem + OFF_U) >> 4) | ((128u >> 4) << 16);
+    const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
+    const uint64_t u_hi = desc_hi(USBO, 0), k_hi = desc_hi(1024, 1);
     float acc[64];
-    auto issue = [&](int st) {
-        const int s = st % NST, tau = st % S;
+    auto issue = [&](int s, int tau) {
         dev::wgmma_fence();
-        const uint64_t ad = desc_sw128(smem + s * STAGE), ud = u_desc0 + ((uint64_t)(tau * UT) >> 4);
+        const uint32_t ad = k_lo + (uint32_t)(s * (STAGE >> 4)), ud = u_lo + (uint32_t)(tau * (UT >> 4));
 #pragma unroll
-        for (int kk = 0; kk < R / 16; kk++) dev::wgmma_k16<__half, 128>(acc, ad + (uint64_t)(2 * kk), ud + (uint64_t)(16 * kk), kk > 0);
+        for (int kk = 0; kk < R / 16; kk++)
+            dev::wgmma_k16<__half, 128>(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
         dev::wgmma_commit();
     };
-    float o[4][4] = {};
-    float m_run = -INFINITY, l_run = 0.0f;
-    const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
-    const int nown = nblocks * 2; /* this warpgroup's steps: blk * S + cw + 2 x */
-    auto own = [&](int x) { return (x >> 1) * S + cw + 2 * (x & 1); };
-    if (nown > 0) {
-        dev::mbar_wait(full + own(0) % NST, (own(0) / NST) & 1);
-        issue(own(0));
-    }
     auto wait_acc = [&]() {
         dev::wgmma_wait0();
 #pragma unroll
         for (int e = 0; e < 64; e++) dev::fence_reg(acc[e]);
     };
+    float o[4][4] = {};
+    float m_run = -INFINITY, l_run = 0.0f;
+    uint32_t qa[8][2] = {};
+    const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
+    const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, cw + 4, ... */
+    int s = cw, ph = 0;           /* stage and phase of this warpgroup's current step */
+    auto advance = [](int &s_, int &ph_) { s_ += 2; if (s_ >= NST) s_ -= NST, ph_ ^= 1; };
+    if (nown > 0) {
+        dev::mbar_wait(full + s, ph);
+        issue(s, cw);
+    }
     wait_acc();
     for (int x = 0; x < nown; x++) {
-        const int st = own(x), s = st % NST;
+        const int st = cw + 2 * x;
         const char *kt = smem + s * STAGE, *vt = kt + TILE;
-        if ((x & 1) == 0) rotate_queries(kt);
+        if ((x & 1) == 0) { /* a new block: its rotated queries (positions are the slot indices in this probe) */
+            char *buf = qab + (x >> 1 & 1) * NREP * QROW;
+            const int A = t0 + st / S * ROWS * S;
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                float cs, sn;
+                rope_cos_sin(A, qtr[e], &cs, &sn);
+                __half *row = reinterpret_cast<__half *>(buf + wl * QROW);
+                row[lane + 32 * e] = __float2half_rn(qlo[e] * cs + qhi[e] * sn);
+                row[lane + 32 * e + HALF] = __float2half_rn(qhi[e] * cs - qlo[e] * sn);
+            }
+            dev::bar_wg(1 + cw);
+            if (g < NREP)
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+                        qa[kk][hf] = *reinterpret_cast<const uint32_t *>(buf + g * QROW + (16 * kk + 2 * c + 8 * hf) * 2);
+        }
         /* pack and rotate by R(k): chunk i (dims 8 i + 2 c, +1) with its partner chunk i + 8 */
         uint32_t pk[2][16];
 #pragma unroll
@@ -225,22 +212,32 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
                 pk[rr][i] = h2u(__hfma2(__hneg2(hi), ks[rr][i], __hmul2(lo, kc[rr][i])));
                 pk[rr][i + 8] = h2u(__hfma2(lo, ks[rr][i], __hmul2(hi, kc[rr][i])));
             }
+        int sn = s, phn = ph;
+        advance(sn, phn);
         if (x + 1 < nown) { /* the next step's rebuild runs under this step's scores, softmax and P . V */
-            const int nx = own(x + 1);
-            dev::mbar_wait(full + nx % NST, (nx / NST) & 1);
-            issue(nx);
+            dev::mbar_wait(full + sn, phn);
+            issue(sn, (st + 2) % S);
         }
-        /* S^T (16 heads, 4 real x 8 slots) per row tile nt: rows 8 nt .. 8 nt + 7 of this warp */
-        float sc[2][4] = {};
+        if (issuer && x > 0 && st - 2 + NST < nsteps) { /* refill the previous step's stage once its 4 warps are done */
+            const int sp = s == cw ? s + NST - 2 : s - 2, php = s == cw ? ph ^ 1 : ph;
+            dev::mbar_wait(empty + sp, php);
+            load(st - 2 + NST);
+        }
+        /* S^T (16 heads, 4 real x 8 slots) per row tile nt: rows 8 nt .. 8 nt + 7 of this warp; NCH chains each */
+        float sc[2][NCH][4] = {};
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
-            const uint32_t a[4] = {qf[kk][0], 0u, qf[kk][1], 0u};
-            dev::mma16816<__half>(sc[0], a, pk[0][2 * kk], pk[0][2 * kk + 1]);
-            dev::mma16816<__half>(sc[1], a, pk[1][2 * kk], pk[1][2 * kk + 1]);
+            const uint32_t a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
+            dev::mma16816<__half>(sc[0][kk % NCH], a, pk[0][2 * kk], pk[0][2 * kk + 1]);
+            dev::mma16816<__half>(sc[1][kk % NCH], a, pk[1][2 * kk], pk[1][2 * kk + 1]);
         }
+#pragma unroll
+        for (int ch = 1; ch < NCH; ch++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++) sc[nt][0][0] += sc[nt][ch][0], sc[nt][0][1] += sc[nt][ch][1];
         /* head g's scores for this warp's rows 2 c, 2 c + 1 (tile 0) and 8 + 2 c, 9 + 2 c (tile 1) */
         const int sl = t0 + ROWS * st + 16 * wl + 2 * c;
-        float v[4] = {sc[0][0], sc[0][1], sc[1][0], sc[1][1]};
+        float v[4] = {sc[0][0][0], sc[0][0][1], sc[1][0][0], sc[1][0][1]};
 #pragma unroll
         for (int e = 0; e < 4; e++) v[e] = sl + (e & 1) + 8 * (e >> 1) < t1 ? v[e] * p.score_scale : -INFINITY;
         float mx = fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3]));
@@ -270,11 +267,12 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
         }
         __syncwarp();
         if (lane == 0) mbar_arrive(empty + s);
+        s = sn, ph = phn;
         wait_acc(); /* the next step's rebuild (a no-op after the last step) */
     }
 
     /* records: warp w, head j at recs + (w NREP + j)(2 + R) */
-    dev::bar_named_n(1, 32 * CWARPS);
+    __syncthreads();
     float *recs = reinterpret_cast<float *>(smem);
     constexpr int REC = 2 + R;
     l_run += dev::shfl_xor(l_run, 1);
@@ -287,7 +285,7 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
 #pragma unroll
             for (int mb = 0; mb < 4; mb++) rec[16 * mb + g + 8 * (e >> 1)] = o[mb][e];
         }
-    dev::bar_named_n(1, 32 * CWARPS);
+    __syncthreads();
     combine_cta_partials<R>(p, b, h * NREP, split, CWARPS, recs, false);
 #endif
 }
