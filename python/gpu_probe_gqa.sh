@@ -25,5 +25,6 @@ timeout 120 ncu --clock-control none --set full -k regex:gqa_kernel --launch-ski
 ncu -i "$OUT/probe.ncu-rep" --page details > "$OUT/probe_details.txt" 2>&1
 grep -E "Duration|Registers Per|Issue Slots Busy|Eligible Warps|DRAM Throughput|L1/TEX Cache Throughput|Executed Instructions  |Shared" \
   "$OUT/probe_details.txt" | head -14
+ncu -i "$OUT/probe.ncu-rep" --page source --csv --print-source sass > "$OUT/probe_source.csv" 2>&1
 rm -f "$OUT/probe.ncu-rep"
 step "done"
