@@ -15,12 +15,12 @@
  * so one step is (1) K_tau = C . U_tau^T on wgmma (m64n128, K = rk, both operands in shared memory: the latent box
  * as TMA wrote it, 128-byte swizzled, and a precomputed U_tau image): one rebuild per KV head, no per-key angle;
  * (2) each thread rotates its accumulators by R(k) for its own two rows k, angles fixed for the whole kernel (kept
- * in registers as half2); (3) the scores of all n_rep heads as one mma.sync S^T = Q_A . K^T per 16 slots, with
- * Q_A = R(A)^T Q (n_rep rows of 16, rotated once per block) as the A operand and the packed keys as the B operand
- * straight from the accumulators; (4) P^T lands in exactly the B-operand layout of O^T += V^T . P, so the online
- * softmax needs two quad shuffles per step and no transposes.
+ * in registers as half2); (3) the scores of all n_rep heads as mma.sync S = K . Q_A^T per 16 slots, the packed
+ * keys as the A operand straight from the accumulators and Q_A = R(A)^T Q (rotated once per block; n_rep of 8
+ * columns) as B; (4) P, transposed per 8 x 8 half in registers (movmatrix), is the B operand of O^T += V^T . P,
+ * and O^T's columns are the heads whose softmax state the thread keeps: no shuffle to rescale.
  *
- * Tensor work per slot: 8K MAC on wgmma (the rebuild) + 2.5K on mma.sync (scores at 4x padding, P . V): ~45% of
+ * Tensor work per slot: 8K MAC on wgmma (the rebuild) + 1.5K on mma.sync (scores and P . V at 2x padding): ~40% of
  * the H200's tensor rate at its 4.3 TB/s floor. CUDA-core work: ~200 instructions per 16 slots and warp.
  *
  * CTA = 8 warps, one per SM: two warpgroups, group cw taking steps cw, cw + 2 of every block of S = 4 steps and
@@ -44,7 +44,7 @@ extern "C" const char *palu_dtype_name(palu_dtype) { return "?"; }
 #define PROBE_NST 8
 #endif
 #ifndef PROBE_CHAINS
-#define PROBE_CHAINS 2 /* independent accumulator chains per score tile */
+#define PROBE_CHAINS 1 /* independent accumulator chains of the scores */
 #endif
 
 using namespace palu_decode;
@@ -168,7 +168,7 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
         for (int e = 0; e < 64; e++) dev::fence_reg(acc[e]);
     };
     float o[4][4] = {};
-    float m_run = -INFINITY, l_run = 0.0f;
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
     uint32_t qa[8][2] = {};
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
     const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, cw + 4, ... */
@@ -212,9 +212,20 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
                 pk[rr][i] = h2u(__hfma2(__hneg2(hi), ks[rr][i], __hmul2(lo, kc[rr][i])));
                 pk[rr][i + 8] = h2u(__hfma2(lo, ks[rr][i], __hmul2(hi, kc[rr][i])));
             }
+        /* S (16 slots x 8 heads, 4 real) = K . Q_A^T: the packed keys as the A operand, Q_A^T as B; NCH chains */
+        float sc[NCH][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
+            dev::mma16816<__half>(sc[kk % NCH], a, qa[kk][0], qa[kk][1]);
+        }
+#pragma unroll
+        for (int ch = 1; ch < NCH; ch++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) sc[0][e] += sc[ch][e];
         int sn = s, phn = ph;
         advance(sn, phn);
-        if (x + 1 < nown) { /* the next step's rebuild runs under this step's scores, softmax and P . V */
+        if (x + 1 < nown) { /* the next step's rebuild runs under this step's softmax and P . V */
             dev::mbar_wait(full + sn, phn);
             issue(sn, (st + 2) % S);
         }
@@ -223,41 +234,31 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
             dev::mbar_wait(empty + sp, php);
             load(st - 2 + NST);
         }
-        /* S^T (16 heads, 4 real x 8 slots) per row tile nt: rows 8 nt .. 8 nt + 7 of this warp; NCH chains each */
-        float sc[2][NCH][4] = {};
+        /* this thread's scores: slots g, g + 8 of this warp's 16 (e >> 1) for heads 2 c, 2 c + 1 (e & 1) */
+        const int sl = t0 + ROWS * st + 16 * wl + g;
+        float v[4];
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            const uint32_t a[4] = {qa[kk][0], 0u, qa[kk][1], 0u};
-            dev::mma16816<__half>(sc[0][kk % NCH], a, pk[0][2 * kk], pk[0][2 * kk + 1]);
-            dev::mma16816<__half>(sc[1][kk % NCH], a, pk[1][2 * kk], pk[1][2 * kk + 1]);
-        }
-#pragma unroll
-        for (int ch = 1; ch < NCH; ch++)
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++) sc[nt][0][0] += sc[nt][ch][0], sc[nt][0][1] += sc[nt][ch][1];
-        /* head g's scores for this warp's rows 2 c, 2 c + 1 (tile 0) and 8 + 2 c, 9 + 2 c (tile 1) */
-        const int sl = t0 + ROWS * st + 16 * wl + 2 * c;
-        float v[4] = {sc[0][0][0], sc[0][0][1], sc[1][0][0], sc[1][0][1]};
-#pragma unroll
-        for (int e = 0; e < 4; e++) v[e] = sl + (e & 1) + 8 * (e >> 1) < t1 ? v[e] * p.score_scale : -INFINITY;
-        float mx = fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3]));
-        mx = fmaxf(mx, dev::shfl_xor(mx, 1));
-        mx = fmaxf(mx, dev::shfl_xor(mx, 2));
-        const float m_new = fmaxf(m_run, mx);
-        const bool grow = m_new > m_run;
-        float corr = 1.0f;
-        if (grow) corr = dev::ex2(m_run - m_new), l_run *= corr, m_run = m_new;
-        if (__any_sync(0xffffffffu, grow)) { /* O^T columns 2 c, 2 c + 1 are heads 2 c, 2 c + 1 (quads 2 c, 2 c + 1) */
-            const float c0 = dev::shfl(corr, 8 * c), c1 = dev::shfl(corr, 8 * c + 4);
-#pragma unroll
-            for (int mb = 0; mb < 4; mb++) o[mb][0] *= c0, o[mb][1] *= c1, o[mb][2] *= c0, o[mb][3] *= c1;
-        }
-        const float mu = m_run == -INFINITY ? 0.0f : m_run;
+        for (int e = 0; e < 4; e++) v[e] = sl + 8 * (e >> 1) < t1 ? sc[0][e] * p.score_scale : -INFINITY;
         float pr[4];
 #pragma unroll
-        for (int e = 0; e < 4; e++) pr[e] = dev::ex2(v[e] - mu);
-        l_run += (pr[0] + pr[1]) + (pr[2] + pr[3]);
-        const uint32_t b0 = Num<__half>::pack(pr[0], pr[1]), b1 = Num<__half>::pack(pr[2], pr[3]);
+        for (int e = 0; e < 2; e++) { /* head 2 c + e: its max over the 16 slots (lanes of equal c), then rescale */
+            float mx = fmaxf(v[e], v[e + 2]);
+            mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+            mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+            mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+            const float m_new = fmaxf(m_run[e], mx);
+            if (m_new > m_run[e]) {
+                const float corr = dev::ex2(m_run[e] - m_new);
+                l_run[e] *= corr, m_run[e] = m_new;
+#pragma unroll
+                for (int mb = 0; mb < 4; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
+            }
+            const float mu = m_run[e] == -INFINITY ? 0.0f : m_run[e];
+            pr[e] = dev::ex2(v[e] - mu), pr[e + 2] = dev::ex2(v[e + 2] - mu);
+            l_run[e] += pr[e] + pr[e + 2];
+        }
+        /* P (slots x heads) to the B operand of O^T += V^T P: each 8 x 8 half transposed in registers */
+        const uint32_t b0 = dev::movm_trans(Num<__half>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<__half>::pack(pr[2], pr[3]));
 #pragma unroll
         for (int mb = 0; mb < 4; mb++) {
             uint32_t a[4];
@@ -275,9 +276,13 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
     __syncthreads();
     float *recs = reinterpret_cast<float *>(smem);
     constexpr int REC = 2 + R;
-    l_run += dev::shfl_xor(l_run, 1);
-    l_run += dev::shfl_xor(l_run, 2);
-    if (c == 0 && g < NREP) recs[(warp * NREP + g) * REC] = m_run, recs[(warp * NREP + g) * REC + 1] = l_run;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l_run[e] += dev::shfl_xor(l_run[e], 4);
+        l_run[e] += dev::shfl_xor(l_run[e], 8);
+        l_run[e] += dev::shfl_xor(l_run[e], 16);
+        if (g == 0 && c < NREP / 2) recs[(warp * NREP + 2 * c + e) * REC] = m_run[e], recs[(warp * NREP + 2 * c + e) * REC + 1] = l_run[e];
+    }
     if (c < NREP / 2)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
