@@ -7,13 +7,13 @@ step "build"; mkdir -p build
 b() { nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a "$@" -I csrc -I kernels \
   -I third_party/dlpack/include python/probe_gqa.cu -lcuda; }
 # wait on these pids only: a bare `wait` would also wait for gpu_lib.sh's tee
-b -o build/probe_gqa_8 & p1=$!; b -DPROBE_NST=6 -o build/probe_gqa_6 & p2=$!; b -DPROBE_CHAINS=2 -o build/probe_gqa_c2 & p3=$!
+b -o build/probe_gqa_8 & p1=$!; b -DPROBE_LAZY=0 -o build/probe_gqa_l0 & p2=$!; b -DPROBE_CHAINS=2 -o build/probe_gqa_c2 & p3=$!
 wait $p1 $p2 $p3
-ls build/probe_gqa_8 build/probe_gqa_6 build/probe_gqa_c2 > /dev/null || exit 1
+ls build/probe_gqa_8 build/probe_gqa_l0 build/probe_gqa_c2 > /dev/null || exit 1
 step "check"
-for n in 8 6 c2; do ./build/probe_gqa_$n check; echo "check exit $?"; done
+for n in 8 l0 c2; do for qs in 1 12; do ./build/probe_gqa_$n check $qs; echo "check exit $?"; done; done
 step "time (kernel only, medians of 20)"
-for n in 8 6 c2; do
+for n in 8 l0 c2; do
   for T in 16384 65536 131072; do
     ./build/probe_gqa_$n time 1 8 $T 16 20
     ./build/probe_gqa_$n time 8 8 $T 2 20

@@ -25,12 +25,12 @@
  *
  * CTA = 8 warps, one per SM: two warpgroups, group cw taking steps cw, cw + 2 of every block of S = 4 steps and
  * loading them itself (TMA boxes of 64 rows x rk into the stages of its parity; one thread refills a stage once its
- * four warps are done with it); warp wl of a group rotates query head wl to each block's first position. U_tau images are built by a separate kernel before timing (the
+ * four warps are done with it); each warp rotates the n_rep queries to each block's first position for itself. U_tau images are built by a separate kernel before timing (the
  * library would build them per layer once, or per CTA as v9 does).
  *
  * build: nvcc -O3 -std=c++17 --expt-relaxed-constexpr -gencode arch=compute_90a,code=sm_90a -I csrc -I kernels \
  *        -I third_party/dlpack/include python/probe_gqa.cu -o probe_gqa -lcuda
- * run:   ./probe_gqa check | ./probe_gqa time B HKV T SPLITS ITERS */
+ * run:   ./probe_gqa check [QSCALE] | ./probe_gqa time B HKV T SPLITS ITERS */
 #include "../kernels/latent_decode_common.cuh"
 
 #include <algorithm>
@@ -42,6 +42,9 @@ extern "C" const char *palu_dtype_name(palu_dtype) { return "?"; }
 
 #ifndef PROBE_NST
 #define PROBE_NST 8
+#endif
+#ifndef PROBE_LAZY
+#define PROBE_LAZY 1 /* 1: a head's max is reduced over the warp only when a score passes the running max by 8 */
 #endif
 #ifndef PROBE_CHAINS
 #define PROBE_CHAINS 1 /* independent accumulator chains of the scores */
@@ -58,7 +61,7 @@ constexpr size_t TILE = (size_t)ROWS * R * 2;                     /* one 64-row 
 constexpr size_t STAGE = 2 * TILE;                                /* K and V */
 constexpr size_t UT = (size_t)D * R * 2;                          /* one U_tau image, 16 KB */
 constexpr int QROW = 2 * D + 16;                                  /* Q_A row (fp16), padded: conflict-free reads */
-constexpr size_t OFF_U = NST * STAGE, OFF_QA = OFF_U + S * UT, OFF_BAR = OFF_QA + 2 * 2 * NREP * QROW;
+constexpr size_t OFF_U = NST * STAGE, OFF_QA = OFF_U + S * UT, OFF_BAR = OFF_QA + CWARPS * NREP * QROW;
 constexpr size_t SMEM = OFF_BAR + 8 * (2 * NST) + 1024;
 static_assert(SMEM <= 232448, "shared memory per CTA");
 static_assert(CWARPS * NREP * (2 + R) * 4 <= NST * STAGE, "records fit in the stages");
@@ -140,15 +143,19 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
             ks[rr][i] = __floats2half2_rn(s0, s1);
         }
     }
-    /* Q_A = R(A)^T q per block: warp wl rotates query head wl, lane taking frequencies lane and lane + 32 */
-    const __half *qg = static_cast<const __half *>(p.q) + ((size_t)b * p.H + (size_t)h * NREP + wl) * D;
-    float qlo[2], qhi[2];
+    /* Q_A = R(A)^T q per block, each warp for itself (no barrier): lane takes frequencies lane and lane + 32 of
+     * every head into its warp's buffer, then reads its fragments back */
+    const __half *qg = static_cast<const __half *>(p.q) + ((size_t)b * p.H + (size_t)h * NREP) * D;
+    float qlo[NREP][2], qhi[NREP][2];
     float2 qtr[2];
 #pragma unroll
-    for (int e = 0; e < 2; e++)
-        qlo[e] = __half2float(qg[lane + 32 * e]), qhi[e] = __half2float(qg[lane + 32 * e + HALF]),
+    for (int e = 0; e < 2; e++) {
         qtr[e] = turn_split(p.inv_freq[lane + 32 * e]);
-    char *qab = smem + OFF_QA + (size_t)cw * 2 * NREP * QROW; /* this warpgroup's two Q_A buffers */
+#pragma unroll
+        for (int j = 0; j < NREP; j++)
+            qlo[j][e] = __half2float(qg[j * D + lane + 32 * e]), qhi[j][e] = __half2float(qg[j * D + lane + 32 * e + HALF]);
+    }
+    char *buf = smem + OFF_QA + (size_t)warp * NREP * QROW;
 
     const uint32_t u_lo = (dev::smem_u32(smem + OFF_U) >> 4) | ((128u >> 4) << 16);
     const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
@@ -183,17 +190,20 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
         const int st = cw + 2 * x;
         const char *kt = smem + s * STAGE, *vt = kt + TILE;
         if ((x & 1) == 0) { /* a new block: its rotated queries (positions are the slot indices in this probe) */
-            char *buf = qab + (x >> 1 & 1) * NREP * QROW;
             const int A = t0 + st / S * ROWS * S;
+            __syncwarp(); /* this warp's reads of the previous block's fragments are done */
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 float cs, sn;
                 rope_cos_sin(A, qtr[e], &cs, &sn);
-                __half *row = reinterpret_cast<__half *>(buf + wl * QROW);
-                row[lane + 32 * e] = __float2half_rn(qlo[e] * cs + qhi[e] * sn);
-                row[lane + 32 * e + HALF] = __float2half_rn(qhi[e] * cs - qlo[e] * sn);
+#pragma unroll
+                for (int j = 0; j < NREP; j++) {
+                    __half *row = reinterpret_cast<__half *>(buf + j * QROW);
+                    row[lane + 32 * e] = __float2half_rn(qlo[j][e] * cs + qhi[j][e] * sn);
+                    row[lane + 32 * e + HALF] = __float2half_rn(qhi[j][e] * cs - qlo[j][e] * sn);
+                }
             }
-            dev::bar_wg(1 + cw);
+            __syncwarp();
             if (g < NREP)
 #pragma unroll
                 for (int kk = 0; kk < 8; kk++)
@@ -240,18 +250,27 @@ __global__ void __launch_bounds__(THREADS, 1) gqa_kernel(const DecodeParams p, c
 #pragma unroll
         for (int e = 0; e < 4; e++) v[e] = sl + 8 * (e >> 1) < t1 ? sc[0][e] * p.score_scale : -INFINITY;
         float pr[4];
+        bool reduce = true;
+        if (PROBE_LAZY) { /* scores within 2^8 of the running max: P up to 256, still exact in fp16's range */
+            bool big = false;
+#pragma unroll
+            for (int e = 0; e < 4; e++) big = big || v[e] > m_run[e & 1] + 8.0f;
+            reduce = __any_sync(0xffffffffu, big);
+        }
 #pragma unroll
         for (int e = 0; e < 2; e++) { /* head 2 c + e: its max over the 16 slots (lanes of equal c), then rescale */
-            float mx = fmaxf(v[e], v[e + 2]);
-            mx = fmaxf(mx, dev::shfl_xor(mx, 4));
-            mx = fmaxf(mx, dev::shfl_xor(mx, 8));
-            mx = fmaxf(mx, dev::shfl_xor(mx, 16));
-            const float m_new = fmaxf(m_run[e], mx);
-            if (m_new > m_run[e]) {
-                const float corr = dev::ex2(m_run[e] - m_new);
-                l_run[e] *= corr, m_run[e] = m_new;
+            if (reduce) {
+                float mx = fmaxf(v[e], v[e + 2]);
+                mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+                const float m_new = fmaxf(m_run[e], mx);
+                if (m_new > m_run[e]) {
+                    const float corr = dev::ex2(m_run[e] - m_new);
+                    l_run[e] *= corr, m_run[e] = m_new;
 #pragma unroll
-                for (int mb = 0; mb < 4; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
+                    for (int mb = 0; mb < 4; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
+                }
             }
             const float mu = m_run[e] == -INFINITY ? 0.0f : m_run[e];
             pr[e] = dev::ex2(v[e] - mu), pr[e + 2] = dev::ex2(v[e + 2] - mu);
@@ -370,7 +389,8 @@ int main(int argc, char **argv)
     CK(cudaMalloc(&q, nq * 2)); CK(cudaMalloc(&kl, nl * 2)); CK(cudaMalloc(&vl, nl * 2)); CK(cudaMalloc(&uk, nu * 2));
     CK(cudaMalloc(&ut, (size_t)Hkv * S * UT)); CK(cudaMalloc(&inv, HALF * 4));
     CK(cudaMalloc(&ws, (size_t)B * H * splits * W * 4));
-    fill_rand<<<512, 256>>>(q, nq, 1u, 1.0f); fill_rand<<<4096, 256>>>(kl, nl, 2u, 1.0f);
+    const float qscale = check && argc > 2 ? (float)atof(argv[2]) : 1.0f; /* larger: sharper softmax */
+    fill_rand<<<512, 256>>>(q, nq, 1u, qscale); fill_rand<<<4096, 256>>>(kl, nl, 2u, 1.0f);
     fill_rand<<<4096, 256>>>(vl, nl, 3u, 1.0f); fill_rand<<<512, 256>>>(uk, nu, 4u, 0.35f);
     std::vector<float> hinv(HALF);
     for (int i = 0; i < HALF; i++) hinv[i] = (float)pow(500000.0, -2.0 * i / D);
@@ -434,8 +454,8 @@ int main(int argc, char **argv)
                 const double err = sqrt(num / den);
                 worst = std::isnan(err) ? INFINITY : fmax(worst, err);
             }
-        printf("check B=%d Hkv=%d n_rep=%d T=%d splits=%d: worst relative L2 error %.3e\n", B, Hkv, NREP, T, splits,
-               worst);
+        printf("check B=%d Hkv=%d n_rep=%d T=%d splits=%d qscale=%g: worst relative L2 error %.3e\n", B, Hkv, NREP, T,
+               splits, qscale, worst);
         return worst < 2e-3 ? 0 : 2;
     }
     cudaEvent_t e0, e1;
