@@ -1921,9 +1921,11 @@ palu_status check_sizes(const palu_latent_decode_args *a)
     if (a->dtype != PALU_DTYPE_F16 && a->dtype != PALU_DTYPE_BF16)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
-    if (a->impl < PALU_LATENT_DECODE_AUTO || (a->impl > PALU_LATENT_DECODE_V5 && a->impl != PALU_LATENT_DECODE_V9))
+    if (a->impl < PALU_LATENT_DECODE_AUTO ||
+        (a->impl > PALU_LATENT_DECODE_V5 && a->impl != PALU_LATENT_DECODE_V9 && a->impl != PALU_LATENT_DECODE_V10))
         return palu_fail(PALU_ERR_VALUE,
-                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5), 9 (v9)",
+                         "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5), 9 (v9), "
+                         "10 (v10)",
                          a->impl);
     return PALU_OK;
 }
@@ -1977,7 +1979,16 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v9 does not support this call: %s", no);
         if (no == NULL) choose(pl, 9, w9, s9, 1); /* the CTA combines its quads' states */
     }
-    if (pl->impl != 9 && (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
+    if (pl->impl != 9 && (a->impl == PALU_LATENT_DECODE_V10 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* GQA: v10 */
+        char why10[256] = "";
+        int w10 = 0;
+        size_t s10 = 0;
+        const char *no = v10_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w10, &s10, why10, sizeof why10);
+        if (no != NULL && a->impl == PALU_LATENT_DECODE_V10)
+            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
+        if (no == NULL) choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
+    }
+    if (pl->impl != 9 && pl->impl != 10 && (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
         int w4 = 0;
         size_t s4 = 0;
         const char *no = v4_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &w4, &v4_ctas, &s4, why4, sizeof why4);
@@ -2002,13 +2013,13 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         choose(pl, 4, kV3wWarps, need, kV3wWarps);
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
-                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6 || pl->impl == 9
-                            ? "v1, v2, v3w, v4, v5 or v9 chosen"
+                                a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6 || pl->impl >= 9
+                            ? "v1, v2, v3w, v4, v5, v9 or v10 chosen"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
                             : v2_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why, sizeof why);
-    if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6 || pl->impl == 9) {
+    if (pl->impl == 4 || pl->impl == 5 || pl->impl == 6 || pl->impl >= 9) {
         /* planned above */
     } else if (no_v3 == NULL) {
         choose(pl, 3, warps, smem2, warps);
@@ -2034,9 +2045,10 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
     if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
     if (pl->impl == 6) ctas_per_sm = 1;                                   /* v5: one CTA per SM by design */
-    /* v9 (one CTA per SM) sizes its workspace as v4 would (two CTAs per SM), so that a workspace sized by a query
-     * without the pointers (which cannot see a key bias or a misaligned latent, where v4 runs instead) covers both */
-    if (pl->impl == 9) ctas_per_sm = V4Shape<64>::MINB;
+    /* v9 and v10 (one CTA per SM) size their workspace as v4 would (two CTAs per SM), so that a workspace sized by a
+     * query without the pointers (which cannot see a key bias or a misaligned latent, where v4 runs instead) covers
+     * both */
+    if (pl->impl >= 9) ctas_per_sm = V4Shape<64>::MINB;
     const int64_t waves = pl->impl >= 3 ? 1 : 2;
     const int64_t target = waves * pl->sm_count * (ctas_per_sm < 1 ? 1 : ctas_per_sm > 8 ? 8 : ctas_per_sm);
     /* v4 rounds down, so that the grid never spills a few CTAs into a second wave (v3 rounds up: Llama-2-7B
@@ -2050,7 +2062,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
-    if (pl->impl == 9) { /* one wave at one CTA per SM, and at least two 256-slot blocks per CTA */
+    if (pl->impl >= 9) { /* one wave at one CTA per SM, and at least two 256-slot blocks per CTA */
         const int64_t wave = pl->sm_count / (a->kv_heads * a->batch);
         const int64_t by_len = (a->length + 2 * kV9BlockSlots - 1) / (2 * kV9BlockSlots);
         s = wave < 1 ? 1 : wave;
@@ -2486,6 +2498,14 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v9(a, p, pl, stream, &ran);
         if (st == PALU_OK && !ran) { /* auto under graph capture: v4 (v9's shapes are v4's; its splits fit v4's
                                       * workspace, one partial per CTA in both) */
+            Plan p4 = pl;
+            p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
+            st = dispatch_v4(a, p, p4, stream);
+        }
+    } else if (pl.impl == 10) {
+        bool ran = false;
+        st = dispatch_v10(a, p, pl, stream, &ran);
+        if (st == PALU_OK && !ran) { /* auto where v10 cannot load by TMA (graph capture): v4, as for v9 */
             Plan p4 = pl;
             p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
             st = dispatch_v4(a, p, p4, stream);

@@ -71,6 +71,12 @@
  *   each slot's score is W's row . c (the diagonal of an mma.sync product), P . V on mma.sync. One CTA of 13 warps
  *   per SM, two consumer warpgroups taking alternate steps; latents by TMA (cp.async under graph capture, where
  *   auto runs v4 instead); slots whose positions are not their row's anchor + 64 tau take an exact per-slot path.
+ *   v10 (2-8 query heads per KV head, G = 1, D = 128, ranks 64, no key bias, compute capability 9.0; auto's first
+ *   choice there outside CUDA-graph capture): per 64-slot step one wgmma rebuilds the keys from U_tau = R(64 tau) U
+ *   (built per CTA), each thread rotates its two rows by R(row) (fixed angles; each slot's own offset from the
+ *   block's anchor when positions are not consecutive), the scores of all n_rep heads are one mma.sync K . Q_A^T
+ *   per 16 slots with Q_A = R(anchor)^T Q, P . V on mma.sync with P transposed in registers. One CTA of 8 warps per
+ *   SM, two warpgroups taking alternate steps and loading their own stages by TMA.
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
@@ -91,7 +97,7 @@ extern "C" {
 
 /* Which kernel runs. Values are only ever appended. */
 typedef enum palu_latent_decode_impl {
-    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v4, else v3, else v2, else v1 */
+    PALU_LATENT_DECODE_AUTO = 0, /* v9 or v10 where supported, else v4, else v3, else v2, else v1 */
     PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
     PALU_LATENT_DECODE_V2 = 2,   /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
@@ -99,8 +105,11 @@ typedef enum palu_latent_decode_impl {
     PALU_LATENT_DECODE_V4 = 5,   /* v3 in 16-token warp tiles, 8-12 warps per CTA (v3's shapes); likewise */
     PALU_LATENT_DECODE_V5 = 6,   /* v4 with the key rebuild on wgmma (v3's shapes, compute capability 9.0); likewise */
     /* 7 and 8 were v6 and v7 on branches (never on main): not to be reused */
-    PALU_LATENT_DECODE_V9 = 9    /* absorbed RoPE: MHA, group size 1, head_dim 128, ranks 64, no key bias, compute
+    PALU_LATENT_DECODE_V9 = 9,   /* absorbed RoPE: MHA, group size 1, head_dim 128, ranks 64, no key bias, compute
                                   * capability 9.0; auto's first choice where it applies; likewise */
+    PALU_LATENT_DECODE_V10 = 10  /* rebuild on wgmma, RoPE split between query and key: GQA (2-8 query heads per KV
+                                  * head), group size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0;
+                                  * auto's first choice where it applies (not under CUDA-graph capture); likewise */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */

@@ -421,7 +421,7 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
 /* ---- the plan, and the launchers' host helpers ------------------------------------------------------------- */
 
 struct Plan {
-    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4), 6 (v5) or 9 (v9) */
+    int impl;        /* 1, 2, 3, 4 (v3w), 5 (v4), 6 (v5), 9 (v9) or 10 (v10) */
     int warps;       /* v2: warps per CTA */
     int splits_max;  /* splits for the largest length (sizes the workspace) */
     int splits;      /* splits for this length */
@@ -561,7 +561,7 @@ palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, co
 
 /* ---- v9 (latent_decode_v9.cu), as the plan and the dispatch see it ---- */
 
-constexpr int kV9BlockSlots = 256; /* slots per block (one anchored query); the plan keeps >= 2 blocks per CTA */
+constexpr int kV9BlockSlots = 256; /* slots per block of v9 and v10 (one anchor); the plan keeps >= 2 per CTA */
 
 /* Why v9 cannot run this call (NULL when it can); *warps and *smem get its CTA shape. */
 const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
@@ -571,6 +571,13 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
  * (CUDA-graph capture) and the caller asked for auto: the caller runs v4 instead, on the same workspace. */
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
                         bool *ran);
+
+/* ---- v10 (latent_decode_v10.cu): the same two entry points ---- */
+
+const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                            int *warps, size_t *smem, char *why, size_t why_len);
+palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                         bool *ran);
 
 } // namespace palu_decode
 

@@ -20,8 +20,12 @@ Design
   one-stage warps, on request; v4, v3 in 16-token warp tiles with 8-12 warps per CTA; v5, v4 with the key rebuild
   on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request; v9, absorbed RoPE: no key is rebuilt,
   R(64 tau) is folded into Uk and the query is rotated to each row's anchor, for one query head per KV head, group
-  size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0). ``impl="auto"`` picks v9 where it applies,
-  else v4, else v3, else v2, else v1. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
+  size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0; v10, for 2-8 query heads per KV head with
+  v9's other conditions: the keys rebuilt on wgmma from R(64 tau) Uk, RoPE split between the query (rotated to a
+  block's anchor) and each key row (its offset from the anchor), the scores of all query heads of a KV head in one
+  mma.sync). ``impl="auto"`` picks v9 or v10 where they apply, else v4, else v3, else v2, else v1; inside a
+  CUDA-graph capture auto runs v4 where v10 would run (v10 loads by TMA only: an explicit ``impl="v10"`` raises
+  there). v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
   <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
   environment, by cp.async; the results are bit for bit the same).
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z
@@ -45,7 +49,7 @@ from ._arrays import as_int
 __all__ = ["KERNEL_NAMES", "latent_decode_attention_cuda", "latent_decode_workspace_size", "latent_append_cuda", "pack_k_up",
            "value_up", "z_layout"]
 
-_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9}
+_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9, "v10": 10}
 #: implementation number (the second value of :func:`latent_decode_workspace_size`) -> kernel name
 KERNEL_NAMES = {number: name for name, number in _IMPLS.items() if number}
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -211,7 +215,7 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     attention_scaling : float
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
-    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9"}
+    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9", "v10"}
         Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).

@@ -148,15 +148,16 @@ def impl_used(c, impl):
 
 V5_OK = torch.cuda.get_device_capability() == (9, 0)  # v5 is sm_90a code (Hopper wgmma)
 SPECIAL = ("v3", "v4", "v5")  # the kernels specialized to equal ranks 32/64/128
-USED = {"v3": 3, "v4": 5, "v5": 6, "v9": 9}
+USED = {"v3": 3, "v4": 5, "v5": 6, "v9": 9, "v10": 10}
 NAME = lk.KERNEL_NAMES  # implementation number -> kernel name
 
 
 def sm90a_refused(c, impl, **kw):
-    """On a device other than compute capability 9.0, check that v5 / v9 refuse (naming themselves); True if so."""
-    if impl not in ("v5", "v9") or V5_OK:
+    """On a device other than compute capability 9.0, check that v5 / v9 / v10 refuse (naming themselves); True if
+    so."""
+    if impl not in ("v5", "v9", "v10") or V5_OK:
         return False
-    with pytest.raises(NotImplementedError, match="v5"):
+    with pytest.raises(NotImplementedError, match=impl):
         run(c, impl=impl, **kw)
     return True
 
@@ -166,9 +167,14 @@ def v3_shape(kr, vr):
     return len(set(kr) | set(vr)) == 1 and kr[0] in (32, 64, 128)
 
 
+def v10_shape(H, Hkv, D, G, kr, vr):
+    """Whether v10 takes this shape (2-8 query heads per KV head, group 1, head_dim 128, ranks 64), key bias aside."""
+    return 2 <= H // Hkv <= 8 and G == 1 and D == 128 and set(kr) | set(vr) == {64}
+
+
 def check_specialized(c, impl, dtype, scaling, att):
-    """Run a specialized kernel (v3/v4/v5/v9, named) on case c against the float64 reference with the tensor-core
-    tolerance; v5 and v9 off compute capability 9.0 must refuse instead."""
+    """Run a specialized kernel (v3/v4/v5/v9/v10, named) on case c against the float64 reference with the tensor-core
+    tolerance; v5, v9 and v10 off compute capability 9.0 must refuse instead."""
     if sm90a_refused(c, impl, scaling=scaling, att=att):
         return
     assert impl_used(c, impl) == USED[impl]
@@ -196,8 +202,10 @@ def test_matches_float64_reference_poisoned(torch_gen, shape, dtype, impl):
         assert used == USED[impl]
     if name.endswith("v1only"):
         assert used == 1
-    if impl == "auto":  # auto picks v4 wherever the specialized kernels apply (no case here has v9's shape)
-        assert (used == 5) == v3_shape(kr, vr)
+    if impl == "auto":  # auto picks v4 wherever the specialized kernels apply, v10 on its shapes (sizes only: the
+        # bias of these cases, which v10 refuses, is seen by the call, which then runs v4); no case has v9's shape
+        assert used == (10 if V5_OK and v10_shape(H, Hkv, D, G, kr, vr) else 5 if v3_shape(kr, vr) else used)
+        assert (used in (5, 10)) == v3_shape(kr, vr)
     z = run(c, impl=impl, scaling=scaling, att=att)
     torch.cuda.synchronize()
     tol = TOL[("v1" if used == 1 else "v2", dtype)]
@@ -394,7 +402,7 @@ def test_v9_long_ranges(torch_gen, dtype):
 
 
 def test_v9_refuses_other_shapes_and_auto_falls_back(torch_gen):
-    """v9 names itself and the reason; auto then takes v4 (equal ranks 32/64/128) as before."""
+    """v9 names itself and the reason; auto then takes v4 (equal ranks 32/64/128) as before, or v10 for GQA."""
     cases = {
         "n_rep": make_case(torch_gen, 2, 8, 2, 128, 1, [64, 64], [64, 64], 100, 128, torch.float16, bias=False),
         "head_dim": make_case(torch_gen, 2, 4, 4, 64, 1, [64] * 4, [64] * 4, 100, 128, torch.float16, bias=False),
@@ -405,7 +413,7 @@ def test_v9_refuses_other_shapes_and_auto_falls_back(torch_gen):
         with pytest.raises(NotImplementedError, match="v9"):
             run(c, impl="v9", scaling=0.1, att=1.0)
         if why != "key bias":  # the workspace query sees sizes only; the call itself sees the bias and takes v4
-            assert impl_used(c, "auto") == 5, why
+            assert impl_used(c, "auto") == (10 if why == "n_rep" and V5_OK else 5), why
         glob, worst = rel_errors(run(c, impl="auto", scaling=0.1, att=1.0), reference_z(c, 0.1, 1.0), c)
         assert glob <= TOL[("v2", torch.float16)], why
 
@@ -449,6 +457,119 @@ def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     assert not torch.equal(out, ref)
     glob, _ = rel_errors(out, reference_z(c, 0.088, 1.0), c)
     assert glob <= TOL[("v2", dtype)]
+
+
+# ---- v10: 2-8 query heads per KV head, head_dim 128, group size 1, ranks 64, no key bias, compute capability 9.0 ----
+# (id, B, H, Hkv, T, capacity): n_rep 2, 3, 4, 7 and 8; T = 1, a partial 64-slot step, a partial 256-slot block,
+# several blocks and splits, batch 19 with unequal padding
+V10_SHAPES = [("b1-t1-r4", 1, 8, 2, 1, 64), ("b3-t7-r2", 3, 4, 2, 7, 64), ("b2-t257-r3", 2, 9, 3, 257, 320),
+              ("b3-t1000-r4", 3, 8, 2, 1000, 1024), ("b1-t4097-r8", 1, 16, 2, 4097, 4352),
+              ("b19-t300-r7", 19, 7, 1, 300, 320), ("b2-t2000-r4-8kv", 2, 32, 8, 2000, 2048)]
+
+
+def v10_case(gen, B, H, Hkv, T, C, dtype, **kw):
+    return make_case(gen, B, H, Hkv, 128, 1, [64] * Hkv, [64] * Hkv, T, C, dtype, bias=False, **kw)
+
+
+def v10_check(c, dtype, scaling=128 ** -0.5, att=1.0):
+    """v10 against the float64 reference with the tensor-core tolerance, on poisoned outputs, and auto, which must
+    pick it; off compute capability 9.0, v10 must refuse naming itself."""
+    check_specialized(c, "v10", dtype, scaling, att)
+    if V5_OK:
+        assert impl_used(c, "auto") == 10
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", V10_SHAPES, ids=[s[0] for s in V10_SHAPES])
+def test_v10_matches_float64_reference_poisoned(torch_gen, shape, dtype):
+    _, B, H, Hkv, T, C = shape
+    v10_check(v10_case(torch_gen, B, H, Hkv, T, C, dtype), dtype, att=1.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v10_irregular_positions(torch_gen, dtype):
+    """Positions that are not consecutive from their block's anchor take v10's per-row offsets: a jump inside a
+    block, a random stretch, a backwards jump (clamped at 0), then fully random positions with a peaky softmax
+    (q scaled by 3: the running max is passed and reduced again many times)."""
+    c = v10_case(torch_gen, 2, 8, 2, 3001, 3072, dtype)
+    pos = c["pos"].clone()
+    pos[:, 1000:] += 7919
+    pos[:, 1600:1664] = torch.randint(0, 200000, (2, 64), device="cuda", generator=torch_gen, dtype=torch.int32)
+    pos[:, 2048:] -= 50000
+    c["pos"] = pos.clamp_min(0)
+    v10_check(c, dtype)
+    v10_check(v10_case(torch_gen, 2, 12, 3, 700, 768, dtype, consecutive=False, q_scale=3.0), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v10_long_ranges(torch_gen, dtype):
+    """Batch 8 x 8 KV heads leave two splits per (sequence, head) on an H200: every CTA walks 16 blocks of 256 slots,
+    so each warpgroup's stages turn over many times; a jump and a random stretch in between."""
+    c = v10_case(torch_gen, 8, 32, 8, 8192, 8192, dtype)
+    pos = c["pos"].clone()
+    pos[:, 3000:] += 12345
+    pos[:, 5000:5100] = torch.randint(0, 200000, (8, 100), device="cuda", generator=torch_gen, dtype=torch.int32)
+    c["pos"] = pos
+    v10_check(c, dtype)
+
+
+def test_v10_refuses_other_shapes_and_auto_falls_back(torch_gen):
+    """v10 names itself and the reason; auto then takes v9 (MHA) or v4 (equal ranks 32/64/128)."""
+    cases = {
+        "n_rep": make_case(torch_gen, 2, 4, 4, 128, 1, [64] * 4, [64] * 4, 100, 128, torch.float16, bias=False),
+        "n_rep 12": make_case(torch_gen, 2, 12, 1, 128, 1, [64], [64], 100, 128, torch.float16, bias=False),
+        "head_dim": make_case(torch_gen, 2, 8, 2, 64, 1, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
+        "ranks": make_case(torch_gen, 2, 8, 2, 128, 1, [32] * 2, [32] * 2, 100, 128, torch.float16, bias=False),
+        "group_size": make_case(torch_gen, 2, 8, 4, 128, 2, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
+        "key bias": make_case(torch_gen, 2, 8, 2, 128, 1, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=True),
+    }
+    for why, c in cases.items():
+        with pytest.raises(NotImplementedError, match="v10"):
+            run(c, impl="v10", scaling=0.1, att=1.0)
+        if why != "key bias":  # the workspace query sees sizes only; the call itself sees the bias and takes v4
+            assert impl_used(c, "auto") == (9 if why == "n_rep" and V5_OK else 5), why
+        glob, worst = rel_errors(run(c, impl="auto", scaling=0.1, att=1.0), reference_z(c, 0.1, 1.0), c)
+        assert glob <= TOL[("v2", torch.float16)], why
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v10_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
+    """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream gives bit for bit the eager
+    result; under CUDA-graph capture (no tensor map may hold the call's length) auto runs v4 with v10's splits and an
+    explicit v10 refuses, naming itself."""
+    B, H, Hkv, T, C = 2, 8, 2, 700, 768
+    c = v10_case(torch_gen, B, H, Hkv, T, C, dtype)
+    if not V5_OK:
+        with pytest.raises(NotImplementedError, match="v10"):
+            run(c, impl="v10", scaling=0.088, att=1.0)
+        return
+    wide = torch.randn((B, C, 64 * Hkv + 64), device="cuda", generator=torch_gen).to(dtype)
+    wide[:, :, 32:32 + 64 * Hkv] = c["kl"]
+    c["kl"] = wide[:, :, 32:32 + 64 * Hkv]
+    ref = run(c, impl="v10", scaling=0.088, att=1.0)
+    glob, _ = rel_errors(ref, reference_z(c, 0.088, 1.0), c)
+    assert glob <= TOL[("v2", dtype)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        z = run(c, impl="v10", scaling=0.088, att=1.0)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    floats, used = lk.latent_decode_workspace_size(B, H, Hkv, 128, 1, T, [64] * Hkv, [64] * Hkv, dtype, "cuda", "v10")
+    assert used == 10
+    ws = torch.empty(floats, device="cuda")
+    out = torch.empty_like(ref)
+    args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), [64] * Hkv, [64] * Hkv, 1,
+            c["inv_freq"])
+    kw = dict(scaling=0.088, out=out, workspace=ws, impl="auto")
+    capture_and_replay(args, kw, side)
+    glob, _ = rel_errors(out, reference_z(c, 0.088, 1.0), c)
+    assert glob <= TOL[("v2", dtype)]
+    assert not torch.equal(out, ref)  # v4's bits, not v10's
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(NotImplementedError, match="v10"):
+        with torch.cuda.stream(side), torch.cuda.graph(graph):
+            lk.latent_decode_attention_cuda(*args, **{**kw, "impl": "v10"})
 
 
 def test_errors_name_the_argument(torch_gen):

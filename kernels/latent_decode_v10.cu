@@ -1,0 +1,450 @@
+/* latent_decode_v10.cu -- decode kernel v10 (GQA: 2-8 query heads per KV head, group size 1, head_dim 128, ranks
+ * 64, sm_90a) and its launcher. The design is in the comment above the kernel, its history in
+ * docs/design/latent_decode_notes.md ("The GQA probe", "v10 in the library"); what it shares with the other decode
+ * kernels is in latent_decode_common.cuh, and latent_decode.cu plans and dispatches it.
+ *
+ * Shape legend: B batch, T slots, H query heads, Hkv KV heads, n_rep = H / Hkv, D head_dim, R = rk = rv rank, S
+ * steps of 64 slots per block, NST stages of latents in flight.
+ */
+#include "latent_decode_common.cuh"
+
+using namespace palu_decode;
+
+namespace {
+
+/* ---- v10: the key rebuild on wgmma with RoPE split between the query and the key (GQA, G = 1, D = 128, rk = rv
+ * = 64, sm_90a) --------------------------------------------------------------------------------------------------
+ *
+ * For the slot in row k (< 64) of step tau (< kV10S) of a block whose first slot sits at position A, at position
+ * P = A + 64 tau + k when positions are consecutive,
+ *     q_j . R(P) U c = (R(A)^T q_j) . R(P - A - 64 tau) (U_tau c),      U_tau = R(64 tau) U,
+ * so a 64-slot step is
+ *   (1) K_tau = C . U_tau^T on wgmma (m64n128, K = rk): the latent box as TMA wrote it (128-byte swizzle) is the A
+ *       operand, a U_tau image built in the prologue the B operand. One rebuild per KV head, shared by its n_rep
+ *       query heads (v9's absorbed form multiplies per query head: n_rep times the tensor work);
+ *   (2) each thread rotates its accumulator rows by R(k), angles fixed for the kernel (registers), or, in a step
+ *       whose positions are not consecutive from the block's anchor, by R(P - A - 64 tau) of each slot (cold path);
+ *   (3) S = K . Q_A^T on mma.sync per 16 slots: the packed keys as the A operand straight from the accumulators,
+ *       Q_A = R(A)^T Q (rotated once per block by each warp for itself) as B, n_rep of its 8 columns real;
+ *   (4) the online softmax per head over the warp's 16 slots, its max reduced only when a score passes the running
+ *       max by 8 (P then stays <= 2^8, exact enough in fp16); P, transposed per 8 x 8 half in registers
+ *       (movmatrix), is the B operand of O^T += V^T . P, whose columns are the heads whose state the thread keeps.
+ * Tensor work per slot: 8K MAC on wgmma and ~1.5K on mma.sync, ~40% of the H200's tensor rate at the 4.3 TB/s floor.
+ *
+ * CTA = 8 warps, one per SM: two warpgroups, group cw taking steps cw, cw + 2 of every block of kV10S = 4 steps and
+ * issuing the TMA copies of its own stages (one thread refills a stage once the group's four warps have released
+ * it). No copy warp: ptxas sizes the registers of a wgmma kernel per warpgroup, so a ninth warp would cut every
+ * thread to 168 registers (spills); setmaxnreg could not move enough of them (notes "The GQA probe").
+ * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
+ * slots (v4: ~72%). Latents by TMA only: under CUDA-graph capture (no tensor map may hold the call's length) auto
+ * runs v4, and an explicit request fails with PALU_ERR_UNSUPPORTED. */
+constexpr int kV10D = 128, kV10R = 64;
+constexpr int kV10S = 4;          /* 64-slot steps per block (one anchor, one Q_A); U_tau images for tau < kV10S */
+constexpr int kV10Rows = 64;      /* slots per step: the wgmma M */
+constexpr int kV10Warps = 8;      /* two warpgroups */
+constexpr int kV10MaxRep = 8;     /* query heads per KV head: the 8 columns of the score and P . V products */
+constexpr int kV10NST = 8;        /* stages: per warpgroup one read, one rebuilt, two loading */
+constexpr size_t kV10Tile = (size_t)kV10Rows * kV10R * 2; /* one 64-row box, 8 KB */
+constexpr size_t kV10Stage = 2 * kV10Tile;                /* K and V */
+constexpr size_t kV10UT = (size_t)kV10D * kV10R * 2;      /* one U_tau image, 16 KB */
+constexpr int kV10QRow = 2 * kV10D + 16;                  /* a Q_A row (dtype), padded: conflict-free fragment reads */
+constexpr size_t kV10OffU = kV10NST * kV10Stage;
+constexpr size_t kV10OffQA = kV10OffU + kV10S * kV10UT;                          /* per warp: n_rep rows */
+constexpr size_t kV10OffQ = kV10OffQA + (size_t)kV10Warps * kV10MaxRep * kV10QRow; /* the queries, fp32 */
+constexpr size_t kV10OffBar = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4;
+constexpr size_t kV10Smem = kV10OffBar + 2 * kV10NST * 8 + 1024; /* + the base's 1024-byte alignment */
+static_assert(kV10Smem <= 227 * 1024, "one CTA per SM");
+static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records fit in the stages");
+static_assert(kV10NST % 2 == 0, "each warpgroup owns the stages of its parity");
+static_assert(kV10Rows * kV10S == kV9BlockSlots, "the plan's block size (latent_decode_common.cuh)");
+
+#ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
+constexpr uint32_t kV10USbo = (kV10R / 8) * 128; /* U_tau image: N = D rows, K = rk; 8-row groups 1 KB apart */
+/* byte offset of U_tau[d][j] in its image (K-major, no swizzle, core matrices of 8 rows x 16 bytes) */
+__device__ __forceinline__ uint32_t v10_ucm(int d, int j)
+{
+    return (uint32_t)((d >> 3) * kV10USbo + (j >> 3) * 128 + (d & 7) * 16 + (j & 7) * 2);
+}
+/* the constant high word of a wgmma descriptor: SBO and the layout type (0 none, 1 the 128-byte swizzle) */
+__device__ __forceinline__ uint64_t v10_desc_hi(uint32_t sbo, uint32_t layout)
+{
+    return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
+}
+__device__ __forceinline__ void v10_arrive(uint64_t *bar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(dev::smem_u32(bar)) : "memory");
+}
+
+/* A thread's key rotation for its two rows and 16 frequencies f = 8 i + 2 c + e (e < 2, i < 8): cos and sin pairs,
+ * packed half2; fp16 keys rotate in half2 (v4's half2 RoPE), bf16 keys in fp32 (bf16 math would cost accuracy) */
+template <typename T> struct V10Rot;
+template <> struct V10Rot<__half> {
+    __half2 c[2][8], s[2][8];
+    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
+    {
+        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
+    }
+    /* the packed rotated pair (lo: dims 8 i + 2 c + e, hi: those + 64) of row rr */
+    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
+                                          uint32_t *hi) const
+    {
+        const __half2 l = __floats2half2_rn(l0, l1), h = __floats2half2_rn(h0, h1);
+        const __half2 a = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), b = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
+        memcpy(lo, &a, 4), memcpy(hi, &b, 4);
+    }
+};
+template <> struct V10Rot<__nv_bfloat16> { /* the angles kept as half2 (their 11-bit mantissa is finer than the
+                                             * key's 8), the rotation in fp32: 32 registers, as for fp16 */
+    __half2 c[2][8], s[2][8];
+    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
+    {
+        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
+    }
+    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
+                                          uint32_t *hi) const
+    {
+        /* converted where used: hoisted out of the loop, the 64 fp32 angles spilled (laundered through asm) */
+        uint32_t cu, su;
+        memcpy(&cu, &c[rr][i], 4), memcpy(&su, &s[rr][i], 4);
+        asm volatile("" : "+r"(cu), "+r"(su));
+        __half2 ch, sh;
+        memcpy(&ch, &cu, 4), memcpy(&sh, &su, 4);
+        const float2 cc = __half22float2(ch), ss = __half22float2(sh);
+        *lo = Num<__nv_bfloat16>::pack(l0 * cc.x - h0 * ss.x, l1 * cc.y - h1 * ss.y);
+        *hi = Num<__nv_bfloat16>::pack(h0 * cc.x + l0 * ss.x, h1 * cc.y + l1 * ss.y);
+    }
+};
+
+/* the rotation R(delta) of a thread's row rr, frequencies of lane quad c (cold: irregular positions); rolled */
+template <typename T>
+__device__ __noinline__ void v10_row_rotation(V10Rot<T> &rot, int rr, int delta, int c, const float *inv_freq)
+{
+#pragma unroll 1
+    for (int i = 0; i < 8; i++) {
+        float c0, s0, c1, s1;
+        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c]), &c0, &s0);
+        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
+        rot.set(rr, i, c0, c1, s0, s1);
+    }
+}
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
+{
+#ifdef PALU_V5_WGMMA
+    constexpr int D = kV10D, R = kV10R, HALF = kV10D / 2, S = kV10S, NST = kV10NST, M = kV10Rows;
+    char *smem = dev::dyn_smem();
+    smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* stays a shared-space pointer */
+    const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T, n_rep = p.n_rep;
+    const int g = lane >> 2, c = lane & 3, cw = warp >> 2, wl = warp & 3;
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps;
+    const int chunk = ((len + p.splits - 1) / p.splits + M * S - 1) / (M * S) * (M * S);
+    const int t0 = ps + split * chunk, t1 = bad_pad ? t0 : min(T_len, t0 + chunk);
+    const int nblocks = t1 > t0 ? (t1 - t0 + M * S - 1) / (M * S) : 0, nsteps = nblocks * S;
+    const int32_t *pos = p.positions + (size_t)b * p.pbs;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + kV10OffBar), *empty = full + NST;
+    if (tid == 0) {
+        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, 1), dev::mbar_init(empty + s, 4);
+        dev::mbar_init_fence();
+    }
+    __syncthreads();
+    const bool issuer = wl == 0 && lane == 0; /* copies the stages of this warpgroup's parity */
+    auto load = [&](int st) {
+        char *kt = smem + (st % NST) * kV10Stage;
+        uint64_t *bar = full + st % NST;
+        dev::mbar_expect(bar, (uint32_t)(2 * kV10Tile));
+        dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, bar);
+        dev::tma_load_3d(kt + kV10Tile, &maps.v, p.groups.vcol[h], t0 + M * st, b, bar);
+    };
+    if (issuer)
+        for (int st = cw; st < min(nsteps, NST); st += 2) load(st);
+
+    /* ---- prologue: U_tau images, the queries in fp32, each thread's key rotation R(k) ---- */
+    {
+        /* a task is one core-matrix row: dimension d, ranks j0 .. j0 + 7, in all S images (16-byte loads of U and
+         * of the rotate_half partner row, 16-byte stores: four wavefronts per warp, the least 512 bytes take) */
+        const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
+        for (int e = tid; e < D * (R / 8); e += 32 * kV10Warps) {
+            const int d = e % D, j0 = 8 * (e / D), f = d % HALF; /* d fastest: each 8 lanes store 128 bytes */
+            const bool lower = d < HALF;
+            const uint4 uu = *reinterpret_cast<const uint4 *>(ukg + (size_t)d * R + j0);
+            const uint4 ww = *reinterpret_cast<const uint4 *>(ukg + (size_t)(lower ? d + HALF : d - HALF) * R + j0);
+            const T *u = reinterpret_cast<const T *>(&uu), *w = reinterpret_cast<const T *>(&ww);
+            const float2 tr = turn_split(p.inv_freq[f]);
+#pragma unroll
+            for (int tau = 0; tau < S; tau++) {
+                float cs, sn;
+                rope_cos_sin(64 * tau, tr, &cs, &sn);
+                if (!lower) sn = -sn; /* lower: u cos - w sin; upper: u cos + w sin */
+                uint32_t packed[4];
+#pragma unroll
+                for (int k = 0; k < 8; k += 2)
+                    packed[k / 2] = Num<T>::pack(Num<T>::to_f(u[k]) * cs - Num<T>::to_f(w[k]) * sn,
+                                                 Num<T>::to_f(u[k + 1]) * cs - Num<T>::to_f(w[k + 1]) * sn);
+                *reinterpret_cast<uint4 *>(smem + kV10OffU + tau * kV10UT + v10_ucm(d, j0)) =
+                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            }
+        }
+        const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + (size_t)h * n_rep) * D;
+        float *qs = reinterpret_cast<float *>(smem + kV10OffQ);
+        for (int e = tid; e < n_rep * D; e += 32 * kV10Warps) qs[e] = Num<T>::to_f(qg[e]);
+        dev::fence_proxy_async();
+        __syncthreads();
+    }
+    V10Rot<T> rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int k = 16 * wl + g + 8 * rr;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float c0, s0, c1, s1;
+            rope_cos_sin(k, turn_split(p.inv_freq[8 * i + 2 * c]), &c0, &s0);
+            rope_cos_sin(k, turn_split(p.inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
+            rot.set(rr, i, c0, c1, s0, s1);
+        }
+    }
+    const float *qs = reinterpret_cast<const float *>(smem + kV10OffQ);
+    const float2 qtr0 = turn_split(p.inv_freq[lane]), qtr1 = turn_split(p.inv_freq[lane + 32]);
+    char *qbuf = smem + kV10OffQA + (size_t)warp * kV10MaxRep * kV10QRow; /* this warp's Q_A rows */
+
+    const uint32_t u_lo = (dev::smem_u32(smem + kV10OffU) >> 4) | ((128u >> 4) << 16);
+    const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
+    const uint64_t u_hi = v10_desc_hi(kV10USbo, 0), k_hi = v10_desc_hi(1024, 1);
+    float acc[64];
+    auto issue = [&](int s, int tau) {
+        dev::wgmma_fence();
+        const uint32_t ad = k_lo + (uint32_t)(s * (kV10Stage >> 4)), ud = u_lo + (uint32_t)(tau * (kV10UT >> 4));
+#pragma unroll
+        for (int kk = 0; kk < R / 16; kk++) dev::wgmma_k16<T, 128>(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
+        dev::wgmma_commit();
+    };
+    auto wait_acc = [&]() {
+        dev::wgmma_wait0();
+#pragma unroll
+        for (int e = 0; e < 64; e++) dev::fence_reg(acc[e]);
+    };
+    float o[4][4] = {};
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
+    uint32_t qa[8][2] = {};
+    const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
+    const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, ... */
+    int s = cw, ph = 0;           /* stage and phase of the current step */
+    /* positions a step (this thread's two rows) and a block (its anchor) ahead: a load on the chain would wait an
+     * L2 round trip every step */
+    auto row_pos = [&](int st, int rr) { return pos[min(t0 + M * st + 16 * wl + g + 8 * rr, T_len - 1)]; };
+    int pcur[2] = {row_pos(cw, 0), row_pos(cw, 1)};
+    int a_next = pos[min(t0, T_len - 1)], A = 0; /* the next block's anchor; this block's */
+    auto pack = [&](const V10Rot<T> &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + 8) + 2 * rr],
+                        acc[4 * (i + 8) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+    };
+    if (nown > 0) {
+        dev::mbar_wait(full + s, ph);
+        issue(s, cw);
+    }
+    wait_acc();
+    for (int x = 0; x < nown; x++) {
+        const int st = cw + 2 * x, tau = st % S, blk = st / S;
+        const char *kt = smem + s * kV10Stage, *vt = kt + kV10Tile;
+        if (tau < 2) { /* a new block: rotate its queries to the anchor, each warp for itself (no barrier) */
+            A = a_next;
+            if (blk + 1 < nblocks) a_next = pos[t0 + (blk + 1) * M * S];
+            float c0, s0, c1, s1;
+            rope_cos_sin(A, qtr0, &c0, &s0);
+            rope_cos_sin(A, qtr1, &c1, &s1);
+            __syncwarp(); /* this warp's reads of the previous block's rows are done */
+            T *row = reinterpret_cast<T *>(qbuf);
+            for (int j = 0; j < n_rep; j++, row += kV10QRow / 2) {
+                const float l0 = qs[j * D + lane], h0 = qs[j * D + lane + HALF];
+                const float l1 = qs[j * D + lane + 32], h1 = qs[j * D + lane + 32 + HALF];
+                row[lane] = Num<T>::from_f(l0 * c0 + h0 * s0), row[lane + HALF] = Num<T>::from_f(h0 * c0 - l0 * s0);
+                row[lane + 32] = Num<T>::from_f(l1 * c1 + h1 * s1), row[lane + 32 + HALF] = Num<T>::from_f(h1 * c1 - l1 * s1);
+            }
+            __syncwarp();
+            if (g < n_rep)
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                    for (int hf = 0; hf < 2; hf++)
+                        qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV10QRow + (16 * kk + 2 * c + 8 * hf) * 2);
+        }
+        /* the rows' positions against the anchor: a warp with any other position rotates each row by its own
+         * offset (cold path: left padding inside a block, a jump in the positions) */
+        const int sl = t0 + M * st + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
+        const int expect = A + M * tau + 16 * wl + g;
+        const bool regular = (sl >= t1 || pcur[0] == expect) && (sl + 8 >= t1 || pcur[1] == expect + 8);
+        uint32_t pk[2][16];
+        if (__all_sync(0xffffffffu, regular)) {
+            pack(rot, pk);
+        } else {
+            V10Rot<T> xr;
+#pragma unroll 1
+            for (int rr = 0; rr < 2; rr++)
+                v10_row_rotation(xr, rr, sl + 8 * rr < t1 ? pcur[rr] - A - M * tau : 16 * wl + g + 8 * rr, c, p.inv_freq);
+            pack(xr, pk);
+        }
+        if (x + 1 < nown) pcur[0] = row_pos(st + 2, 0), pcur[1] = row_pos(st + 2, 1);
+        /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T */
+        float sc[4] = {};
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
+            dev::mma16816<T>(sc, a, qa[kk][0], qa[kk][1]);
+        }
+        int sn = s, phn = ph; /* the next step of this warpgroup */
+        if ((sn += 2) >= NST) sn -= NST, phn ^= 1;
+        if (x + 1 < nown) { /* its rebuild runs under this step's softmax and P . V */
+            dev::mbar_wait(full + sn, phn);
+            issue(sn, (st + 2) % S);
+        }
+        if (issuer && x > 0 && st - 2 + NST < nsteps) { /* refill the previous step's stage (its 4 warps are done) */
+            const int sp = s == cw ? s + NST - 2 : s - 2, php = s == cw ? ph ^ 1 : ph;
+            dev::mbar_wait(empty + sp, php);
+            load(st - 2 + NST);
+        }
+        /* this thread's scores: slots sl, sl + 8 (e >> 1) for heads 2 c, 2 c + 1 (e & 1) */
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) v[e] = sl + 8 * (e >> 1) < t1 ? sc[e] * p.score_scale : -INFINITY;
+        /* a head's max is reduced over the warp only when a score passes its running max by 8 (log2 units): P
+         * stays <= 2^8, exact enough in the dtype, and the common step needs no shuffle */
+        bool big = false;
+#pragma unroll
+        for (int e = 0; e < 4; e++) big = big || v[e] > m_run[e & 1] + 8.0f;
+        const bool reduce = __any_sync(0xffffffffu, big);
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) { /* head 2 c + e: the lanes of equal c hold its 16 slots */
+            if (reduce) {
+                float mx = fmaxf(v[e], v[e + 2]);
+                mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+                const float m_new = fmaxf(m_run[e], mx);
+                if (m_new > m_run[e]) {
+                    const float corr = dev::ex2(m_run[e] - m_new);
+                    l_run[e] *= corr, m_run[e] = m_new;
+#pragma unroll
+                    for (int mb = 0; mb < 4; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
+                }
+            }
+            const float mu = m_run[e] == -INFINITY ? 0.0f : m_run[e];
+            pr[e] = dev::ex2(v[e] - mu), pr[e + 2] = dev::ex2(v[e + 2] - mu);
+            l_run[e] += pr[e] + pr[e + 2];
+        }
+        /* P (slots x heads) to the B operand of O^T += V^T P: each 8 x 8 half transposed in registers */
+        const uint32_t b0 = dev::movm_trans(Num<T>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<T>::pack(pr[2], pr[3]));
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) {
+            uint32_t a[4];
+            const int ch = 2 * mb + lsel;
+            dev::ldsm_x4_trans(a, vt + lrow * 128 + ((ch ^ (lrow & 7)) << 4));
+            dev::mma16816<T>(o[mb], a, b0, b1);
+        }
+        __syncwarp();
+        if (lane == 0) v10_arrive(empty + s);
+        s = sn, ph = phn;
+        wait_acc(); /* the next step's rebuild (nothing in flight after the last step) */
+    }
+    dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
+
+    /* records (over the stages: every copy has been consumed): warp w, head j at recs + (w n_rep + j)(2 + R) */
+    __syncthreads();
+    float *recs = reinterpret_cast<float *>(smem);
+    constexpr int REC = 2 + R;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l_run[e] += dev::shfl_xor(l_run[e], 4);
+        l_run[e] += dev::shfl_xor(l_run[e], 8);
+        l_run[e] += dev::shfl_xor(l_run[e], 16);
+        if (g == 0 && 2 * c + e < n_rep)
+            recs[(warp * n_rep + 2 * c + e) * REC] = m_run[e], recs[(warp * n_rep + 2 * c + e) * REC + 1] = l_run[e];
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int j = 2 * c + (e & 1);
+        if (j < n_rep) {
+            float *rec = recs + (warp * n_rep + j) * REC + 2;
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) rec[16 * mb + g + 8 * (e >> 1)] = o[mb][e];
+        }
+    }
+    __syncthreads();
+    combine_cta_partials<R>(p, b, h * n_rep, split, kV10Warps, recs, bad_pad);
+#else
+    /* Not an sm_90a build (the host plans v10 only on compute capability 9.0, where the sm_90a code runs): make the
+     * output loudly NaN rather than silently wrong. */
+    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+#endif
+}
+
+} // namespace
+
+namespace palu_decode __attribute__((visibility("hidden"))) { /* internal to the extension: no exported symbols */
+
+/* ---- v10 launch ---- */
+
+const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                            int *warps, size_t *smem, char *why, size_t why_len)
+{
+    const int64_t n_rep = a->heads / a->kv_heads;
+    if (n_rep < 2 || n_rep > kV10MaxRep)
+        return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v10 takes 2 to %d query heads per KV head)",
+                        (long long)n_rep, kV10MaxRep), why;
+    if (a->group_size != 1)
+        return snprintf(why, why_len, "group_size %lld (v10 takes 1)", (long long)a->group_size), why;
+    if (a->head_dim != kV10D)
+        return snprintf(why, why_len, "head_dim %lld (v10 takes %d)", (long long)a->head_dim, kV10D), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] != kV10R || a->v_ranks[g] != kV10R)
+            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v10 takes %d / %d)",
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, kV10R, kV10R), why;
+    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v10 takes none)"), why;
+    /* latent rows by TMA boxes, k_up rows by 16-byte loads */
+    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
+        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
+        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (v10 copies whole rows: base pointers, "
+                                      "token and batch strides must be multiples of 16 bytes)"), why;
+    const char *no = sm90a_unsupported("v10", device, why, why_len);
+    if (no == NULL) no = smem_unsupported("v10", kV10Smem, max_rk, max_rv, smem_optin, why, why_len);
+    if (no == NULL) *warps = kV10Warps, *smem = kV10Smem;
+    return no;
+}
+
+/* v10 loads by TMA only. Where TMA is not allowed (CUDA-graph capture, PALU_C_V4_TMA=0) nothing is launched: under
+ * auto (*ran false) the caller runs v4; an explicit request fails. */
+template <typename T>
+palu_status launch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                       bool *ran)
+{
+    V4Maps maps;
+    memset(&maps, 0, sizeof maps);
+    const bool tma = tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
+    *ran = tma;
+    if (tma) return launch_decode_smem(decode_v10_kernel<T>, kV10Smem, p, pl, stream, maps);
+    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
+    return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 loads its latents by TMA, which this call cannot use "
+                                           "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
+                                           "use impl=\"auto\", which runs v4 there");
+}
+
+palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                         bool *ran)
+{
+    *ran = false;
+    switch (a->dtype) {
+    case PALU_DTYPE_F16: return launch_v10<__half>(a, p, pl, stream, ran);
+    case PALU_DTYPE_BF16: return launch_v10<__nv_bfloat16>(a, p, pl, stream, ran);
+    default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by v10", palu_dtype_name(a->dtype));
+    }
+}
+
+} // namespace palu_decode
