@@ -285,10 +285,11 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         if (__all_sync(0xffffffffu, regular)) {
             pack(rot, pk);
         } else {
+            /* (pcur indexed by constants only: a rolled loop over it put it in local memory, and the store of each
+             * step's prefetched positions then waited for their load: 50% slower, run 71) */
             V10Rot<T> xr;
-#pragma unroll 1
-            for (int rr = 0; rr < 2; rr++)
-                v10_row_rotation(xr, rr, sl + 8 * rr < t1 ? pcur[rr] - A - M * tau : 16 * wl + g + 8 * rr, c, p.inv_freq);
+            v10_row_rotation(xr, 0, sl < t1 ? pcur[0] - A - M * tau : 16 * wl + g, c, p.inv_freq);
+            v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur[1] - A - M * tau : 16 * wl + g + 8, c, p.inv_freq);
             pack(xr, pk);
         }
         if (x + 1 < nown) pcur[0] = row_pos(st + 2, 0), pcur[1] = row_pos(st + 2, 1);
