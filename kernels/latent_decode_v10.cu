@@ -25,7 +25,8 @@ namespace {
  *   (2) each thread rotates its accumulator rows by R(k), angles fixed for the kernel (registers), or, in a step
  *       whose positions are not consecutive from the block's anchor, by R(P - A - 64 tau) of each slot (cold path);
  *   (3) S = K . Q_A^T on mma.sync per 16 slots: the packed keys as the A operand straight from the accumulators,
- *       Q_A = R(A)^T Q (rotated once per block by each warp for itself) as B, n_rep of its 8 columns real;
+ *       Q_A = R(A)^T Q (rotated once per block by each warp for itself) as B, n_rep of its 8 columns real; both in
+ *       fp16 whatever the dtype (computed in fp32 here; bf16 operands missed bf16's tolerance, run 72);
  *   (4) the online softmax per head over the warp's 16 slots, its max reduced only when a score passes the running
  *       max by 8 (P then stays <= 2^8, exact enough in fp16); P, transposed per 8 x 8 half in registers
  *       (movmatrix), is the B operand of O^T += V^T . P, whose columns are the heads whose state the thread keeps.
@@ -51,7 +52,9 @@ constexpr int kV10QRow = 2 * kV10D + 16;                  /* a Q_A row (dtype), 
 constexpr size_t kV10OffU = kV10NST * kV10Stage;
 constexpr size_t kV10OffQA = kV10OffU + kV10S * kV10UT;                          /* per warp: n_rep rows */
 constexpr size_t kV10OffQ = kV10OffQA + (size_t)kV10Warps * kV10MaxRep * kV10QRow; /* the queries, fp32 */
-constexpr size_t kV10OffBar = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4;
+constexpr size_t kV10OffPos = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4; /* per thread: a ring of 3 steps' positions */
+constexpr int kV10PosRing = 3;
+constexpr size_t kV10OffBar = kV10OffPos + (size_t)kV10Warps * 32 * kV10PosRing * 16;
 constexpr size_t kV10Smem = kV10OffBar + 2 * kV10NST * 8 + 1024; /* + the base's 1024-byte alignment */
 static_assert(kV10Smem <= 227 * 1024, "one CTA per SM");
 static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records fit in the stages");
@@ -75,10 +78,26 @@ __device__ __forceinline__ void v10_arrive(uint64_t *bar)
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(dev::smem_u32(bar)) : "memory");
 }
 
-/* A thread's key rotation for its two rows and 16 frequencies f = 8 i + 2 c + e (e < 2, i < 8): cos and sin pairs,
- * packed half2; fp16 keys rotate in half2 (v4's half2 RoPE), bf16 keys in fp32 (bf16 math would cost accuracy) */
-template <typename T> struct V10Rot;
-template <> struct V10Rot<__half> {
+/* fp32 pair -> fp16 pair, saturating at +-65504 (one F2FP.SATFINITE): the keys and rotated queries of the score
+ * product are fp16 for both dtypes. They are computed in fp32 inside the kernel, so bf16 models lose nothing by it
+ * and gain 3 mantissa bits per operand: with bf16 operands, the extra rounding of the U_tau images (bf16, as the
+ * latent boxes they multiply) put a sharp-softmax case at 1.09e-2 against bf16's 1e-2 (run 72) */
+__device__ __forceinline__ uint32_t v10_half2_sat(float lo, float hi)
+{
+    uint32_t r;
+    asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ __half2 v10_u2h(uint32_t u)
+{
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+
+/* A thread's key rotation for its two rows and 16 frequencies f = 8 i + 2 c + e (e < 2, i < 8): cos and sin pairs
+ * as half2, applied in half2 after the fp32 accumulators are packed (v4's fp16 RoPE) */
+struct V10Rot {
     __half2 c[2][8], s[2][8];
     __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
     {
@@ -88,36 +107,14 @@ template <> struct V10Rot<__half> {
     __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
                                           uint32_t *hi) const
     {
-        const __half2 l = __floats2half2_rn(l0, l1), h = __floats2half2_rn(h0, h1);
-        const __half2 a = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), b = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
-        memcpy(lo, &a, 4), memcpy(hi, &b, 4);
-    }
-};
-template <> struct V10Rot<__nv_bfloat16> { /* the angles kept as half2 (their 11-bit mantissa is finer than the
-                                             * key's 8), the rotation in fp32: 32 registers, as for fp16 */
-    __half2 c[2][8], s[2][8];
-    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
-    {
-        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
-    }
-    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
-                                          uint32_t *hi) const
-    {
-        /* converted where used: hoisted out of the loop, the 64 fp32 angles spilled (laundered through asm) */
-        uint32_t cu, su;
-        memcpy(&cu, &c[rr][i], 4), memcpy(&su, &s[rr][i], 4);
-        asm volatile("" : "+r"(cu), "+r"(su));
-        __half2 ch, sh;
-        memcpy(&ch, &cu, 4), memcpy(&sh, &su, 4);
-        const float2 cc = __half22float2(ch), ss = __half22float2(sh);
-        *lo = Num<__nv_bfloat16>::pack(l0 * cc.x - h0 * ss.x, l1 * cc.y - h1 * ss.y);
-        *hi = Num<__nv_bfloat16>::pack(h0 * cc.x + l0 * ss.x, h1 * cc.y + l1 * ss.y);
+        const __half2 l = v10_u2h(v10_half2_sat(l0, l1)), h = v10_u2h(v10_half2_sat(h0, h1));
+        const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
+        memcpy(lo, &x, 4), memcpy(hi, &y, 4);
     }
 };
 
 /* the rotation R(delta) of a thread's row rr, frequencies of lane quad c (cold: irregular positions); rolled */
-template <typename T>
-__device__ __noinline__ void v10_row_rotation(V10Rot<T> &rot, int rr, int delta, int c, const float *inv_freq)
+__device__ __noinline__ void v10_row_rotation(V10Rot &rot, int rr, int delta, int c, const float *inv_freq)
 {
 #pragma unroll 1
     for (int i = 0; i < 8; i++) {
@@ -127,6 +124,8 @@ __device__ __noinline__ void v10_row_rotation(V10Rot<T> &rot, int rr, int delta,
         rot.set(rr, i, c0, c1, s0, s1);
     }
 }
+/* an fp32 value as fp16, saturating */
+__device__ __forceinline__ __half v10_half_sat(float x) { return __float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)); }
 #endif
 
 template <typename T>
@@ -195,7 +194,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         dev::fence_proxy_async();
         __syncthreads();
     }
-    V10Rot<T> rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+    V10Rot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
         const int k = 16 * wl + g + 8 * rr;
@@ -233,12 +232,23 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
     const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, ... */
     int s = cw, ph = 0;           /* stage and phase of the current step */
-    /* positions a step (this thread's two rows) and a block (its anchor) ahead: a load on the chain would wait an
-     * L2 round trip every step */
-    auto row_pos = [&](int st, int rr) { return pos[min(t0 + M * st + 16 * wl + g + 8 * rr, T_len - 1)]; };
-    int pcur[2] = {row_pos(cw, 0), row_pos(cw, 1)};
-    int a_next = pos[min(t0, T_len - 1)], A = 0; /* the next block's anchor; this block's */
-    auto pack = [&](const V10Rot<T> &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
+    /* Each thread's positions of a step (its two rows, and the step's first row, whose position anchors the block for
+     * this warpgroup) travel by cp.async into a thread-private ring two steps ahead: registers loaded one step ahead
+     * still waited for DRAM at batch 8, where the latent stream fills the memory queues (run 72: 342 us at Llama-3-8B
+     * B8 64K against the probe's 279) */
+    int *ring = reinterpret_cast<int *>(smem + kV10OffPos) + tid * kV10PosRing * 4;
+    auto fetch_pos = [&](int x) { /* this warpgroup's x-th step, into ring slot x % 3 (one cp.async group) */
+        const int st = cw + 2 * x, base = t0 + M * st;
+        int *dst = ring + (x % kV10PosRing) * 4;
+        const int rows[3] = {base + 16 * wl + g, base + 16 * wl + g + 8, base};
+#pragma unroll
+        for (int e = 0; e < 3; e++) dev::cp_async4(dst + e, pos + min(rows[e], T_len - 1), true);
+        dev::cp_async_commit();
+    };
+    fetch_pos(0);
+    fetch_pos(1);
+    int A = 0; /* this block's anchor for this warpgroup: the position of its first step's row 0, less 64 tau */
+    auto pack = [&](const V10Rot &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
 #pragma unroll
@@ -252,21 +262,23 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     }
     wait_acc();
     for (int x = 0; x < nown; x++) {
-        const int st = cw + 2 * x, tau = st % S, blk = st / S;
+        const int st = cw + 2 * x, tau = st % S;
         const char *kt = smem + s * kV10Stage, *vt = kt + kV10Tile;
+        dev::cp_async_wait<1>(); /* this step's positions (the next step's may still be in flight) */
+        const int *pr_ = ring + (x % kV10PosRing) * 4;
+        const int pcur0 = pr_[0], pcur1 = pr_[1];
         if (tau < 2) { /* a new block: rotate its queries to the anchor, each warp for itself (no barrier) */
-            A = a_next;
-            if (blk + 1 < nblocks) a_next = pos[t0 + (blk + 1) * M * S];
+            A = pr_[2] - M * tau;
             float c0, s0, c1, s1;
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
-            T *row = reinterpret_cast<T *>(qbuf);
+            __half *row = reinterpret_cast<__half *>(qbuf); /* fp16 for both dtypes: see v10_half2_sat */
             for (int j = 0; j < n_rep; j++, row += kV10QRow / 2) {
                 const float l0 = qs[j * D + lane], h0 = qs[j * D + lane + HALF];
                 const float l1 = qs[j * D + lane + 32], h1 = qs[j * D + lane + 32 + HALF];
-                row[lane] = Num<T>::from_f(l0 * c0 + h0 * s0), row[lane + HALF] = Num<T>::from_f(h0 * c0 - l0 * s0);
-                row[lane + 32] = Num<T>::from_f(l1 * c1 + h1 * s1), row[lane + 32 + HALF] = Num<T>::from_f(h1 * c1 - l1 * s1);
+                row[lane] = v10_half_sat(l0 * c0 + h0 * s0), row[lane + HALF] = v10_half_sat(h0 * c0 - l0 * s0);
+                row[lane + 32] = v10_half_sat(l1 * c1 + h1 * s1), row[lane + 32 + HALF] = v10_half_sat(h1 * c1 - l1 * s1);
             }
             __syncwarp();
             if (g < n_rep)
@@ -280,25 +292,23 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
          * offset (cold path: left padding inside a block, a jump in the positions) */
         const int sl = t0 + M * st + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
         const int expect = A + M * tau + 16 * wl + g;
-        const bool regular = (sl >= t1 || pcur[0] == expect) && (sl + 8 >= t1 || pcur[1] == expect + 8);
+        const bool regular = (sl >= t1 || pcur0 == expect) && (sl + 8 >= t1 || pcur1 == expect + 8);
         uint32_t pk[2][16];
         if (__all_sync(0xffffffffu, regular)) {
             pack(rot, pk);
         } else {
-            /* (pcur indexed by constants only: a rolled loop over it put it in local memory, and the store of each
-             * step's prefetched positions then waited for their load: 50% slower, run 71) */
-            V10Rot<T> xr;
-            v10_row_rotation(xr, 0, sl < t1 ? pcur[0] - A - M * tau : 16 * wl + g, c, p.inv_freq);
-            v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur[1] - A - M * tau : 16 * wl + g + 8, c, p.inv_freq);
+            V10Rot xr;
+            v10_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, p.inv_freq);
+            v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, p.inv_freq);
             pack(xr, pk);
         }
-        if (x + 1 < nown) pcur[0] = row_pos(st + 2, 0), pcur[1] = row_pos(st + 2, 1);
-        /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T */
+        fetch_pos(x + 2); /* (an empty group past the last step keeps the wait count uniform: reads clamped) */
+        /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes */
         float sc[4] = {};
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
-            dev::mma16816<T>(sc, a, qa[kk][0], qa[kk][1]);
+            dev::mma16816<__half>(sc, a, qa[kk][0], qa[kk][1]);
         }
         int sn = s, phn = ph; /* the next step of this warpgroup */
         if ((sn += 2) >= NST) sn -= NST, phn ^= 1;
