@@ -242,7 +242,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         int *dst = ring + (x % kV10PosRing) * 4;
         const int rows[3] = {base + 16 * wl + g, base + 16 * wl + g + 8, base};
 #pragma unroll
-        for (int e = 0; e < 3; e++) dev::cp_async4(dst + e, pos + min(rows[e], T_len - 1), true);
+        for (int e = 0; e < 3; e++) dev::cp_async4(dst + e, pos + min(max(rows[e], 0), T_len - 1), true); /* bad_pad */
         dev::cp_async_commit();
     };
     fetch_pos(0);
@@ -365,6 +365,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         s = sn, ph = phn;
         wait_acc(); /* the next step's rebuild (nothing in flight after the last step) */
     }
+    dev::cp_async_wait<0>(); /* the ring's prefetches past the last step */
     dev::launch_dependents(); /* the merge grid may be launched now: only its launch overlaps this epilogue */
 
     /* records (over the stages: every copy has been consumed): warp w, head j at recs + (w n_rep + j)(2 + R) */
