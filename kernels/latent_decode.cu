@@ -1979,16 +1979,16 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v9 does not support this call: %s", no);
         if (no == NULL) choose(pl, 9, w9, s9, 1); /* the CTA combines its quads' states */
     }
-    if (pl->impl != 9 && (a->impl == PALU_LATENT_DECODE_V10 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* GQA: v10 */
+    if (a->impl == PALU_LATENT_DECODE_V10) { /* only on request: as fast as v4 at batch 8, slower at batch 1 (run 73) */
         char why10[256] = "";
         int w10 = 0;
         size_t s10 = 0;
         const char *no = v10_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w10, &s10, why10, sizeof why10);
-        if (no != NULL && a->impl == PALU_LATENT_DECODE_V10)
-            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
-        if (no == NULL) choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
+        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
+        choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
     }
-    if (pl->impl != 9 && pl->impl != 10 && (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
+    if (pl->impl != 9 && pl->impl != 10 &&
+        (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
         int w4 = 0;
         size_t s4 = 0;
         const char *no = v4_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &w4, &v4_ctas, &s4, why4, sizeof why4);
@@ -2505,7 +2505,7 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
     } else if (pl.impl == 10) {
         bool ran = false;
         st = dispatch_v10(a, p, pl, stream, &ran);
-        if (st == PALU_OK && !ran) { /* auto where v10 cannot load by TMA (graph capture): v4, as for v9 */
+        if (st == PALU_OK && !ran) { /* (only if auto ever takes v10) where it cannot load by TMA: v4, as for v9 */
             Plan p4 = pl;
             p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
             st = dispatch_v4(a, p, p4, stream);

@@ -71,8 +71,8 @@
  *   each slot's score is W's row . c (the diagonal of an mma.sync product), P . V on mma.sync. One CTA of 13 warps
  *   per SM, two consumer warpgroups taking alternate steps; latents by TMA (cp.async under graph capture, where
  *   auto runs v4 instead); slots whose positions are not their row's anchor + 64 tau take an exact per-slot path.
- *   v10 (2-8 query heads per KV head, G = 1, D = 128, ranks 64, no key bias, compute capability 9.0; auto's first
- *   choice there outside CUDA-graph capture): per 64-slot step one wgmma rebuilds the keys from U_tau = R(64 tau) U
+ *   v10 (2-8 query heads per KV head, G = 1, D = 128, ranks 64, no key bias, compute capability 9.0, outside CUDA-
+ *   graph capture; only on request: as fast as v4 at batch 8, slower at batch 1, run 73): per 64-slot step one wgmma rebuilds the keys from U_tau = R(64 tau) U
  *   (built per CTA), each thread rotates its two rows by R(row) (fixed angles; each slot's own offset from the
  *   block's anchor when positions are not consecutive), the scores of all n_rep heads are one mma.sync K . Q_A^T
  *   per 16 slots with Q_A = R(anchor)^T Q, P . V on mma.sync with P transposed in registers. One CTA of 8 warps per
@@ -97,7 +97,7 @@ extern "C" {
 
 /* Which kernel runs. Values are only ever appended. */
 typedef enum palu_latent_decode_impl {
-    PALU_LATENT_DECODE_AUTO = 0, /* v9 or v10 where supported, else v4, else v3, else v2, else v1 */
+    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v4, else v3, else v2, else v1 */
     PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
     PALU_LATENT_DECODE_V2 = 2,   /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
@@ -108,8 +108,9 @@ typedef enum palu_latent_decode_impl {
     PALU_LATENT_DECODE_V9 = 9,   /* absorbed RoPE: MHA, group size 1, head_dim 128, ranks 64, no key bias, compute
                                   * capability 9.0; auto's first choice where it applies; likewise */
     PALU_LATENT_DECODE_V10 = 10  /* rebuild on wgmma, RoPE split between query and key: GQA (2-8 query heads per KV
-                                  * head), group size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0;
-                                  * auto's first choice where it applies (not under CUDA-graph capture); likewise */
+                                  * head), group size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0,
+                                  * not under CUDA-graph capture; only on request (auto stays v4 until v10 is measured
+                                  * faster); likewise */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */

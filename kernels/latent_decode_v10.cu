@@ -37,8 +37,10 @@ namespace {
  * it). No copy warp: ptxas sizes the registers of a wgmma kernel per warpgroup, so a ninth warp would cut every
  * thread to 168 registers (spills); setmaxnreg could not move enough of them (notes "The GQA probe").
  * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
- * slots (v4: ~72%). Latents by TMA only: under CUDA-graph capture (no tensor map may hold the call's length) auto
- * runs v4, and an explicit request fails with PALU_ERR_UNSUPPORTED. */
+ * slots (v4: ~72%). This library kernel does not reach that yet (run 73: 342 us at B8 64K against the probe's 279
+ * and v4's 341; notes "v10 in the library"), so it runs only on request. Latents by TMA only: under CUDA-graph
+ * capture (no tensor map may hold the call's length) an explicit request fails with PALU_ERR_UNSUPPORTED (were auto
+ * to take v10, it would run v4 there). */
 constexpr int kV10D = 128, kV10R = 64;
 constexpr int kV10S = 4;          /* 64-slot steps per block (one anchor, one Q_A); U_tau images for tau < kV10S */
 constexpr int kV10Rows = 64;      /* slots per step: the wgmma M */

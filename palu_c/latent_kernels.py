@@ -23,9 +23,9 @@ Design
   size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0; v10, for 2-8 query heads per KV head with
   v9's other conditions: the keys rebuilt on wgmma from R(64 tau) Uk, RoPE split between the query (rotated to a
   block's anchor) and each key row (its offset from the anchor), the scores of all query heads of a KV head in one
-  mma.sync). ``impl="auto"`` picks v9 or v10 where they apply, else v4, else v3, else v2, else v1; inside a
-  CUDA-graph capture auto runs v4 where v10 would run (v10 loads by TMA only: an explicit ``impl="v10"`` raises
-  there). v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
+  mma.sync; on request only, as fast as v4 at batch 8 and slower at batch 1 so far; it loads by TMA only, so
+  ``impl="v10"`` raises inside a CUDA-graph capture). ``impl="auto"`` picks v9 where it applies, else v4, else v3,
+  else v2, else v1. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
   <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
   environment, by cp.async; the results are bit for bit the same).
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z

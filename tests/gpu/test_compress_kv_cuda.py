@@ -190,19 +190,19 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
 
     seq_k, logits_k = run("auto")
     assert calls, "the fused CUDA kernel was never called"
-    # the fastest kernel that covers the layer: v9 for MHA and v10 for GQA at group 1, head_dim 128 and rank 64
-    # (remembered as auto, which takes them there), v4 for equal ranks 32/64/128 (uniform ranks at ratio 0.5 are
-    # G D / 2: 64 and 128 for Llama-3-8B, 32 and 96 for SmolLM2), else the general tensor-core v2
+    # the fastest kernel that covers the layer: v9 for MHA at group 1 and head_dim 128 (remembered as auto, which
+    # takes v9 there), v4 for equal ranks 32/64/128 (uniform ranks at ratio 0.5 are G D / 2: 64 and 128 for
+    # Llama-3-8B, 32 and 96 for SmolLM2), else the general tensor-core v2
     cfg = model.config
     D = cfg.hidden_size // cfg.num_attention_heads
     rank = group * D // 2
     used = {layer.self_attn._cuda_impl for layer in model.model.layers}
-    if kind == "llama2-7b" or (kind == "llama3-8b" and group == 1):
+    if kind == "llama2-7b":
         assert used == {"auto"}, used
         _, number = lk.latent_decode_workspace_size(ids.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, D,
                                                     group, ids.shape[1] + 24, [rank] * cfg.num_key_value_heads,
                                                     [rank] * cfg.num_key_value_heads, dtype, CUDA)
-        assert lk.KERNEL_NAMES[number] == ("v9" if kind == "llama2-7b" else "v10")
+        assert lk.KERNEL_NAMES[number] == "v9"
     else:
         assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
     n_calls = len(calls)
