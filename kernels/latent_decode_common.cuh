@@ -653,6 +653,30 @@ const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream);
 palu_status dispatch_v5(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream);
 
+/* The conditions v9 and v10 share (NULL when a call meets them, else `why` filled, naming the kernel): group size 1,
+ * head_dim 128, ranks 64 / 64 in every group, no key bias, latent rows and k_up 16-byte aligned (whole rows are
+ * copied), compute capability 9.0 (sm_90a code), `need` bytes of shared memory per CTA. */
+inline const char *g1_d128_r64_unsupported(const char *name, const palu_latent_decode_args *a, int max_rk, int max_rv,
+                                           int smem_optin, int device, size_t need, char *why, size_t why_len)
+{
+    if (a->group_size != 1)
+        return snprintf(why, why_len, "group_size %lld (%s takes 1)", (long long)a->group_size, name), why;
+    if (a->head_dim != 128)
+        return snprintf(why, why_len, "head_dim %lld (%s takes 128)", (long long)a->head_dim, name), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] != 64 || a->v_ranks[g] != 64)
+            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (%s takes 64 / 64)",
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, name), why;
+    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (%s takes none)", name), why;
+    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
+        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
+        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (%s copies whole rows: base pointers, "
+                                      "token and batch strides must be multiples of 16 bytes)", name), why;
+    const char *no = sm90a_unsupported(name, device, why, why_len);
+    if (no == NULL) no = smem_unsupported(name, need, max_rk, max_rv, smem_optin, why, why_len);
+    return no;
+}
+
 /* ---- v9 (latent_decode_v9.cu), as the plan and the dispatch see it ---- */
 
 constexpr int kV9BlockSlots = 256; /* slots per block of v9 and v10 (one anchor); the plan keeps >= 2 per CTA */

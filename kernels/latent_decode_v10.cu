@@ -413,22 +413,9 @@ const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
     if (n_rep < 2 || n_rep > kV10MaxRep)
         return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v10 takes 2 to %d query heads per KV head)",
                         (long long)n_rep, kV10MaxRep), why;
-    if (a->group_size != 1)
-        return snprintf(why, why_len, "group_size %lld (v10 takes 1)", (long long)a->group_size), why;
-    if (a->head_dim != kV10D)
-        return snprintf(why, why_len, "head_dim %lld (v10 takes %d)", (long long)a->head_dim, kV10D), why;
-    for (int64_t g = 0; g < a->n_groups; g++)
-        if (a->k_ranks[g] != kV10R || a->v_ranks[g] != kV10R)
-            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v10 takes %d / %d)",
-                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, kV10R, kV10R), why;
-    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v10 takes none)"), why;
+    static_assert(kV10D == 128 && kV10R == 64, "g1_d128_r64_unsupported's shape");
     /* latent rows by TMA boxes, k_up rows by 16-byte loads */
-    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
-        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
-        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (v10 copies whole rows: base pointers, "
-                                      "token and batch strides must be multiples of 16 bytes)"), why;
-    const char *no = sm90a_unsupported("v10", device, why, why_len);
-    if (no == NULL) no = smem_unsupported("v10", kV10Smem, max_rk, max_rv, smem_optin, why, why_len);
+    const char *no = g1_d128_r64_unsupported("v10", a, max_rk, max_rv, smem_optin, device, kV10Smem, why, why_len);
     if (no == NULL) *warps = kV10Warps, *smem = kV10Smem;
     return no;
 }
