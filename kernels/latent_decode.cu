@@ -1350,13 +1350,7 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
             st = dispatch_v4(a, p, p4, stream);
         }
     } else if (pl.impl == 10) {
-        bool ran = false;
-        st = dispatch_v10(a, p, pl, stream, &ran);
-        if (st == PALU_OK && !ran) { /* (only if auto ever takes v10) where it cannot load by TMA: v4, as for v9 */
-            Plan p4 = pl;
-            p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
-            st = dispatch_v4(a, p, p4, stream);
-        }
+        st = dispatch_v10(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

@@ -690,12 +690,11 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
                         bool *ran);
 
-/* ---- v10 (latent_decode_v10.cu): the same two entry points ---- */
+/* ---- v10 (latent_decode_v10.cu, on request only): its support check and its launch ---- */
 
 const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
                             int *warps, size_t *smem, char *why, size_t why_len);
-palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
-                         bool *ran);
+palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream);
 
 } // namespace palu_decode
 
