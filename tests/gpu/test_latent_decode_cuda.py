@@ -413,6 +413,30 @@ def test_v9_refuses_other_shapes_and_auto_falls_back(torch_gen):
         assert glob <= TOL[("v2", torch.float16)], why
 
 
+def strided_eager_and_side_stream(c, gen, impl, number, H, Hkv, T, C, dtype):
+    """v9 / v10 on key latents viewed out of a wider buffer (16-byte aligned rows): the eager call within the
+    tensor-core tolerance of the reference, bit for bit the same on a side stream, and the named kernel planned.
+    Returns (ref, args, workspace, out, side stream) for the caller's graph-capture checks."""
+    B = c["q"].shape[0]
+    wide = torch.randn((B, C, 64 * Hkv + 64), device="cuda", generator=gen).to(dtype)
+    wide[:, :, 32:32 + 64 * Hkv] = c["kl"]
+    c["kl"] = wide[:, :, 32:32 + 64 * Hkv]
+    ref = run(c, impl=impl, scaling=0.088, att=1.0)
+    glob, _ = rel_errors(ref, reference_z(c, 0.088, 1.0), c)
+    assert glob <= TOL[("v2", dtype)]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        z = run(c, impl=impl, scaling=0.088, att=1.0)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    floats, used = lk.latent_decode_workspace_size(B, H, Hkv, 128, 1, T, [64] * Hkv, [64] * Hkv, dtype, "cuda", impl)
+    assert used == number
+    args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), [64] * Hkv, [64] * Hkv, 1,
+            c["inv_freq"])
+    return ref, args, torch.empty(floats, device="cuda"), torch.empty_like(ref), side
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream and a captured CUDA graph give
@@ -424,24 +448,7 @@ def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
         with pytest.raises(NotImplementedError, match="v9"):
             run(c, impl="v9", scaling=0.088, att=1.0)
         return
-    wide = torch.randn((B, C, 64 * H + 64), device="cuda", generator=torch_gen).to(dtype)
-    wide[:, :, 32:32 + 64 * H] = c["kl"]
-    c["kl"] = wide[:, :, 32:32 + 64 * H]
-    ref = run(c, impl="v9", scaling=0.088, att=1.0)
-    glob, _ = rel_errors(ref, reference_z(c, 0.088, 1.0), c)
-    assert glob <= TOL[("v2", dtype)]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        z = run(c, impl="v9", scaling=0.088, att=1.0)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.testing.assert_close(z, ref, rtol=0, atol=0)
-    floats, used = lk.latent_decode_workspace_size(B, H, H, 128, 1, T, [64] * H, [64] * H, dtype, "cuda", "v9")
-    assert used == 9
-    ws = torch.empty(floats, device="cuda")
-    out = torch.empty_like(ref)
-    args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), [64] * H, [64] * H, 1,
-            c["inv_freq"])
+    ref, args, ws, out, side = strided_eager_and_side_stream(c, torch_gen, "v9", 9, H, H, T, C, dtype)
     kw = dict(scaling=0.088, out=out, workspace=ws, impl="v9")
     capture_and_replay(args, kw, side)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
@@ -538,24 +545,7 @@ def test_v10_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
         with pytest.raises(NotImplementedError, match="v10"):
             run(c, impl="v10", scaling=0.088, att=1.0)
         return
-    wide = torch.randn((B, C, 64 * Hkv + 64), device="cuda", generator=torch_gen).to(dtype)
-    wide[:, :, 32:32 + 64 * Hkv] = c["kl"]
-    c["kl"] = wide[:, :, 32:32 + 64 * Hkv]
-    ref = run(c, impl="v10", scaling=0.088, att=1.0)
-    glob, _ = rel_errors(ref, reference_z(c, 0.088, 1.0), c)
-    assert glob <= TOL[("v2", dtype)]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        z = run(c, impl="v10", scaling=0.088, att=1.0)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.testing.assert_close(z, ref, rtol=0, atol=0)
-    floats, used = lk.latent_decode_workspace_size(B, H, Hkv, 128, 1, T, [64] * Hkv, [64] * Hkv, dtype, "cuda", "v10")
-    assert used == 10
-    ws = torch.empty(floats, device="cuda")
-    out = torch.empty_like(ref)
-    args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), [64] * Hkv, [64] * Hkv, 1,
-            c["inv_freq"])
+    ref, args, ws, out, side = strided_eager_and_side_stream(c, torch_gen, "v10", 10, H, Hkv, T, C, dtype)
     kw = dict(scaling=0.088, out=out, workspace=ws, impl="auto")
     capture_and_replay(args, kw, side)
     glob, _ = rel_errors(out, reference_z(c, 0.088, 1.0), c)
