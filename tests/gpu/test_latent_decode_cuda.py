@@ -85,6 +85,25 @@ def make_case(gen, B, H, Hkv, D, G, k_ranks, v_ranks, T, C, dtype, *, consecutiv
                 k_ranks=k_ranks, v_ranks=v_ranks, G=G, T=T, Hkv=Hkv, NG=NG)
 
 
+def jump_positions(c, gen):
+    """Case c's positions (consecutive) with a jump inside a run (+7919 from slot 1000), a random stretch (slots
+    1600-1663) and a backwards jump (-50000 from slot 2048; negative positions clamp to 0). Needs T > 2048."""
+    pos = c["pos"].clone()
+    pos[:, 1000:] += 7919
+    pos[:, 1600:1664] = torch.randint(0, 200000, (pos.shape[0], 64), device="cuda", generator=gen, dtype=torch.int32)
+    pos[:, 2048:] -= 50000
+    c["pos"] = pos.clamp_min(0)
+
+
+def jump_positions_far(c, gen):
+    """Case c's positions with a jump far into a long range (+12345 from slot 3000) and a random stretch (slots
+    5000-5099): for cases whose CTAs walk many blocks. Needs T > 5100."""
+    pos = c["pos"].clone()
+    pos[:, 3000:] += 12345
+    pos[:, 5000:5100] = torch.randint(0, 200000, (pos.shape[0], 100), device="cuda", generator=gen, dtype=torch.int32)
+    c["pos"] = pos
+
+
 def reference_z(c, scaling, att):
     """float64 z (B, Z) straight from the definition (independent of the kernels)."""
     q = c["q"].double()
@@ -235,11 +254,7 @@ def test_v3_runs_of_positions_and_jumps(torch_gen, dtype, G, rank, impl):
     re-anchored), position jumps inside and at the edge of a tile, and a random-position stretch in between."""
     B, H, Hkv, D, T, C = 2, 16, 4, 128, 3001, 3072
     c = make_case(torch_gen, B, H, Hkv, D, G, [rank] * (Hkv // G), [rank] * (Hkv // G), T, C, dtype)
-    pos = c["pos"].clone()
-    pos[:, 1000:] += 7919                      # jump inside a run
-    pos[:, 1600:1664] = torch.randint(0, 200000, (B, 64), device="cuda", generator=torch_gen, dtype=torch.int32)
-    pos[:, 2048:] -= 50000                     # backwards jump, negative offsets clamp below
-    c["pos"] = pos.clamp_min(0)
+    jump_positions(c, torch_gen)
     check_specialized(c, impl, dtype, D ** -0.5, 1.1)
 
 
@@ -251,10 +266,7 @@ def test_long_ranges_reanchor(torch_gen, dtype, impl):
     a few tiles)."""
     B, H, Hkv, D, T, C = 8, 32, 8, 128, 8192, 8192
     c = make_case(torch_gen, B, H, Hkv, D, 1, [64] * Hkv, [64] * Hkv, T, C, dtype)
-    pos = c["pos"].clone()
-    pos[:, 3000:] += 12345                      # jump inside a run
-    pos[:, 5000:5100] = torch.randint(0, 200000, (B, 100), device="cuda", generator=torch_gen, dtype=torch.int32)
-    c["pos"] = pos
+    jump_positions_far(c, torch_gen)
     check_specialized(c, impl, dtype, D ** -0.5, 1.0)
 
 
@@ -374,11 +386,7 @@ def test_v9_irregular_positions(torch_gen, dtype):
     """Positions that are not their row's anchor + 64 tau take v9's exact per-slot path: a jump inside a block, a
     random stretch, a backwards jump (clamped at 0), then fully random positions with a peaky softmax."""
     c = v9_case(torch_gen, 2, 4, 3001, 3072, dtype)
-    pos = c["pos"].clone()
-    pos[:, 1000:] += 7919
-    pos[:, 1600:1664] = torch.randint(0, 200000, (2, 64), device="cuda", generator=torch_gen, dtype=torch.int32)
-    pos[:, 2048:] -= 50000
-    c["pos"] = pos.clamp_min(0)
+    jump_positions(c, torch_gen)
     v9_check(c, dtype)
     v9_check(v9_case(torch_gen, 2, 3, 700, 768, dtype, consecutive=False, q_scale=3.0), dtype)
 
@@ -389,10 +397,7 @@ def test_v9_long_ranges(torch_gen, dtype):
     so the two anchored-query buffers and the latent stages turn over many times; a jump and a random stretch
     in between."""
     c = v9_case(torch_gen, 8, 32, 8192, 8192, dtype)
-    pos = c["pos"].clone()
-    pos[:, 3000:] += 12345
-    pos[:, 5000:5100] = torch.randint(0, 200000, (8, 100), device="cuda", generator=torch_gen, dtype=torch.int32)
-    c["pos"] = pos
+    jump_positions_far(c, torch_gen)
     v9_check(c, dtype)
 
 
@@ -493,11 +498,7 @@ def test_v10_irregular_positions(torch_gen, dtype):
     block, a random stretch, a backwards jump (clamped at 0), then fully random positions with a peaky softmax
     (q scaled by 3: the running max is passed and reduced again many times)."""
     c = v10_case(torch_gen, 2, 8, 2, 3001, 3072, dtype)
-    pos = c["pos"].clone()
-    pos[:, 1000:] += 7919
-    pos[:, 1600:1664] = torch.randint(0, 200000, (2, 64), device="cuda", generator=torch_gen, dtype=torch.int32)
-    pos[:, 2048:] -= 50000
-    c["pos"] = pos.clamp_min(0)
+    jump_positions(c, torch_gen)
     v10_check(c, dtype)
     v10_check(v10_case(torch_gen, 2, 12, 3, 700, 768, dtype, consecutive=False, q_scale=3.0), dtype)
 
@@ -507,10 +508,7 @@ def test_v10_long_ranges(torch_gen, dtype):
     """Batch 8 x 8 KV heads leave two splits per (sequence, head) on an H200: every CTA walks 16 blocks of 256 slots,
     so each warpgroup's stages turn over many times; a jump and a random stretch in between."""
     c = v10_case(torch_gen, 8, 32, 8, 8192, 8192, dtype)
-    pos = c["pos"].clone()
-    pos[:, 3000:] += 12345
-    pos[:, 5000:5100] = torch.randint(0, 200000, (8, 100), device="cuda", generator=torch_gen, dtype=torch.int32)
-    c["pos"] = pos
+    jump_positions_far(c, torch_gen)
     v10_check(c, dtype)
 
 
