@@ -401,6 +401,18 @@ def test_v9_long_ranges(torch_gen, dtype):
     v9_check(c, dtype)
 
 
+def check_refusals(cases, impl, auto_number):
+    """Each case (reason -> case) makes `impl` refuse, naming itself; auto plans kernel auto_number(reason) (sizes
+    only: a key bias is seen by the call, which then takes v4) and stays within the tensor-core tolerance."""
+    for why, c in cases.items():
+        with pytest.raises(NotImplementedError, match=impl):
+            run(c, impl=impl, scaling=0.1, att=1.0)
+        if why != "key bias":  # the workspace query sees sizes only; the call itself sees the bias and takes v4
+            assert impl_used(c, "auto") == auto_number(why), why
+        glob, worst = rel_errors(run(c, impl="auto", scaling=0.1, att=1.0), reference_z(c, 0.1, 1.0), c)
+        assert glob <= TOL[("v2", torch.float16)], why
+
+
 def test_v9_refuses_other_shapes_and_auto_falls_back(torch_gen):
     """v9 names itself and the reason; auto then takes v4 (equal ranks 32/64/128) as before."""
     cases = {
@@ -409,13 +421,7 @@ def test_v9_refuses_other_shapes_and_auto_falls_back(torch_gen):
         "ranks": make_case(torch_gen, 2, 4, 4, 128, 1, [32] * 4, [32] * 4, 100, 128, torch.float16, bias=False),
         "key bias": make_case(torch_gen, 2, 4, 4, 128, 1, [64] * 4, [64] * 4, 100, 128, torch.float16, bias=True),
     }
-    for why, c in cases.items():
-        with pytest.raises(NotImplementedError, match="v9"):
-            run(c, impl="v9", scaling=0.1, att=1.0)
-        if why != "key bias":  # the workspace query sees sizes only; the call itself sees the bias and takes v4
-            assert impl_used(c, "auto") == 5, why
-        glob, worst = rel_errors(run(c, impl="auto", scaling=0.1, att=1.0), reference_z(c, 0.1, 1.0), c)
-        assert glob <= TOL[("v2", torch.float16)], why
+    check_refusals(cases, "v9", lambda why: 5)
 
 
 def strided_eager_and_side_stream(c, gen, impl, number, H, Hkv, T, C, dtype):
@@ -522,14 +528,8 @@ def test_v10_refuses_other_shapes_and_auto_falls_back(torch_gen):
         "group_size": make_case(torch_gen, 2, 8, 4, 128, 2, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
         "key bias": make_case(torch_gen, 2, 8, 2, 128, 1, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=True),
     }
-    for why, c in cases.items():
-        with pytest.raises(NotImplementedError, match="v10"):
-            run(c, impl="v10", scaling=0.1, att=1.0)
-        if why != "key bias":  # the workspace query sees sizes only; the call itself sees the bias and takes v4
-            # MHA: v9; 12 query heads per KV head: v1 (beyond v3/v4's n_rep); else v4
-            assert impl_used(c, "auto") == (9 if why == "n_rep" and V5_OK else 1 if why == "n_rep 12" else 5), why
-        glob, worst = rel_errors(run(c, impl="auto", scaling=0.1, att=1.0), reference_z(c, 0.1, 1.0), c)
-        assert glob <= TOL[("v2", torch.float16)], why
+    # MHA: v9; 12 query heads per KV head: v1 (beyond v3/v4's n_rep); else v4
+    check_refusals(cases, "v10", lambda why: 9 if why == "n_rep" and V5_OK else 1 if why == "n_rep 12" else 5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
