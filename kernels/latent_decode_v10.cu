@@ -126,8 +126,6 @@ __device__ __noinline__ void v10_row_rotation(V10Rot &rot, int rr, int delta, in
         rot.set(rr, i, c0, c1, s0, s1);
     }
 }
-/* an fp32 value as fp16, saturating */
-__device__ __forceinline__ __half v10_half_sat(float x) { return __float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)); }
 #endif
 
 template <typename T>
@@ -209,7 +207,8 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         }
     }
     const float *qs = reinterpret_cast<const float *>(smem + kV10OffQ);
-    const float2 qtr0 = turn_split(p.inv_freq[lane]), qtr1 = turn_split(p.inv_freq[lane + 32]);
+    /* the query rotation: lane takes the adjacent frequencies 2 lane, 2 lane + 1 (one fp16 pair per store) */
+    const float2 qtr0 = turn_split(p.inv_freq[2 * lane]), qtr1 = turn_split(p.inv_freq[2 * lane + 1]);
     char *qbuf = smem + kV10OffQA + (size_t)warp * kV10MaxRep * kV10QRow; /* this warp's Q_A rows */
 
     const uint32_t u_lo = (dev::smem_u32(smem + kV10OffU) >> 4) | ((128u >> 4) << 16);
@@ -275,12 +274,17 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
-            __half *row = reinterpret_cast<__half *>(qbuf); /* fp16 for both dtypes: see v10_half2_sat */
-            for (int j = 0; j < n_rep; j++, row += kV10QRow / 2) {
-                const float l0 = qs[j * D + lane], h0 = qs[j * D + lane + HALF];
-                const float l1 = qs[j * D + lane + 32], h1 = qs[j * D + lane + 32 + HALF];
-                row[lane] = v10_half_sat(l0 * c0 + h0 * s0), row[lane + HALF] = v10_half_sat(h0 * c0 - l0 * s0);
-                row[lane + 32] = v10_half_sat(l1 * c1 + h1 * s1), row[lane + 32 + HALF] = v10_half_sat(h1 * c1 - l1 * s1);
+            /* fp16 for both dtypes (see v10_half2_sat); n_rep unrolled to its bound under a predicate (a runtime loop
+             * with one saturating conversion per value made this section 319 instructions, the probe's 131) */
+#pragma unroll
+            for (int j = 0; j < kV10MaxRep; j++) {
+                if (j < n_rep) {
+                    const float2 lo = *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane);
+                    const float2 hi = *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane);
+                    uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV10QRow);
+                    row[lane] = v10_half2_sat(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
+                    row[HALF / 2 + lane] = v10_half2_sat(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
+                }
             }
             __syncwarp();
             if (g < n_rep)
