@@ -2,9 +2,10 @@
  * kernels/latent_decode*.cu only): the kernel parameter block, the device helpers (every PTX instruction and warp
  * intrinsic sits in one small wrapper, so that a CPU lock-step emulator can stand in for them when PALU_EMULATE is
  * defined), the RoPE angle, the CTA-level combine of online-softmax states, the plan, the host helpers of the
- * launchers (shared-memory and sm_90a checks, TMA tensor maps, one launch), and v9 as the plan and the dispatch of
- * latent_decode.cu see it (latent_decode_v9.cu). Everything sits in namespace palu_decode; each .cu file keeps its
- * kernels in an anonymous namespace.
+ * launchers (shared-memory and sm_90a checks, TMA tensor maps, one launch, the equal-rank dispatch switch), and the
+ * kernels of latent_decode_v4.cu (v4, v5), latent_decode_v9.cu and latent_decode_v10.cu as the plan and the dispatch
+ * of latent_decode.cu see them. Everything sits in namespace palu_decode; each .cu file keeps its kernels in an
+ * anonymous namespace.
  *
  * Shape legend: as latent_decode.cu.
  */
@@ -349,6 +350,35 @@ template <> struct Num<float> {
     static __device__ __forceinline__ float from_f(float v) { return v; }
 };
 
+/* d = a . b + c with separate c (saves the register copies of seeding the accumulators with the bias; v3 and v4). */
+#ifndef PALU_EMULATE
+template <typename T> __device__ __forceinline__ void mma16816c(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                              uint32_t b1, float c0, float c1);
+template <> __device__ __forceinline__ void mma16816c<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                               uint32_t b1, float c0, float c1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%10,%11};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1));
+}
+template <> __device__ __forceinline__ void mma16816c<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                                      uint32_t b0, uint32_t b1, float c0, float c1)
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%10,%11,%10,%11};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c0), "f"(c1));
+}
+#else
+template <typename T> inline void mma16816c(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, float c0,
+                                            float c1)
+{
+    d[0] = c0, d[1] = c1, d[2] = c0, d[3] = c1;
+    dev::mma16816<T>(d, a, b0, b1);
+}
+#endif
+
 /* ---- RoPE angle ------------------------------------------------------------------------------------------ */
 
 /* (hi, lo) floats with hi + lo = inv_freq / (2 pi) to ~2^-48 relative (computed in double). */
@@ -431,6 +461,12 @@ struct Plan {
     size_t smem;
     int sm_count;
     int cc_major; /* >= 9: the merge is launched as a programmatic dependent of the decode kernel */
+};
+
+/* Warps per CTA and CTAs per SM by rank: 8 x 2 (<= 128 registers) for rk <= 64, 12 x 1 (<= 168) for 128. */
+template <int RK> struct V4Shape {
+    static constexpr int WARPS = RK <= 64 ? 8 : 12;
+    static constexpr int MINB = RK <= 64 ? 2 : 1;
 };
 
 inline bool aligned16(const void *ptr) { return ((uintptr_t)ptr & 15) == 0; }
@@ -559,6 +595,88 @@ palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, co
     return PALU_OK;
 }
 
+/* One launch at the plan's shared memory (v2, v3, v5). */
+inline palu_status launch_decode(void (*kern)(DecodeParams), const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    return launch_decode_smem(kern, pl.smem, p, pl, stream);
+}
+
+/* The dispatch switch of the kernels compiled for equal ranks (v3, v3w, v4, v5): dtype x head_dim x rank bucket
+ * -> K::launch<T, D, R>, where K names the family (K::name) and picks the bias or bias-free instantiation. */
+template <class K, typename T, int D>
+palu_status launch_equal_ranks(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+{
+    if (pl.max_rk == 32 && pl.max_rv == 32) return K::template launch<T, D, 32>(p, pl, stream);
+    if (pl.max_rk == 64 && pl.max_rv == 64) return K::template launch<T, D, 64>(p, pl, stream);
+    if (pl.max_rk == 128 && pl.max_rv == 128) return K::template launch<T, D, 128>(p, pl, stream);
+    return palu_fail(PALU_ERR_UNSUPPORTED, "ranks k %d / v %d have no %s kernel", pl.max_rk, pl.max_rv, K::name);
+}
+
+template <class K>
+palu_status dispatch_equal_ranks(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl,
+                                 cudaStream_t stream)
+{
+    switch (a->dtype) {
+    case PALU_DTYPE_F16:
+        switch (p.D) {
+        case 64: return launch_equal_ranks<K, __half, 64>(p, pl, stream);
+        case 128: return launch_equal_ranks<K, __half, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    case PALU_DTYPE_BF16:
+        switch (p.D) {
+        case 64: return launch_equal_ranks<K, __nv_bfloat16, 64>(p, pl, stream);
+        case 128: return launch_equal_ranks<K, __nv_bfloat16, 128>(p, pl, stream);
+        default: break;
+        }
+        break;
+    default: return palu_fail(PALU_ERR_UNSUPPORTED, "dtype %s has no %s kernel", palu_dtype_name(a->dtype), K::name);
+    }
+    return palu_fail(PALU_ERR_UNSUPPORTED, "head_dim %d has no %s kernel (64 or 128)", p.D, K::name);
+}
+
+/* ---- v3 (latent_decode.cu), v4 and v5 (latent_decode_v4.cu), as the plan and the dispatch see them ---- */
+
+/* Why the v3/v4 specialization does not fit this call's shape (NULL when it does): v2's conditions, plus equal
+ * ranks in every group with (rk, rv) one of kV3Ranks. */
+const char *v3_shape_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, char *why,
+                                 size_t why_len);
+/* Shared memory of a v4 CTA for these (head_dim, ranks); 0 where v4 has no kernel. */
+size_t v4_smem(int D, int rk, int rv);
+/* Why v4 cannot run this call (NULL when it can): v3's conditions and its CTA's shared memory. */
+const char *v4_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int *warps,
+                           int *ctas_per_sm, size_t *smem, char *why, size_t why_len);
+/* Why v5 cannot run this call (NULL when it can): v3's shapes on a compute capability 9.0 device (sm_90a code). */
+const char *v5_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                           int *warps, size_t *smem, char *why, size_t why_len);
+palu_status dispatch_v4(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream);
+palu_status dispatch_v5(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream);
+
+/* The conditions v9 and v10 share (NULL when a call meets them, else `why` filled, naming the kernel): group size 1,
+ * head_dim 128, ranks 64 / 64 in every group, no key bias, latent rows and k_up 16-byte aligned (whole rows are
+ * copied), compute capability 9.0 (sm_90a code), `need` bytes of shared memory per CTA. */
+inline const char *g1_d128_r64_unsupported(const char *name, const palu_latent_decode_args *a, int max_rk, int max_rv,
+                                           int smem_optin, int device, size_t need, char *why, size_t why_len)
+{
+    if (a->group_size != 1)
+        return snprintf(why, why_len, "group_size %lld (%s takes 1)", (long long)a->group_size, name), why;
+    if (a->head_dim != 128)
+        return snprintf(why, why_len, "head_dim %lld (%s takes 128)", (long long)a->head_dim, name), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] != 64 || a->v_ranks[g] != 64)
+            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (%s takes 64 / 64)",
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, name), why;
+    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (%s takes none)", name), why;
+    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
+        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
+        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (%s copies whole rows: base pointers, "
+                                      "token and batch strides must be multiples of 16 bytes)", name), why;
+    const char *no = sm90a_unsupported(name, device, why, why_len);
+    if (no == NULL) no = smem_unsupported(name, need, max_rk, max_rv, smem_optin, why, why_len);
+    return no;
+}
+
 /* ---- v9 (latent_decode_v9.cu), as the plan and the dispatch see it ---- */
 
 constexpr int kV9BlockSlots = 256; /* slots per block of v9 and v10 (one anchor); the plan keeps >= 2 per CTA */
@@ -572,12 +690,11 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
                         bool *ran);
 
-/* ---- v10 (latent_decode_v10.cu): the same two entry points ---- */
+/* ---- v10 (latent_decode_v10.cu, on request only): its support check and its launch ---- */
 
 const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
                             int *warps, size_t *smem, char *why, size_t why_len);
-palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
-                         bool *ran);
+palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream);
 
 } // namespace palu_decode
 

@@ -39,8 +39,7 @@ namespace {
  * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
  * slots (v4: ~72%). This library kernel does not reach that yet (run 73: 342 us at B8 64K against the probe's 279
  * and v4's 341; notes "v10 in the library"), so it runs only on request. Latents by TMA only: under CUDA-graph
- * capture (no tensor map may hold the call's length) an explicit request fails with PALU_ERR_UNSUPPORTED (were auto
- * to take v10, it would run v4 there). */
+ * capture (no tensor map may hold the call's length) a request fails with PALU_ERR_UNSUPPORTED, naming auto (v4). */
 constexpr int kV10D = 128, kV10R = 64;
 constexpr int kV10S = 4;          /* 64-slot steps per block (one anchor, one Q_A); U_tau images for tau < kV10S */
 constexpr int kV10Rows = 64;      /* slots per step: the wgmma M */
@@ -417,50 +416,31 @@ const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
     if (n_rep < 2 || n_rep > kV10MaxRep)
         return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v10 takes 2 to %d query heads per KV head)",
                         (long long)n_rep, kV10MaxRep), why;
-    if (a->group_size != 1)
-        return snprintf(why, why_len, "group_size %lld (v10 takes 1)", (long long)a->group_size), why;
-    if (a->head_dim != kV10D)
-        return snprintf(why, why_len, "head_dim %lld (v10 takes %d)", (long long)a->head_dim, kV10D), why;
-    for (int64_t g = 0; g < a->n_groups; g++)
-        if (a->k_ranks[g] != kV10R || a->v_ranks[g] != kV10R)
-            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v10 takes %d / %d)",
-                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, kV10R, kV10R), why;
-    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v10 takes none)"), why;
+    static_assert(kV10D == 128 && kV10R == 64, "g1_d128_r64_unsupported's shape");
     /* latent rows by TMA boxes, k_up rows by 16-byte loads */
-    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
-        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
-        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (v10 copies whole rows: base pointers, "
-                                      "token and batch strides must be multiples of 16 bytes)"), why;
-    const char *no = sm90a_unsupported("v10", device, why, why_len);
-    if (no == NULL) no = smem_unsupported("v10", kV10Smem, max_rk, max_rv, smem_optin, why, why_len);
+    const char *no = g1_d128_r64_unsupported("v10", a, max_rk, max_rv, smem_optin, device, kV10Smem, why, why_len);
     if (no == NULL) *warps = kV10Warps, *smem = kV10Smem;
     return no;
 }
 
-/* v10 loads by TMA only. Where TMA is not allowed (CUDA-graph capture, PALU_C_V4_TMA=0) nothing is launched: under
- * auto (*ran false) the caller runs v4; an explicit request fails. */
-template <typename T>
-palu_status launch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
-                       bool *ran)
+/* v10 loads by TMA only: where TMA is not allowed (CUDA-graph capture, PALU_C_V4_TMA=0) the call fails, naming
+ * the way out (auto, which runs v4). */
+template <typename T> palu_status launch_v10(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
-    const bool tma = tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
-    *ran = tma;
-    if (tma) return launch_decode_smem(decode_v10_kernel<T>, kV10Smem, p, pl, stream, maps);
-    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
+    if (tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps))
+        return launch_decode_smem(decode_v10_kernel<T>, kV10Smem, p, pl, stream, maps);
     return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 loads its latents by TMA, which this call cannot use "
                                            "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
-                                           "use impl=\"auto\", which runs v4 there");
+                                           "use impl=\"auto\", which runs v4");
 }
 
-palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
-                         bool *ran)
+palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
 {
-    *ran = false;
     switch (a->dtype) {
-    case PALU_DTYPE_F16: return launch_v10<__half>(a, p, pl, stream, ran);
-    case PALU_DTYPE_BF16: return launch_v10<__nv_bfloat16>(a, p, pl, stream, ran);
+    case PALU_DTYPE_F16: return launch_v10<__half>(p, pl, stream);
+    case PALU_DTYPE_BF16: return launch_v10<__nv_bfloat16>(p, pl, stream);
     default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by v10", palu_dtype_name(a->dtype));
     }
 }

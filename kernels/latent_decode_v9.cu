@@ -513,22 +513,9 @@ const char *v9_unsupported(const palu_latent_decode_args *a, int max_rk, int max
     if (n_rep != 1)
         return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v9 takes one query head per KV head: its "
                                       "work grows with n_rep)", (long long)n_rep), why;
-    if (a->group_size != 1)
-        return snprintf(why, why_len, "group_size %lld (v9 takes 1)", (long long)a->group_size), why;
-    if (a->head_dim != kV9D)
-        return snprintf(why, why_len, "head_dim %lld (v9 takes %d)", (long long)a->head_dim, kV9D), why;
-    for (int64_t g = 0; g < a->n_groups; g++)
-        if (a->k_ranks[g] != kV9R || a->v_ranks[g] != kV9R)
-            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v9 takes %d / %d)",
-                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g, kV9R, kV9R), why;
-    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v9 takes none)"), why;
+    static_assert(kV9D == 128 && kV9R == 64, "g1_d128_r64_unsupported's shape");
     /* latent rows are copied whole (TMA boxes, or 16-byte cp.async under capture), Uk by 16-byte cp.async */
-    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || a->k_token_stride % 8 != 0 ||
-        a->v_token_stride % 8 != 0 || (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
-        return snprintf(why, why_len, "latent rows or k_up not 16-byte aligned (v9 copies whole rows: base pointers, "
-                                      "token and batch strides must be multiples of 16 bytes)"), why;
-    const char *no = sm90a_unsupported("v9", device, why, why_len);
-    if (no == NULL) no = smem_unsupported("v9", kV9Smem, max_rk, max_rv, smem_optin, why, why_len);
+    const char *no = g1_d128_r64_unsupported("v9", a, max_rk, max_rv, smem_optin, device, kV9Smem, why, why_len);
     if (no == NULL) *warps = kV9Warps, *smem = kV9Smem;
     return no;
 }

@@ -13,7 +13,8 @@ out=${EMU_BUILD:-$root/build/emu}
 mkdir -p "$out"
 gcc -c -O2 -std=c11 -I "$root/csrc" "$root/csrc/common.c" -o "$out/common.o"
 g++ -std=c++20 -O1 -DPALU_EMULATE -include "$root/tests/emu/emu.h" -I "$root/tests/emu" -I "$root/csrc" \
-  -I "$root/kernels" -I "$inc" -x c++ "$root/kernels/latent_decode.cu" "$root/kernels/latent_decode_v9.cu" "$root/kernels/latent_decode_v10.cu" -x none "$root/tests/emu/emu_main.cpp" \
+  -I "$root/kernels" -I "$inc" -x c++ "$root/kernels/latent_decode.cu" "$root/kernels/latent_decode_v4.cu" "$root/kernels/latent_decode_v9.cu" \
+  "$root/kernels/latent_decode_v10.cu" -x none "$root/tests/emu/emu_main.cpp" \
   "$out/common.o" -o "$out/emu" -lpthread
 I=${1:-5}
 fail=0
