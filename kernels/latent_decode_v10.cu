@@ -125,11 +125,10 @@ __device__ __noinline__ void v10_row_rotation(V10Rot &rot, int rr, int delta, in
         rot.set(rr, i, c0, c1, s0, s1);
     }
 }
-/* an fp32 value as fp16, saturating */
-__device__ __forceinline__ __half v10_half_sat(float x) { return __float2half_rn(fminf(fmaxf(x, -65504.0f), 65504.0f)); }
 #endif
 
-template <typename T>
+/* NREP: query heads per KV head at compile time (4: Llama-3, Mistral), or 0: p.n_rep at run time */
+template <typename T, int NREP>
 __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
 #ifdef PALU_V5_WGMMA
@@ -137,7 +136,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     char *smem = dev::dyn_smem();
     smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* stays a shared-space pointer */
     const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
-    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T, n_rep = p.n_rep;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T, n_rep = NREP ? NREP : p.n_rep;
     const int g = lane >> 2, c = lane & 3, cw = warp >> 2, wl = warp & 3;
     const int ps = p.pad_start[b];
     const bool bad_pad = ps < 0 || ps >= T_len;
@@ -208,7 +207,14 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         }
     }
     const float *qs = reinterpret_cast<const float *>(smem + kV10OffQ);
-    const float2 qtr0 = turn_split(p.inv_freq[lane]), qtr1 = turn_split(p.inv_freq[lane + 32]);
+    /* with NREP known, this lane's query values (frequencies 2 lane, 2 lane + 1 and their partners) stay in registers */
+    float2 qlo[NREP ? NREP : 1], qhi[NREP ? NREP : 1];
+#pragma unroll
+    for (int j = 0; j < NREP; j++)
+        qlo[j] = *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane),
+        qhi[j] = *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane);
+    /* the query rotation: lane takes the adjacent frequencies 2 lane, 2 lane + 1 (one fp16 pair per store) */
+    const float2 qtr0 = turn_split(p.inv_freq[2 * lane]), qtr1 = turn_split(p.inv_freq[2 * lane + 1]);
     char *qbuf = smem + kV10OffQA + (size_t)warp * kV10MaxRep * kV10QRow; /* this warp's Q_A rows */
 
     const uint32_t u_lo = (dev::smem_u32(smem + kV10OffU) >> 4) | ((128u >> 4) << 16);
@@ -274,12 +280,17 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
-            __half *row = reinterpret_cast<__half *>(qbuf); /* fp16 for both dtypes: see v10_half2_sat */
-            for (int j = 0; j < n_rep; j++, row += kV10QRow / 2) {
-                const float l0 = qs[j * D + lane], h0 = qs[j * D + lane + HALF];
-                const float l1 = qs[j * D + lane + 32], h1 = qs[j * D + lane + 32 + HALF];
-                row[lane] = v10_half_sat(l0 * c0 + h0 * s0), row[lane + HALF] = v10_half_sat(h0 * c0 - l0 * s0);
-                row[lane + 32] = v10_half_sat(l1 * c1 + h1 * s1), row[lane + 32 + HALF] = v10_half_sat(h1 * c1 - l1 * s1);
+            /* fp16 for both dtypes (see v10_half2_sat); n_rep unrolled to its bound under a predicate (a runtime loop
+             * with one saturating conversion per value made this section 319 instructions, the probe's 131) */
+#pragma unroll
+            for (int j = 0; j < (NREP ? NREP : kV10MaxRep); j++) {
+                if (NREP || j < n_rep) {
+                    const float2 lo = NREP ? qlo[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane);
+                    const float2 hi = NREP ? qhi[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane);
+                    uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV10QRow);
+                    row[lane] = v10_half2_sat(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
+                    row[HALF / 2 + lane] = v10_half2_sat(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
+                }
             }
             __syncwarp();
             if (g < n_rep)
@@ -426,7 +437,8 @@ template <typename T> palu_status launch_v10(const DecodeParams &p, const Plan &
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
     if (tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps))
-        return launch_decode_smem(decode_v10_kernel<T>, kV10Smem, p, pl, stream, maps);
+        return launch_decode_smem(p.n_rep == 4 ? decode_v10_kernel<T, 4> : decode_v10_kernel<T, 0>, kV10Smem, p, pl,
+                                  stream, maps);
     return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 loads its latents by TMA, which this call cannot use "
                                            "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
                                            "use impl=\"auto\", which runs v4");
