@@ -53,9 +53,9 @@ constexpr int kV10QRow = 2 * kV10D + 16;                  /* a Q_A row (dtype), 
 constexpr size_t kV10OffU = kV10NST * kV10Stage;
 constexpr size_t kV10OffQA = kV10OffU + kV10S * kV10UT;                          /* per warp: n_rep rows */
 constexpr size_t kV10OffQ = kV10OffQA + (size_t)kV10Warps * kV10MaxRep * kV10QRow; /* the queries, fp32 */
-constexpr size_t kV10OffPos = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4; /* per thread: a ring of 3 steps' positions */
+constexpr size_t kV10OffPos = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4; /* per warp: a ring of 3 blocks' positions */
 constexpr int kV10PosRing = 3;
-constexpr size_t kV10OffBar = kV10OffPos + (size_t)kV10Warps * 32 * kV10PosRing * 16;
+constexpr size_t kV10OffBar = kV10OffPos + (size_t)kV10Warps * kV10PosRing * 32 * 4;
 constexpr size_t kV10Smem = kV10OffBar + 2 * kV10NST * 8 + 1024; /* + the base's 1024-byte alignment */
 static_assert(kV10Smem <= 227 * 1024, "one CTA per SM");
 static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records fit in the stages");
@@ -239,22 +239,23 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
     const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, ... */
     int s = cw, ph = 0;           /* stage and phase of the current step */
-    /* Each thread's positions of a step (its two rows, and the step's first row, whose position anchors the block for
-     * this warpgroup) travel by cp.async into a thread-private ring two steps ahead: registers loaded one step ahead
-     * still waited for DRAM at batch 8, where the latent stream fills the memory queues (run 72: 342 us at Llama-3-8B
-     * B8 64K against the probe's 279) */
-    int *ring = reinterpret_cast<int *>(smem + kV10OffPos) + tid * kV10PosRing * 4;
-    auto fetch_pos = [&](int x) { /* this warpgroup's x-th step, into ring slot x % 3 (one cp.async group) */
-        const int st = cw + 2 * x, base = t0 + M * st;
-        int *dst = ring + (x % kV10PosRing) * 4;
-        const int rows[3] = {base + 16 * wl + g, base + 16 * wl + g + 8, base};
-#pragma unroll
-        for (int e = 0; e < 3; e++) dev::cp_async4(dst + e, pos + min(max(rows[e], 0), T_len - 1), true); /* bad_pad */
+    /* Positions, once per block and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in its step
+     * cw + 2 (l >> 4) of the block (the thread's own rows g, g + 8 are lanes g, g + 8 and 16 + g, 24 + g). They
+     * travel by cp.async into a per-warp ring two blocks ahead; one vote per block says whether every row sits where
+     * the anchor predicts. (Run 76: per-step reads, checks and votes, ~50 instructions of ~410 per step, were most
+     * of the gap to the probe.) */
+    int *pring = reinterpret_cast<int *>(smem + kV10OffPos) + warp * kV10PosRing * 32;
+    const int lane_tau = cw + 2 * (lane >> 4), lane_row = 16 * wl + (lane & 15);
+    auto fetch_pos = [&](int n) { /* block n into ring slot n % kV10PosRing (one cp.async group per block) */
+        const int slot = t0 + M * (S * n + lane_tau) + lane_row;
+        dev::cp_async4(pring + (n % kV10PosRing) * 32 + lane, pos + min(max(slot, 0), T_len - 1), true); /* bad_pad */
         dev::cp_async_commit();
     };
     fetch_pos(0);
     fetch_pos(1);
-    int A = 0; /* this block's anchor for this warpgroup: the position of its first step's row 0, less 64 tau */
+    int lane_pos = 0;     /* this block's position of the lane's row (above) */
+    bool regular = true;  /* this block's rows of this warp all at A + 64 tau + k */
+    int A = 0; /* this block's anchor for this warp: the position its slot 0 would have */
     auto pack = [&](const V10Rot &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
@@ -271,11 +272,16 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     for (int x = 0; x < nown; x++) {
         const int st = cw + 2 * x, tau = st % S;
         const char *kt = smem + s * kV10Stage, *vt = kt + kV10Tile;
-        dev::cp_async_wait<1>(); /* this step's positions (the next step's may still be in flight) */
-        const int *pr_ = ring + (x % kV10PosRing) * 4;
-        const int pcur0 = pr_[0], pcur1 = pr_[1];
-        if (tau < 2) { /* a new block: rotate its queries to the anchor, each warp for itself (no barrier) */
-            A = pr_[2] - M * tau;
+        if (tau < 2) { /* a new block: its positions, and its queries rotated to the anchor (each warp for itself) */
+            const int n = x >> 1;
+            dev::cp_async_wait<1>(); /* block n's positions (each lane reads only what it copied itself) */
+            lane_pos = pring[(n % kV10PosRing) * 32 + lane];
+            fetch_pos(n + 2); /* (past the last block: reads clamped, an empty use keeps the wait count uniform) */
+            /* this warp's anchor: its first row's position less its offset in the block (all warps agree on it when
+             * the positions are consecutive; otherwise any anchor serves the cold path) */
+            A = __shfl_sync(0xffffffffu, lane_pos, 0) - M * cw - 16 * wl;
+            const int lane_slot = t0 + M * (S * n + lane_tau) + lane_row;
+            regular = __all_sync(0xffffffffu, lane_slot >= t1 || lane_pos == A + M * lane_tau + lane_row);
             float c0, s0, c1, s1;
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
@@ -300,21 +306,20 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
                     for (int hf = 0; hf < 2; hf++)
                         qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV10QRow + (16 * kk + 2 * c + 8 * hf) * 2);
         }
-        /* the rows' positions against the anchor: a warp with any other position rotates each row by its own
-         * offset (cold path: left padding inside a block, a jump in the positions) */
+        /* a block whose positions are not all consecutive from the anchor: each row by its own offset (cold path:
+         * left padding inside a block, a jump in the positions) */
         const int sl = t0 + M * st + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
-        const int expect = A + M * tau + 16 * wl + g;
-        const bool regular = (sl >= t1 || pcur0 == expect) && (sl + 8 >= t1 || pcur1 == expect + 8);
         uint32_t pk[2][16];
-        if (__all_sync(0xffffffffu, regular)) {
+        if (regular) {
             pack(rot, pk);
         } else {
+            const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g);
+            const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g + 8);
             V10Rot xr;
             v10_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, p.inv_freq);
             v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, p.inv_freq);
             pack(xr, pk);
         }
-        fetch_pos(x + 2); /* (an empty group past the last step keeps the wait count uniform: reads clamped) */
         /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes */
         float sc[4] = {};
 #pragma unroll
@@ -322,6 +327,11 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
             dev::mma16816<__half>(sc, a, qa[kk][0], qa[kk][1]);
         }
+        /* V^T's fragments now: their shared-memory latency hides under the softmax (run 76: loaded just before
+         * P . V, the first of its mma waited on them in 9% of the stall samples) */
+        uint32_t va[4][4];
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) dev::ldsm_x4_trans(va[mb], vt + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
         int sn = s, phn = ph; /* the next step of this warpgroup */
         if ((sn += 2) >= NST) sn -= NST, phn ^= 1;
         if (x + 1 < nown) { /* its rebuild runs under this step's softmax and P . V */
@@ -366,12 +376,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         /* P (slots x heads) to the B operand of O^T += V^T P: each 8 x 8 half transposed in registers */
         const uint32_t b0 = dev::movm_trans(Num<T>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<T>::pack(pr[2], pr[3]));
 #pragma unroll
-        for (int mb = 0; mb < 4; mb++) {
-            uint32_t a[4];
-            const int ch = 2 * mb + lsel;
-            dev::ldsm_x4_trans(a, vt + lrow * 128 + ((ch ^ (lrow & 7)) << 4));
-            dev::mma16816<T>(o[mb], a, b0, b1);
-        }
+        for (int mb = 0; mb < 4; mb++) dev::mma16816<T>(o[mb], va[mb], b0, b1);
         __syncwarp();
         if (lane == 0) v10_arrive(empty + s);
         s = sn, ph = phn;
