@@ -964,13 +964,15 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v9 does not support this call: %s", no);
         if (no == NULL) choose(pl, 9, w9, s9, 1); /* the CTA combines its quads' states */
     }
-    if (a->impl == PALU_LATENT_DECODE_V10) { /* only on request: as fast as v4 at batch 8, slower at batch 1 (run 73) */
+    if (a->impl == PALU_LATENT_DECODE_V10 || (a->impl == PALU_LATENT_DECODE_AUTO && pl->impl != 9)) { /* then v10 */
         char why10[256] = "";
         int w10 = 0;
         size_t s10 = 0;
         const char *no = v10_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w10, &s10, why10, sizeof why10);
-        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
-        choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
+        if (no != NULL && a->impl == PALU_LATENT_DECODE_V10)
+            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
+        if (no == NULL && (a->impl == PALU_LATENT_DECODE_V10 || v10_worth_it(a, pl->sm_count)))
+            choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
     }
     if (pl->impl != 9 && pl->impl != 10 &&
         (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
@@ -1340,17 +1342,15 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v4(a, p, pl, stream);
     } else if (pl.impl == 6) {
         st = dispatch_v5(a, p, pl, stream);
-    } else if (pl.impl == 9) {
+    } else if (pl.impl == 9 || pl.impl == 10) {
         bool ran = false;
-        st = dispatch_v9(a, p, pl, stream, &ran);
-        if (st == PALU_OK && !ran) { /* auto under graph capture: v4 (v9's shapes are v4's; its splits fit v4's
-                                      * workspace, one partial per CTA in both) */
+        st = pl.impl == 9 ? dispatch_v9(a, p, pl, stream, &ran) : dispatch_v10(a, p, pl, stream, &ran);
+        if (st == PALU_OK && !ran) { /* auto under graph capture: v4 (v9's and v10's shapes are v4's; their splits
+                                      * fit v4's workspace, one partial per CTA in all three) */
             Plan p4 = pl;
             p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
             st = dispatch_v4(a, p, p4, stream);
         }
-    } else if (pl.impl == 10) {
-        st = dispatch_v10(a, p, pl, stream);
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }

@@ -97,7 +97,7 @@ extern "C" {
 
 /* Which kernel runs. Values are only ever appended. */
 typedef enum palu_latent_decode_impl {
-    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v4, else v3, else v2, else v1 */
+    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v10 (long slices), else v4, v3, v2, v1 */
     PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
     PALU_LATENT_DECODE_V2 = 2,   /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
@@ -109,8 +109,8 @@ typedef enum palu_latent_decode_impl {
                                   * capability 9.0; auto's first choice where it applies; likewise */
     PALU_LATENT_DECODE_V10 = 10  /* rebuild on wgmma, RoPE split between query and key: GQA (2-8 query heads per KV
                                   * head), group size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0,
-                                  * not under CUDA-graph capture; only on request (auto stays v4 until v10 is measured
-                                  * faster); likewise */
+                                  * not under CUDA-graph capture (auto runs v4 there); auto takes it where each CTA
+                                  * walks >= 1024 slots (shorter: v4); likewise */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */

@@ -37,9 +37,11 @@ namespace {
  * it). No copy warp: ptxas sizes the registers of a wgmma kernel per warpgroup, so a ninth warp would cut every
  * thread to 168 registers (spills); setmaxnreg could not move enough of them (notes "The GQA probe").
  * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
- * slots (v4: ~72%). This library kernel does not reach that yet (run 73: 342 us at B8 64K against the probe's 279
- * and v4's 341; notes "v10 in the library"), so it runs only on request. Latents by TMA only: under CUDA-graph
- * capture (no tensor map may hold the call's length) a request fails with PALU_ERR_UNSUPPORTED, naming auto (v4). */
+ * slots (v4: ~72%). This library kernel: 293.5 us at B8 64K against the probe's 274 (whose U_tau images come from a
+ * kernel of their own, ~5 us here) and v4's 341 (run 77; notes "v10 in the library" and "v10 at the probe's
+ * speed"). Auto takes it where each CTA walks >= 1024 slots (v10_worth_it). Latents by TMA only: under CUDA-graph
+ * capture (no tensor map may hold the call's length) auto runs v4 and an explicit request fails with
+ * PALU_ERR_UNSUPPORTED. */
 constexpr int kV10D = 128, kV10R = 64;
 constexpr int kV10S = 4;          /* 64-slot steps per block (one anchor, one Q_A); U_tau images for tau < kV10S */
 constexpr int kV10Rows = 64;      /* slots per step: the wgmma M */
@@ -435,25 +437,31 @@ const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
     return no;
 }
 
-/* v10 loads by TMA only: where TMA is not allowed (CUDA-graph capture, PALU_C_V4_TMA=0) the call fails, naming
- * the way out (auto, which runs v4). */
-template <typename T> palu_status launch_v10(const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+/* v10 loads by TMA only: where TMA is not allowed (CUDA-graph capture, PALU_C_V4_TMA=0) auto runs v4 instead (*ran
+ * false) and an explicit request fails, naming the way out. */
+template <typename T>
+palu_status launch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                       bool *ran)
 {
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
-    if (tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps))
+    *ran = tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
+    if (*ran)
         return launch_decode_smem(p.n_rep == 4 ? decode_v10_kernel<T, 4> : decode_v10_kernel<T, 0>, kV10Smem, p, pl,
                                   stream, maps);
+    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
     return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 loads its latents by TMA, which this call cannot use "
                                            "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
-                                           "use impl=\"auto\", which runs v4");
+                                           "use impl=\"auto\", which runs v4 there");
 }
 
-palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream)
+palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                         bool *ran)
 {
+    *ran = false;
     switch (a->dtype) {
-    case PALU_DTYPE_F16: return launch_v10<__half>(p, pl, stream);
-    case PALU_DTYPE_BF16: return launch_v10<__nv_bfloat16>(p, pl, stream);
+    case PALU_DTYPE_F16: return launch_v10<__half>(a, p, pl, stream, ran);
+    case PALU_DTYPE_BF16: return launch_v10<__nv_bfloat16>(a, p, pl, stream, ran);
     default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by v10", palu_dtype_name(a->dtype));
     }
 }

@@ -23,7 +23,7 @@ for objs in "$BASE" "$NEW" $EXTRA "$BASE" "$NEW" $EXTRA; do
   timeout 100 python3 python/profile_fixed_cost.py --impl v10 --shapes llama3-8b --batches 1,8 \
     --tokens 4096,16384,65536 --iters 10 2>&1 | grep -E "^\| (llama|shape)"
 done
-step "tests (v10 and the generate path) on $NEW"
+step "tests (v10 and the generate path) on $NEW"; link_objects "$NEW"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v10" 2>&1 | tail -2
 for pair in "base:$BASE" "new:$NEW"; do
   name=${pair%%:*}; objs=${pair#*:}

@@ -163,9 +163,9 @@ def _shaped_model(kind: str, layers: int = 2):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind,group", [("llama3-8b", 1), ("llama3-8b", 2), ("llama2-7b", 1), ("smollm2", 3),
-                                        ("smollm2", 1)])
-def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, kind, group, dtype):
+@pytest.mark.parametrize("kind,group,prompt", [("llama3-8b", 1, 37), ("llama3-8b", 1, 8300), ("llama3-8b", 2, 37),
+                                               ("llama2-7b", 1, 37), ("smollm2", 3, 37), ("smollm2", 1, 37)])
+def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, kind, group, prompt, dtype):
     import palu_c.latent_kernels as lk
 
     base = _shaped_model(kind)
@@ -175,7 +175,7 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
     calls = []
     real = lk.latent_decode_attention_cuda
     monkeypatch.setattr(lk, "latent_decode_attention_cuda", lambda *a, **k: calls.append(1) or real(*a, **k))
-    ids = torch.as_tensor(rng.integers(1, model.config.vocab_size, (3, 37)), device=CUDA)
+    ids = torch.as_tensor(rng.integers(1, model.config.vocab_size, (3, prompt)), device=CUDA)
     mask = torch.ones_like(ids)
     mask[1, :5] = 0
     mask[2, :20] = 0
@@ -190,19 +190,21 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
 
     seq_k, logits_k = run("auto")
     assert calls, "the fused CUDA kernel was never called"
-    # the fastest kernel that covers the layer: v9 for MHA at group 1 and head_dim 128 (remembered as auto, which
-    # takes v9 there), v4 for equal ranks 32/64/128 (uniform ranks at ratio 0.5 are G D / 2: 64 and 128 for
-    # Llama-3-8B, 32 and 96 for SmolLM2), else the general tensor-core v2
+    # the fastest kernel that covers the layer: v9 for MHA at group 1 and head_dim 128, v10 for GQA there (both
+    # remembered as auto, which takes v9 / v10 there; v10 only on slices long enough, v4 on the short prompt), v4 for
+    # equal ranks 32/64/128 (uniform ranks at ratio 0.5 are G D / 2: 64 and 128 for Llama-3-8B, 32 and 96 for
+    # SmolLM2), else the general tensor-core v2
     cfg = model.config
     D = cfg.hidden_size // cfg.num_attention_heads
     rank = group * D // 2
     used = {layer.self_attn._cuda_impl for layer in model.model.layers}
-    if kind == "llama2-7b":
+    sm90 = torch.cuda.get_device_capability() == (9, 0)
+    if kind == "llama2-7b" or (kind == "llama3-8b" and group == 1 and sm90):
         assert used == {"auto"}, used
         _, number = lk.latent_decode_workspace_size(ids.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, D,
                                                     group, ids.shape[1] + 24, [rank] * cfg.num_key_value_heads,
                                                     [rank] * cfg.num_key_value_heads, dtype, CUDA)
-        assert lk.KERNEL_NAMES[number] == "v9"
+        assert lk.KERNEL_NAMES[number] == ("v9" if kind == "llama2-7b" else "v10" if prompt > 1000 else "v4")
     else:
         assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
     n_calls = len(calls)
