@@ -4,7 +4,7 @@
 
 reads the markdown table written by ``python/bench_attention.py`` (GPU name from its header line) and merges, for
 that GPU, one row per (model shape, batch, context, group size) into ``palu_c/data/decode_group_speed.json``:
-the fastest time among the kernels ``palu_c.latent_kernels`` picks by itself (``auto`` tries v9, v4, v3, then v2;
+the fastest time among the kernels ``palu_c.latent_kernels`` picks by itself (``auto`` tries v9, v10, v4, v3, then v2;
 v1, v3w and v5 run only on request) and the SDPA time of the same shape. Rewrites the JSON atomically. The rule that uses
 the table is documented in ``palu_c/group_choice.py``.
 """
@@ -18,7 +18,7 @@ import re
 import sys
 import tempfile
 
-AUTO_KERNELS = ("v9", "v4", "v3", "v2")  # what auto dispatch can run; the time of a row is the fastest of them
+AUTO_KERNELS = ("v9", "v10", "v4", "v3", "v2")  # what auto dispatch can run; the time of a row is the fastest of them
 SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "..", "palu_c", "data", "decode_group_speed.json")
 
