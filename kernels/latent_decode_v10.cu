@@ -166,17 +166,6 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 
     /* ---- prologue: U_tau images, the queries in fp32, each thread's key rotation R(k) ---- */
     {
-        /* R(64 tau)'s cos and sin per frequency, one entry per thread, in the Q_A rows' space (written only after
-         * the prologue): each is needed by 16 of the build's tasks, which computed it themselves before (run 77: the
-         * build was ~5 us of a B8 64K call) */
-        static_assert(kV10Warps * 32 == kV10S * HALF, "one table entry per thread");
-        float2 *trig = reinterpret_cast<float2 *>(smem + kV10OffQA);
-        {
-            float cs, sn;
-            rope_cos_sin(M * (tid / HALF), turn_split(p.inv_freq[tid % HALF]), &cs, &sn);
-            trig[tid] = make_float2(cs, sn);
-        }
-        __syncthreads();
         /* a task is one core-matrix row: dimension d, ranks j0 .. j0 + 7, in all S images (16-byte loads of U and
          * of the rotate_half partner row, 16-byte stores: four wavefronts per warp, the least 512 bytes take) */
         const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
@@ -186,10 +175,12 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             const uint4 uu = *reinterpret_cast<const uint4 *>(ukg + (size_t)d * R + j0);
             const uint4 ww = *reinterpret_cast<const uint4 *>(ukg + (size_t)(lower ? d + HALF : d - HALF) * R + j0);
             const T *u = reinterpret_cast<const T *>(&uu), *w = reinterpret_cast<const T *>(&ww);
+            const float2 tr = turn_split(p.inv_freq[f]);
 #pragma unroll
             for (int tau = 0; tau < S; tau++) {
-                const float2 t = trig[tau * HALF + f];
-                const float cs = t.x, sn = lower ? t.y : -t.y; /* lower: u cos - w sin; upper: u cos + w sin */
+                float cs, sn;
+                rope_cos_sin(64 * tau, tr, &cs, &sn);
+                if (!lower) sn = -sn; /* lower: u cos - w sin; upper: u cos + w sin */
                 uint32_t packed[4];
 #pragma unroll
                 for (int k = 0; k < 8; k += 2)

@@ -3,7 +3,7 @@
 # sets, alternately (BASE, NEW, BASE, NEW: drift hits both alike), the probe built and timed in the same call, and one
 # ncu profile of each v10 at Llama-3-8B B8 64K. Objects compiled beforehand and carried, each by
 # SM90A_ONLY=1 bash python/build_cuda_objects.sh DIR (NEW from the change, e.g. branch v10-qa; BASE from main).
-# EXTRA="DIR ..." times more object sets in the same rounds. SUITE=1 runs the whole GPU suite on BASE first. Logs in $OUT: suite.txt (SUITE=1), log.txt base_details.txt new_details.txt (ncu), base_source.csv new_source.csv (per-SASS stalls)
+# NCU=0 skips the profiles. EXTRA="DIR ..." times more object sets in the same rounds. SUITE=1 runs the whole GPU suite on BASE first. Logs in $OUT: suite.txt (SUITE=1), log.txt base_details.txt new_details.txt (ncu), base_source.csv new_source.csv (per-SASS stalls)
 source python/gpu_lib.sh
 NEW=${NEW:-build/objs_v10qa}
 BASE=${BASE:-build/objs_v10}
@@ -25,6 +25,7 @@ for objs in "$BASE" "$NEW" $EXTRA "$BASE" "$NEW" $EXTRA; do
 done
 step "tests (v10 and the generate path) on $NEW"; link_objects "$NEW"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v10" 2>&1 | tail -2
+[ "${NCU:-1}" = 1 ] || { step "done"; exit 0; }   # NCU=0: timings and tests only
 for pair in "base:$BASE" "new:$NEW"; do
   name=${pair%%:*}; objs=${pair#*:}
   step "ncu $name"; link_objects "$objs"
