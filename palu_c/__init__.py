@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ._version import __version__
 from . import _C
-from .errors import LinAlgError, WhiteningWarning
+from .errors import KernelSpeedWarning, LinAlgError, WhiteningWarning
 from .hadamard import hadamard, hadamard_matrix
 from .linalg import lowrank_factor, lowrank_factor_grouped, svd
 from .quant import QuantizedTensor, quantize
@@ -17,6 +17,7 @@ from .ranks import allocate_ranks
 __all__ = [
     "__version__", "build_info", "svd", "lowrank_factor", "lowrank_factor_grouped", "hadamard",
     "hadamard_matrix", "quantize", "QuantizedTensor", "allocate_ranks", "LinAlgError", "WhiteningWarning",
+    "KernelSpeedWarning",
     # model level (need torch + transformers: imported on first use, so `import palu_c` stays NumPy-only)
     "calibration_tokens", "collect_kv_statistics", "compress_kv", "summary", "kv_bytes_per_token", "kv_cache_bytes",
     "save", "load", "LatentCache", "eval", "compress_weights", "collect_linear_statistics", "LowRankLinear",

@@ -42,6 +42,7 @@ group, NG = Hkv / G groups.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import torch
@@ -53,6 +54,7 @@ from transformers.models.llama.modeling_llama import eager_attention_forward
 from . import _C
 from ._factors import as_factor
 from .cache import LatentLayer, install_latent_layer
+from .errors import KernelSpeedWarning
 from .kv_config import PaluLayerConfig
 
 
@@ -334,6 +336,8 @@ class PaluAttention(nn.Module):
             # slower than v4's and v10 has none; latents that lost the 16-byte alignment): a remembered "v9" or
             # "v10" would raise there and leave the layer on the PyTorch path for good
             self._cuda_impl = "auto" if impl in ("v9", "v10") else impl
+            if impl == "v2":
+                warn_general_kernel()
             break
         else:
             self._cuda_unsupported = True
@@ -345,6 +349,19 @@ class PaluAttention(nn.Module):
         quant = "" if self.bits is None else f", bits={self.bits}, residual={self.residual}"
         return (f"layer_idx={self.layer_idx}, group_size={self.layer_cfg.group_size}, k_ranks={list(self.k_ranks)}, "
                 f"v_ranks={list(self.v_ranks)}{quant}")
+
+
+def warn_general_kernel() -> None:
+    """Say that a layer decodes on the general kernel v2, and how to get a fast one: on an H200, v2 runs at ~0.6x
+    full-cache SDPA at long context, the specialized kernels at 1.1-1.9x (docs/design/latent_decode_notes.md). The
+    text is the same for every layer, so Python's default filter shows it once per model run, not once per layer."""
+    warnings.warn(
+        "palu_c: decode attention over this compressed cache runs the general CUDA kernel (v2), which is slower than "
+        "uncompressed attention at long context: the fast kernels need, in each layer, one rank for all head groups "
+        "and for keys and values alike, of 32, 64 or 128 (the ranks are in each attention module's repr). "
+        "compress_kv(..., search=\"uniform\") gives such ranks where ratio x group_size x head_dim is one of them "
+        "(e.g. 64 at ratio 0.5, group size 1, head_dim 128); the default search=\"fisher\" trades that speed for "
+        "accuracy.", KernelSpeedWarning, stacklevel=2)
 
 
 _CUDA_COMPILED: bool | None = None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -188,8 +189,11 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
                                  return_dict_in_generate=True)
         return out.sequences[:, ids.shape[1]:].cpu(), torch.stack(out.logits, 1).float().cpu()
 
-    seq_k, logits_k = run("auto")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        seq_k, logits_k = run("auto")
     assert calls, "the fused CUDA kernel was never called"
+    slow = [w for w in caught if issubclass(w.category, palu_c.KernelSpeedWarning)]
     # the fastest kernel that covers the layer: v9 for MHA at group 1 and head_dim 128, v10 for GQA there (both
     # remembered as auto, which takes v9 / v10 there; v10 only on slices long enough, v4 on the short prompt), v4 for
     # equal ranks 32/64/128 (uniform ranks at ratio 0.5 are G D / 2: 64 and 128 for Llama-3-8B, 32 and 96 for
@@ -207,6 +211,8 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
         assert lk.KERNEL_NAMES[number] == ("v9" if kind == "llama2-7b" else "v10" if prompt > 1000 else "v4")
     else:
         assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
+    # the general kernel, and only it, says so (once per layer here: the filter is "always")
+    assert len(slow) == (len(model.model.layers) if used == {"v2"} else 0), [str(w.message) for w in slow]
     n_calls = len(calls)
     seq_r, logits_r = run("torch")
     assert len(calls) == n_calls  # the reference run did not use the kernel
