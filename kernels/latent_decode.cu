@@ -1425,8 +1425,20 @@ extern "C" palu_status palu_latent_decode_cuda(const palu_latent_decode_args *a,
             return palu_fail(PALU_ERR_VALUE, "workspace holds %lld floats; this call needs %lld (ask "
                                              "latent_decode_cuda_workspace)",
                              (long long)a->workspace_floats, (long long)need);
+        /* Auto planned v9 or v10, but this call cannot use TMA (CUDA-graph capture: a tensor map would keep the
+         * capture's length): auto runs v4 there, with v4's own plan where the workspace holds it. v9's and v10's
+         * one-wave split count leaves v4 at half its occupancy (the graph-mode table: Llama-2-7B B1 64K 222.8 us
+         * against v4's 178.8 eager); dispatch's fallback keeps their splits only if this plan cannot be had. */
+        const cudaStream_t s = static_cast<cudaStream_t>(stream);
+        if (a->impl == PALU_LATENT_DECODE_AUTO && (pl.impl == 9 || pl.impl == 10) && !tma_allowed(pl, s)) {
+            palu_latent_decode_args a4 = *a;
+            a4.impl = PALU_LATENT_DECODE_V4;
+            Plan p4;
+            if (make_plan(&a4, device, &p4) == PALU_OK && p4.impl == 5 && workspace_floats(a, p4) <= a->workspace_floats)
+                pl = p4;
+        }
         /* A stale error left in this runtime by an earlier call would be blamed on this launch: drop it. */
         (void)cudaGetLastError();
-        return dispatch(a, pl, static_cast<cudaStream_t>(stream));
+        return dispatch(a, pl, s);
     });
 }

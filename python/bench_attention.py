@@ -279,7 +279,10 @@ def main(argv=None) -> int:
                         keep = graphed(step) if args.graphs else (step, None)
                         t = timed(keep[0], flush, args.iters, args.warmup)[0]
                         del keep
-                        lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {LABEL[used]} | {t:.1f} | "
+                        # inside a capture auto runs v4 (its own plan) where it planned v9 or v10, which load by TMA
+                        label = ("v4 (auto, captured)" if args.graphs and impl == "auto" and LABEL[used] in ("v9", "v10")
+                                 else LABEL[used])
+                        lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {label} | {t:.1f} | "
                                      f"{t_sdpa / t:.2f}x | {nb / 1e6:.0f} | {nf / 1e9:.1f} | {nb / t / 1e3:.0f} | "
                                      f"{floor:.1f} | {100 * floor / t:.0f}% | {bound} |")
                         print(lines[-1], flush=True)

@@ -463,7 +463,7 @@ def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     kw = dict(scaling=0.088, out=out, workspace=ws, impl="v9")
     capture_and_replay(args, kw, side)
     torch.testing.assert_close(out, ref, rtol=0, atol=0)
-    # auto under capture runs v4 with v9's splits (v9's cp.async build is the slower one): not v9's bits, and within
+    # auto under capture runs v4 on its own plan (v9's cp.async build is the slower one): not v9's bits, and within
     # the tensor-core tolerance of the reference
     kw["impl"] = "auto"
     capture_and_replay(args, kw, side)
