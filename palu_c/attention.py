@@ -335,9 +335,9 @@ class PaluAttention(nn.Module):
             # to pay for its prologue) and v4 where one call cannot (a CUDA-graph capture, where v9's copies are
             # slower than v4's and v10 has none; latents that lost the 16-byte alignment): a remembered "v9" or
             # "v10" would raise there and leave the layer on the PyTorch path for good
-            self._cuda_impl = "auto" if impl in ("v9", "v10") else impl
-            if impl == "v2":
+            if impl == "v2" and self._cuda_impl is None:  # found now: say it once, not at every step
                 warn_general_kernel()
+            self._cuda_impl = "auto" if impl in ("v9", "v10") else impl
             break
         else:
             self._cuda_unsupported = True
