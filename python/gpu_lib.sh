@@ -33,7 +33,10 @@ sanitize() {
 bench_table() {
   local file=$1; shift
   timeout 200 python3 python/bench_attention.py "$@" --out "$OUT/$file" > "$OUT/bench.tmp" 2>&1
-  echo "bench exit $?"; rm -f "$OUT/bench.tmp"
+  local rc=$?
+  echo "bench exit $rc"
+  [ $rc -eq 0 ] || tail -30 "$OUT/bench.tmp"   # runs 73 and 81 failed once each and the cause was lost with this file
+  rm -f "$OUT/bench.tmp"
   grep -E "(llama3-8b|llama2-7b) \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/$file" | cut -d'|' -f2-8,12,13
 }
 ncu_profile() {
