@@ -696,13 +696,15 @@ const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
                             int *warps, size_t *smem, char *why, size_t why_len);
 
 /* Whether auto takes v10 for a call v10 supports: when each of its CTAs walks at least kV10AutoSlotsPerCta slots.
- * v10 builds its U_tau images in every CTA (~2-3 us), so it loses to v4 on short slices and wins on long ones
- * (run 77, Llama-3-8B shapes, call times v10 / v4: B1 4K 16.3 / 14.3 us at 512 slots per CTA, B1 16K 22.6 / 23.0 at
- * 1024, B8 4K 32.7 / 35.3 at 2048). The split count is the plan's for v10: one wave, >= 2 blocks per CTA. */
+ * v10 builds its U_tau images in every CTA (~1-5 us), so it loses to v4 on short slices and wins on long ones
+ * (run 78, Llama-3-8B shapes, call times v10 / v4: B1 8K 18.3 / 17.8 us at 512 slots per CTA, B1 16K 22.5 / 22.9 at
+ * 1024, B8 2K 24.6 / 24.4 at 1024, B8 4K 32.5 / 35.0 at 2048). The split count is the plan's for v10: one wave,
+ * >= 2 blocks per CTA. */
 constexpr int64_t kV10AutoSlotsPerCta = 1024;
 inline bool v10_worth_it(const palu_latent_decode_args *a, int sm_count)
 {
-    const int64_t wave = sm_count / (a->kv_heads * a->batch), by_len = (a->length + 2 * kV9BlockSlots - 1) / (2 * kV9BlockSlots);
+    const int64_t wave = sm_count / (a->kv_heads * a->batch);
+    const int64_t by_len = (a->length + 2 * kV9BlockSlots - 1) / (2 * kV9BlockSlots);
     int64_t s = wave < by_len ? wave : by_len;
     if (s < 1) s = 1;
     return a->length >= kV10AutoSlotsPerCta * s;

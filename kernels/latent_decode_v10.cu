@@ -293,8 +293,9 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 #pragma unroll
             for (int j = 0; j < (NREP ? NREP : kV10MaxRep); j++) {
                 if (NREP || j < n_rep) {
-                    const float2 lo = NREP ? qlo[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane);
-                    const float2 hi = NREP ? qhi[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane);
+                    const float *qj = qs + j * D + 2 * lane; /* the runtime-n_rep build reads them here */
+                    const float2 lo = NREP ? qlo[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qj);
+                    const float2 hi = NREP ? qhi[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qj + HALF);
                     uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV10QRow);
                     row[lane] = v10_half2_sat(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
                     row[HALF / 2 + lane] = v10_half2_sat(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);

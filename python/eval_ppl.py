@@ -52,6 +52,8 @@ def main():
     configs = [dict(ratio=r, group_size=g) for r in (1.0, 0.7, 0.5, 0.3) for g in (1, 3)]
     configs += [dict(ratio=0.5, group_size=3, bits=b, hadamard=h) for b in (4, 3, 2) for h in (False, True)]
     configs += [dict(ratio=0.5, group_size=3, search=s) for s in ("uniform", "greedy", "fisher_uniform")]
+    # group size 1 (what compress_kv picks on CUDA) by search: uniform ranks are the ones the fast decode kernels take
+    configs += [dict(ratio=0.5, group_size=1, search=s) for s in ("uniform", "greedy", "fisher_uniform")]
     if args.quick:
         configs = [configs[0], configs[5], configs[9]]
     for cfg in configs:
