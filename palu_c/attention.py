@@ -331,12 +331,12 @@ class PaluAttention(nn.Module):
                     attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl=impl)
             except NotImplementedError:
                 continue
+            if impl == "v2" and self._cuda_impl is None:  # found now: say it once, not at every step
+                warn_general_kernel()
             # v9 and v10 are remembered as auto, which takes them wherever they can run (v10: on slices long enough
             # to pay for its prologue) and v4 where one call cannot (a CUDA-graph capture, where v9's copies are
             # slower than v4's and v10 has none; latents that lost the 16-byte alignment): a remembered "v9" or
             # "v10" would raise there and leave the layer on the PyTorch path for good
-            if impl == "v2" and self._cuda_impl is None:  # found now: say it once, not at every step
-                warn_general_kernel()
             self._cuda_impl = "auto" if impl in ("v9", "v10") else impl
             break
         else:
@@ -354,7 +354,7 @@ class PaluAttention(nn.Module):
 def warn_general_kernel() -> None:
     """Say that a layer decodes on the general kernel v2, and how to get a fast one: on an H200, v2 runs at ~0.6x
     full-cache SDPA at long context, the specialized kernels at 1.1-1.9x (docs/design/latent_decode_notes.md). The
-    text is the same for every layer, so Python's default filter shows it once per model run, not once per layer."""
+    text is the same for every layer, so Python's default filter shows it once, not once per layer."""
     warnings.warn(
         "palu_c: decode attention over this compressed cache runs the general CUDA kernel (v2), which is slower than "
         "uncompressed attention at long context: the fast kernels need, in each layer, one rank for all head groups "
