@@ -360,8 +360,10 @@ def warn_general_kernel() -> None:
         "uncompressed attention at long context: the fast kernels need, in each layer, one rank for all head groups "
         "and for keys and values alike, of 32, 64 or 128 (the ranks are in each attention module's repr). "
         "compress_kv(..., search=\"uniform\") gives such ranks where ratio x group_size x head_dim is one of them "
-        "(e.g. 64 at ratio 0.5, group size 1, head_dim 128); the default search=\"fisher\" trades that speed for "
-        "accuracy.", KernelSpeedWarning, stacklevel=2)
+        "(e.g. 64 at ratio 0.5, group size 1, head_dim 128). Whether the default search=\"fisher\" buys accuracy "
+        "for that speed depends on the model and group size (SmolLM2-135M at ratio 0.5: better than uniform at group "
+        "size 3, worse at group size 1; python/results/eval_ppl_smollm2.md in the palu_c repository).",
+        KernelSpeedWarning, stacklevel=2)
 
 
 _CUDA_COMPILED: bool | None = None
