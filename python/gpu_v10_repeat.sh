@@ -9,7 +9,7 @@ step "repeat"
 timeout 120 python3 - <<'PY'
 import sys, torch
 sys.path.insert(0, "python")
-from bench_attention import latent_case, reference_z, call
+from palu_c.bench import latent_case, reference_z, call
 import palu_c.latent_kernels as lk
 worst, first, diff = 0.0, None, 0
 for it in range(40):

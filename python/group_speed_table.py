@@ -18,8 +18,11 @@ import re
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from palu_c.shapes import ATTENTION_SHAPES  # noqa: E402
+
 AUTO_KERNELS = ("v9", "v10", "v4", "v3", "v2")  # what auto dispatch can run; the time of a row is the fastest of them
-SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
+SHAPES = ATTENTION_SHAPES
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "..", "palu_c", "data", "decode_group_speed.json")
 
 

@@ -24,7 +24,7 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_attention import timed  # noqa: E402
+from palu_c.bench import timed  # noqa: E402
 from profile_latent_decode import decode_step  # noqa: E402
 
 

@@ -47,6 +47,40 @@ def test_cli_info():
     assert {"version", "lapack", "cuda_compiled", "cuda_devices"} <= set(info)
 
 
+@pytest.mark.parametrize("args, message", [
+    (("--tokens", "4k"), "--tokens takes comma-separated positive integers"),
+    (("--batch", "0"), "--batch takes comma-separated positive integers"),
+    (("--shape", "llama3-8b", "--group-size", "3"), "none of the group sizes [3] divides the 8 KV heads"),
+    (("--shape", "llama3-8b", "--model", "x"), "give --shape or --model, not both"),
+    (("--ratio", "0"), "--ratio must be in (0, 1]"),
+    (("--model", "./no/such/folder"), "no such folder"),
+])
+def test_cli_bench_rejects_bad_arguments(capsys, args, message):
+    from palu_c.__main__ import main
+
+    assert main(["bench", *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+
+
+def test_cli_bench_reads_the_shape_from_a_config_folder(capsys, tmp_path):
+    """A folder with only an HF config (no weights) gives the attention shape: 28 heads over 4 KV heads of a
+    3584-wide model (Qwen2-7B's) has 7 query heads per KV head and head_dim 128; group size 3 divides nothing there.
+    Without CUDA the command stops after the shape with the reason; with it, the group-size check comes first."""
+    from transformers import LlamaConfig
+
+    import torch
+
+    from palu_c.__main__ import main
+
+    LlamaConfig(num_attention_heads=28, num_key_value_heads=4, hidden_size=3584).save_pretrained(tmp_path)
+    assert main(["bench", "--model", str(tmp_path), "--group-size", "3"]) == 2
+    assert "none of the group sizes [3] divides the 4 KV heads" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "--model", str(tmp_path), "--group-size", "1,2,4", "--tokens", "1000"]) == 2
+        assert "no CUDA device is visible" in capsys.readouterr().err
+
+
 def test_cli_demo_rejects_bad_ratio():
     proc = run_cli("demo", "--ratio", "1.5")
     assert proc.returncode == 2
