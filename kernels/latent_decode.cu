@@ -1320,6 +1320,26 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, boo
     return PALU_OK;
 }
 
+/* The plan auto runs where it planned v9 or v10 and the call cannot run them (CUDA-graph capture: a tensor map
+ * would keep the capture's length; a map the driver refused): v4 on its own plan (its split count) when the
+ * caller's workspace holds it, else on their splits (their shapes are v4's, their splits fit v4's workspace, one
+ * partial per CTA in all three). Their one-wave split count leaves v4 at half its occupancy (the graph-mode table:
+ * Llama-2-7B B1 64K 222.8 us against v4's 178.8 eager). */
+Plan v4_fallback(const palu_latent_decode_args *a, const Plan &pl)
+{
+    palu_latent_decode_args a4 = *a;
+    a4.impl = PALU_LATENT_DECODE_V4;
+    Plan p4;
+    int device = 0;
+    if (cudaGetDevice(&device) == cudaSuccess && make_plan(&a4, device, &p4) == PALU_OK && p4.impl == 5 &&
+        workspace_floats(a, p4) <= a->workspace_floats)
+        return p4;
+    (void)cudaGetLastError();
+    p4 = pl;
+    p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
+    return p4;
+}
+
 /* The one dispatch switch: (input dtype, head_dim, rank bucket) for the decode kernel, (output dtype) for the
  * merge. Unsupported values were refused by make_plan with their names; the defaults here name them again. */
 palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStream_t stream)
@@ -1345,12 +1365,7 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
     } else if (pl.impl == 9 || pl.impl == 10) {
         bool ran = false;
         st = pl.impl == 9 ? dispatch_v9(a, p, pl, stream, &ran) : dispatch_v10(a, p, pl, stream, &ran);
-        if (st == PALU_OK && !ran) { /* auto under graph capture: v4 (v9's and v10's shapes are v4's; their splits
-                                      * fit v4's workspace, one partial per CTA in all three) */
-            Plan p4 = pl;
-            p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
-            st = dispatch_v4(a, p, p4, stream);
-        }
+        if (st == PALU_OK && !ran) return dispatch(a, v4_fallback(a, pl), stream); /* auto, where they cannot run */
     } else {
         st = dispatch_v3(a, p, pl, stream);
     }
@@ -1425,20 +1440,8 @@ extern "C" palu_status palu_latent_decode_cuda(const palu_latent_decode_args *a,
             return palu_fail(PALU_ERR_VALUE, "workspace holds %lld floats; this call needs %lld (ask "
                                              "latent_decode_cuda_workspace)",
                              (long long)a->workspace_floats, (long long)need);
-        /* Auto planned v9 or v10, but this call cannot use TMA (CUDA-graph capture: a tensor map would keep the
-         * capture's length): auto runs v4 there, with v4's own plan where the workspace holds it. v9's and v10's
-         * one-wave split count leaves v4 at half its occupancy (the graph-mode table: Llama-2-7B B1 64K 222.8 us
-         * against v4's 178.8 eager); dispatch's fallback keeps their splits only if this plan cannot be had. */
-        const cudaStream_t s = static_cast<cudaStream_t>(stream);
-        if (a->impl == PALU_LATENT_DECODE_AUTO && (pl.impl == 9 || pl.impl == 10) && !tma_allowed(pl, s)) {
-            palu_latent_decode_args a4 = *a;
-            a4.impl = PALU_LATENT_DECODE_V4;
-            Plan p4;
-            if (make_plan(&a4, device, &p4) == PALU_OK && p4.impl == 5 && workspace_floats(a, p4) <= a->workspace_floats)
-                pl = p4;
-        }
         /* A stale error left in this runtime by an earlier call would be blamed on this launch: drop it. */
         (void)cudaGetLastError();
-        return dispatch(a, pl, s);
+        return dispatch(a, pl, static_cast<cudaStream_t>(stream));
     });
 }

@@ -489,6 +489,10 @@ inline const char *smem_unsupported(const char *name, size_t need, int max_rk, i
 /* Why a kernel of sm_90a code (wgmma) cannot run on `device` (NULL when it can: compute capability 9.0 exactly). */
 inline const char *sm90a_unsupported(const char *name, int device, char *why, size_t why_len)
 {
+#ifdef PALU_EMULATE /* the CPU emulator models no wgmma: its v5/v9/v10 bodies are the NaN stubs of a non-sm_90a build */
+    (void)device;
+    return snprintf(why, why_len, "the CPU emulator (%s uses wgmma, which it does not model)", name), why;
+#endif
     int major = 0, minor = 0;
     if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
         cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess)
