@@ -26,7 +26,8 @@ namespace {
  *       whose positions are not consecutive from the block's anchor, by R(P - A - 64 tau) of each slot (cold path);
  *   (3) S = K . Q_A^T on mma.sync per 16 slots: the packed keys as the A operand straight from the accumulators,
  *       Q_A = R(A)^T Q (rotated once per block by each warp for itself) as B, n_rep of its 8 columns real; both in
- *       fp16 whatever the dtype (computed in fp32 here; bf16 operands missed bf16's tolerance, run 72);
+ *       fp16 whatever the dtype (computed in fp32 here; bf16 operands missed bf16's tolerance, run 72); four
+ *       independent HMMA chains (kV10ScoreChains), since the step's next rebuild cannot issue before they drain;
  *   (4) the online softmax per head over the warp's 16 slots, its max reduced only when a score passes the running
  *       max by 8 (P then stays <= 2^8, exact enough in fp16); P, transposed per 8 x 8 half in registers
  *       (movmatrix), is the B operand of O^T += V^T . P, whose columns are the heads whose state the thread keeps.
@@ -37,9 +38,9 @@ namespace {
  * it). No copy warp: ptxas sizes the registers of a wgmma kernel per warpgroup, so a ninth warp would cut every
  * thread to 168 registers (spills); setmaxnreg could not move enough of them (notes "The GQA probe").
  * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
- * slots (v4: ~72%). This library kernel: 293.5 us at B8 64K against the probe's 274 (whose U_tau images come from a
- * kernel of their own, ~5 us here) and v4's 341 (run 77; notes "v10 in the library" and "v10 at the probe's
- * speed"). Auto takes it where each CTA walks >= 1024 slots (v10_worth_it). Latents by TMA only: under CUDA-graph
+ * slots (v4: ~72%). This library kernel: 279 us at B8 64K (run 88), against the probe's 274 (whose U_tau images come
+ * from a kernel of their own, ~5 us here) and v4's 341 (notes "v10 in the library", "v10 at the probe's speed" and
+ * "What bounds a v10 step": its loads alone take 240 us there, its arithmetic alone 255). Auto takes it where each CTA walks >= 1024 slots (v10_worth_it). Latents by TMA only: under CUDA-graph
  * capture (no tensor map may hold the call's length) auto runs v4 and an explicit request fails with
  * PALU_ERR_UNSUPPORTED. */
 constexpr int kV10D = 128, kV10R = 64;
@@ -48,6 +49,8 @@ constexpr int kV10Rows = 64;      /* slots per step: the wgmma M */
 constexpr int kV10Warps = 8;      /* two warpgroups */
 constexpr int kV10MaxRep = 8;     /* query heads per KV head: the 8 columns of the score and P . V products */
 constexpr int kV10NST = 8;        /* stages: per warpgroup one read, one rebuilt, two loading */
+constexpr int kV10ScoreChains = 4; /* independent HMMA chains of the score product (runs 86-88: 1 -> 2 -> 4 chains,
+                                     * B8 64K 296 -> 287 -> 279 us) */
 constexpr size_t kV10Tile = (size_t)kV10Rows * kV10R * 2; /* one 64-row box, 8 KB */
 constexpr size_t kV10Stage = 2 * kV10Tile;                /* K and V */
 constexpr size_t kV10UT = (size_t)kV10D * kV10R * 2;      /* one U_tau image, 16 KB */
@@ -323,12 +326,22 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, p.inv_freq);
             pack(xr, pk);
         }
-        /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes */
-        float sc[4] = {};
+        /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes, as kV10ScoreChains
+         * independent chains of HMMA summed at the end: one chain of 8 dependent HMMA held the step ~300 cycles and
+         * the group's next rebuild waited behind it (run 88: four chains, -17 us at B8 64K; scores on wgmma instead,
+         * branch v10-wgmma-scores, gained nothing: their group waited behind the other warpgroup's rebuild) */
+        float scc[kV10ScoreChains][4] = {};
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
-            dev::mma16816<__half>(sc, a, qa[kk][0], qa[kk][1]);
+            dev::mma16816<__half>(scc[kk % kV10ScoreChains], a, qa[kk][0], qa[kk][1]);
+        }
+        float sc[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            sc[e] = scc[0][e];
+#pragma unroll
+            for (int ch = 1; ch < kV10ScoreChains; ch++) sc[e] += scc[ch][e];
         }
         /* V^T's fragments now: their shared-memory latency hides under the softmax (run 76: loaded just before
          * P . V, the first of its mma waited on them in 9% of the stall samples) */

@@ -1,0 +1,75 @@
+"""Repeat one decode step of the CUDA latent kernel many times and report the first fault or changed output.
+
+    python python/stress_decode.py --shape llama2-7b --batch 8 --tokens 16384 --impl auto --calls 3000 [--bench-like]
+
+Why: the benchmark failed intermittently (runs 73, 81, 89: once a float64 check, twice "unspecified launch failure"
+in the middle of a timing loop), so a fault that appears about once per thousand calls has to be made to happen on
+demand. Each call writes into the same output; every `--check-every` calls the output is compared bit for bit with
+the first call's (the kernels are deterministic: fixed split order), and the stream is synchronized so a fault
+surfaces near the call that caused it. `--bench-like` puts the benchmark's L2 flush and ~1 ms GPU sleep before
+every call. Run each configuration in its own process: a fault leaves the CUDA context unusable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
+
+from palu_c import latent_kernels as lk  # noqa: E402
+from palu_c.bench import call, latent_case  # noqa: E402
+from palu_c.shapes import ATTENTION_SHAPES  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="llama2-7b", choices=sorted(ATTENTION_SHAPES))
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--tokens", type=int, default=16384)
+    ap.add_argument("--group", type=int, default=1)
+    ap.add_argument("--impl", default="auto")
+    ap.add_argument("--calls", type=int, default=3000)
+    ap.add_argument("--check-every", type=int, default=50)
+    ap.add_argument("--bench-like", action="store_true", help="an L2 flush and a ~1 ms GPU sleep before each call")
+    args = ap.parse_args()
+    H, Hkv, D = ATTENTION_SHAPES[args.shape]
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1234)
+    c = latent_case(args.batch, H, Hkv, D, args.group, args.tokens, torch.float16, gen)
+    floats, used = lk.latent_decode_workspace_size(args.batch, H, Hkv, D, args.group, args.tokens, c["kr"], c["vr"],
+                                                   torch.float16, "cuda", args.impl)
+    ws = torch.empty(floats, device="cuda")
+    out = torch.empty((args.batch, H * c["kr"][0]), device="cuda")
+    flush = torch.empty(64 * 2**20, device="cuda")
+    label = (f"{args.shape} B{args.batch} T{args.tokens} G{args.group} impl {args.impl} (kernel {used}), "
+             f"{'bench-like' if args.bench_like else 'back to back'}, TMA env {os.environ.get('PALU_C_V4_TMA', '-')}")
+    call(c, args.impl, out, ws)
+    torch.cuda.synchronize()
+    first = out.clone()
+    bad = 0
+    for i in range(1, args.calls + 1):
+        if args.bench_like:
+            flush.sum()
+            torch.cuda._sleep(2_000_000)
+        call(c, args.impl, out, ws)
+        if i % args.check_every == 0 or i == args.calls:
+            try:
+                torch.cuda.synchronize()
+            except Exception as e:  # the context is gone after this
+                print(f"FAULT after <= {i} calls: {label}: {str(e).splitlines()[0]}")
+                return 1
+            if not torch.equal(out, first):
+                bad += 1
+                diff = (out - first).abs()
+                print(f"CHANGED at call {i}: max |diff| {diff.max().item():.3e}, {int((diff > 0).sum())} elements, "
+                      f"NaN {bool(out.isnan().any())}")
+    print(f"{'ok' if bad == 0 else 'CHANGED'}: {args.calls} calls, {bad} changed checks: {label}")
+    return 0 if bad == 0 else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
