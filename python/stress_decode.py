@@ -7,7 +7,10 @@ in the middle of a timing loop), so a fault that appears about once per thousand
 demand. Each call writes into the same output; every `--check-every` calls the output is compared bit for bit with
 the first call's (the kernels are deterministic: fixed split order), and the stream is synchronized so a fault
 surfaces near the call that caused it. `--bench-like` puts the benchmark's L2 flush and ~1 ms GPU sleep before
-every call. Run each configuration in its own process: a fault leaves the CUDA context unusable.
+every call; `--churn` makes every check also do what the benchmark does between rows: a full-cache SDPA call over
+freshly allocated random K/V, then new workspace and output buffers from the caching allocator (so they hold the
+freed caches' data, at new addresses). Run each configuration in its own process: a fault leaves the CUDA context
+unusable.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=3000)
     ap.add_argument("--check-every", type=int, default=50)
     ap.add_argument("--bench-like", action="store_true", help="an L2 flush and a ~1 ms GPU sleep before each call")
+    ap.add_argument("--churn", action="store_true", help="an SDPA call and new buffers at every check")
     args = ap.parse_args()
     H, Hkv, D = ATTENTION_SHAPES[args.shape]
     gen = torch.Generator(device="cuda")
@@ -46,7 +50,8 @@ def main() -> int:
     out = torch.empty((args.batch, H * c["kr"][0]), device="cuda")
     flush = torch.empty(64 * 2**20, device="cuda")
     label = (f"{args.shape} B{args.batch} T{args.tokens} G{args.group} impl {args.impl} (kernel {used}), "
-             f"{'bench-like' if args.bench_like else 'back to back'}, TMA env {os.environ.get('PALU_C_V4_TMA', '-')}")
+             f"{'bench-like' if args.bench_like else 'back to back'}{', churn' if args.churn else ''}, "
+             f"TMA env {os.environ.get('PALU_C_V4_TMA', '-')}")
     call(c, args.impl, out, ws)
     torch.cuda.synchronize()
     first = out.clone()
@@ -67,6 +72,14 @@ def main() -> int:
                 diff = (out - first).abs()
                 print(f"CHANGED at call {i}: max |diff| {diff.max().item():.3e}, {int((diff > 0).sum())} elements, "
                       f"NaN {bool(out.isnan().any())}")
+            if args.churn:
+                del ws, out
+                k = torch.randn((args.batch, Hkv, args.tokens, D), device="cuda", dtype=torch.float16, generator=gen)
+                q = torch.randn((args.batch, H, 1, D), device="cuda", dtype=torch.float16, generator=gen)
+                torch.nn.functional.scaled_dot_product_attention(q, k, k, enable_gqa=H != Hkv)
+                del k, q
+                ws = torch.empty(floats, device="cuda")
+                out = torch.empty((args.batch, H * c["kr"][0]), device="cuda")
     print(f"{'ok' if bad == 0 else 'CHANGED'}: {args.calls} calls, {bad} changed checks: {label}")
     return 0 if bad == 0 else 2
 
