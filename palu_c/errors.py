@@ -10,8 +10,9 @@ class WhiteningWarning(UserWarning):
 
 
 class KernelSpeedWarning(UserWarning):
-    """A compressed layer's ranks are outside what the fast CUDA decode kernels take, so its decode steps run the
-    general tensor-core kernel, which is slower than full-cache attention at long context (see the message)."""
+    """Decode attention over this compressed cache will be slower on CUDA than attention over the full cache: a
+    layer's ranks are outside what the fast decode kernels take (it runs the general kernel, at the first decode
+    step), or ``compress_kv`` was given a group size whose measured decode time is (see the message)."""
 
 
 LinAlgError = np.linalg.LinAlgError

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 
-from .group_choice import choose_group_size
+from .errors import KernelSpeedWarning
+from .group_choice import choose_group_size, slow_group_message
 from .hadamard import hadamard_matrix
 from .kv_config import PaluConfig, PaluLayerConfig
 from .linalg import lowrank_factor_grouped, svd
@@ -195,7 +197,8 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
         count and is fast on the model's device (:mod:`palu_c.group_choice`): on a CPU the largest divisor <= 4
         (accuracy first: CPU decode is compute-bound at any group size), on CUDA the largest group whose measured
         kernel time is within 10% of the fastest (G = 1 on an H200). ``model.palu_config.group_size_reason``
-        says why.
+        says why. A given group size on a CUDA model whose measured decode attention is slower than over the full
+        cache at every measured point (on an H200: 2 and 4) raises a :class:`palu_c.KernelSpeedWarning`.
     search : {"fisher", "fisher_uniform", "uniform", "greedy"}
     bits : {2, 3, 4, 8}, optional
         Quantize cached latents (per token and head group, asymmetric) with a full-precision window of the newest
@@ -232,8 +235,13 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
     if search not in SEARCH_MODES:
         raise ValueError(f"palu_c.compress_kv: search must be one of {SEARCH_MODES}, got {search!r}")
     n_layers, kv_heads, head_dim, hidden = head_geometry(model)
+    device = next(model.parameters()).device
     group_size, group_reason = resolve_group_size(kv_heads, group_size, num_heads=model.config.num_attention_heads,
-                                                  head_dim=head_dim, device=next(model.parameters()).device)
+                                                  head_dim=head_dim, device=device)
+    if group_reason == "given" and bits is None:  # the decode kernels' case: say when the given size decodes slowly
+        slow = slow_group_message(kv_heads, model.config.num_attention_heads, head_dim, group_size, device)
+        if slow is not None:
+            warnings.warn(slow, KernelSpeedWarning, stacklevel=2)
     if quant_group is not None and (rank_multiple % quant_group if quant_group > 0 else True):
         raise ValueError(f"palu_c.compress_kv: quant_group={quant_group} must divide rank_multiple={rank_multiple} "
                          f"(so it divides every rank)")

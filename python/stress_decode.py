@@ -40,6 +40,11 @@ def main() -> int:
     ap.add_argument("--bench-like", action="store_true", help="an L2 flush and a ~1 ms GPU sleep before each call")
     ap.add_argument("--churn", action="store_true", help="an SDPA call and new buffers at every check")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("stress_decode.py: needs a CUDA device; none is visible", file=sys.stderr)
+        return 2
+    if args.calls < 1 or args.check_every < 1:
+        ap.error("--calls and --check-every must be >= 1")
     H, Hkv, D = ATTENTION_SHAPES[args.shape]
     gen = torch.Generator(device="cuda")
     gen.manual_seed(1234)

@@ -112,3 +112,69 @@ def test_compress_kv_records_the_reason(rng):
     palu_c.compress_kv(model, tiny_calib(rng, 2, 16), ratio=0.5, progress=False)
     assert model.palu_config.group_size == 2 and "cpu" in model.palu_config.group_size_reason
     assert group_choice.CPU_MAX_GROUP == 4
+
+
+def _speed_rows(kv_heads, heads, points):
+    """rows of one shape: points = {(group, batch, tokens): (us, sdpa_us)}"""
+    return [dict(model="m", heads=heads, kv_heads=kv_heads, head_dim=128, batch=b, tokens=t, group=g, us=us,
+                 sdpa_us=sdpa) for (g, b, t), (us, sdpa) in points.items()]
+
+
+def test_slow_group_message_only_where_every_point_is_slower(rng, fake_cuda):
+    for _ in range(30):
+        sdpa = {(b, t): float(rng.uniform(20, 200)) for b in (1, 8) for t in (4096, 65536)}
+        # group 1 faster everywhere; group 2 slower everywhere, or slower at all but one point
+        mixed = bool(rng.integers(0, 2))
+        points = {}
+        for i, ((b, t), s) in enumerate(sdpa.items()):
+            points[(1, b, t)] = (s / rng.uniform(1.1, 1.9), s)
+            slow = not (mixed and i == 0)
+            points[(2, b, t)] = (s * rng.uniform(1.05, 1.5) if slow else s / 1.2, s)
+        table = {"FakeGPU": {"rows": _speed_rows(8, 32, points)}}
+        msg = group_choice.slow_group_message(8, 32, 128, 2, fake_cuda, table=table)
+        if mixed:
+            assert msg is None
+            continue
+        lo = min(s / points[(2, b, t)][0] for (b, t), s in sdpa.items())
+        hi = max(s / points[(2, b, t)][0] for (b, t), s in sdpa.items())
+        assert f"group size 2 measured {lo:.2f}-{hi:.2f}x" in msg, msg
+        assert "group size 1 measured" in msg and "FakeGPU" in msg and "batch 1-8, 4K-64K" in msg
+        assert group_choice.slow_group_message(8, 32, 128, 1, fake_cuda, table=table) is None
+
+
+def test_slow_group_message_silent_off_cuda_and_unmeasured(fake_cuda):
+    points = {(g, 1, 4096): (us, 10.0) for g, us in ((1, 5.0), (2, 20.0))}
+    table = {"FakeGPU": {"rows": _speed_rows(8, 32, points)}}
+    assert group_choice.slow_group_message(8, 32, 128, 2, None, table=table) is None  # CPU
+    assert group_choice.slow_group_message(8, 32, 128, 4, fake_cuda, table=table) is None  # never measured
+    assert group_choice.slow_group_message(8, 32, 128, 2, fake_cuda, table={}) is None
+
+
+def test_compress_kv_warns_for_a_given_slow_group_on_cuda(rng, monkeypatch):
+    """compress_kv's wiring: the warning for a given group size comes from slow_group_message on the model's
+    device; the tiny model stays on the CPU (no CUDA here), so the message function is stood in for."""
+    import warnings
+
+    import palu_c
+    from palu_c import kv as kv_mod
+    from tiny_models import tiny_calib, tiny_model
+
+    seen = []
+
+    def fake(kv_heads, heads, head_dim, group, device):
+        seen.append((kv_heads, heads, head_dim, group, str(device)))
+        return "slow here" if group == 2 else None
+
+    monkeypatch.setattr(kv_mod, "slow_group_message", fake)
+    model = tiny_model("llama", kv_heads=2)
+    cfg = model.config
+    with pytest.warns(palu_c.KernelSpeedWarning, match="slow here"):
+        palu_c.compress_kv(model, tiny_calib(rng, 2, 16), ratio=0.5, group_size=2, rank_multiple=8, progress=False)
+    assert seen == [(2, cfg.num_attention_heads, cfg.head_dim, 2, "cpu")]
+    for group_size, bits in ((1, None), (None, None), (2, 4)):  # fast, picked, quantized: no speed warning
+        seen.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", palu_c.KernelSpeedWarning)
+            palu_c.compress_kv(tiny_model("llama", kv_heads=2), tiny_calib(rng, 2, 16), ratio=0.5,
+                               group_size=group_size, bits=bits, rank_multiple=8, progress=False)
+        assert len(seen) == (1 if (group_size, bits) == (1, None) else 0)

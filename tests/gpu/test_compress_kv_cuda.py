@@ -246,3 +246,19 @@ def test_group_size_none_on_cuda_uses_the_measured_table(rng):
     assert "cuda" in on_gpu.palu_config.group_size_reason
     assert on_gpu.palu_config.group_size == choose_group_size(4, heads, 16, CUDA)[0]
     assert 4 % on_gpu.palu_config.group_size == 0
+
+
+def test_a_given_group_size_slower_than_full_attention_warns(rng):
+    """compress_kv on a CUDA model, with the shipped speed table: a given group size whose measured decode is slower
+    than SDPA over the full cache everywhere (2 at Llama-3-8B shapes: 0.72-0.84x on the H200) warns and names the
+    measured range; group size 1, the fast one, and group_size=None do not warn."""
+    base = _shaped_model("llama3-8b", layers=1)
+    calib = torch.as_tensor(rng.integers(0, base.config.vocab_size, (2, 32)), device=CUDA)
+    with pytest.warns(palu_c.KernelSpeedWarning, match=r"group size 2 measured 0\.\d\d-0\.\d\dx"):
+        palu_c.compress_kv(copy.deepcopy(base), calib, ratio=0.5, group_size=2, search="uniform", progress=False)
+    for group_size in (1, None):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", palu_c.KernelSpeedWarning)
+            model = palu_c.compress_kv(copy.deepcopy(base), calib, ratio=0.5, group_size=group_size,
+                                       search="uniform", progress=False)
+        assert model.palu_config.group_size == 1
