@@ -184,8 +184,10 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                        graphs: bool = False, flush: str = "clean", v1: bool = False, title: str = "bench_attention",
                        log: Callable[[str], None] = print) -> tuple[list[str], bool]:
     """The markdown report (lines) of one decode step per (shape, batch, context, group size) and whether every
-    correctness check passed. `shapes` maps a name to (H, Hkv, D); group sizes that do not divide a shape's Hkv are
-    skipped for it. A kernel that fails its check is not timed (its rows say so). Needs a CUDA device."""
+    correctness check passed and every timing ran. `shapes` maps a name to (H, Hkv, D); group sizes that do not
+    divide a shape's Hkv are skipped for it. A kernel that fails its check is not timed (its rows say so). A CUDA
+    error while timing ends the report at that row, which names it (the context is unusable after most of them;
+    runs 73, 81 and 89 lost their tables to one such error each). Needs a CUDA device."""
     if not torch.cuda.is_available():
         raise RuntimeError("palu_c.bench: timing the CUDA decode kernel needs a CUDA device; none is visible")
     unknown = [i for i in impls if i not in lk._IMPLS]  # the wrapper's accepted names
@@ -198,7 +200,8 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     dname = str(dtype).replace("torch.", "")
     lines = [f"# {title}: one decode step, latent kernel vs SDPA ({dname})", "",
-             f"GPU: {props.name}, {props.multi_processor_count} SMs, {props.total_memory / 2**30:.0f} GiB; torch "
+             f"GPU: {props.name}{_device_id(props)}, {props.multi_processor_count} SMs, "
+             f"{props.total_memory / 2**30:.0f} GiB; torch "
              f"{torch.__version__}; median of {iters} CUDA-event timings after an L2 flush each ({flush}: "
              f"a 256 MB buffer {'read' if flush == 'clean' else 'rewritten'}); floors at "
              f"{BW / 1e12:.1f} TB/s and {MATH / 1e12:.0f} TFLOP/s.", "",
@@ -246,9 +249,33 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
     hdr = (f"| model | B | T | G | kernel | time us ({mode}) | vs SDPA | MB moved | GFLOP | GB/s | floor us | "
            "floor % | bound |")
     lines += [hdr, "|" + "---|" * 13]
+    at: list[str] = []  # the row being timed (model, B, T, G, kernel), for the failure line
+    try:
+        _time_rows(lines, at, shapes, groups, batches, contexts, dtype, impls, ratio, iters, warmup, graphs, flush, v1,
+                   gen, flush_buf, ok_impls, log)
+    except RuntimeError as exc:  # torch's CUDA errors (AcceleratorError is one); the rows so far stay
+        what = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace("|", "/")
+        lines += [f"| {' | '.join(at)} | FAILED: {what} |" + " |" * max(0, 12 - len(at)), "",
+                  f"The run stopped at the row above: {type(exc).__name__}: {what}"]
+        log(lines[-1])
+        return lines, False
+    return lines, all(ok_impls.values())
+
+
+def _device_id(props) -> str:
+    """' (GPU-1234abcd)': the first 8 hex digits of the device UUID where torch reports one, so that tables from
+    different machines of the same model can be told apart (the device tool lends a machine per call)."""
+    uuid = getattr(props, "uuid", None)
+    return f" (GPU-{str(uuid).replace('-', '')[:8]})" if uuid else ""
+
+
+def _time_rows(lines, at, shapes, groups, batches, contexts, dtype, impls, ratio, iters, warmup, graphs, flush, v1, gen,
+               flush_buf, ok_impls, log) -> None:
+    """Append the timed rows to `lines` (SDPA, then each kernel per group size); `at` names the row being timed."""
     for model, (H, Hkv, D) in shapes.items():
         for B in batches:
             for T in contexts:
+                at[:] = [model, str(B), f"{T // 1024}K", "-", "SDPA"]
                 t_sdpa = _time_sdpa(B, H, Hkv, D, T, dtype, gen, flush_buf, iters, warmup, flush, graphs)
                 sb, sf = sdpa_cost(B, H, Hkv, D, T)
                 sfloor = max(sb / BW, sf / MATH) * 1e6
@@ -278,6 +305,7 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                             lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {LABEL[used]} | FAILED correctness | "
                                          "| | | | | | |")
                             continue
+                        at[:] = [model, str(B), f"{T // 1024}K", str(G), LABEL[used]]
                         t = _time_ours(c, impl, floats, flush_buf, iters, warmup, flush, graphs)
                         # inside a capture auto runs v4 (its own plan) where it planned v9 or v10, which load by TMA
                         label = ("v4 (auto, captured)" if graphs and impl == "auto" and LABEL[used] in ("v9", "v10")
@@ -288,7 +316,6 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                         log(lines[-1])
                     del c
                 torch.cuda.empty_cache()
-    return lines, all(ok_impls.values())
 
 
 __all__ = ["BW", "MATH", "SHAPES", "decode_step_report", "group_rank"]

@@ -138,3 +138,16 @@ def test_cli_compress_with_weights_then_eval(tmp_path):
     assert 1.0 < float(proc.stdout.strip().split("perplexity:")[1]) < 1000.0
     bad = run_cli("compress", str(tmp_path / "x"), "--calib", "palu_c/data/calibration_emma.txt", "--progressive")
     assert bad.returncode == 2 and "--weights-ratio" in bad.stderr
+
+
+def test_bench_names_the_device_by_uuid_where_torch_has_one():
+    """The table's GPU line carries the device UUID's first 8 hex digits (tables from different machines of one GPU
+    model differ by up to 5%), and nothing where torch reports none."""
+    import uuid
+    from types import SimpleNamespace
+
+    from palu_c.bench import _device_id
+
+    u = uuid.uuid4()
+    assert _device_id(SimpleNamespace(uuid=u)) == f" (GPU-{u.hex[:8]})"
+    assert _device_id(SimpleNamespace()) == "" and _device_id(SimpleNamespace(uuid=None)) == ""

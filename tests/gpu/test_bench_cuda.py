@@ -32,3 +32,28 @@ def test_cli_bench_checks_then_times(tmp_path, capsys):
         time_us = float(r.split("|")[6])
         assert 0 < time_us < 10_000, r
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_cli_bench_records_a_cuda_error_and_keeps_the_rows(tmp_path, monkeypatch):
+    """A CUDA error while timing (runs 73, 81 and 89 each lost a table to one) ends the report at that row: the
+    table so far is written, the row says FAILED with the error's first line, the exit status is 1."""
+    import palu_c.bench as bench
+
+    real, calls = bench._time_ours, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the second kernel row: after one SDPA row and one kernel row
+            raise RuntimeError("CUDA error: unspecified launch failure\nCUDA kernel errors might be reported later")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "_time_ours", failing)
+    out = tmp_path / "table.md"
+    assert main(["bench", "--shape", "llama3-8b", "--group-size", "1,2", "--batch", "1", "--tokens", "2048",
+                 "--iters", "3", "--out", str(out)]) == 1
+    text = out.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| llama3-8b |")]
+    assert len(rows) == 3 and "| SDPA |" in rows[0] and "FAILED" not in rows[1]
+    assert rows[2].startswith("| llama3-8b | 1 | 2K | 2 |") and "| FAILED: CUDA error: unspecified launch failure |" \
+        in rows[2] and rows[2].count("|") == rows[0].count("|")
+    assert "The run stopped at the row above: RuntimeError: CUDA error: unspecified launch failure" in text
