@@ -79,21 +79,11 @@ __device__ __forceinline__ uint64_t v10_desc_hi(uint32_t sbo, uint32_t layout)
 {
     return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
 }
-__device__ __forceinline__ void v10_arrive(uint64_t *bar)
-{
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(dev::smem_u32(bar)) : "memory");
-}
-
-/* fp32 pair -> fp16 pair, saturating at +-65504 (one F2FP.SATFINITE): the keys and rotated queries of the score
+/* fp32 pair -> fp16 pair, saturating at +-65504 (dev::half2_satfinite): the keys and rotated queries of the score
  * product are fp16 for both dtypes. They are computed in fp32 inside the kernel, so bf16 models lose nothing by it
  * and gain 3 mantissa bits per operand: with bf16 operands, the extra rounding of the U_tau images (bf16, as the
  * latent boxes they multiply) put a sharp-softmax case at 1.09e-2 against bf16's 1e-2 (run 72) */
-__device__ __forceinline__ uint32_t v10_half2_sat(float lo, float hi)
-{
-    uint32_t r;
-    asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
+__device__ __forceinline__ uint32_t v10_half2_sat(float lo, float hi) { return dev::half2_satfinite(lo, hi); }
 __device__ __forceinline__ __half2 v10_u2h(uint32_t u)
 {
     __half2 h;
@@ -394,7 +384,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 #pragma unroll
         for (int mb = 0; mb < 4; mb++) dev::mma16816<T>(o[mb], va[mb], b0, b1);
         __syncwarp();
-        if (lane == 0) v10_arrive(empty + s);
+        if (lane == 0) dev::mbar_arrive(empty + s);
         s = sn, ph = phn;
         wait_acc(); /* the next step's rebuild (nothing in flight after the last step) */
     }

@@ -10,22 +10,6 @@
 
 using namespace palu_decode;
 
-#ifdef PALU_V5_WGMMA
-namespace palu_decode __attribute__((visibility("hidden"))) { /* internal to the extension: no exported symbols */
-namespace dev {
-__device__ __forceinline__ void mbar_arrive(uint64_t *bar)
-{
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-/* arrive on `bar` once this thread's earlier cp.async copies have landed (the count was set for these arrivals) */
-__device__ __forceinline__ void cp_async_mbar_arrive(uint64_t *bar)
-{
-    asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_u32(bar)) : "memory");
-}
-} // namespace dev
-} // namespace palu_decode
-#endif
-
 namespace {
 
 /* ---- v9: absorbed RoPE for one query head per latent (MHA, G = 1), D = 128, rk = rv = 64 (sm_90a) ----------------

@@ -14,6 +14,7 @@
 #include <cuda_bf16.h>
 #include <algorithm>
 #include <barrier>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -69,10 +70,14 @@ inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 struct EmuWarp {
     std::unique_ptr<std::barrier<>> bar;
     uint64_t slot[32][8];
+    std::mutex mu;                                                   // guards `masked`
+    std::map<uint32_t, std::unique_ptr<std::barrier<>>> masked;      // barriers of partial-warp collectives, by mask
 };
 struct EmuCta {
     std::unique_ptr<std::barrier<>> bar;
     std::vector<std::unique_ptr<EmuWarp>> warps;
+    std::mutex mu;                                                   // guards `named`
+    std::map<int, std::unique_ptr<std::barrier<>>> named;            // bar.sync id, n (ids >= 1), made at first use
 };
 extern EmuCta *emu_cta;
 extern bool emu_async_early; // apply cp.async at issue (WAR probing) instead of at wait
@@ -89,6 +94,22 @@ template <typename F> inline void exchange(uint64_t *mine, int n, F f) {
     w.bar->arrive_and_wait();
     f(w);
     w.bar->arrive_and_wait();
+}
+// a collective over the lanes of `mask` only (quad shuffles of v9's exact-score path): its own barrier per mask
+template <typename F> inline void exchange_masked(uint32_t mask, uint64_t *mine, int n, F f) {
+    if (mask == 0xffffffffu) { exchange(mine, n, f); return; }
+    EmuWarp &w = W();
+    std::barrier<> *b;
+    {
+        std::lock_guard<std::mutex> lk(w.mu);
+        auto &slot = w.masked[mask];
+        if (!slot) slot = std::make_unique<std::barrier<>>(__builtin_popcount(mask));
+        b = slot.get();
+    }
+    memcpy(w.slot[lane_id()], mine, n * 8);
+    b->arrive_and_wait();
+    f(w);
+    b->arrive_and_wait();
 }
 inline float shfl(float v, int src) {
     uint64_t m = 0; memcpy(&m, &v, 4); float r;
@@ -180,28 +201,53 @@ template <typename T> inline void mma16816(float (&d)[4], const uint32_t (&a)[4]
     });
     for (int i = 0; i < 4; i++) d[i] = out[i];
 }
-inline unsigned smem_u32(const void *p) { return (unsigned)(uintptr_t)p; }
-// mbarriers and TMA: a fill (expect_tx + its copies) lands when some lane waits on the barrier after all of its
-// bytes were issued (late, so a missing wait shows); try_wait.parity(P) returns once the completed-fill count's
-// parity differs from P, as on the hardware.
-struct EmuTmaCopy { void *dst; const TmaMap *map; int c[3]; };
-struct EmuFill { uint32_t expect = 0, issued = 0; std::vector<EmuTmaCopy> copies; };
-struct EmuBar { int completed = 0; std::deque<EmuFill> fills; };
+// a shared-window address, as on the hardware: the byte offset from the dynamic shared memory's base (wgmma
+// descriptors hold 14 bits of it >> 4; alignment arithmetic on it works as on a GPU, the base being 1024-aligned)
+inline unsigned smem_u32(const void *p) { return (unsigned)((const char *)p - (const char *)smem_f4); }
+// mbarriers and TMA, the hardware's phase rule: a phase completes once it has had `count` arrivals (plain arrives,
+// arrive.expect_tx, cp.async arrive-on) and every byte of transaction it expects has been issued; TMA boxes land on
+// it late, when some lane waits on the barrier (so a missing wait shows), or at an arrive that completes it.
+// try_wait.parity(P) returns once the completed-phase count's parity differs from P, as on the hardware.
+// the map is copied: it is a kernel parameter in the issuing thread's frame, and that thread may exit (v9's copy
+// warp does) before the box lands
+struct EmuTmaCopy { void *dst; TmaMap map; int c[3]; };
+struct EmuBar { int count = 1, arrivals = 0, completed = 0; uint32_t expect = 0, issued = 0; std::vector<EmuTmaCopy> copies; };
 extern std::mutex emu_bar_mu;
 extern std::map<const void *, EmuBar> emu_bars;
-inline void mbar_init(uint64_t *bar) { std::lock_guard<std::mutex> lk(emu_bar_mu); emu_bars[bar] = EmuBar(); }
-inline void mbar_init_fence() {}
-inline void mbar_expect(uint64_t *bar, uint32_t bytes) {
-    std::lock_guard<std::mutex> lk(emu_bar_mu);
+inline void tma_apply(const EmuTmaCopy &c);
+inline EmuBar &bar_of(uint64_t *bar) {
     auto it = emu_bars.find(bar);
     if (it == emu_bars.end()) { fprintf(stderr, "mbarrier used before init\n"); abort(); }
-    it->second.fills.emplace_back(); it->second.fills.back().expect = bytes;
+    return it->second;
+}
+inline void bar_try_complete(EmuBar &b) { // under emu_bar_mu
+    if (b.issued > b.expect) { fprintf(stderr, "TMA bytes exceed expect_tx\n"); abort(); }
+    if (b.arrivals > b.count) { fprintf(stderr, "mbarrier phase over-arrived\n"); abort(); }
+    if (b.arrivals < b.count || b.issued != b.expect) return;
+    for (auto &c : b.copies) tma_apply(c);
+    b.copies.clear(); b.arrivals = 0; b.expect = b.issued = 0; b.completed++;
+}
+inline void mbar_init(uint64_t *bar, int count = 1) {
+    std::lock_guard<std::mutex> lk(emu_bar_mu); emu_bars[bar] = EmuBar(); emu_bars[bar].count = count;
+}
+inline void mbar_init_fence() {}
+inline void mbar_expect(uint64_t *bar, uint32_t bytes) { // arrive.expect_tx: the phase waits for `bytes` more
+    std::lock_guard<std::mutex> lk(emu_bar_mu);
+    EmuBar &b = bar_of(bar);
+    b.expect += bytes; b.arrivals++;
+    if (bytes == 0) bar_try_complete(b);
+}
+inline void mbar_arrive(uint64_t *bar) {
+    std::lock_guard<std::mutex> lk(emu_bar_mu);
+    EmuBar &b = bar_of(bar);
+    b.arrivals++;
+    if (b.copies.empty()) bar_try_complete(b); // (with boxes in flight it completes at a wait: they land late)
 }
 inline void tma_issue(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) {
     const TmaMap *m = (const TmaMap *)map;
     std::lock_guard<std::mutex> lk(emu_bar_mu);
-    auto it = emu_bars.find(bar);
-    if (it == emu_bars.end() || it->second.fills.empty()) { fprintf(stderr, "TMA without expect_tx\n"); abort(); }
+    EmuBar &b = bar_of(bar);
+    if (b.expect == 0) { fprintf(stderr, "TMA without expect_tx\n"); abort(); }
     uint32_t bytes = m->esize; for (int i = 0; i < m->rank; i++) bytes *= m->box[i];
     if (m->swz && ((uintptr_t)dst & (m->swz == 128 ? 1023 : 511))) { fprintf(stderr, "TMA box not on a swizzle atom\n"); abort(); }
     if ((uintptr_t)dst & 127) { fprintf(stderr, "TMA destination not on 128 bytes\n"); abort(); }
@@ -213,11 +259,12 @@ inline void tma_issue(void *dst, const void *map, int c0, int c1, int c2, uint64
     }
     static bool said = false;
     if (!said && getenv("EMU_TRACE")) { said = true; fprintf(stderr, "TMA path taken\n"); }
-    EmuFill &f = it->second.fills.back();
-    f.copies.push_back({dst, m, {c0, c1, c2}}); f.issued += bytes;
+    b.copies.push_back({dst, *m, {c0, c1, c2}}); b.issued += bytes;
+    if (emu_async_early) tma_apply(b.copies.back()); // EMU_EARLY: the box lands at issue (write-after-read probing;
+                                                     // it lands again, unchanged, when the phase completes)
 }
-inline void tma_apply(const EmuTmaCopy &c) {
-    const TmaMap *m = c.map;
+inline void tma_apply(const EmuTmaCopy &c) { // (under emu_bar_mu)
+    const TmaMap *m = &c.map;
     const uint32_t rowb = m->box[0] * m->esize, rows = m->rank >= 2 ? m->box[1] : 1;
     for (uint32_t r = 0; r < rows; r++)
         for (uint32_t e = 0; e < m->box[0]; e++) {
@@ -235,22 +282,134 @@ inline void tma_apply(const EmuTmaCopy &c) {
 }
 inline void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) { tma_issue(dst, map, c0, c1, c2, bar); }
 inline void mbar_wait(uint64_t *bar, uint32_t parity) {
+    // a phase that never completes is a protocol bug (a lost arrival, two fills in one phase): say so, do not hang
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(getenv("EMU_WAIT_S") ? atoi(getenv("EMU_WAIT_S")) : 120);
     for (;;) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            fprintf(stderr, "mbarrier wait timed out (barrier at shared byte %u, thread %u of CTA %u,%u,%u, parity %u): a deadlock\n", smem_u32(bar), threadIdx.x,
+                    blockIdx.x, blockIdx.y, blockIdx.z, parity);
+            abort();
+        }
         {
             std::lock_guard<std::mutex> lk(emu_bar_mu);
-            EmuBar &b = emu_bars.at(bar);
-            while (!b.fills.empty() && b.fills.front().issued == b.fills.front().expect) {
-                for (auto &c : b.fills.front().copies) tma_apply(c);
-                b.fills.pop_front(); b.completed++;
-            }
-            if (!b.fills.empty() && b.fills.front().issued > b.fills.front().expect) { fprintf(stderr, "TMA bytes exceed expect_tx\n"); abort(); }
+            EmuBar &b = bar_of(bar);
+            bar_try_complete(b);
             if ((uint32_t)(b.completed & 1) != parity) return;
         }
         std::this_thread::yield();
     }
 }
+// cp.async.mbarrier.arrive.noinc: an arrival once this thread's earlier copies landed (applied here, then arrive)
+inline void cp_async_mbar_arrive(uint64_t *bar) {
+    for (auto &p : emu_open) apply(p);
+    emu_open.clear();
+    while (!emu_groups.empty()) { for (auto &p : emu_groups.front()) apply(p); emu_groups.pop_front(); }
+    mbar_arrive(bar);
+}
+inline uint32_t half2_satfinite(float lo, float hi) { // cvt.rn.satfinite.f16x2.f32
+    auto one = [](float f) {
+        __half h = __float2half_rn(std::isnan(f) ? f : std::max(-65504.0f, std::min(65504.0f, f)));
+        uint16_t u; memcpy(&u, &h, 2); return (uint32_t)u;
+    };
+    return one(lo) | (one(hi) << 16);
+}
+
+// bar.sync id, n: a barrier of n threads per id, made at the first use in this CTA
+inline void bar_named_n(int id, int n) {
+    std::barrier<> *b;
+    {
+        std::lock_guard<std::mutex> lk(emu_cta->mu);
+        auto &slot = emu_cta->named[id];
+        if (!slot) slot = std::make_unique<std::barrier<>>(n);
+        b = slot.get();
+    }
+    b->arrive_and_wait();
+}
+inline void bar_wg(int id) { bar_named_n(id, 128); }
+
+// ---- wgmma (m64nNk16, A and B from shared memory through their descriptors) ----
+// Each thread computes its own accumulator elements (rows 16 (warp % 4) + lane / 4 (+ 8), columns 8 i + 2 (lane % 4)
+// (+ 1): the PTX fragment layout of D) from the operands in shared memory. The operands are read when the group is
+// waited for, not when it is issued (late, as cp.async: a stage refilled or an image rewritten before the wait
+// shows), and the accumulators are written then.
+inline uint64_t wgmma_desc(const void *p, uint32_t lbo, uint32_t sbo) {
+    const uint32_t a = smem_u32(p);
+    return (uint64_t)((a & 0x3FFFFu) >> 4) | ((uint64_t)((lbo >> 4) & 0x3FFFu) << 16) | ((uint64_t)((sbo >> 4) & 0x3FFFu) << 32);
+}
+// the shared-memory byte of element (row, k) of a K-major operand: no swizzle (core matrices of 8 rows x 16 bytes,
+// LBO between K-adjacent ones, SBO between 8-row groups) or the 128-byte swizzle (rows of 128 bytes, 8-row atoms
+// SBO apart, 16-byte chunks XOR the row within the atom)
+inline const char *wgmma_elem(uint64_t desc, int row, int k) {
+    const uint32_t start = (uint32_t)(desc & 0x3FFF) << 4, lbo = (uint32_t)((desc >> 16) & 0x3FFF) << 4;
+    const uint32_t sbo = (uint32_t)((desc >> 32) & 0x3FFF) << 4, layout = (uint32_t)(desc >> 62);
+    uint32_t a;
+    if (layout == 0) {
+        a = start + (row >> 3) * sbo + (k >> 3) * lbo + (row & 7) * 16 + (k & 7) * 2;
+    } else if (layout == 1) {
+        a = start + (row >> 3) * sbo + (row & 7) * 128 + k * 2;
+        a ^= ((a >> 7) & 7) << 4;
+    } else {
+        fprintf(stderr, "wgmma descriptor layout %u not modelled\n", layout); abort();
+    }
+    if (a >= 256 * 1024) { fprintf(stderr, "wgmma operand outside shared memory\n"); abort(); }
+    return (const char *)smem_f4 + a;
+}
+struct EmuWgmma { float *d; int n; uint64_t da, db; int scale_d; bool bf16; };
+extern thread_local std::deque<std::vector<EmuWgmma>> emu_wg_groups;
+extern thread_local std::vector<EmuWgmma> emu_wg_open;
+inline void wgmma_apply(const EmuWgmma &op) {
+    const int lane = lane_id(), w = warp_id() & 3, g = lane / 4, c = lane % 4;
+    auto val = [&](const char *p) {
+        uint16_t u; memcpy(&u, p, 2);
+        return op.bf16 ? (double)h2f<__nv_bfloat16>(u) : (double)h2f<__half>(u);
+    };
+    for (int i = 0; i < op.n / 8; i++)
+        for (int e = 0; e < 4; e++) {
+            const int row = 16 * w + g + 8 * (e >> 1), col = 8 * i + 2 * c + (e & 1);
+            double acc = op.scale_d ? op.d[4 * i + e] : 0.0;
+            for (int k = 0; k < 16; k++) acc += val(wgmma_elem(op.da, row, k)) * val(wgmma_elem(op.db, col, k));
+            op.d[4 * i + e] = (float)acc;
+        }
+}
+inline void wgmma_fence() {}
+inline void wgmma_commit() { emu_wg_groups.push_back(emu_wg_open); emu_wg_open.clear(); }
+// wgmma.wait_group is .sync.aligned: the warp's lanes leave it together, so once one lane is past it the whole
+// warp's part of the MMA has read its operands (a lane may then release them for the warp, as v10 does)
+template <int N> inline void wgmma_wait() {
+    while ((int)emu_wg_groups.size() > N) { for (auto &op : emu_wg_groups.front()) wgmma_apply(op); emu_wg_groups.pop_front(); }
+    sync_warp();
+}
+inline void wgmma_wait0() { wgmma_wait<0>(); }
+inline void fence_reg(float &) {}
+inline void fence_reg(uint32_t &) {}
+inline void fence_proxy_async() {}
+template <typename T, int N> inline void wgmma_k16(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
+    emu_wg_open.push_back({d, N, da, db, scale_d, std::is_same<T, __nv_bfloat16>::value});
+}
 } // namespace dev
 
+// the warp intrinsics the kernels call directly (full-warp masks, and v9's quad masks)
+inline void __syncwarp(unsigned = 0xffffffffu) { dev::sync_warp(); }
+inline void __syncthreads() { dev::sync_cta(); }
+inline int __shfl_sync(unsigned mask, int v, int src) {
+    uint64_t m = (uint32_t)v; int r = 0;
+    dev::exchange_masked(mask, &m, 1, [&](EmuWarp &w) { r = (int)(uint32_t)w.slot[src & 31][0]; });
+    return r;
+}
+inline float __shfl_sync(unsigned mask, float v, int src) {
+    int i; memcpy(&i, &v, 4); i = __shfl_sync(mask, i, src); float f; memcpy(&f, &i, 4); return f;
+}
+inline float __shfl_xor_sync(unsigned mask, float v, int m) { return __shfl_sync(mask, v, dev::lane_id() ^ m); }
+inline int __all_sync(unsigned mask, int pred) {
+    uint64_t m = pred != 0; int r = 1;
+    dev::exchange_masked(mask, &m, 1, [&](EmuWarp &w) { for (int l = 0; l < 32; l++) if ((mask >> l) & 1) r = r && w.slot[l][0]; });
+    return r;
+}
+inline int __any_sync(unsigned mask, int pred) {
+    uint64_t m = pred != 0; int r = 0;
+    dev::exchange_masked(mask, &m, 1, [&](EmuWarp &w) { for (int l = 0; l < 32; l++) if ((mask >> l) & 1) r = r || w.slot[l][0]; });
+    return r;
+}
 inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
     const float2 fa = __half22float2(a), fb = __half22float2(b), fc = __half22float2(c);
     return __floats2half2_rn((float)((double)fa.x * fb.x + fc.x), (float)((double)fa.y * fb.y + fc.y));
@@ -263,3 +422,5 @@ void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem);
 #define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
     do { (void)(stream); emu_run([=]() { kernel(__VA_ARGS__); }, (grid), (block), (smem)); } while (0)
 template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, cudaFuncAttribute, int) { return cudaSuccess; }
+// last, after every standard header (libstdc++ spells the attribute __noinline__ itself)
+#define __noinline__ __attribute__((noinline))

@@ -16,6 +16,8 @@ bool emu_async_early = false;
 namespace dev {
 thread_local std::deque<std::vector<Pending>> emu_groups;
 thread_local std::vector<Pending> emu_open;
+thread_local std::deque<std::vector<EmuWgmma>> emu_wg_groups;
+thread_local std::vector<EmuWgmma> emu_wg_open;
 }
 static int g_smem_optin = 227 * 1024;
 
@@ -51,8 +53,10 @@ void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem) {
                         threadIdx = make_uint3(t, 0, 0); blockIdx = make_uint3(x, y, z);
                         blockDim = block; gridDim = grid;
                         dev::emu_groups.clear(); dev::emu_open.clear();
+                        dev::emu_wg_groups.clear(); dev::emu_wg_open.clear();
                         body();
                         if (!dev::emu_open.empty() || !dev::emu_groups.empty()) { fprintf(stderr, "cp.async left pending\n"); abort(); }
+                        if (!dev::emu_wg_open.empty() || !dev::emu_wg_groups.empty()) { fprintf(stderr, "wgmma left pending\n"); abort(); }
                     });
                 for (auto &t : th) t.join();
             }

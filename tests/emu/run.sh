@@ -2,7 +2,8 @@
 # Build the CPU lock-step emulator of the CUDA decode kernels and run its battery of random cases, each checked
 # against a float64 reference (README.md). Needs a C++20 compiler and the CUDA toolkit's headers (no GPU, no nvcc
 # run); skips with a message where the headers are missing.
-#   usage: bash tests/emu/run.sh [IMPL]     IMPL: 5 = v4 (default), 0 = auto, 3 = v3, ... (latent_decode.cuh)
+#   usage: bash tests/emu/run.sh [IMPL]     IMPL: 5 = v4 (default), 0 = auto, 3 = v3, 9 = v9, 10 = v10 (their own
+#   batteries: the shapes they take), ... (latent_decode.cuh)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 inc=${CUDA_HOME:-/usr/local/cuda}/include
@@ -25,15 +26,40 @@ run() {
 }
 # dtype impl B H Hkv D G T C consec bias seed ranks_k... -- ranks_v...   (consec: 0 random, 1 consecutive,
 # 2 consecutive from a large base, 3 with jumps and a random stretch)
-run f16 "$I" 2 8 2 128 1 1037 1280 3 1 1 64 64 -- 64 64
-run bf16 "$I" 2 8 2 128 1 1037 1280 3 0 2 64 64 -- 64 64
-run f16 "$I" 2 8 2 128 1 777 1024 0 1 3 64 64 -- 64 64
-run bf16 "$I" 1 16 4 128 2 401 512 3 1 6 128 128 -- 128 128
-run f16 "$I" 2 4 4 64 1 37 64 1 1 7 32 32 32 32 -- 32 32 32 32
-run bf16 "$I" 2 12 4 64 2 301 512 2 1 8 64 64 -- 64 64
-run f16 "$I" 2 4 4 128 1 1 256 1 0 9 32 32 32 32 -- 32 32 32 32
-EMU_EARLY=1 run f16 "$I" 2 8 2 128 1 1037 1280 3 1 12 64 64 -- 64 64
-EMU_QSCALE=3 run bf16 "$I" 2 8 2 128 1 1037 1280 0 0 14 64 64 -- 64 64
-run f16 "$I" 2 8 2 128 1 1000 1030 2 0 18 64 64 -- 64 64
-run bf16 "$I" 3 8 2 128 1 999 1001 3 1 19 32 32 -- 32 32
+case "$I" in
+9)  # v9: MHA, group size 1, head_dim 128, ranks 64, no key bias (its copy warp's TMA, or cp.async with PALU_C_V4_TMA=0)
+  run f16 9 2 4 4 128 1 1037 1280 3 0 1 64 64 64 64 -- 64 64 64 64
+  run bf16 9 2 2 2 128 1 777 1024 0 0 2 64 64 -- 64 64
+  run f16 9 1 2 2 128 1 3000 3072 2 0 3 64 64 -- 64 64
+  run bf16 9 3 2 2 128 1 999 1001 3 0 4 64 64 -- 64 64
+  run f16 9 2 2 2 128 1 1 256 1 0 5 64 64 -- 64 64
+  EMU_EARLY=1 run f16 9 2 4 4 128 1 1037 1280 3 0 6 64 64 64 64 -- 64 64 64 64
+  EMU_QSCALE=3 run bf16 9 2 2 2 128 1 1300 1536 0 0 7 64 64 -- 64 64
+  PALU_C_V4_TMA=0 run f16 9 2 2 2 128 1 1037 1280 3 0 8 64 64 -- 64 64
+  ;;
+10) # v10: GQA (2-8 query heads per KV head), group size 1, head_dim 128, ranks 64, no key bias
+  run f16 10 2 8 2 128 1 1037 1280 3 0 1 64 64 -- 64 64
+  run bf16 10 2 8 2 128 1 1037 1280 3 0 2 64 64 -- 64 64
+  run f16 10 2 8 2 128 1 777 1024 0 0 3 64 64 -- 64 64
+  run f16 10 1 16 2 128 1 3000 3072 2 0 4 64 64 -- 64 64
+  run bf16 10 3 4 2 128 1 999 1001 3 0 5 64 64 -- 64 64
+  run f16 10 2 16 2 128 1 1300 1536 1 0 6 64 64 -- 64 64
+  run f16 10 2 6 2 128 1 5000 5120 3 0 7 64 64 -- 64 64
+  EMU_EARLY=1 run f16 10 2 8 2 128 1 3000 3072 3 0 8 64 64 -- 64 64
+  EMU_QSCALE=3 run bf16 10 2 8 2 128 1 1037 1280 0 0 9 64 64 -- 64 64
+  ;;
+*)
+  run f16 "$I" 2 8 2 128 1 1037 1280 3 1 1 64 64 -- 64 64
+  run bf16 "$I" 2 8 2 128 1 1037 1280 3 0 2 64 64 -- 64 64
+  run f16 "$I" 2 8 2 128 1 777 1024 0 1 3 64 64 -- 64 64
+  run bf16 "$I" 1 16 4 128 2 401 512 3 1 6 128 128 -- 128 128
+  run f16 "$I" 2 4 4 64 1 37 64 1 1 7 32 32 32 32 -- 32 32 32 32
+  run bf16 "$I" 2 12 4 64 2 301 512 2 1 8 64 64 -- 64 64
+  run f16 "$I" 2 4 4 128 1 1 256 1 0 9 32 32 32 32 -- 32 32 32 32
+  EMU_EARLY=1 run f16 "$I" 2 8 2 128 1 1037 1280 3 1 12 64 64 -- 64 64
+  EMU_QSCALE=3 run bf16 "$I" 2 8 2 128 1 1037 1280 0 0 14 64 64 -- 64 64
+  run f16 "$I" 2 8 2 128 1 1000 1030 2 0 18 64 64 -- 64 64
+  run bf16 "$I" 3 8 2 128 1 999 1001 3 1 19 32 32 -- 32 32
+  ;;
+esac
 [ $fail = 0 ] && echo "tests/emu: all cases within tolerance" || { echo "tests/emu: FAILED"; exit 1; }
