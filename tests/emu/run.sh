@@ -2,8 +2,8 @@
 # Build the CPU lock-step emulator of the CUDA decode kernels and run its battery of random cases, each checked
 # against a float64 reference (README.md). Needs a C++20 compiler and the CUDA toolkit's headers (no GPU, no nvcc
 # run); skips with a message where the headers are missing.
-#   usage: bash tests/emu/run.sh [IMPL]     IMPL: 5 = v4 (default), 0 = auto, 3 = v3, 9 = v9, 10 = v10 (their own
-#   batteries: the shapes they take), ... (latent_decode.cuh)
+#   usage: bash tests/emu/run.sh [IMPL ...]   IMPL: 5 = v4 (default), 0 = auto, 3 = v3, 9 = v9, 10 = v10 (their own
+#   batteries: the shapes they take), ... (latent_decode.cuh); several run one after the other on one build
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 inc=${CUDA_HOME:-/usr/local/cuda}/include
@@ -17,7 +17,6 @@ g++ -std=c++20 -O1 -DPALU_EMULATE -include "$root/tests/emu/emu.h" -I "$root/tes
   -I "$root/kernels" -I "$inc" -x c++ "$root/kernels/latent_decode.cu" "$root/kernels/latent_decode_v4.cu" "$root/kernels/latent_decode_v9.cu" \
   "$root/kernels/latent_decode_v10.cu" -x none "$root/tests/emu/emu_main.cpp" \
   "$out/common.o" -o "$out/emu" -lpthread
-I=${1:-5}
 fail=0
 run() {
   local r
@@ -26,6 +25,7 @@ run() {
 }
 # dtype impl B H Hkv D G T C consec bias seed ranks_k... -- ranks_v...   (consec: 0 random, 1 consecutive,
 # 2 consecutive from a large base, 3 with jumps and a random stretch)
+for I in "${@:-5}"; do
 case "$I" in
 9)  # v9: MHA, group size 1, head_dim 128, ranks 64, no key bias (its copy warp's TMA, or cp.async with PALU_C_V4_TMA=0)
   run f16 9 2 4 4 128 1 1037 1280 3 0 1 64 64 64 64 -- 64 64 64 64
@@ -62,4 +62,5 @@ case "$I" in
   run bf16 "$I" 3 8 2 128 1 999 1001 3 1 19 32 32 -- 32 32
   ;;
 esac
+done
 [ $fail = 0 ] && echo "tests/emu: all cases within tolerance" || { echo "tests/emu: FAILED"; exit 1; }
