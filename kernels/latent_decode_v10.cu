@@ -49,8 +49,6 @@ constexpr int kV10Rows = 64;      /* slots per step: the wgmma M */
 constexpr int kV10Warps = 8;      /* two warpgroups */
 constexpr int kV10MaxRep = 8;     /* query heads per KV head: the 8 columns of the score and P . V products */
 constexpr int kV10NST = 8;        /* stages: per warpgroup one read, one rebuilt, two loading */
-constexpr int kV10ScoreChains = 4; /* independent HMMA chains of the score product (runs 86-88: 1 -> 2 -> 4 chains,
-                                     * B8 64K 296 -> 287 -> 279 us) */
 constexpr size_t kV10Tile = (size_t)kV10Rows * kV10R * 2; /* one 64-row box, 8 KB */
 constexpr size_t kV10Stage = 2 * kV10Tile;                /* K and V */
 constexpr size_t kV10UT = (size_t)kV10D * kV10R * 2;      /* one U_tau image, 16 KB */
@@ -68,6 +66,8 @@ static_assert(kV10NST % 2 == 0, "each warpgroup owns the stages of its parity");
 static_assert(kV10Rows * kV10S == kV9BlockSlots, "the plan's block size (latent_decode_common.cuh)");
 
 #ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
+constexpr int kV10ScoreChains = 4; /* independent HMMA chains of the score product (runs 86-88: 1 -> 2 -> 4 chains,
+                                     * B8 64K 296 -> 287 -> 279 us) */
 constexpr uint32_t kV10USbo = (kV10R / 8) * 128; /* U_tau image: N = D rows, K = rk; 8-row groups 1 KB apart */
 /* byte offset of U_tau[d][j] in its image (K-major, no swizzle, core matrices of 8 rows x 16 bytes) */
 __device__ __forceinline__ uint32_t v10_ucm(int d, int j)
