@@ -40,7 +40,8 @@ namespace {
  * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
  * slots (v4: ~72%). This library kernel: 279 us at B8 64K (run 88), against the probe's 274 (whose U_tau images come
  * from a kernel of their own, ~5 us here) and v4's 341 (notes "v10 in the library", "v10 at the probe's speed" and
- * "What bounds a v10 step": its loads alone take 240 us there, its arithmetic alone 255). Auto takes it where each CTA walks >= 1024 slots (v10_worth_it). Latents by TMA only: under CUDA-graph
+ * "What bounds a v10 step": its loads alone take 240 us there, its arithmetic alone 255). Auto takes it where each
+ * CTA walks >= 1024 slots (v10_worth_it). Latents by TMA only: under CUDA-graph
  * capture (no tensor map may hold the call's length) auto runs v4 and an explicit request fails with
  * PALU_ERR_UNSUPPORTED. */
 constexpr int kV10D = 128, kV10R = 64;
@@ -79,11 +80,10 @@ __device__ __forceinline__ uint64_t v10_desc_hi(uint32_t sbo, uint32_t layout)
 {
     return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
 }
-/* fp32 pair -> fp16 pair, saturating at +-65504 (dev::half2_satfinite): the keys and rotated queries of the score
- * product are fp16 for both dtypes. They are computed in fp32 inside the kernel, so bf16 models lose nothing by it
+/* The keys and rotated queries of the score product are fp16 for both dtypes (dev::half2_satfinite, saturating at
+ * +-65504). They are computed in fp32 inside the kernel, so bf16 models lose nothing by it
  * and gain 3 mantissa bits per operand: with bf16 operands, the extra rounding of the U_tau images (bf16, as the
  * latent boxes they multiply) put a sharp-softmax case at 1.09e-2 against bf16's 1e-2 (run 72) */
-__device__ __forceinline__ uint32_t v10_half2_sat(float lo, float hi) { return dev::half2_satfinite(lo, hi); }
 __device__ __forceinline__ __half2 v10_u2h(uint32_t u)
 {
     __half2 h;
@@ -103,7 +103,7 @@ struct V10Rot {
     __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
                                           uint32_t *hi) const
     {
-        const __half2 l = v10_u2h(v10_half2_sat(l0, l1)), h = v10_u2h(v10_half2_sat(h0, h1));
+        const __half2 l = v10_u2h(dev::half2_satfinite(l0, l1)), h = v10_u2h(dev::half2_satfinite(h0, h1));
         const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
         memcpy(lo, &x, 4), memcpy(hi, &y, 4);
     }
@@ -281,7 +281,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
-            /* fp16 for both dtypes (see v10_half2_sat); n_rep unrolled to its bound under a predicate (a runtime loop
+            /* fp16 for both dtypes (see V10Rot); n_rep unrolled to its bound under a predicate (a runtime loop
              * with one saturating conversion per value made this section 319 instructions, the probe's 131) */
 #pragma unroll
             for (int j = 0; j < (NREP ? NREP : kV10MaxRep); j++) {
@@ -290,8 +290,8 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
                     const float2 lo = NREP ? qlo[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qj);
                     const float2 hi = NREP ? qhi[NREP ? j : 0] : *reinterpret_cast<const float2 *>(qj + HALF);
                     uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV10QRow);
-                    row[lane] = v10_half2_sat(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
-                    row[HALF / 2 + lane] = v10_half2_sat(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
+                    row[lane] = dev::half2_satfinite(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
+                    row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
                 }
             }
             __syncwarp();

@@ -317,6 +317,17 @@ def test_bad_pad_start_gives_nan_not_garbage(torch_gen):
         assert torch.isnan(z[1]).all() and torch.isfinite(z[0]).all() and torch.isfinite(z[2]).all()
 
 
+def same_on_side_stream(c, impl, ref):
+    """Run case c on a fresh side stream and assert it equals `ref` bit for bit; returns the side stream."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        z = run(c, impl=impl, scaling=0.088, att=1.0)
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    return side
+
+
 def capture_and_replay(args, kw, side):
     """Warm up on `side`, capture one call into a CUDA graph, poison kw["out"], replay, synchronize."""
     with torch.cuda.stream(side):
@@ -336,12 +347,7 @@ def test_side_stream_and_graph_capture(torch_gen, impl):
     if sm90a_refused(c, impl, scaling=0.088, att=1.0):
         return
     ref = run(c, impl=impl, scaling=0.088, att=1.0)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        z = run(c, impl=impl, scaling=0.088, att=1.0)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    side = same_on_side_stream(c, impl, ref)
     B, H, D = c["q"].shape
     floats, _ = lk.latent_decode_workspace_size(B, H, 2, D, 1, c["T"], [64, 64], [64, 64], torch.bfloat16, "cuda",
                                                 impl)
@@ -435,12 +441,7 @@ def strided_eager_and_side_stream(c, gen, impl, number, H, Hkv, T, C, dtype):
     ref = run(c, impl=impl, scaling=0.088, att=1.0)
     glob, _ = rel_errors(ref, reference_z(c, 0.088, 1.0), c)
     assert glob <= TOL[("v2", dtype)]
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        z = run(c, impl=impl, scaling=0.088, att=1.0)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.testing.assert_close(z, ref, rtol=0, atol=0)
+    side = same_on_side_stream(c, impl, ref)
     floats, used = lk.latent_decode_workspace_size(B, H, Hkv, 128, 1, T, [64] * Hkv, [64] * Hkv, dtype, "cuda", impl)
     assert used == number
     args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), [64] * Hkv, [64] * Hkv, 1,
