@@ -161,16 +161,14 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, bar);
         dev::tma_load_3d(kt + kV10Tile, &maps.v, p.groups.vcol[h], t0 + M * st, b, bar);
     };
-    if (issuer)
-        for (int st = cw; st < min(nsteps, NST); st += 2) load(st);
 
     /* ---- prologue: U_tau images, the queries in fp32, inv_freq in shared memory, each thread's key rotation R(k).
      * The prologue waits for one DRAM round trip (weights and queries are cold in a decode step): U, the queries and
      * inv_freq all arrive by cp.async in one group (U into the Q_A area and the raw queries into the positions' ring,
      * both free until the loop; plain loads issued before the wait were scheduled after it by ptxas), and R(k)
-     * reads inv_freq from shared memory. Run 94's clock stamps: with the reads inside the task loops (four dependent
-     * rounds for the images, two for the queries, sixteen global inv_freq reads for R(k)) the prologue took ~11,500
-     * of a batch-1 16K step's ~28,500 cycles. */
+     * reads inv_freq from shared memory. Run 95's clock stamps: with the reads inside the task loops (four dependent
+     * rounds for the images, two for the queries, sixteen global inv_freq reads for R(k)), behind the first stages'
+     * copies, the prologue took ~11,500 of a batch-1 16K step's ~28,500 cycles. */
     const float *ftab = reinterpret_cast<const float *>(smem + kV10OffFreq);
     {
         /* U ([D][R], 128-byte rows) staged with its 16-byte chunks XOR-swizzled by d & 7, so that the task reads
@@ -193,6 +191,10 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             dev::cp_async16(smem + kV10OffFreq + 16 * k, reinterpret_cast<const char *>(p.inv_freq) + 16 * k, true);
         }
         dev::cp_async_commit();
+        /* the first stages' TMA copies only now: issued first, their ~128 KB per CTA held U and the queries back
+         * behind them in DRAM's queue (run 95: ~4 us of every call's prologue) */
+        if (issuer)
+            for (int st = cw; st < min(nsteps, NST); st += 2) load(st);
         dev::cp_async_wait<0>();
         __syncthreads();
         /* a task is one core-matrix row: dimension d, ranks j0 .. j0 + 7, in all S images (16-byte stores: four
