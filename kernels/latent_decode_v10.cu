@@ -59,12 +59,19 @@ constexpr size_t kV10OffQA = kV10OffU + kV10S * kV10UT;                         
 constexpr size_t kV10OffQ = kV10OffQA + (size_t)kV10Warps * kV10MaxRep * kV10QRow; /* the queries, fp32 */
 constexpr size_t kV10OffPos = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4; /* per warp: a ring of 3 blocks' positions */
 constexpr int kV10PosRing = 3;
-constexpr size_t kV10OffBar = kV10OffPos + (size_t)kV10Warps * kV10PosRing * 32 * 4;
+constexpr size_t kV10OffFreq = kV10OffPos + (size_t)kV10Warps * kV10PosRing * 32 * 4; /* inv_freq, D / 2 floats */
+constexpr size_t kV10OffBar = kV10OffFreq + (size_t)kV10D / 2 * 4;
 constexpr size_t kV10Smem = kV10OffBar + 2 * kV10NST * 8 + 1024; /* + the base's 1024-byte alignment */
 static_assert(kV10Smem <= 227 * 1024, "one CTA per SM");
 static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records fit in the stages");
 static_assert(kV10NST % 2 == 0, "each warpgroup owns the stages of its parity");
 static_assert(kV10Rows * kV10S == kV9BlockSlots, "the plan's block size (latent_decode_common.cuh)");
+constexpr int kV10Tasks = kV10D * (kV10R / 8) / (32 * kV10Warps); /* U_tau core-matrix rows per thread */
+static_assert(kV10Tasks * 32 * kV10Warps == kV10D * (kV10R / 8), "the image build's tasks split evenly");
+static_assert(kV10MaxRep * kV10D <= kV10Tasks * 32 * kV10Warps, "one query value per task slot at most");
+static_assert((size_t)kV10D * kV10R * 2 <= (size_t)kV10Warps * kV10MaxRep * kV10QRow, "U's staging fits in Q_A's area");
+static_assert((size_t)kV10MaxRep * kV10D * 2 <= (size_t)kV10Warps * kV10PosRing * 32 * 4, "the raw queries fit in the ring");
+static_assert(kV10MaxRep * kV10D * 2 / 16 + kV10D / 2 * 4 / 16 <= 32 * kV10Warps, "one prologue chunk per thread");
 
 #ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
 constexpr int kV10ScoreChains = 4; /* independent HMMA chains of the score product (runs 86-88: 1 -> 2 -> 4 chains,
@@ -154,21 +161,55 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, bar);
         dev::tma_load_3d(kt + kV10Tile, &maps.v, p.groups.vcol[h], t0 + M * st, b, bar);
     };
-    if (issuer)
-        for (int st = cw; st < min(nsteps, NST); st += 2) load(st);
 
-    /* ---- prologue: U_tau images, the queries in fp32, each thread's key rotation R(k) ---- */
+    /* ---- prologue: U_tau images, the queries in fp32, inv_freq in shared memory, each thread's key rotation R(k).
+     * The prologue waits for one DRAM round trip (weights and queries are cold in a decode step): U, the queries and
+     * inv_freq all arrive by cp.async in one group (U into the Q_A area and the raw queries into the positions' ring,
+     * both free until the loop; plain loads issued before the wait were scheduled after it by ptxas), and R(k)
+     * reads inv_freq from shared memory. Run 95's clock stamps: with the reads inside the task loops (four dependent
+     * rounds for the images, two for the queries, sixteen global inv_freq reads for R(k)), behind the first stages'
+     * copies, the prologue took ~11,500 of a batch-1 16K step's ~28,500 cycles. */
+    const float *ftab = reinterpret_cast<const float *>(smem + kV10OffFreq);
     {
-        /* a task is one core-matrix row: dimension d, ranks j0 .. j0 + 7, in all S images (16-byte loads of U and
-         * of the rotate_half partner row, 16-byte stores: four wavefronts per warp, the least 512 bytes take) */
-        const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
-        for (int e = tid; e < D * (R / 8); e += 32 * kV10Warps) {
-            const int d = e % D, j0 = 8 * (e / D), f = d % HALF; /* d fastest: each 8 lanes store 128 bytes */
+        /* U ([D][R], 128-byte rows) staged with its 16-byte chunks XOR-swizzled by d & 7, so that the task reads
+         * below (8 lanes, 8 consecutive d, one chunk column) fall on distinct banks; d and its rotate_half partner
+         * d +- 64 share the swizzle */
+        char *ust = smem + kV10OffQA;
+        const char *ukg = reinterpret_cast<const char *>(static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]);
+#pragma unroll
+        for (int i = 0; i < kV10Tasks; i++) {
+            const int e = tid + 32 * kV10Warps * i, d = e / (R / 8), jc = e % (R / 8);
+            dev::cp_async16(ust + d * (R * 2) + ((jc ^ (d & 7)) << 4), ukg + (size_t)e * 16, true);
+        }
+        /* the queries (n_rep D values, 16-byte aligned: v10_unsupported) and inv_freq (D / 2 floats, likewise) */
+        const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + (size_t)h * n_rep) * D;
+        const T *qraw = reinterpret_cast<const T *>(smem + kV10OffPos);
+        constexpr int QC = D * (int)sizeof(T) / 16, FC = HALF * 4 / 16; /* 16-byte chunks per query row, of inv_freq */
+        if (tid < n_rep * QC) dev::cp_async16(smem + kV10OffPos + 16 * tid, reinterpret_cast<const char *>(qg) + 16 * tid, true);
+        else if (tid >= 32 * kV10Warps - FC) {
+            const int k = tid - (32 * kV10Warps - FC);
+            dev::cp_async16(smem + kV10OffFreq + 16 * k, reinterpret_cast<const char *>(p.inv_freq) + 16 * k, true);
+        }
+        dev::cp_async_commit();
+        /* the first stages' TMA copies only now: issued first, their ~128 KB per CTA held U and the queries back
+         * behind them in DRAM's queue (run 95: ~4 us of every call's prologue) */
+        if (issuer)
+            for (int st = cw; st < min(nsteps, NST); st += 2) load(st);
+        dev::cp_async_wait<0>();
+        __syncthreads();
+        /* a task is one core-matrix row: dimension d, ranks j0 .. j0 + 7, in all S images (16-byte stores: four
+         * wavefronts per warp, the least 512 bytes take); task e = tid + 256 i, d fastest: each 8 lanes store 128
+         * bytes */
+        float *qs = reinterpret_cast<float *>(smem + kV10OffQ);
+#pragma unroll
+        for (int i = 0; i < kV10Tasks; i++) {
+            const int e = tid + 32 * kV10Warps * i, d = e % D, j0 = 8 * (e / D);
             const bool lower = d < HALF;
-            const uint4 uu = *reinterpret_cast<const uint4 *>(ukg + (size_t)d * R + j0);
-            const uint4 ww = *reinterpret_cast<const uint4 *>(ukg + (size_t)(lower ? d + HALF : d - HALF) * R + j0);
+            const int chunk = ((j0 >> 3) ^ (d & 7)) << 4;
+            const uint4 uu = *reinterpret_cast<const uint4 *>(ust + d * (R * 2) + chunk);
+            const uint4 ww = *reinterpret_cast<const uint4 *>(ust + (lower ? d + HALF : d - HALF) * (R * 2) + chunk);
             const T *u = reinterpret_cast<const T *>(&uu), *w = reinterpret_cast<const T *>(&ww);
-            const float2 tr = turn_split(p.inv_freq[f]);
+            const float2 tr = turn_split(ftab[d % HALF]);
 #pragma unroll
             for (int tau = 0; tau < S; tau++) {
                 float cs, sn;
@@ -182,12 +223,10 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
                 *reinterpret_cast<uint4 *>(smem + kV10OffU + tau * kV10UT + v10_ucm(d, j0)) =
                     make_uint4(packed[0], packed[1], packed[2], packed[3]);
             }
+            if (e < n_rep * D) qs[e] = Num<T>::to_f(qraw[e]);
         }
-        const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + (size_t)h * n_rep) * D;
-        float *qs = reinterpret_cast<float *>(smem + kV10OffQ);
-        for (int e = tid; e < n_rep * D; e += 32 * kV10Warps) qs[e] = Num<T>::to_f(qg[e]);
         dev::fence_proxy_async();
-        __syncthreads();
+        __syncthreads(); /* images, queries and inv_freq written; U's staging (the Q_A area) read */
     }
     V10Rot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
 #pragma unroll
@@ -196,8 +235,8 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             float c0, s0, c1, s1;
-            rope_cos_sin(k, turn_split(p.inv_freq[8 * i + 2 * c]), &c0, &s0);
-            rope_cos_sin(k, turn_split(p.inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
+            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c]), &c0, &s0);
+            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c + 1]), &c1, &s1);
             rot.set(rr, i, c0, c1, s0, s1);
         }
     }
@@ -209,7 +248,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         qlo[j] = *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane),
         qhi[j] = *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane);
     /* the query rotation: lane takes the adjacent frequencies 2 lane, 2 lane + 1 (one fp16 pair per store) */
-    const float2 qtr0 = turn_split(p.inv_freq[2 * lane]), qtr1 = turn_split(p.inv_freq[2 * lane + 1]);
+    const float2 qtr0 = turn_split(ftab[2 * lane]), qtr1 = turn_split(ftab[2 * lane + 1]);
     char *qbuf = smem + kV10OffQA + (size_t)warp * kV10MaxRep * kV10QRow; /* this warp's Q_A rows */
 
     const uint32_t u_lo = (dev::smem_u32(smem + kV10OffU) >> 4) | ((128u >> 4) << 16);
@@ -312,8 +351,8 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g);
             const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g + 8);
             V10Rot xr;
-            v10_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, p.inv_freq);
-            v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, p.inv_freq);
+            v10_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, ftab);
+            v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, ftab);
             pack(xr, pk);
         }
         /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes, as kV10ScoreChains
@@ -434,6 +473,9 @@ const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
     if (n_rep < 2 || n_rep > kV10MaxRep)
         return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v10 takes 2 to %d query heads per KV head)",
                         (long long)n_rep, kV10MaxRep), why;
+    if (!aligned16(a->q) || !aligned16(a->inv_freq))
+        return snprintf(why, why_len, "q or inv_freq not 16-byte aligned (v10 copies them in 16-byte pieces: pass "
+                                      "tensors that start on a 16-byte boundary, e.g. a .clone())"), why;
     static_assert(kV10D == 128 && kV10R == 64, "g1_d128_r64_unsupported's shape");
     /* latent rows by TMA boxes, k_up rows by 16-byte loads */
     const char *no = g1_d128_r64_unsupported("v10", a, max_rk, max_rv, smem_optin, device, kV10Smem, why, why_len);

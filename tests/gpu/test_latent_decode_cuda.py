@@ -529,6 +529,16 @@ def test_v10_long_ranges(torch_gen, dtype):
     v10_check(c, dtype)
 
 
+def misaligned(c, name):
+    """The case with c[name] replaced by an equal contiguous tensor that starts 4 bytes past a 16-byte boundary."""
+    t = c[name]
+    flat = torch.empty(t.numel() + 16, device=t.device, dtype=t.dtype)
+    shift = 4 // t.element_size()
+    c[name] = flat[shift:shift + t.numel()].view(t.shape).copy_(t)
+    assert c[name].data_ptr() % 16 == 4 and c[name].is_contiguous()
+    return c
+
+
 def test_v10_refuses_other_shapes_and_auto_falls_back(torch_gen):
     """v10 names itself and the reason; auto then takes v9 (MHA) or v4 (equal ranks 32/64/128)."""
     cases = {
@@ -538,6 +548,10 @@ def test_v10_refuses_other_shapes_and_auto_falls_back(torch_gen):
         "ranks": make_case(torch_gen, 2, 8, 2, 128, 1, [32] * 2, [32] * 2, 100, 128, torch.float16, bias=False),
         "group_size": make_case(torch_gen, 2, 8, 4, 128, 2, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
         "key bias": make_case(torch_gen, 2, 8, 2, 128, 1, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=True),
+        "q alignment": misaligned(make_case(torch_gen, 2, 8, 2, 128, 1, [64] * 2, [64] * 2, 100, 128,
+                                            torch.float16, bias=False), "q"),
+        "inv_freq alignment": misaligned(make_case(torch_gen, 2, 8, 2, 128, 1, [64] * 2, [64] * 2, 100, 128,
+                                                   torch.float16, bias=False), "inv_freq"),
     }
     # MHA: v9; 12 query heads per KV head: v1 (beyond v3/v4's n_rep); else v4
     check_refusals(cases, "v10", lambda why: 9 if why == "n_rep" and V5_OK else 1 if why == "n_rep 12" else 5)
