@@ -31,7 +31,9 @@ def parse(path: str) -> tuple[str, str, list[dict]]:
     m = re.search(r"^GPU: ([^,]+),", text, re.M)
     if m is None:
         raise SystemExit(f"{path}: no 'GPU: <name>,' header line; is it a bench_attention table?")
-    gpu = m.group(1).strip()
+    # the table's GPU line may carry the device's UUID prefix, "NVIDIA H200 (GPU-cf3852d0)": the speed table is keyed
+    # by the name alone, which is what group_choice looks up on the user's machine
+    gpu = re.sub(r"\s*\(GPU-[0-9a-fA-F]+\)$", "", m.group(1).strip())
     cmd = re.search(r"^Command: (.*)$", text, re.M)
     best: dict = {}
     sdpa: dict = {}
