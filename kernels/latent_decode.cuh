@@ -72,7 +72,8 @@
  *   per SM, two consumer warpgroups taking alternate steps; latents by TMA (cp.async under graph capture, where
  *   auto runs v4 instead); slots whose positions are not their row's anchor + 64 tau take an exact per-slot path.
  *   v10 (2-8 query heads per KV head, G = 1, D = 128, ranks 64, no key bias, compute capability 9.0, outside CUDA-
- *   graph capture; only on request: as fast as v4 at batch 8, slower at batch 1, run 73): per 64-slot step one wgmma rebuilds the keys from U_tau = R(64 tau) U
+ *   graph capture; latent rows, k_up, q and inv_freq 16-byte aligned; auto takes it where each CTA walks >= 1024
+ *   slots): per 64-slot step one wgmma rebuilds the keys from U_tau = R(64 tau) U
  *   (built per CTA), each thread rotates its two rows by R(row) (fixed angles; each slot's own offset from the
  *   block's anchor when positions are not consecutive), the scores of all n_rep heads are one mma.sync K . Q_A^T
  *   per 16 slots with Q_A = R(anchor)^T Q, P . V on mma.sync with P transposed in registers. One CTA of 8 warps per

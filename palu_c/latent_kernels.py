@@ -23,10 +23,11 @@ Design
   size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0; v10, for 2-8 query heads per KV head with
   v9's other conditions: the keys rebuilt on wgmma from R(64 tau) Uk, RoPE split between the query (rotated to a
   block's anchor) and each key row (its offset from the anchor), the scores of all query heads of a KV head in one
-  mma.sync; it loads by TMA only, so ``impl="v10"`` raises inside a CUDA-graph capture). ``impl="auto"`` picks v9
-  where it applies, else v10 where it applies and each CTA walks >= 1024 slots (v10 builds R(64 tau) Uk in every
-  CTA, which shorter slices do not repay), else v4, else v3, else v2, else v1; under CUDA-graph capture it runs v4
-  where it planned v9 or v10. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
+  mma.sync; it loads by TMA only, so ``impl="v10"`` raises inside a CUDA-graph capture, and it copies q and
+  inv_freq in 16-byte pieces, so it raises for tensors that do not start on a 16-byte boundary; auto then runs v4).
+  ``impl="auto"`` picks v9 where it applies, else v10 where it applies and each CTA walks >= 1024 slots (v10
+  builds R(64 tau) Uk in every CTA, which shorter slices do not repay), else v4, else v3, else v2, else v1; under
+  CUDA-graph capture it runs v4 where it planned v9 or v10. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
   <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
   environment, by cp.async; the results are bit for bit the same).
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z
