@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,45 @@ MATH = 790e12   # FLOP/s, bf16 matrix product measured on the H200
 SHAPES = ATTENTION_SHAPES  # name -> (H, Hkv, D)
 LABEL = lk.KERNEL_NAMES  # what latent_decode_workspace_size reports -> table name
 CHECK_SLOTS = 2051       # the correctness case: odd, past several 256-slot blocks
+_SKIPPED = "skipped: out of GPU memory"  # the time cell of a row whose timing ran out of device memory
+
+
+@dataclass(frozen=True)
+class _Timing:
+    """How each row is timed (see :func:`timed`).
+
+    Median of `iters` calls after `warmup` calls, each after an L2 flush through `flush_buf` (`flush`: "clean" or
+    "dirty"); `graphs`: each call is one CUDA-graph replay instead of an eager call.
+    """
+
+    iters: int
+    warmup: int
+    graphs: bool
+    flush: str
+    flush_buf: torch.Tensor = field(compare=False, repr=False)  # 256 MB: comparing or printing it means nothing
+
+
+@dataclass(frozen=True)
+class _Sweep:
+    """What the table covers: per (shape, batch, context) an SDPA row, then per group size one row per kernel.
+
+    `shapes` maps a name to (H, Hkv, D); group sizes that do not divide a shape's Hkv are skipped for it; `ratio`
+    gives the latent ranks (:func:`group_rank`); `v1` adds the CUDA-core kernel where it is practical.
+    """
+
+    shapes: Mapping[str, tuple[int, int, int]]
+    groups: tuple[int, ...]
+    batches: tuple[int, ...]
+    contexts: tuple[int, ...]
+    dtype: torch.dtype
+    impls: tuple[str, ...]
+    ratio: float = 0.5
+    v1: bool = False
+
+    def kernels(self, B: int, T: int) -> list[str]:
+        """The kernels (wrapper names) timed at batch `B` and context `T`."""
+        # v1 is the CUDA-core baseline: at batch > 1 or past 16K slots it only adds minutes to the run
+        return [*self.impls, *(["v1"] if self.v1 and B == 1 and T <= 16384 else [])]
 
 
 def group_rank(ratio: float, G: int, D: int) -> int:
@@ -158,24 +198,27 @@ def auto_kernels(H, Hkv, D, G, batches, contexts, dtype, ratio=0.5):
     return list(dict.fromkeys(names))
 
 
-def _time_sdpa(B, H, Hkv, D, T, dtype, gen, flush_buf, iters, warmup, flush, graphs) -> float:
+def _median_us(fn: Callable[[], object], timing: _Timing) -> float:
+    """Median us of `fn` timed as `timing` says (captured into a CUDA graph first with ``timing.graphs``)."""
+    keep = graphed(fn) if timing.graphs else (fn, None)  # the graph must outlive its replays
+    return timed(keep[0], timing.flush_buf, timing.iters, timing.warmup, timing.flush)[0]
+
+
+def _time_sdpa(B: int, H: int, Hkv: int, D: int, T: int, dtype: torch.dtype, gen: torch.Generator,
+               timing: _Timing) -> float:
     """Median us of SDPA over a random full cache in `dtype` (freed on return)."""
     k = torch.randn((B, Hkv, T, D), device="cuda", dtype=dtype, generator=gen)
     v = torch.randn_like(k)
     q = torch.randn((B, H, 1, D), device="cuda", dtype=dtype, generator=gen)
-    sdpa = lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=H != Hkv)  # noqa: E731
-    keep = graphed(sdpa) if graphs else (sdpa, None)
-    return timed(keep[0], flush_buf, iters, warmup, flush)[0]
+    return _median_us(lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=H != Hkv), timing)
 
 
-def _time_ours(c, impl, floats, flush_buf, iters, warmup, flush, graphs) -> float:
+def _time_ours(c: dict, impl: str, floats: int, timing: _Timing) -> float:
     """Median us of one decode step of kernel `impl` on case `c` (workspace and output freed on return)."""
     B, H, _ = c["q"].shape
     ws = torch.empty(floats, device="cuda")
     out = torch.empty((B, H * c["kr"][0]), device="cuda")
-    step = lambda: call(c, impl, out, ws)  # noqa: E731
-    keep = graphed(step) if graphs else (step, None)
-    return timed(keep[0], flush_buf, iters, warmup, flush)[0]
+    return _median_us(lambda: call(c, impl, out, ws), timing)
 
 
 def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batches: Sequence[int] = (1, 8),
@@ -187,7 +230,9 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
     correctness check passed and every timing ran. `shapes` maps a name to (H, Hkv, D); group sizes that do not
     divide a shape's Hkv are skipped for it. A kernel that fails its check is not timed (its rows say so). A CUDA
     error while timing ends the report at that row, which names it (the context is unusable after most of them;
-    runs 73, 81 and 89 lost their tables to one such error each). Needs a CUDA device."""
+    runs 73, 81 and 89 lost their tables to one such error each). A row that runs out of device memory is only
+    skipped (its row says so, the header counts them, and it does not fail the run): the sweep goes on. Needs a
+    CUDA device."""
     if not torch.cuda.is_available():
         raise RuntimeError("palu_c.bench: timing the CUDA decode kernel needs a CUDA device; none is visible")
     unknown = [i for i in impls if i not in lk._IMPLS]  # the wrapper's accepted names
@@ -244,22 +289,66 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
     lines += ["Correctness (rel. error vs float64 at 2K slots): " +
               ", ".join(f"{m} G{g} {i} {'ok' if v else 'FAIL'}" for (m, g, i), v in ok_impls.items()), ""]
 
-    flush_buf = torch.empty(256 * 2**20 // 4, dtype=torch.float32, device="cuda")
-    mode = "graph" if graphs else "eager"
+    sweep = _Sweep(shapes, tuple(groups), tuple(batches), tuple(contexts), dtype, tuple(impls), ratio, v1)
+    timing = _Timing(iters, warmup, graphs, flush, torch.empty(256 * 2**20 // 4, dtype=torch.float32, device="cuda"))
+    ok = _timed_table(lines, sweep, timing, gen=gen, ok_impls=ok_impls, log=log)
+    return lines, ok
+
+
+def _timed_table(lines: list[str], sweep: _Sweep, timing: _Timing, *, gen: torch.Generator,
+                 ok_impls: dict[tuple[str, int, str], bool], log: Callable[[str], None]) -> bool:
+    """Append the table (header, then :func:`_time_rows`) to `lines`; whether every kernel passed its check and
+    every row ran or was skipped for memory.
+
+    A RuntimeError from the rows (torch's CUDA errors; AcceleratorError is one) ends the table at the row being
+    timed, which names it; the rows so far stay. Rows skipped for memory are counted in a note above the table.
+    """
+    table_at = len(lines)
+    mode = "graph" if timing.graphs else "eager"
     hdr = (f"| model | B | T | G | kernel | time us ({mode}) | vs SDPA | MB moved | GFLOP | GB/s | floor us | "
            "floor % | bound |")
     lines += [hdr, "|" + "---|" * 13]
     at: list[str] = []  # the row being timed (model, B, T, G, kernel), for the failure line
+    ok = all(ok_impls.values())
     try:
-        _time_rows(lines, at, shapes, groups, batches, contexts, dtype, impls, ratio, iters, warmup, graphs, flush, v1,
-                   gen, flush_buf, ok_impls, log)
-    except RuntimeError as exc:  # torch's CUDA errors (AcceleratorError is one); the rows so far stay
-        what = (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace("|", "/")
+        _time_rows(lines, at, sweep, timing, gen=gen, ok_impls=ok_impls, log=log)
+    except RuntimeError as exc:  # not an OutOfMemoryError from a row's timing: _time_rows skips that row
+        what = _first_line(exc)
         lines += [f"| {' | '.join(at)} | FAILED: {what} |" + " |" * max(0, 12 - len(at)), "",
                   f"The run stopped at the row above: {type(exc).__name__}: {what}"]
         log(lines[-1])
-        return lines, False
-    return lines, all(ok_impls.values())
+        ok = False
+    skipped = sum(f"| {_SKIPPED} |" in line for line in lines[table_at:])
+    if skipped:  # above the table, with the other facts of the run, so a reader does not take it as complete
+        note = f"{skipped} row{'s' if skipped != 1 else ''} skipped: out of GPU memory (marked in the table)."
+        lines[table_at:table_at] = [note, ""]
+        log(note)
+    return ok
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of `exc`'s message (its type's name where it has none), fit for a table cell."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0].replace("|", "/")
+
+
+def _unless_oom(fn: Callable[..., object], *args, **kwargs) -> tuple[object, str | None]:
+    """``(fn(*args, **kwargs), None)``, or ``(None, first line of the error)`` where the call ran out of device
+    memory, after handing the memory it held back to the device."""
+    try:
+        return fn(*args, **kwargs), None
+    except torch.cuda.OutOfMemoryError as exc:
+        what = _first_line(exc)
+    # only after the except block: until then the exception's traceback keeps the failed call's frames, and with
+    # them its tensors, alive, so the cache would have nothing to release
+    torch.cuda.empty_cache()
+    return None, what
+
+
+def _skip_row(lines: list[str], cells: Sequence[str], what: str, log: Callable[[str], None]) -> None:
+    """Append the row named by `cells` (model, B, T, G, kernel) as skipped for memory: 13 columns like the others."""
+    lines.append(f"| {' | '.join(cells)} | {_SKIPPED} |" + " |" * (12 - len(cells)))
+    log(lines[-1])
+    log(f"  ({what})")
 
 
 def _device_id(props) -> str:
@@ -269,33 +358,43 @@ def _device_id(props) -> str:
     return f" (GPU-{str(uuid).replace('-', '')[:8]})" if uuid else ""
 
 
-def _time_rows(lines, at, shapes, groups, batches, contexts, dtype, impls, ratio, iters, warmup, graphs, flush, v1, gen,
-               flush_buf, ok_impls, log) -> None:
-    """Append the timed rows to `lines` (SDPA, then each kernel per group size); `at` names the row being timed."""
-    for model, (H, Hkv, D) in shapes.items():
-        for B in batches:
-            for T in contexts:
+def _time_rows(lines: list[str], at: list[str], sweep: _Sweep, timing: _Timing, *, gen: torch.Generator,
+               ok_impls: dict[tuple[str, int, str], bool], log: Callable[[str], None]) -> None:
+    """Append the timed rows to `lines` (SDPA, then each kernel per group size); `at` names the row being timed.
+
+    A row that runs out of device memory (its SDPA cache, its latent case, or its kernel's workspace) is written as
+    skipped and the sweep goes on; the kernel rows of a point whose SDPA row was skipped say "n/a" for the ratio. Any
+    other RuntimeError propagates: after most CUDA errors the context is unusable.
+    """
+    for model, (H, Hkv, D) in sweep.shapes.items():
+        for B in sweep.batches:
+            for T in sweep.contexts:
                 at[:] = [model, str(B), f"{T // 1024}K", "-", "SDPA"]
-                t_sdpa = _time_sdpa(B, H, Hkv, D, T, dtype, gen, flush_buf, iters, warmup, flush, graphs)
-                sb, sf = sdpa_cost(B, H, Hkv, D, T)
-                sfloor = max(sb / BW, sf / MATH) * 1e6
-                lines.append(f"| {model} | {B} | {T // 1024}K | - | SDPA | {t_sdpa:.1f} | 1.00x | {sb / 1e6:.0f} | "
-                             f"{sf / 1e9:.1f} | {sb / t_sdpa / 1e3:.0f} | {sfloor:.1f} | {100 * sfloor / t_sdpa:.0f}% "
-                             f"| memory |")
-                log(lines[-1])
-                for G in groups:
+                t_sdpa, oom = _unless_oom(_time_sdpa, B, H, Hkv, D, T, sweep.dtype, gen, timing)
+                if oom is None:
+                    sb, sf = sdpa_cost(B, H, Hkv, D, T)
+                    sfloor = max(sb / BW, sf / MATH) * 1e6
+                    lines.append(f"| {model} | {B} | {T // 1024}K | - | SDPA | {t_sdpa:.1f} | 1.00x | {sb / 1e6:.0f} "
+                                 f"| {sf / 1e9:.1f} | {sb / t_sdpa / 1e3:.0f} | {sfloor:.1f} | "
+                                 f"{100 * sfloor / t_sdpa:.0f}% | memory |")
+                    log(lines[-1])
+                else:
+                    _skip_row(lines, at, oom, log)
+                for G in sweep.groups:
                     if Hkv % G:
                         continue
-                    c = latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=ratio)
-                    r = c["kr"][0]
+                    # the ranks latent_case draws; known without the case, which may not fit in memory
+                    r = group_rank(sweep.ratio, G, D)
+                    ranks = [r] * (Hkv // G)
+                    c, case_oom = _unless_oom(latent_case, B, H, Hkv, D, G, T, sweep.dtype, gen, ratio=sweep.ratio)
                     nb, nf = ours_cost(B, H, Hkv, D, G, T, r)
                     floor = max(nb / BW, nf / MATH) * 1e6
                     bound = "memory" if nb / BW >= nf / MATH else "compute"
                     timed_used = set()
-                    for impl in [*impls, *(["v1"] if v1 and B == 1 and T <= 16384 else [])]:
+                    for impl in sweep.kernels(B, T):
                         try:
-                            floats, used = lk.latent_decode_workspace_size(B, H, Hkv, D, G, T, c["kr"], c["vr"],
-                                                                           dtype, "cuda", impl)
+                            floats, used = lk.latent_decode_workspace_size(B, H, Hkv, D, G, T, ranks, ranks,
+                                                                           sweep.dtype, "cuda", impl)
                         except NotImplementedError:
                             continue
                         if used in timed_used:  # auto resolving to a kernel already in the list
@@ -306,12 +405,16 @@ def _time_rows(lines, at, shapes, groups, batches, contexts, dtype, impls, ratio
                                          "| | | | | | |")
                             continue
                         at[:] = [model, str(B), f"{T // 1024}K", str(G), LABEL[used]]
-                        t = _time_ours(c, impl, floats, flush_buf, iters, warmup, flush, graphs)
                         # inside a capture auto runs v4 (its own plan) where it planned v9 or v10, which load by TMA
-                        label = ("v4 (auto, captured)" if graphs and impl == "auto" and LABEL[used] in ("v9", "v10")
-                                 else LABEL[used])
+                        captured_v4 = timing.graphs and impl == "auto" and LABEL[used] in ("v9", "v10")
+                        label = "v4 (auto, captured)" if captured_v4 else LABEL[used]
+                        t, oom = (None, case_oom) if case_oom else _unless_oom(_time_ours, c, impl, floats, timing)
+                        if oom is not None:
+                            _skip_row(lines, [*at[:4], label], oom, log)
+                            continue
+                        vs_sdpa = "n/a" if t_sdpa is None else f"{t_sdpa / t:.2f}x"  # no SDPA time to divide by
                         lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {label} | {t:.1f} | "
-                                     f"{t_sdpa / t:.2f}x | {nb / 1e6:.0f} | {nf / 1e9:.1f} | {nb / t / 1e3:.0f} | "
+                                     f"{vs_sdpa} | {nb / 1e6:.0f} | {nf / 1e9:.1f} | {nb / t / 1e3:.0f} | "
                                      f"{floor:.1f} | {100 * floor / t:.0f}% | {bound} |")
                         log(lines[-1])
                     del c
