@@ -39,8 +39,9 @@ namespace {
  * thread to 168 registers (spills); setmaxnreg could not move enough of them (notes "The GQA probe").
  * Measured as a probe first (python/probe_gqa.cu): Llama-3-8B shapes, batch 8, 90-92% of the DRAM floor from 64K
  * slots (v4: ~72%). This library kernel: 279 us at B8 64K (run 88), against the probe's 274 (whose U_tau images come
- * from a kernel of their own, ~5 us here) and v4's 341 (notes "v10 in the library", "v10 at the probe's speed" and
- * "What bounds a v10 step": its loads alone take 240 us there, its arithmetic alone 255). Auto takes it where each
+ * from a kernel of their own) and v4's 341 (notes "v10 in the library", "v10 at the probe's speed" and "What bounds a
+ * v10 step": its loads alone take 240 us there, its arithmetic alone 255); its prologue waits one DRAM round trip,
+ * ahead of the first stages' copies (run 97: batch-1 intercept 10.2 -> 7.0 us). Auto takes it where each
  * CTA walks >= 1024 slots (v10_worth_it). Latents by TMA only: under CUDA-graph
  * capture (no tensor map may hold the call's length) auto runs v4 and an explicit request fails with
  * PALU_ERR_UNSUPPORTED. */
