@@ -51,7 +51,7 @@ from ._arrays import as_int
 __all__ = ["KERNEL_NAMES", "latent_decode_attention_cuda", "latent_decode_workspace_size", "latent_append_cuda", "pack_k_up",
            "value_up", "z_layout"]
 
-_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9, "v10": 10}
+_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9, "v10": 10, "v11": 11}
 #: implementation number (the second value of :func:`latent_decode_workspace_size`) -> kernel name
 KERNEL_NAMES = {number: name for name, number in _IMPLS.items() if number}
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
