@@ -292,6 +292,10 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 #pragma unroll
             for (int ch = 1; ch < kV11ScoreChains; ch++) sc[e] += scc[ch][e];
         }
+        /* the first half of V^T's fragments now: their shared-memory latency hides under the softmax (v10, run 76) */
+        uint32_t va[4][4];
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) dev::ldsm_x4_trans(va[mb], vt + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
         if (x + 1 < nsteps) { /* the next step's rebuild runs under this step's softmax and P . V */
             const int sn = (x + 1) % NST;
             dev::mbar_wait(full + sn, ((x + 1) / NST) & 1);
@@ -332,10 +336,10 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         const uint32_t b0 = dev::movm_trans(Num<T>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<T>::pack(pr[2], pr[3]));
 #pragma unroll
         for (int hb = 0; hb < 2; hb++) { /* V^T's two 64-row halves (one box each), four m-tiles at a time */
-            uint32_t va[4][4];
+            if (hb == 1)
 #pragma unroll
-            for (int mb = 0; mb < 4; mb++)
-                dev::ldsm_x4_trans(va[mb], vt + hb * kV11Box + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
+                for (int mb = 0; mb < 4; mb++)
+                    dev::ldsm_x4_trans(va[mb], vt + kV11Box + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
 #pragma unroll
             for (int mb = 0; mb < 4; mb++) dev::mma16816<T>(o[4 * hb + mb], va[mb], b0, b1);
         }
