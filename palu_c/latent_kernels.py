@@ -217,8 +217,9 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     attention_scaling : float
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
-    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9", "v10"}
-        Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
+    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9", "v10", "v11"}
+        Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply. "v11"
+        (group size 2, head_dim 128, ranks 128, compute capability 9.0) runs only on request for now.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).
 
