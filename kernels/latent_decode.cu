@@ -913,10 +913,11 @@ palu_status check_sizes(const palu_latent_decode_args *a)
         return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by the CUDA decode kernel; use float16 or bfloat16",
                          palu_dtype_name(a->dtype));
     if (a->impl < PALU_LATENT_DECODE_AUTO ||
-        (a->impl > PALU_LATENT_DECODE_V5 && a->impl != PALU_LATENT_DECODE_V9 && a->impl != PALU_LATENT_DECODE_V10))
+        (a->impl > PALU_LATENT_DECODE_V5 && a->impl != PALU_LATENT_DECODE_V9 && a->impl != PALU_LATENT_DECODE_V10 &&
+         a->impl != PALU_LATENT_DECODE_V11))
         return palu_fail(PALU_ERR_VALUE,
                          "impl %d is not one of 0 (auto), 1 (v1), 2 (v2), 3 (v3), 4 (v3w), 5 (v4), 6 (v5), 9 (v9), "
-                         "10 (v10)",
+                         "10 (v10), 11 (v11)",
                          a->impl);
     return PALU_OK;
 }
@@ -973,6 +974,14 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
             return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
         if (no == NULL && (a->impl == PALU_LATENT_DECODE_V10 || v10_worth_it(a, pl->sm_count)))
             choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
+    }
+    if (a->impl == PALU_LATENT_DECODE_V11) { /* only on request until measured on the H200 */
+        char why11[256] = "";
+        int w11 = 0;
+        size_t s11 = 0;
+        const char *no = v11_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w11, &s11, why11, sizeof why11);
+        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v11 does not support this call: %s", no);
+        choose(pl, 11, w11, s11, 1); /* the CTA combines its warps' states */
     }
     if (pl->impl != 9 && pl->impl != 10 &&
         (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
@@ -1050,7 +1059,8 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     if (s > smax) s = smax;
     if (s < 1) s = 1;
     if (pl->impl >= 9) { /* one wave at one CTA per SM, and at least two 256-slot blocks per CTA */
-        const int64_t wave = pl->sm_count / (a->kv_heads * a->batch);
+        /* v11: one CTA per group of two KV heads */
+        const int64_t wave = pl->sm_count / ((pl->impl == 11 ? a->kv_heads / 2 : a->kv_heads) * a->batch);
         const int64_t by_len = (a->length + 2 * kV9BlockSlots - 1) / (2 * kV9BlockSlots);
         s = wave < 1 ? 1 : wave;
         if (s > by_len) s = by_len;
@@ -1362,9 +1372,11 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v4(a, p, pl, stream);
     } else if (pl.impl == 6) {
         st = dispatch_v5(a, p, pl, stream);
-    } else if (pl.impl == 9 || pl.impl == 10) {
+    } else if (pl.impl == 9 || pl.impl == 10 || pl.impl == 11) {
         bool ran = false;
-        st = pl.impl == 9 ? dispatch_v9(a, p, pl, stream, &ran) : dispatch_v10(a, p, pl, stream, &ran);
+        st = pl.impl == 9    ? dispatch_v9(a, p, pl, stream, &ran)
+             : pl.impl == 10 ? dispatch_v10(a, p, pl, stream, &ran)
+                             : dispatch_v11(a, p, pl, stream, &ran);
         if (st == PALU_OK && !ran) return dispatch(a, v4_fallback(a, pl), stream); /* auto, where they cannot run */
     } else {
         st = dispatch_v3(a, p, pl, stream);

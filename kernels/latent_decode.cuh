@@ -111,7 +111,10 @@ typedef enum palu_latent_decode_impl {
     PALU_LATENT_DECODE_V10 = 10  /* rebuild on wgmma, RoPE split between query and key: GQA (2-8 query heads per KV
                                   * head), group size 1, head_dim 128, ranks 64, no key bias, compute capability 9.0,
                                   * not under CUDA-graph capture (auto runs v4 there); auto takes it where each CTA
-                                  * walks >= 1024 slots (shorter: v4); likewise */
+                                  * walks >= 1024 slots (shorter: v4); likewise */,
+    PALU_LATENT_DECODE_V11 = 11  /* v10's step for group size 2 (two KV heads per CTA), head_dim 128, ranks 128, 1-8
+                                  * query heads per KV head, no key bias, compute capability 9.0, not under CUDA-graph
+                                  * capture; only on request (not yet measured) */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */

@@ -741,6 +741,14 @@ inline bool v10_worth_it(const palu_latent_decode_args *a, int sm_count)
 palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
                          bool *ran);
 
+/* ---- v11 (latent_decode_v11.cu): group size 2, one CTA per group; only on request ---- */
+
+const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                            int *warps, size_t *smem, char *why, size_t why_len);
+/* Launches v11 (grid: group, split, sequence) and sets *ran, as dispatch_v10 */
+palu_status dispatch_v11(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                         bool *ran);
+
 } // namespace palu_decode
 
 #endif /* PALU_LATENT_DECODE_COMMON_CUH */

@@ -51,7 +51,7 @@ from ._arrays import as_int
 __all__ = ["KERNEL_NAMES", "latent_decode_attention_cuda", "latent_decode_workspace_size", "latent_append_cuda", "pack_k_up",
            "value_up", "z_layout"]
 
-_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9, "v10": 10}
+_IMPLS = {"auto": 0, "v1": 1, "v2": 2, "v3": 3, "v3w": 4, "v4": 5, "v5": 6, "v9": 9, "v10": 10, "v11": 11}
 #: implementation number (the second value of :func:`latent_decode_workspace_size`) -> kernel name
 KERNEL_NAMES = {number: name for name, number in _IMPLS.items() if number}
 _DTYPES = {torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -217,8 +217,9 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     attention_scaling : float
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
-    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9", "v10"}
-        Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
+    impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9", "v10", "v11"}
+        Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply. "v11"
+        (group size 2, head_dim 128, ranks 128, compute capability 9.0) runs only on request for now.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).
 

@@ -18,7 +18,7 @@ san=()
 gcc -c -O2 -std=c11 "${san[@]}" -I "$root/csrc" "$root/csrc/common.c" -o "$out/common.o"
 g++ -std=c++20 -O1 "${san[@]}" -DPALU_EMULATE -include "$root/tests/emu/emu.h" -I "$root/tests/emu" -I "$root/csrc" \
   -I "$root/kernels" -I "$inc" -x c++ "$root/kernels/latent_decode.cu" "$root/kernels/latent_decode_v4.cu" "$root/kernels/latent_decode_v9.cu" \
-  "$root/kernels/latent_decode_v10.cu" -x none "$root/tests/emu/emu_main.cpp" \
+  "$root/kernels/latent_decode_v10.cu" "$root/kernels/latent_decode_v11.cu" -x none "$root/tests/emu/emu_main.cpp" \
   "$out/common.o" -o "$out/emu" -lpthread
 fail=0
 run() {
@@ -50,6 +50,16 @@ case "$I" in
   run f16 10 2 6 2 128 1 5000 5120 3 0 7 64 64 -- 64 64
   EMU_EARLY=1 run f16 10 2 8 2 128 1 3000 3072 3 0 8 64 64 -- 64 64
   EMU_QSCALE=3 run bf16 10 2 8 2 128 1 1037 1280 0 0 9 64 64 -- 64 64
+  ;;
+11) # v11: group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head, no key bias
+  run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
+  run bf16 11 2 8 4 128 2 1037 1280 3 0 2 128 128 -- 128 128
+  run f16 11 2 4 4 128 2 777 1024 0 0 3 128 128 -- 128 128
+  run f16 11 1 16 4 128 2 3000 3072 2 0 4 128 128 -- 128 128
+  run bf16 11 3 16 2 128 2 999 1001 3 0 5 128 -- 128
+  run f16 11 2 12 4 128 2 1300 1536 1 0 6 128 128 -- 128 128
+  EMU_EARLY=1 run f16 11 2 8 4 128 2 3000 3072 3 0 7 128 128 -- 128 128
+  EMU_QSCALE=3 run bf16 11 2 8 4 128 2 1037 1280 0 0 8 128 128 -- 128 128
   ;;
 *)
   run f16 "$I" 2 8 2 128 1 1037 1280 3 1 1 64 64 -- 64 64

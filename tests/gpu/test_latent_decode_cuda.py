@@ -167,14 +167,14 @@ def impl_used(c, impl):
 
 V5_OK = torch.cuda.get_device_capability() == (9, 0)  # v5 is sm_90a code (Hopper wgmma)
 SPECIAL = ("v3", "v4", "v5")  # the kernels specialized to equal ranks 32/64/128
-USED = {"v3": 3, "v4": 5, "v5": 6, "v9": 9, "v10": 10}
+USED = {"v3": 3, "v4": 5, "v5": 6, "v9": 9, "v10": 10, "v11": 11}
 NAME = lk.KERNEL_NAMES  # implementation number -> kernel name
 
 
 def sm90a_refused(c, impl, **kw):
     """On a device other than compute capability 9.0, check that v5 / v9 / v10 refuse (naming themselves); True if
     so."""
-    if impl not in ("v5", "v9", "v10") or V5_OK:
+    if impl not in ("v5", "v9", "v10", "v11") or V5_OK:
         return False
     with pytest.raises(NotImplementedError, match=impl):
         run(c, impl=impl, **kw)
@@ -581,6 +581,53 @@ def test_v10_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     with pytest.raises(NotImplementedError, match="v10"):
         with torch.cuda.stream(side), torch.cuda.graph(graph):
             lk.latent_decode_attention_cuda(*args, **{**kw, "impl": "v10"})
+
+
+# v11 (group size 2, ranks 128; on request only): name, B, H, Hkv, T, capacity
+V11_SHAPES = [("b1-t1-r1", 1, 2, 2, 1, 64), ("b3-t7-r2", 3, 8, 4, 7, 64), ("b2-t257-r3", 2, 12, 4, 257, 320),
+              ("b3-t1000-r4", 3, 16, 4, 1000, 1024), ("b1-t4097-r8", 1, 16, 2, 4097, 4352),
+              ("b2-t2000-r4-8kv", 2, 32, 8, 2000, 2048), ("b19-t300-mha", 19, 4, 4, 300, 320)]
+
+
+def v11_case(gen, B, H, Hkv, T, C, dtype, **kw):
+    return make_case(gen, B, H, Hkv, 128, 2, [128] * (Hkv // 2), [128] * (Hkv // 2), T, C, dtype, bias=False, **kw)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", V11_SHAPES, ids=[s[0] for s in V11_SHAPES])
+def test_v11_matches_float64_reference_poisoned(torch_gen, shape, dtype):
+    _, B, H, Hkv, T, C = shape
+    check_specialized(v11_case(torch_gen, B, H, Hkv, T, C, dtype), "v11", dtype, 128 ** -0.5, 1.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v11_irregular_positions_and_long_ranges(torch_gen, dtype):
+    """Positions off their step's anchor (a jump inside a step, a random stretch, fully random positions with a peaky
+    softmax), and batch 8 x 4 groups: two splits per (sequence, group), each CTA's four stages turning over often."""
+    c = v11_case(torch_gen, 2, 8, 4, 3001, 3072, dtype)
+    jump_positions(c, torch_gen)
+    check_specialized(c, "v11", dtype, 128 ** -0.5, 1.0)
+    c = v11_case(torch_gen, 2, 12, 4, 700, 768, dtype, consecutive=False, q_scale=3.0)
+    check_specialized(c, "v11", dtype, 128 ** -0.5, 1.0)
+    c = v11_case(torch_gen, 8, 32, 8, 8192, 8192, dtype)
+    jump_positions_far(c, torch_gen)
+    check_specialized(c, "v11", dtype, 128 ** -0.5, 1.0)
+
+
+def test_v11_refuses_other_shapes_and_auto_does_not_pick_it(torch_gen):
+    """v11 names itself and the reason; auto never plans it (on request only until measured): v4 for group size 2 at
+    ranks 128, else what the shape takes."""
+    cases = {
+        "group_size": make_case(torch_gen, 2, 8, 2, 128, 1, [128] * 2, [128] * 2, 100, 128, torch.float16, bias=False),
+        "ranks": make_case(torch_gen, 2, 8, 4, 128, 2, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
+        "head_dim": make_case(torch_gen, 2, 8, 4, 64, 2, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
+        "key bias": make_case(torch_gen, 2, 8, 4, 128, 2, [128] * 2, [128] * 2, 100, 128, torch.float16, bias=True),
+        "q alignment": misaligned(make_case(torch_gen, 2, 8, 4, 128, 2, [128] * 2, [128] * 2, 100, 128,
+                                            torch.float16, bias=False), "q"),
+    }
+    check_refusals(cases, "v11", lambda why: 5)
+    c = v11_case(torch_gen, 2, 32, 8, 65536 // 8, 8192, torch.float16)
+    assert impl_used(c, "auto") != 11
 
 
 def test_errors_name_the_argument(torch_gen):

@@ -1,0 +1,449 @@
+/* latent_decode_v11.cu -- decode kernel v11 (group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head,
+ * sm_90a) and its launcher. Branch-only draft: built and checked in the CPU emulator, not yet run on the H200, and
+ * auto never picks it (impl 11 on request only). The design is in the comment above the kernel and in
+ * docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from 1.8x", "v11: a group-size-2
+ * kernel"); what it shares with the other decode kernels is in latent_decode_common.cuh.
+ *
+ * Shape legend: B batch, T slots, H query heads, Hkv KV heads, n_rep = H / Hkv, D head_dim, G = 2 KV heads per
+ * group, R = rk = rv = 128 the group's ranks, NST stages of latents in flight.
+ */
+#include "latent_decode_common.cuh"
+
+using namespace palu_decode;
+
+namespace {
+
+/* ---- v11: v10's step for a group of two KV heads ----------------------------------------------------------------
+ *
+ * One CTA per (sequence, group, split), 8 warps: warpgroup cw serves KV head 2 g + cw of the group and its n_rep
+ * query heads, and both warpgroups walk every 64-slot step of the CTA's slice on the same latent stage (the group's
+ * 64 x 128 key and value latents, each as two 64-column boxes with the 128-byte swizzle: 32 KB). Per step and
+ * warpgroup, as in v10 with S = 1 (the anchor moves every step: one R(64 tau) image per head would be 32 KB, and
+ * two heads x four taus do not fit beside the stages):
+ *   (1) K = C . U^T on wgmma (m64n128, K = 128: eight k16 steps, the first four on the first box), U the head's
+ *       [D][R] key up-projection, copied once into a core-matrix image (no rotation: tau = 0);
+ *   (2) each thread rotates its accumulator rows by R(k) (k < 64, the row within the step), or by each slot's own
+ *       offset from the step's anchor when the step's positions are not consecutive;
+ *   (3) S = K . Q_A^T on mma.sync per 16 slots, Q_A = R(A)^T Q rotated at every step by each warp for itself;
+ *   (4) online softmax per head; O^T += V^T . P with V the group's 128-wide value latent (8 m-tiles, in two halves
+ *       of four to hold the fragments' registers down).
+ * Bytes per slot and group: 512 (keys and values at rank 128); key-rebuild MACs per slot: 2 x 128 x 128 = 32K, ~70% of
+ * the H200's dense tensor rate at the 4.3 TB/s floor (notes: the share that a fused kernel cannot reach, so the
+ * estimate is 1.3-1.6x over SDPA, against v4's 0.72-0.84x on these rows).
+ *
+ * Stages: kV11NST shared by both warpgroups (each stage waits for all 8 warps before thread 0 refills it), so the
+ * ring holds one stage being read, one being rebuilt and two loading, the bytes in flight of v10's ring. */
+constexpr int kV11D = 128, kV11R = 128, kV11G = 2;
+constexpr int kV11Rows = 64;   /* slots per step: the wgmma M */
+constexpr int kV11Warps = 8;   /* two warpgroups, one per KV head of the group */
+constexpr int kV11MaxRep = 8;  /* query heads per KV head: the 8 columns of the score and P . V products */
+constexpr int kV11NST = 4;     /* stages, shared by both warpgroups */
+constexpr size_t kV11Box = (size_t)kV11Rows * 64 * 2;   /* one 64-row x 64-column box, 8 KB */
+constexpr size_t kV11Tile = 2 * kV11Box;                 /* one operand's 64 x 128 latents */
+constexpr size_t kV11Stage = 2 * kV11Tile;               /* K and V */
+constexpr size_t kV11UImg = (size_t)kV11D * kV11R * 2;  /* one head's U image, 32 KB */
+constexpr int kV11QRow = 2 * kV11D + 16;                 /* a Q_A row (fp16), padded: conflict-free fragment reads */
+constexpr size_t kV11OffU = kV11NST * kV11Stage;
+constexpr size_t kV11OffQA = kV11OffU + kV11G * kV11UImg; /* per warp: kV11MaxRep rows */
+constexpr size_t kV11OffQ = kV11OffQA + (size_t)kV11Warps * kV11MaxRep * kV11QRow; /* both heads' queries, fp32 */
+constexpr size_t kV11OffPos = kV11OffQ + (size_t)kV11G * kV11MaxRep * kV11D * 4;  /* per warp: a ring of 3 pairs */
+constexpr int kV11PosRing = 3;
+constexpr size_t kV11OffFreq = kV11OffPos + (size_t)kV11Warps * kV11PosRing * 32 * 4; /* inv_freq, D / 2 floats */
+constexpr size_t kV11OffBar = kV11OffFreq + (size_t)kV11D / 2 * 4;
+constexpr size_t kV11Smem = kV11OffBar + 2 * kV11NST * 8 + 1024; /* + the base's 1024-byte alignment */
+static_assert(kV11Smem <= 227 * 1024, "one CTA per SM");
+static_assert(kV11Warps * kV11MaxRep * (2 + kV11R) * 4 <= kV11OffU, "the records fit in the stages");
+static_assert((size_t)kV11G * kV11MaxRep * kV11D * 2 <= (size_t)kV11Warps * kV11MaxRep * kV11QRow,
+              "the raw queries fit in the Q_A area");
+
+#ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
+constexpr int kV11ScoreChains = 4;
+constexpr uint32_t kV11USbo = (kV11R / 8) * 128; /* U image: N = D rows, K = R; 8-row groups 2 KB apart */
+/* byte offset of U[d][j] in its image (K-major, no swizzle, core matrices of 8 rows x 16 bytes) */
+__device__ __forceinline__ uint32_t v11_ucm(int d, int j)
+{
+    return (uint32_t)((d >> 3) * kV11USbo + (j >> 3) * 128 + (d & 7) * 16 + (j & 7) * 2);
+}
+__device__ __forceinline__ uint64_t v11_desc_hi(uint32_t sbo, uint32_t layout)
+{
+    return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
+}
+__device__ __forceinline__ __half2 v11_u2h(uint32_t u)
+{
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+/* R(k) of a thread's two rows for its 16 frequencies, as half2 pairs (v10's V10Rot) */
+struct V11Rot {
+    __half2 c[2][8], s[2][8];
+    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
+    {
+        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
+    }
+    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
+                                          uint32_t *hi) const
+    {
+        const __half2 l = v11_u2h(dev::half2_satfinite(l0, l1)), h = v11_u2h(dev::half2_satfinite(h0, h1));
+        const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
+        memcpy(lo, &x, 4), memcpy(hi, &y, 4);
+    }
+};
+__device__ __noinline__ void v11_row_rotation(V11Rot &rot, int rr, int delta, int c, const float *inv_freq)
+{
+#pragma unroll 1
+    for (int i = 0; i < 8; i++) {
+        float c0, s0, c1, s1;
+        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c]), &c0, &s0);
+        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
+        rot.set(rr, i, c0, c1, s0, s1);
+    }
+}
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
+{
+#ifdef PALU_V5_WGMMA
+    constexpr int D = kV11D, R = kV11R, HALF = kV11D / 2, NST = kV11NST, M = kV11Rows;
+    char *smem = dev::dyn_smem();
+    smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* stays a shared-space pointer */
+    const int grp = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T, n_rep = p.n_rep;
+    const int g = lane >> 2, c = lane & 3, cw = warp >> 2, wl = warp & 3;
+    const int ps = p.pad_start[b];
+    const bool bad_pad = ps < 0 || ps >= T_len;
+    const int len = bad_pad ? 0 : T_len - ps;
+    const int chunk = ((len + p.splits - 1) / p.splits + kV9BlockSlots - 1) / kV9BlockSlots * kV9BlockSlots;
+    const int t0 = ps + split * chunk, t1 = bad_pad ? t0 : min(T_len, t0 + chunk);
+    const int nsteps = t1 > t0 ? (t1 - t0 + M - 1) / M : 0;
+    const int32_t *pos = p.positions + (size_t)b * p.pbs;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + kV11OffBar), *empty = full + NST;
+    if (tid == 0) {
+        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, 1), dev::mbar_init(empty + s, kV11Warps);
+        dev::mbar_init_fence();
+    }
+    __syncthreads();
+    const bool issuer = tid == 0;
+    auto load = [&](int st) { /* step st's K and V latents: two 64-column boxes each */
+        char *kt = smem + (st % NST) * kV11Stage;
+        uint64_t *bar = full + st % NST;
+        dev::mbar_expect(bar, (uint32_t)kV11Stage);
+        for (int hb = 0; hb < 2; hb++) {
+            dev::tma_load_3d(kt + hb * kV11Box, &maps.k, p.groups.kcol[grp] + 64 * hb, t0 + M * st, b, bar);
+            dev::tma_load_3d(kt + kV11Tile + hb * kV11Box, &maps.v, p.groups.vcol[grp] + 64 * hb, t0 + M * st, b, bar);
+        }
+    };
+
+    /* ---- prologue: the two U images, the queries, inv_freq, all by cp.async in one group ahead of the first
+     * stages' copies (v10's order, run 97), then the queries in fp32 and R(k) ---- */
+    const float *ftab = reinterpret_cast<const float *>(smem + kV11OffFreq);
+    {
+        /* U of the group: [G D][R] (pack_k_up), head cw's rows cw D .. cw D + D - 1; chunk e: row e / 16, 16-byte
+         * column chunk e % 16, straight into the image's core-matrix layout */
+        const char *ukg = reinterpret_cast<const char *>(static_cast<const T *>(p.k_up) +
+                                                         (size_t)kV11G * D * p.groups.kcol[grp]);
+        for (int e = tid; e < kV11G * D * (R / 8); e += 32 * kV11Warps) {
+            const int row = e / (R / 8), jc = e % (R / 8), hd = row / D, d = row % D;
+            dev::cp_async16(smem + kV11OffU + hd * kV11UImg + v11_ucm(d, 8 * jc), ukg + (size_t)e * 16, true);
+        }
+        /* the queries of both KV heads (2 n_rep D values, 16-byte aligned: v11_unsupported), raw, into Q_A's area */
+        const char *qg = reinterpret_cast<const char *>(static_cast<const T *>(p.q) +
+                                                        ((size_t)b * p.H + (size_t)kV11G * grp * n_rep) * D);
+        constexpr int QC = D * (int)sizeof(T) / 16, FC = HALF * 4 / 16;
+        for (int e = tid; e < kV11G * n_rep * QC; e += 32 * kV11Warps)
+            dev::cp_async16(smem + kV11OffQA + 16 * e, qg + 16 * e, true);
+        if (tid < FC) dev::cp_async16(smem + kV11OffFreq + 16 * tid, reinterpret_cast<const char *>(p.inv_freq) + 16 * tid, true);
+        dev::cp_async_commit();
+        if (issuer)
+            for (int st = 0; st < min(nsteps, NST); st++) load(st);
+        dev::cp_async_wait<0>();
+        __syncthreads();
+        const T *qraw = reinterpret_cast<const T *>(smem + kV11OffQA);
+        float *qs = reinterpret_cast<float *>(smem + kV11OffQ);
+        for (int e = tid; e < kV11G * n_rep * D; e += 32 * kV11Warps) qs[e] = Num<T>::to_f(qraw[e]);
+        __syncthreads(); /* the raw queries read: Q_A's area is free */
+        for (int e = tid; e < (int)(kV11Warps * kV11MaxRep * kV11QRow / 16); e += 32 * kV11Warps)
+            reinterpret_cast<uint4 *>(smem + kV11OffQA)[e] = make_uint4(0, 0, 0, 0); /* rows >= n_rep stay zero */
+        dev::fence_proxy_async();
+        __syncthreads();
+    }
+    V11Rot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int k = 16 * wl + g + 8 * rr;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float c0, s0, c1, s1;
+            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c]), &c0, &s0);
+            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c + 1]), &c1, &s1);
+            rot.set(rr, i, c0, c1, s0, s1);
+        }
+    }
+    const float *qs = reinterpret_cast<const float *>(smem + kV11OffQ) + (size_t)cw * n_rep * D; /* this head's */
+    const float2 qtr0 = turn_split(ftab[2 * lane]), qtr1 = turn_split(ftab[2 * lane + 1]);
+    char *qbuf = smem + kV11OffQA + (size_t)warp * kV11MaxRep * kV11QRow; /* this warp's Q_A rows */
+
+    const uint32_t u_lo = (dev::smem_u32(smem + kV11OffU + cw * kV11UImg) >> 4) | ((128u >> 4) << 16);
+    const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
+    const uint64_t u_hi = v11_desc_hi(kV11USbo, 0), k_hi = v11_desc_hi(1024, 1);
+    float acc[64];
+    auto issue = [&](int s) {
+        dev::wgmma_fence();
+        const uint32_t ad = k_lo + (uint32_t)(s * (kV11Stage >> 4));
+#pragma unroll
+        for (int kk = 0; kk < R / 16; kk++) /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
+            dev::wgmma_k16<T, 128>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)),
+                                   u_hi | (u_lo + 16 * kk), kk > 0);
+        dev::wgmma_commit();
+    };
+    auto wait_acc = [&]() {
+        dev::wgmma_wait0();
+#pragma unroll
+        for (int e = 0; e < 64; e++) dev::fence_reg(acc[e]);
+    };
+    float o[8][4] = {};
+    float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
+    uint32_t qa[8][2] = {};
+    const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
+    /* Positions, once per pair of steps and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in
+     * step 2 n + (l >> 4); by cp.async into a per-warp ring two pairs ahead */
+    int *pring = reinterpret_cast<int *>(smem + kV11OffPos) + warp * kV11PosRing * 32;
+    const int lane_row = 16 * wl + (lane & 15);
+    auto fetch_pos = [&](int n) {
+        const int slot = t0 + M * (2 * n + (lane >> 4)) + lane_row;
+        dev::cp_async4(pring + (n % kV11PosRing) * 32 + lane, pos + min(max(slot, 0), T_len - 1), true);
+        dev::cp_async_commit();
+    };
+    fetch_pos(0);
+    fetch_pos(1);
+    int lane_pos = 0;
+    auto pack = [&](const V11Rot &r, uint32_t (&pk)[2][16]) {
+#pragma unroll
+        for (int rr = 0; rr < 2; rr++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + 8) + 2 * rr],
+                        acc[4 * (i + 8) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+    };
+    if (nsteps > 0) {
+        dev::mbar_wait(full, 0);
+        issue(0);
+    }
+    wait_acc();
+    for (int x = 0; x < nsteps; x++) {
+        const int s = x % NST;
+        const char *vt = smem + s * kV11Stage + kV11Tile;
+        if ((x & 1) == 0) { /* a new pair of steps: its positions */
+            const int n = x >> 1;
+            dev::cp_async_wait<1>();
+            lane_pos = pring[(n % kV11PosRing) * 32 + lane];
+            fetch_pos(n + 2);
+        }
+        /* this step's anchor (its first row's position less the row) and whether its rows are all consecutive */
+        const int half = x & 1;
+        const int A = __shfl_sync(0xffffffffu, lane_pos, 16 * half) - 16 * wl;
+        const int lane_slot = t0 + M * x + lane_row;
+        const bool regular = __all_sync(0xffffffffu, (lane >> 4) != half || lane_slot >= t1 || lane_pos == A + lane_row);
+        {   /* Q_A = R(A)^T Q for this warp's n_rep heads */
+            float c0, s0, c1, s1;
+            rope_cos_sin(A, qtr0, &c0, &s0);
+            rope_cos_sin(A, qtr1, &c1, &s1);
+            __syncwarp(); /* the previous step's reads of the rows are done */
+#pragma unroll
+            for (int j = 0; j < kV11MaxRep; j++) {
+                if (j < n_rep) {
+                    const float2 lo = *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane);
+                    const float2 hi = *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane);
+                    uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV11QRow);
+                    row[lane] = dev::half2_satfinite(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
+                    row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
+                }
+            }
+            __syncwarp();
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+                    qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV11QRow + (16 * kk + 2 * c + 8 * hf) * 2);
+        }
+        const int sl = t0 + M * x + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
+        uint32_t pk[2][16];
+        if (regular) {
+            pack(rot, pk);
+        } else {
+            const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g);
+            const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g + 8);
+            V11Rot xr;
+            v11_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, ftab);
+            v11_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, ftab);
+            pack(xr, pk);
+        }
+        float scc[kV11ScoreChains][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
+            dev::mma16816<__half>(scc[kk % kV11ScoreChains], a, qa[kk][0], qa[kk][1]);
+        }
+        float sc[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            sc[e] = scc[0][e];
+#pragma unroll
+            for (int ch = 1; ch < kV11ScoreChains; ch++) sc[e] += scc[ch][e];
+        }
+        /* the first half of V^T's fragments now: their shared-memory latency hides under the softmax (v10, run 76) */
+        uint32_t va[4][4];
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) dev::ldsm_x4_trans(va[mb], vt + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
+        if (x + 1 < nsteps) { /* the next step's rebuild runs under this step's softmax and P . V */
+            const int sn = (x + 1) % NST;
+            dev::mbar_wait(full + sn, ((x + 1) / NST) & 1);
+            issue(sn);
+        }
+        if (issuer && x > 0 && x - 1 + NST < nsteps) { /* refill the previous step's stage (all 8 warps are done) */
+            const int sp = (x - 1) % NST;
+            dev::mbar_wait(empty + sp, ((x - 1) / NST) & 1);
+            load(x - 1 + NST);
+        }
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) v[e] = sl + 8 * (e >> 1) < t1 ? sc[e] * p.score_scale : -INFINITY;
+        bool big = false;
+#pragma unroll
+        for (int e = 0; e < 4; e++) big = big || v[e] > m_run[e & 1] + 8.0f;
+        const bool reduce = __any_sync(0xffffffffu, big);
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            if (reduce) {
+                float mx = fmaxf(v[e], v[e + 2]);
+                mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+                const float m_new = fmaxf(m_run[e], mx);
+                if (m_new > m_run[e]) {
+                    const float corr = dev::ex2(m_run[e] - m_new);
+                    l_run[e] *= corr, m_run[e] = m_new;
+#pragma unroll
+                    for (int mb = 0; mb < 8; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
+                }
+            }
+            const float mu = m_run[e] == -INFINITY ? 0.0f : m_run[e];
+            pr[e] = dev::ex2(v[e] - mu), pr[e + 2] = dev::ex2(v[e + 2] - mu);
+            l_run[e] += pr[e] + pr[e + 2];
+        }
+        const uint32_t b0 = dev::movm_trans(Num<T>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<T>::pack(pr[2], pr[3]));
+#pragma unroll
+        for (int hb = 0; hb < 2; hb++) { /* V^T's two 64-row halves (one box each), four m-tiles at a time */
+            if (hb == 1)
+#pragma unroll
+                for (int mb = 0; mb < 4; mb++)
+                    dev::ldsm_x4_trans(va[mb], vt + kV11Box + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) dev::mma16816<T>(o[4 * hb + mb], va[mb], b0, b1);
+        }
+        __syncwarp();
+        if (lane == 0) dev::mbar_arrive(empty + s);
+        wait_acc(); /* the next step's rebuild (nothing in flight after the last step) */
+    }
+    dev::cp_async_wait<0>();
+    dev::launch_dependents();
+
+    /* records (over the stages: every copy has been consumed): warpgroup cw's warp wl, head j at
+     * recs + ((cw 4 + wl) n_rep + j)(2 + R) */
+    __syncthreads();
+    float *recs = reinterpret_cast<float *>(smem);
+    constexpr int REC = 2 + R;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l_run[e] += dev::shfl_xor(l_run[e], 4);
+        l_run[e] += dev::shfl_xor(l_run[e], 8);
+        l_run[e] += dev::shfl_xor(l_run[e], 16);
+        if (g == 0 && 2 * c + e < n_rep)
+            recs[(warp * n_rep + 2 * c + e) * REC] = m_run[e], recs[(warp * n_rep + 2 * c + e) * REC + 1] = l_run[e];
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int j = 2 * c + (e & 1);
+        if (j < n_rep) {
+            float *rec = recs + (warp * n_rep + j) * REC + 2;
+#pragma unroll
+            for (int mb = 0; mb < 8; mb++) rec[16 * mb + g + 8 * (e >> 1)] = o[mb][e];
+        }
+    }
+    __syncthreads();
+    for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
+        combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * REC, bad_pad);
+#else
+    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+#endif
+}
+
+} // namespace
+
+namespace palu_decode __attribute__((visibility("hidden"))) {
+
+/* ---- v11 launch ---- */
+
+const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
+                            int *warps, size_t *smem, char *why, size_t why_len)
+{
+    const int64_t n_rep = a->heads / a->kv_heads;
+    if (a->group_size != kV11G)
+        return snprintf(why, why_len, "group_size %lld (v11 takes 2)", (long long)a->group_size), why;
+    if (n_rep < 1 || n_rep > kV11MaxRep)
+        return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v11 takes 1 to %d)", (long long)n_rep,
+                        kV11MaxRep), why;
+    if (a->head_dim != kV11D)
+        return snprintf(why, why_len, "head_dim %lld (v11 takes 128)", (long long)a->head_dim), why;
+    for (int64_t g = 0; g < a->n_groups; g++)
+        if (a->k_ranks[g] != kV11R || a->v_ranks[g] != kV11R)
+            return snprintf(why, why_len, "ranks k %lld / v %lld in group %lld (v11 takes 128 / 128)",
+                            (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g), why;
+    if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v11 takes none)"), why;
+    if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || !aligned16(a->q) ||
+        !aligned16(a->inv_freq) || a->k_token_stride % 8 != 0 || a->v_token_stride % 8 != 0 ||
+        (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
+        return snprintf(why, why_len, "latent rows, k_up, q or inv_freq not 16-byte aligned (v11 copies them in "
+                                      "16-byte pieces: base pointers, token and batch strides must be multiples of 16 "
+                                      "bytes)"), why;
+    const char *no = sm90a_unsupported("v11", device, why, why_len);
+    if (no == NULL) no = smem_unsupported("v11", kV11Smem, max_rk, max_rv, smem_optin, why, why_len);
+    if (no == NULL) *warps = kV11Warps, *smem = kV11Smem;
+    return no;
+}
+
+template <typename T>
+palu_status launch_v11(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                       bool *ran)
+{
+    V4Maps maps;
+    memset(&maps, 0, sizeof maps);
+    *ran = tma_allowed(pl, stream) && latent_tma_maps(p, 64, kV11Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
+    if (*ran) {
+        void (*kern)(DecodeParams, V4Maps) = decode_v11_kernel<T>;
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kV11Smem));
+        const dim3 grid((unsigned)(p.Hkv / kV11G), (unsigned)p.splits, (unsigned)p.B); /* one CTA per group */
+        PALU_EMU_LAUNCH(kern, grid, dim3(32 * kV11Warps), kV11Smem, stream, p, maps);
+        PALU_CUDA_CHECK_LAUNCH();
+        return PALU_OK;
+    }
+    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
+    return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v11 loads its latents by TMA, which this call cannot use "
+                                           "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
+                                           "use impl=\"auto\", which runs v4 there");
+}
+
+palu_status dispatch_v11(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
+                         bool *ran)
+{
+    *ran = false;
+    switch (a->dtype) {
+    case PALU_DTYPE_F16: return launch_v11<__half>(a, p, pl, stream, ran);
+    case PALU_DTYPE_BF16: return launch_v11<__nv_bfloat16>(a, p, pl, stream, ran);
+    default: return palu_fail(PALU_ERR_TYPE, "dtype %s is not supported by v11", palu_dtype_name(a->dtype));
+    }
+}
+
+} // namespace palu_decode
