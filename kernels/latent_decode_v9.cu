@@ -183,6 +183,12 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             }
         }
         dev::launch_dependents();
+        /* Stay until every stage's last copy has landed: this warp issued them, and an issuing thread should not
+         * exit with its asynchronous copies outstanding (a candidate cause of the benchmark's intermittent
+         * "unspecified launch failure", always in v9: runs 89 and 98, notes "The benchmark's intermittent fault").
+         * The consumers' waits on the same phases are unaffected (a wait does not arrive). */
+        const int nst = nblocks * S;
+        for (int s = 0; s < NST && s < nst; s++) dev::mbar_wait(full + s, ((s + (nst - 1 - s) / NST * NST) / NST) & 1);
         return;
     }
 
