@@ -975,15 +975,17 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
         if (no == NULL && (a->impl == PALU_LATENT_DECODE_V10 || v10_worth_it(a, pl->sm_count)))
             choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
     }
-    if (a->impl == PALU_LATENT_DECODE_V11) { /* only on request until measured on the H200 */
+    if (a->impl == PALU_LATENT_DECODE_V11 || (a->impl == PALU_LATENT_DECODE_AUTO && pl->impl < 9)) { /* then v11 */
         char why11[256] = "";
         int w11 = 0;
         size_t s11 = 0;
         const char *no = v11_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w11, &s11, why11, sizeof why11);
-        if (no != NULL) return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v11 does not support this call: %s", no);
-        choose(pl, 11, w11, s11, 1); /* the CTA combines its warps' states */
+        if (no != NULL && a->impl == PALU_LATENT_DECODE_V11)
+            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v11 does not support this call: %s", no);
+        if (no == NULL && (a->impl == PALU_LATENT_DECODE_V11 || v11_worth_it(a)))
+            choose(pl, 11, w11, s11, 1); /* the CTA combines its warps' states */
     }
-    if (pl->impl != 9 && pl->impl != 10 &&
+    if (pl->impl < 9 &&
         (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
         int w4 = 0;
         size_t s4 = 0;
@@ -1010,7 +1012,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     }
     const char *no_v3 = a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V2 ||
                                 a->impl == PALU_LATENT_DECODE_V3W || pl->impl == 5 || pl->impl == 6 || pl->impl >= 9
-                            ? "v1, v2, v3w, v4, v5, v9 or v10 chosen"
+                            ? "v1, v2, v3w, v4, v5, v9, v10 or v11 chosen"
                             : v3_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, &warps, &smem2, why3, sizeof why3);
     const char *no_v2 = no_v3 == NULL || a->impl == PALU_LATENT_DECODE_V1 || a->impl == PALU_LATENT_DECODE_V3
                             ? "not chosen"
@@ -1041,7 +1043,8 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int ctas_per_sm = pl->impl >= 2 ? (int)(228 * 1024 / (pl->smem + 1024)) : 4;
     if (pl->impl == 5 && ctas_per_sm > v4_ctas) ctas_per_sm = v4_ctas; /* its register bound */
     if (pl->impl == 6) ctas_per_sm = 1;                                   /* v5: one CTA per SM by design */
-    /* v9 and v10 (one CTA per SM) size their workspace as v4 would (two CTAs per SM), so that a workspace sized by a
+    /* v9, v10 and v11 (one CTA per SM) size their workspace as v4 would at ranks <= 64 (two CTAs per SM: as many
+     * splits as v4 at rank 128 or more), so that a workspace sized by a
      * query without the pointers (which cannot see a key bias or a misaligned latent, where v4 runs instead) covers
      * both */
     if (pl->impl >= 9) ctas_per_sm = V4Shape<64>::MINB;
@@ -1059,9 +1062,10 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     if (s > smax) s = smax;
     if (s < 1) s = 1;
     if (pl->impl >= 9) { /* one wave at one CTA per SM, and at least two 256-slot blocks per CTA */
-        /* v11: one CTA per group of two KV heads */
+        /* v11: one CTA per group of two KV heads, >= 4 of its 64-slot steps per CTA */
         const int64_t wave = pl->sm_count / ((pl->impl == 11 ? a->kv_heads / 2 : a->kv_heads) * a->batch);
-        const int64_t by_len = (a->length + 2 * kV9BlockSlots - 1) / (2 * kV9BlockSlots);
+        const int64_t per_cta = pl->impl == 11 ? kV11MinSlotsPerCta : 2 * kV9BlockSlots;
+        const int64_t by_len = (a->length + per_cta - 1) / per_cta;
         s = wave < 1 ? 1 : wave;
         if (s > by_len) s = by_len;
         if (s > smax) s = smax;
@@ -1330,7 +1334,7 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, boo
     return PALU_OK;
 }
 
-/* The plan auto runs where it planned v9 or v10 and the call cannot run them (CUDA-graph capture: a tensor map
+/* The plan auto runs where it planned v9, v10 or v11 and the call cannot run them (CUDA-graph capture: a tensor map
  * would keep the capture's length; a map the driver refused): v4 on its own plan (its split count) when the
  * caller's workspace holds it, else on their splits (their shapes are v4's, their splits fit v4's workspace, one
  * partial per CTA in all three). Their one-wave split count leaves v4 at half its occupancy (the graph-mode table:
@@ -1346,7 +1350,8 @@ Plan v4_fallback(const palu_latent_decode_args *a, const Plan &pl)
         return p4;
     (void)cudaGetLastError();
     p4 = pl;
-    p4.impl = 5, p4.warps = V4Shape<64>::WARPS, p4.smem = v4_smem(128, 64, 64);
+    p4.impl = 5, p4.warps = pl.max_rk <= 64 ? V4Shape<64>::WARPS : V4Shape<128>::WARPS; /* v11: ranks 128 */
+    p4.smem = v4_smem((int)a->head_dim, pl.max_rk, pl.max_rv);
     return p4;
 }
 

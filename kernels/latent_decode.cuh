@@ -114,7 +114,8 @@ typedef enum palu_latent_decode_impl {
                                   * walks >= 1024 slots (shorter: v4); likewise */,
     PALU_LATENT_DECODE_V11 = 11  /* v10's step for group size 2 (two KV heads per CTA), head_dim 128, ranks 128, 1-8
                                   * query heads per KV head, no key bias, compute capability 9.0, not under CUDA-graph
-                                  * capture; only on request (not yet measured) */
+                                  * capture (auto runs v4 there); auto takes it where the call walks >= 48K
+                                  * (sequence, group, slot) triples (fewer: v4) */
 } palu_latent_decode_impl;
 
 /* The most head groups one call takes (their ranks travel in the kernel's parameter block). */

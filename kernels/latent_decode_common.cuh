@@ -741,10 +741,27 @@ inline bool v10_worth_it(const palu_latent_decode_args *a, int sm_count)
 palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
                          bool *ran);
 
-/* ---- v11 (latent_decode_v11.cu): group size 2, one CTA per group; only on request ---- */
+/* ---- v11 (latent_decode_v11.cu): group size 2, one CTA per group of two KV heads ---- */
+
+/* v11 anchors every 64-slot step on its own, so a CTA's slice is a whole number of steps; the plan keeps >= 4 steps
+ * per CTA (the ring's depth: with fewer, the copies of a CTA's slice cannot overlap its rebuilds) */
+constexpr int kV11StepSlots = 64;
+constexpr int kV11MinSlotsPerCta = 4 * kV11StepSlots;
 
 const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin, int device,
                             int *warps, size_t *smem, char *why, size_t why_len);
+
+/* Whether auto takes v11 for a call v11 supports: when the call walks at least kV11AutoGroupSlots (sequence, group,
+ * slot) triples. Below that, v11's grid covers few SMs and its longer prologue (two U images per CTA) costs more
+ * than its faster steps save. Measured (run 100, call us v11 / v4, B x groups x T): Llama-3-8B B1 8K (32K triples)
+ * 25.9 / 25.1, B2 4K (32K) 26.6 / 24.9, B4 2K (32K) 27.5 / 25.1, Llama-2-7B B1 2K (32K) 24.1 / 22.9; at 64K triples
+ * v11 wins everywhere: Llama-3-8B B2 8K 29.6 / 35.1, B4 4K 30.3 / 35.3, Llama-2-7B B1 4K 27.5 / 32.9. */
+constexpr int64_t kV11AutoGroupSlots = 48 * 1024;
+inline bool v11_worth_it(const palu_latent_decode_args *a)
+{
+    return a->batch * (a->kv_heads / 2) * a->length >= kV11AutoGroupSlots;
+}
+
 /* Launches v11 (grid: group, split, sequence) and sets *ran, as dispatch_v10 */
 palu_status dispatch_v11(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
                          bool *ran);

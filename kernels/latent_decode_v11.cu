@@ -1,6 +1,7 @@
 /* latent_decode_v11.cu -- decode kernel v11 (group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head,
- * sm_90a) and its launcher. Branch-only draft: built and checked in the CPU emulator, not yet run on the H200, and
- * auto never picks it (impl 11 on request only). The design is in the comment above the kernel and in
+ * sm_90a) and its launcher. Auto takes it for group size 2 on calls long enough to pay for its prologue
+ * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows at 1.05-1.30x of full-cache
+ * SDPA where v4 ran them at 0.77-0.82x (run 99). The design is in the comment above the kernel and in
  * docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from 1.8x", "v11: a group-size-2
  * kernel"); what it shares with the other decode kernels is in latent_decode_common.cuh.
  *
@@ -52,6 +53,7 @@ constexpr size_t kV11OffFreq = kV11OffPos + (size_t)kV11Warps * kV11PosRing * 32
 constexpr size_t kV11OffBar = kV11OffFreq + (size_t)kV11D / 2 * 4;
 constexpr size_t kV11Smem = kV11OffBar + 2 * kV11NST * 8 + 1024; /* + the base's 1024-byte alignment */
 static_assert(kV11Smem <= 227 * 1024, "one CTA per SM");
+static_assert(kV11Rows == kV11StepSlots, "the plan's step (latent_decode_common.cuh)");
 static_assert(kV11Warps * kV11MaxRep * (2 + kV11R) * 4 <= kV11OffU, "the records fit in the stages");
 static_assert((size_t)kV11G * kV11MaxRep * kV11D * 2 <= (size_t)kV11Warps * kV11MaxRep * kV11QRow,
               "the raw queries fit in the Q_A area");
@@ -114,7 +116,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     const int ps = p.pad_start[b];
     const bool bad_pad = ps < 0 || ps >= T_len;
     const int len = bad_pad ? 0 : T_len - ps;
-    const int chunk = ((len + p.splits - 1) / p.splits + kV9BlockSlots - 1) / kV9BlockSlots * kV9BlockSlots;
+    const int chunk = ((len + p.splits - 1) / p.splits + M - 1) / M * M; /* whole steps (the plan: >= 4 per CTA) */
     const int t0 = ps + split * chunk, t1 = bad_pad ? t0 : min(T_len, t0 + chunk);
     const int nsteps = t1 > t0 ? (t1 - t0 + M - 1) / M : 0;
     const int32_t *pos = p.positions + (size_t)b * p.pbs;

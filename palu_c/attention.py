@@ -319,10 +319,11 @@ class PaluAttention(nn.Module):
         pad_start = _device_left_padding(attention_mask, query.shape[0], store.length, query.device)
         rotary = self.rotary_emb
         # the fastest tensor-core kernel that covers this layer (v9: MHA, group 1, head_dim 128, ranks 64, no key
-        # bias, on the H200; v10: the same for 2-8 query heads per KV head; v4, then v3: equal ranks 32/64/128; v2:
+        # bias, on the H200; v10: the same for 2-8 query heads per KV head; v11: group size 2 at ranks 128; v4, then
+        # v3: equal ranks 32/64/128; v2:
         # the general tensor-core one), found once per module; v1 (CUDA cores) is slower than the PyTorch path, never
         # used here; v5 (wgmma) is slower than v4 (docs/design/latent_decode_notes.md)
-        for impl in ((self._cuda_impl,) if self._cuda_impl else ("v9", "v10", "v4", "v3", "v2")):
+        for impl in ((self._cuda_impl,) if self._cuda_impl else ("v9", "v10", "v11", "v4", "v3", "v2")):
             try:
                 z = latent_kernels.latent_decode_attention_cuda(
                     query[:, :, 0].contiguous(), store.k_latent, store.v_latent, store.positions, pad_start,
@@ -333,11 +334,11 @@ class PaluAttention(nn.Module):
                 continue
             if impl == "v2" and self._cuda_impl is None:  # found now: say it once, not at every step
                 warn_general_kernel()
-            # v9 and v10 are remembered as auto, which takes them wherever they can run (v10: on slices long enough
-            # to pay for its prologue) and v4 where one call cannot (a CUDA-graph capture, where v9's copies are
-            # slower than v4's and v10 has none; latents that lost the 16-byte alignment): a remembered "v9" or
-            # "v10" would raise there and leave the layer on the PyTorch path for good
-            self._cuda_impl = "auto" if impl in ("v9", "v10") else impl
+            # v9, v10 and v11 are remembered as auto, which takes them wherever they can run (v10, v11: on calls
+            # long enough to pay for their prologues) and v4 where one call cannot (a CUDA-graph capture, where v9's
+            # copies are slower than v4's and v10 and v11 have none; latents that lost the 16-byte alignment): a
+            # remembered "v9", "v10" or "v11" would raise there and leave the layer on the PyTorch path for good
+            self._cuda_impl = "auto" if impl in ("v9", "v10", "v11") else impl
             break
         else:
             self._cuda_unsupported = True

@@ -24,10 +24,13 @@ Design
   v9's other conditions: the keys rebuilt on wgmma from R(64 tau) Uk, RoPE split between the query (rotated to a
   block's anchor) and each key row (its offset from the anchor), the scores of all query heads of a KV head in one
   mma.sync; it loads by TMA only, so ``impl="v10"`` raises inside a CUDA-graph capture, and it copies q and
-  inv_freq in 16-byte pieces, so it raises for tensors that do not start on a 16-byte boundary; auto then runs v4).
+  inv_freq in 16-byte pieces, so it raises for tensors that do not start on a 16-byte boundary; auto then runs v4;
+  v11, v10's step for group size 2: two KV heads per CTA, one warpgroup each, ranks 128, 1-8 query heads per KV
+  head, head_dim 128, no key bias, compute capability 9.0, TMA only and 16-byte aligned q and inv_freq as v10).
   ``impl="auto"`` picks v9 where it applies, else v10 where it applies and each CTA walks >= 1024 slots (v10
-  builds R(64 tau) Uk in every CTA, which shorter slices do not repay), else v4, else v3, else v2, else v1; under
-  CUDA-graph capture it runs v4 where it planned v9 or v10. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
+  builds R(64 tau) Uk in every CTA, which shorter slices do not repay), else v11 where it applies and the call walks
+  >= 48K (sequence, group, slot) triples (fewer: its grid covers few SMs and v4 is faster), else v4, else v3, else
+  v2, else v1; under CUDA-graph capture it runs v4 where it planned v9, v10 or v11. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
   <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
   environment, by cp.async; the results are bit for bit the same).
 * ``pad_start`` stays on the device (no host sync): a value outside [0, length - 1] turns that sequence's z
@@ -218,8 +221,7 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
         Multiplies RoPE's cos and sin (1 for plain RoPE).
     out_dtype : torch.float32 or q's dtype
     impl : {"auto", "v1", "v2", "v3", "v3w", "v4", "v5", "v9", "v10", "v11"}
-        Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply. "v11"
-        (group size 2, head_dim 128, ranks 128, compute capability 9.0) runs only on request for now.
+        Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).
 

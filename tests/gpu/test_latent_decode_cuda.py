@@ -583,7 +583,7 @@ def test_v10_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
             lk.latent_decode_attention_cuda(*args, **{**kw, "impl": "v10"})
 
 
-# v11 (group size 2, ranks 128; on request only): name, B, H, Hkv, T, capacity
+# v11 (group size 2, ranks 128): name, B, H, Hkv, T, capacity
 V11_SHAPES = [("b1-t1-r1", 1, 2, 2, 1, 64), ("b3-t7-r2", 3, 8, 4, 7, 64), ("b2-t257-r3", 2, 12, 4, 257, 320),
               ("b3-t1000-r4", 3, 16, 4, 1000, 1024), ("b1-t4097-r8", 1, 16, 2, 4097, 4352),
               ("b2-t2000-r4-8kv", 2, 32, 8, 2000, 2048), ("b19-t300-mha", 19, 4, 4, 300, 320)]
@@ -593,11 +593,26 @@ def v11_case(gen, B, H, Hkv, T, C, dtype, **kw):
     return make_case(gen, B, H, Hkv, 128, 2, [128] * (Hkv // 2), [128] * (Hkv // 2), T, C, dtype, bias=False, **kw)
 
 
+def v11_auto_takes_it(B, Hkv, T):
+    """The documented rule (kernels/latent_decode_common.cuh, v11_worth_it): auto takes v11 where the call walks
+    >= 48K (sequence, group of two KV heads, slot) triples."""
+    return B * (Hkv // 2) * T >= 48 * 1024
+
+
+def v11_check(c, dtype, scaling=128 ** -0.5, att=1.0):
+    """v11 against the float64 reference with the tensor-core tolerance, on poisoned outputs; auto plans v11 exactly
+    where its rule says (else v4); off compute capability 9.0, v11 must refuse naming itself."""
+    check_specialized(c, "v11", dtype, scaling, att)
+    if V5_OK:
+        B, Hkv, T = c["q"].shape[0], c["Hkv"], c["T"]
+        assert impl_used(c, "auto") == (11 if v11_auto_takes_it(B, Hkv, T) else 5), (B, Hkv, T)
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", V11_SHAPES, ids=[s[0] for s in V11_SHAPES])
 def test_v11_matches_float64_reference_poisoned(torch_gen, shape, dtype):
     _, B, H, Hkv, T, C = shape
-    check_specialized(v11_case(torch_gen, B, H, Hkv, T, C, dtype), "v11", dtype, 128 ** -0.5, 1.1)
+    v11_check(v11_case(torch_gen, B, H, Hkv, T, C, dtype), dtype, att=1.1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -606,17 +621,51 @@ def test_v11_irregular_positions_and_long_ranges(torch_gen, dtype):
     softmax), and batch 8 x 4 groups: two splits per (sequence, group), each CTA's four stages turning over often."""
     c = v11_case(torch_gen, 2, 8, 4, 3001, 3072, dtype)
     jump_positions(c, torch_gen)
-    check_specialized(c, "v11", dtype, 128 ** -0.5, 1.0)
-    c = v11_case(torch_gen, 2, 12, 4, 700, 768, dtype, consecutive=False, q_scale=3.0)
-    check_specialized(c, "v11", dtype, 128 ** -0.5, 1.0)
+    v11_check(c, dtype)
+    v11_check(v11_case(torch_gen, 2, 12, 4, 700, 768, dtype, consecutive=False, q_scale=3.0), dtype)
     c = v11_case(torch_gen, 8, 32, 8, 8192, 8192, dtype)
     jump_positions_far(c, torch_gen)
-    check_specialized(c, "v11", dtype, 128 ** -0.5, 1.0)
+    v11_check(c, dtype)
 
 
-def test_v11_refuses_other_shapes_and_auto_does_not_pick_it(torch_gen):
-    """v11 names itself and the reason; auto never plans it (on request only until measured): v4 for group size 2 at
-    ranks 128, else what the shape takes."""
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v11_uneven_slices(torch_gen, dtype):
+    """Lengths that leave the last split short: v11's slices are whole 64-slot steps, at least four per
+    CTA, so the plan's split count and the kernel's slice length disagree on how much the last split gets."""
+    for B, Hkv, T in ((1, 2, 64 * 4 * 33 + 1), (1, 8, 5000), (3, 4, 257)):
+        v11_check(v11_case(torch_gen, B, 4 * Hkv, Hkv, T, T + 64, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v11_side_stream_and_graph_capture(torch_gen, dtype):
+    """Auto takes v11 on this long a call and gives its bits; a side stream gives the same bits; under CUDA-graph
+    capture (no tensor map may hold the call's length) an explicit v11 refuses, naming itself, and auto runs v4: it
+    captures and replays within tolerance."""
+    B, H, Hkv, T, C = 4, 32, 8, 4096, 4160
+    c = v11_case(torch_gen, B, H, Hkv, T, C, dtype)
+    if sm90a_refused(c, "v11", scaling=0.088, att=1.0):
+        return
+    assert v11_auto_takes_it(B, Hkv, T) and impl_used(c, "auto") == 11
+    ref = run(c, impl="v11", scaling=0.088, att=1.0)
+    side = same_on_side_stream(c, "v11", ref)
+    floats, _ = lk.latent_decode_workspace_size(B, H, Hkv, 128, 2, T, c["k_ranks"], c["v_ranks"], dtype, "cuda")
+    args = (c["q"], c["kl"], c["vl"], c["pos"], c["pad"], T, lk.pack_k_up(c["k_ups"]), c["k_ranks"], c["v_ranks"], 2,
+            c["inv_freq"])
+    kw = dict(scaling=0.088, out=torch.empty_like(ref), workspace=torch.empty(floats, device="cuda"), impl="auto")
+    torch.testing.assert_close(lk.latent_decode_attention_cuda(*args, **kw), ref, rtol=0, atol=0)
+    capture_and_replay(args, kw, side)
+    glob, _ = rel_errors(kw["out"], reference_z(c, 0.088, 1.0), c)
+    assert glob <= TOL[("v2", dtype)]
+    assert not torch.equal(kw["out"], ref)  # v4's bits, not v11's
+    graph = torch.cuda.CUDAGraph()
+    with pytest.raises(NotImplementedError, match="v11"):
+        with torch.cuda.stream(side), torch.cuda.graph(graph):
+            lk.latent_decode_attention_cuda(*args, **{**kw, "impl": "v11"})
+
+
+def test_v11_refuses_other_shapes_and_auto_falls_back(torch_gen):
+    """v11 names itself and the reason; auto then takes v4 (group size 2 at ranks 128), else what the shape takes;
+    on a call too short for v11's rule auto takes v4 as well."""
     cases = {
         "group_size": make_case(torch_gen, 2, 8, 2, 128, 1, [128] * 2, [128] * 2, 100, 128, torch.float16, bias=False),
         "ranks": make_case(torch_gen, 2, 8, 4, 128, 2, [64] * 2, [64] * 2, 100, 128, torch.float16, bias=False),
@@ -626,8 +675,8 @@ def test_v11_refuses_other_shapes_and_auto_does_not_pick_it(torch_gen):
                                             torch.float16, bias=False), "q"),
     }
     check_refusals(cases, "v11", lambda why: 5)
-    c = v11_case(torch_gen, 2, 32, 8, 65536 // 8, 8192, torch.float16)
-    assert impl_used(c, "auto") != 11
+    c = v11_case(torch_gen, 1, 32, 8, 4096, 4096, torch.float16)
+    assert not v11_auto_takes_it(1, 8, 4096) and impl_used(c, "auto") == 5
 
 
 def test_errors_name_the_argument(torch_gen):
