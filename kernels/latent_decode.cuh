@@ -114,7 +114,7 @@ typedef enum palu_latent_decode_impl {
                                   * walks >= 1024 slots (shorter: v4); likewise */,
     PALU_LATENT_DECODE_V11 = 11  /* v10's step for group size 2 (two KV heads per CTA), head_dim 128, ranks 128, 1-8
                                   * query heads per KV head, no key bias, compute capability 9.0, not under CUDA-graph
-                                  * capture (auto runs v4 there); auto takes it where the call walks >= 48K
+                                  * capture (auto runs v4 there); auto takes it where the call walks >= 8K
                                   * (sequence, group, slot) triples (fewer: v4) */
 } palu_latent_decode_impl;
 

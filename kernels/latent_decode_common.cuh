@@ -752,11 +752,12 @@ const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
                             int *warps, size_t *smem, char *why, size_t why_len);
 
 /* Whether auto takes v11 for a call v11 supports: when the call walks at least kV11AutoGroupSlots (sequence, group,
- * slot) triples. Below that, v11's grid covers few SMs and its longer prologue (two U images per CTA) costs more
- * than its faster steps save. Measured (run 100, call us v11 / v4, B x groups x T): Llama-3-8B B1 8K (32K triples)
- * 25.9 / 25.1, B2 4K (32K) 26.6 / 24.9, B4 2K (32K) 27.5 / 25.1, Llama-2-7B B1 2K (32K) 24.1 / 22.9; at 64K triples
- * v11 wins everywhere: Llama-3-8B B2 8K 29.6 / 35.1, B4 4K 30.3 / 35.3, Llama-2-7B B1 4K 27.5 / 32.9. */
-constexpr int64_t kV11AutoGroupSlots = 48 * 1024;
+ * slot) triples, the shortest calls measured. Measured on the H200 with v11's slices in whole steps (run 101, call us
+ * v11 / v4): Llama-3-8B B1 2K (8K triples) 18.5 / 19.2, B1 4K (16K) 20.3 / 20.0, B2 2K (16K) 20.5 / 20.9, B1 8K
+ * (32K) 23.3 / 25.3, B4 2K (32K) 24.4 / 25.1, B1 16K (64K) 29.3 / 35.3; Llama-2-7B B1 2K (32K) 21.7 / 23.1. Shorter
+ * calls were not measured and keep v4. (With 256-slot slices, run 100, v11 lost up to 32K triples: its few CTAs
+ * walked 8 steps each.) */
+constexpr int64_t kV11AutoGroupSlots = 8 * 1024;
 inline bool v11_worth_it(const palu_latent_decode_args *a)
 {
     return a->batch * (a->kv_heads / 2) * a->length >= kV11AutoGroupSlots;

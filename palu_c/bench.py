@@ -405,8 +405,9 @@ def _time_rows(lines: list[str], at: list[str], sweep: _Sweep, timing: _Timing, 
                                          "| | | | | | |")
                             continue
                         at[:] = [model, str(B), f"{T // 1024}K", str(G), LABEL[used]]
-                        # inside a capture auto runs v4 (its own plan) where it planned v9 or v10, which load by TMA
-                        captured_v4 = timing.graphs and impl == "auto" and LABEL[used] in ("v9", "v10")
+                        # inside a capture auto runs v4 (its own plan) where it planned v9, v10 or v11, which load by
+                        # TMA
+                        captured_v4 = timing.graphs and impl == "auto" and LABEL[used] in ("v9", "v10", "v11")
                         label = "v4 (auto, captured)" if captured_v4 else LABEL[used]
                         t, oom = (None, case_oom) if case_oom else _unless_oom(_time_ours, c, impl, floats, timing)
                         if oom is not None:

@@ -29,7 +29,7 @@ Design
   head, head_dim 128, no key bias, compute capability 9.0, TMA only and 16-byte aligned q and inv_freq as v10).
   ``impl="auto"`` picks v9 where it applies, else v10 where it applies and each CTA walks >= 1024 slots (v10
   builds R(64 tau) Uk in every CTA, which shorter slices do not repay), else v11 where it applies and the call walks
-  >= 48K (sequence, group, slot) triples (fewer: its grid covers few SMs and v4 is faster), else v4, else v3, else
+  >= 8K (sequence, group, slot) triples (the shortest calls measured; shorter ones keep v4), else v4, else v3, else
   v2, else v1; under CUDA-graph capture it runs v4 where it planned v9, v10 or v11. v4 loads its tiles with the Hopper tensor-memory accelerator (TMA) at ranks
   <= 64 on compute capability 9.0+, except inside CUDA-graph capture (there, and with ``PALU_C_V4_TMA=0`` in the
   environment, by cp.async; the results are bit for bit the same).

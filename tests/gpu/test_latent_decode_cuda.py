@@ -595,8 +595,8 @@ def v11_case(gen, B, H, Hkv, T, C, dtype, **kw):
 
 def v11_auto_takes_it(B, Hkv, T):
     """The documented rule (kernels/latent_decode_common.cuh, v11_worth_it): auto takes v11 where the call walks
-    >= 48K (sequence, group of two KV heads, slot) triples."""
-    return B * (Hkv // 2) * T >= 48 * 1024
+    >= 8K (sequence, group of two KV heads, slot) triples."""
+    return B * (Hkv // 2) * T >= 8 * 1024
 
 
 def v11_check(c, dtype, scaling=128 ** -0.5, att=1.0):
@@ -675,8 +675,8 @@ def test_v11_refuses_other_shapes_and_auto_falls_back(torch_gen):
                                             torch.float16, bias=False), "q"),
     }
     check_refusals(cases, "v11", lambda why: 5)
-    c = v11_case(torch_gen, 1, 32, 8, 4096, 4096, torch.float16)
-    assert not v11_auto_takes_it(1, 8, 4096) and impl_used(c, "auto") == 5
+    c = v11_case(torch_gen, 1, 32, 8, 1024, 1024, torch.float16)
+    assert not v11_auto_takes_it(1, 8, 1024) and impl_used(c, "auto") == 5
 
 
 def test_errors_name_the_argument(torch_gen):
