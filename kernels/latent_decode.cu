@@ -1316,8 +1316,9 @@ template <typename OT> palu_status launch_merge(const MergeParams &m, int B, boo
     for (int g = 0; g < kMaxGroups; g++) max_rv = m.groups.rv[g] > max_rv ? m.groups.rv[g] : max_rv;
     const dim3 grid((unsigned)m.H, (unsigned)B, (unsigned)((max_rv + kMergeCtaCols - 1) / kMergeCtaCols));
     const size_t smem = 0; /* merge_kernel keeps everything in registers */
-#ifdef PALU_EMULATE
-    pdl = false; /* the lock-step emulator launches through PALU_EMU_LAUNCH only */
+#if defined(PALU_EMULATE) || defined(PALU_C_NO_PDL)
+    pdl = false; /* the lock-step emulator launches through PALU_EMU_LAUNCH only; PALU_C_NO_PDL: a build without the
+                  * programmatic launch (an experiment's switch, notes "The benchmark's intermittent fault") */
 #endif
     if (pdl) {
         cudaLaunchAttribute attr[1];
