@@ -24,6 +24,7 @@ r = rk_g = rv_g the group rank (ratio G D, rounded to a multiple of 16).
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
@@ -38,6 +39,7 @@ BW = 4.3e12     # bytes/s, device copy measured on the H200 (the device library'
 MATH = 790e12   # FLOP/s, bf16 matrix product measured on the H200
 SHAPES = ATTENTION_SHAPES  # name -> (H, Hkv, D)
 LABEL = lk.KERNEL_NAMES  # what latent_decode_workspace_size reports -> table name
+NUMBER = {name: number for number, name in LABEL.items()}  # and back
 CHECK_SLOTS = 2051       # the correctness case: odd, past several 256-slot blocks
 _SKIPPED = "skipped: out of GPU memory"  # the time cell of a row whose timing ran out of device memory
 
@@ -183,6 +185,17 @@ def sdpa_cost(B, H, Hkv, D, T, elem=2):
     return 2 * B * T * Hkv * D * elem + 2 * B * H * D * elem, 4 * B * T * H * D
 
 
+def runs_as(planned: str, *, captured: bool) -> str:
+    """The kernel an ``impl="auto"`` call that planned `planned` really runs: v4 (on its own plan) where the planned
+    kernel needs the tensor-memory accelerator and cannot have it: inside a CUDA-graph capture (v9, v10, v11) and
+    with ``PALU_C_V4_TMA=0`` in the environment (v10, v11; v9 then copies by cp.async itself)."""
+    if captured and planned in ("v9", "v10", "v11"):
+        return "v4"
+    if os.environ.get("PALU_C_V4_TMA") == "0" and planned in ("v10", "v11"):
+        return "v4"
+    return planned
+
+
 def auto_kernels(H, Hkv, D, G, batches, contexts, dtype, ratio=0.5):
     """The kernels (names) auto plans for this shape and group size at the timed batches and contexts."""
     r = group_rank(ratio, G, D)
@@ -267,19 +280,27 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                 continue
             c = latent_case(2, H, Hkv, D, G, CHECK_SLOTS, dtype, gen, ratio=ratio, pad_max=40)
             ref = reference_z(c)
-            # every kernel the table will time: the listed ones, and by name each kernel auto resolves to at the
-            # timed sizes (auto takes v10 only on long slices, so this 2K case alone would not reach it)
+            # every kernel the table will time: the listed ones, by name each kernel auto resolves to at the timed
+            # sizes (auto takes v10 only on long slices, so this 2K case alone would not reach it), and v4, which
+            # auto runs instead of a kernel that cannot load by TMA in this mode (runs_as)
             checked = set()
-            for impl in dict.fromkeys(["v1", *impls, *auto_kernels(H, Hkv, D, G, batches, contexts, dtype, ratio)]):
+            for impl in dict.fromkeys(["v1", *impls, *auto_kernels(H, Hkv, D, G, batches, contexts, dtype, ratio),
+                                       "v4"]):
                 try:
                     used = lk.latent_decode_workspace_size(2, H, Hkv, D, G, c["T"], c["kr"], c["vr"], dtype, "cuda",
                                                            impl)[1]
                 except NotImplementedError:  # e.g. v3w at rank 128
                     continue
+                if impl == "auto":  # what it runs here, which the plan's number does not say under runs_as
+                    used = NUMBER[runs_as(LABEL[used], captured=False)]
                 if used in checked:  # auto resolving to a kernel checked by name already
                     continue
                 checked.add(used)
-                z = call(c, impl).double()
+                try:
+                    z = call(c, impl).double()
+                except NotImplementedError as exc:  # planned, refused at the call (v10 with PALU_C_V4_TMA=0)
+                    log(f"  {model} G={G} {impl}: not run in this mode ({exc})")
+                    continue
                 err = (torch.linalg.norm(z - ref) / torch.linalg.norm(ref)).item()
                 tol = 1e-4 if used == 1 else (1e-2 if dtype == torch.bfloat16 else 2e-3)
                 good = bool(torch.isfinite(z).all()) and err <= tol
@@ -318,6 +339,8 @@ def _timed_table(lines: list[str], sweep: _Sweep, timing: _Timing, *, gen: torch
                   f"The run stopped at the row above: {type(exc).__name__}: {what}"]
         log(lines[-1])
         ok = False
+    # a row whose kernel has no passed check (one that failed, or one auto runs here that was never checked)
+    ok = ok and not any("| FAILED correctness |" in line for line in lines[table_at:])
     skipped = sum(f"| {_SKIPPED} |" in line for line in lines[table_at:])
     if skipped:  # above the table, with the other facts of the run, so a reader does not take it as complete
         note = f"{skipped} row{'s' if skipped != 1 else ''} skipped: out of GPU memory (marked in the table)."
@@ -400,15 +423,15 @@ def _time_rows(lines: list[str], at: list[str], sweep: _Sweep, timing: _Timing, 
                         if used in timed_used:  # auto resolving to a kernel already in the list
                             continue
                         timed_used.add(used)
-                        if not ok_impls.get((model, G, LABEL[used]), False):
-                            lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {LABEL[used]} | FAILED correctness | "
+                        # auto runs v4 (its own plan) where the kernel it planned cannot load by TMA (runs_as)
+                        ran = runs_as(LABEL[used], captured=timing.graphs) if impl == "auto" else LABEL[used]
+                        label = LABEL[used] if ran == LABEL[used] else \
+                            f"{ran} (auto, {'captured' if timing.graphs else 'PALU_C_V4_TMA=0'})"
+                        if not ok_impls.get((model, G, ran), False):
+                            lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {label} | FAILED correctness | "
                                          "| | | | | | |")
                             continue
-                        at[:] = [model, str(B), f"{T // 1024}K", str(G), LABEL[used]]
-                        # inside a capture auto runs v4 (its own plan) where it planned v9, v10 or v11, which load by
-                        # TMA
-                        captured_v4 = timing.graphs and impl == "auto" and LABEL[used] in ("v9", "v10", "v11")
-                        label = "v4 (auto, captured)" if captured_v4 else LABEL[used]
+                        at[:] = [model, str(B), f"{T // 1024}K", str(G), label]
                         t, oom = (None, case_oom) if case_oom else _unless_oom(_time_ours, c, impl, floats, timing)
                         if oom is not None:
                             _skip_row(lines, [*at[:4], label], oom, log)

@@ -242,3 +242,42 @@ def test_graph_mode_names_auto_captured_and_the_header_says_graph(engine, monkey
     assert ok and any(line.startswith("| model | B | T | G | kernel | time us (graph) |") for line in lines)
     kernels = [r[4] for r in table_rows(lines) if r[1] == "8" and r[4] != "SDPA"]
     assert kernels == ["v4 (auto, captured)", "v2"] * 4
+
+
+@pytest.mark.parametrize("tma_env", [None, "1", "0"])
+def test_runs_as_names_the_kernel_auto_really_runs(monkeypatch, tma_env):
+    if tma_env is None:
+        monkeypatch.delenv("PALU_C_V4_TMA", raising=False)
+    else:
+        monkeypatch.setenv("PALU_C_V4_TMA", tma_env)
+    for planned in ("v2", "v3", "v4"):  # no TMA needed: always themselves
+        assert bench.runs_as(planned, captured=False) == bench.runs_as(planned, captured=True) == planned
+    for planned in ("v9", "v10", "v11"):  # inside a capture: v4, whatever the environment says
+        assert bench.runs_as(planned, captured=True) == "v4"
+    assert bench.runs_as("v9", captured=False) == "v9"  # its cp.async copies need no TMA
+    for planned in ("v10", "v11"):  # TMA only: v4 where the environment turns TMA off
+        assert bench.runs_as(planned, captured=False) == ("v4" if tma_env == "0" else planned)
+
+
+@pytest.mark.parametrize("tma_off", [False, True])
+def test_eager_rows_name_v4_where_tma_is_off(engine, monkeypatch, tma_off):
+    # auto planning v11 at batch 8: with PALU_C_V4_TMA=0 it runs v4, and the row says so; v4's own check stands for it
+    real = engine.workspace_size
+
+    def plan_v11(B, H, Hkv, D, G, T, kr, vr, dtype, device, impl):
+        floats, number = real(B, H, Hkv, D, G, T, kr, vr, dtype, device, impl)
+        return (111, 11) if number == 5 else (floats, number)
+
+    if tma_off:
+        monkeypatch.setenv("PALU_C_V4_TMA", "0")
+    else:
+        monkeypatch.delenv("PALU_C_V4_TMA", raising=False)
+    engine.ours_us.update({(B, T, str(G), "v11"): 50.0 for B in BATCHES for T in CONTEXTS for G in (1, 2)})
+    monkeypatch.setattr(bench.lk, "latent_decode_workspace_size", plan_v11)
+    lines, ok, _ = run_table()  # its checks: v2, v4, v10 passed; v11's never ran
+    rows = [r for r in table_rows(lines) if r[1] == "8" and r[4] != "SDPA"]
+    if tma_off:
+        assert ok and [r[4] for r in rows] == ["v4 (auto, PALU_C_V4_TMA=0)", "v2"] * 4
+        assert all(r[5] == "50.0" for r in rows[::2])  # the fake timer ran the planned call (workspace 111)
+    else:  # v11 itself would run, and its check did not pass: not timed
+        assert not ok and [r[4:6] for r in rows[::2]] == [["v11", "FAILED correctness"]] * 4
