@@ -78,6 +78,11 @@
  *   block's anchor when positions are not consecutive), the scores of all n_rep heads are one mma.sync K . Q_A^T
  *   per 16 slots with Q_A = R(anchor)^T Q, P . V on mma.sync with P transposed in registers. One CTA of 8 warps per
  *   SM, two warpgroups taking alternate steps and loading their own stages by TMA.
+ *   v11 (G = 2, D = 128, ranks 128, 1-8 query heads per KV head, no key bias, compute capability 9.0, outside CUDA-
+ *   graph capture, v10's alignment; auto takes it where the call walks >= 8K (sequence, group, slot) triples): v10's
+ *   step for the two KV heads of a group, one CTA of 8 warps per (sequence, group, split) with one warpgroup per KV
+ *   head, both on the same TMA stage of the group's 64 x 128 latents; U unrotated (tau = 0: the anchor moves every
+ *   64-slot step, each warp rotating its queries to it), slices in whole steps (>= 4 per CTA).
  *   RoPE angles (all versions): the exact product pos * inv_freq / (2 pi) is reduced to a fraction of a turn
  *   in fp32 with an FMA error term (inv_freq / 2 pi split into two floats), then __sincosf on [-pi, pi]: absolute
  *   error of cos/sin about 1e-6 at any position < 2^24 (transformers' own fp32 angle loses up to pos * 2^-24 rad).
@@ -98,7 +103,7 @@ extern "C" {
 
 /* Which kernel runs. Values are only ever appended. */
 typedef enum palu_latent_decode_impl {
-    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v10 (long slices), else v4, v3, v2, v1 */
+    PALU_LATENT_DECODE_AUTO = 0, /* v9 where supported, else v10 (long slices), v11 (>= 8K triples), v4, v3, v2, v1 */
     PALU_LATENT_DECODE_V1 = 1,   /* CUDA-core kernel (any supported shape) */
     PALU_LATENT_DECODE_V2 = 2,   /* tensor-core kernel; PALU_ERR_UNSUPPORTED naming the value otherwise */
     PALU_LATENT_DECODE_V3 = 3,   /* v2 specialized (equal ranks 32/64/128, RoPE table); likewise */
