@@ -938,6 +938,28 @@ void choose(Plan *pl, int impl, int warps, size_t smem, int partials_per_cta)
     pl->impl = impl, pl->warps = warps, pl->smem = smem, pl->partials_per_cta = partials_per_cta;
 }
 
+/* The signature the one-CTA-per-SM kernels' support checks share (v9_unsupported and its siblings). */
+typedef const char *(*SupportCheck)(const palu_latent_decode_args *a, int max_rk, int max_rv, int smem_optin,
+                                    int device, int *warps, size_t *smem, char *why, size_t why_len);
+
+/* One turn of v9, v10 or v11 (kernel `number`, requested as `impl`) in the plan: an explicit request it cannot run
+ * fails naming the reason; auto takes it where it can run and `auto_rule(a, sm_count)` says it pays (NULL: always).
+ * One partial per CTA: the CTA combines its warps' states. */
+palu_status consider_one_wave_kernel(const palu_latent_decode_args *a, int device, int smem_optin, Plan *pl,
+                                     int number, palu_latent_decode_impl impl, const char *name, SupportCheck check,
+                                     bool (*auto_rule)(const palu_latent_decode_args *, int))
+{
+    char why[256] = "";
+    int warps = 0;
+    size_t smem = 0;
+    const char *no = check(a, pl->max_rk, pl->max_rv, smem_optin, device, &warps, &smem, why, sizeof why);
+    if (no != NULL && a->impl == impl)
+        return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel %s does not support this call: %s", name, no);
+    if (no == NULL && (a->impl == impl || auto_rule == NULL || auto_rule(a, pl->sm_count)))
+        choose(pl, number, warps, smem, 1);
+    return PALU_OK;
+}
+
 palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
 {
     palu_status st = check_sizes(a);
@@ -956,35 +978,16 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     char why[256] = "", why3[256] = "", why4[256] = "";
     int warps = 0, v4_ctas = 0;
     size_t smem2 = 0;
-    if (a->impl == PALU_LATENT_DECODE_V9 || a->impl == PALU_LATENT_DECODE_AUTO) { /* auto: v9 first */
-        char why9[256] = "";
-        int w9 = 0;
-        size_t s9 = 0;
-        const char *no = v9_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w9, &s9, why9, sizeof why9);
-        if (no != NULL && a->impl == PALU_LATENT_DECODE_V9)
-            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v9 does not support this call: %s", no);
-        if (no == NULL) choose(pl, 9, w9, s9, 1); /* the CTA combines its quads' states */
-    }
-    if (a->impl == PALU_LATENT_DECODE_V10 || (a->impl == PALU_LATENT_DECODE_AUTO && pl->impl != 9)) { /* then v10 */
-        char why10[256] = "";
-        int w10 = 0;
-        size_t s10 = 0;
-        const char *no = v10_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w10, &s10, why10, sizeof why10);
-        if (no != NULL && a->impl == PALU_LATENT_DECODE_V10)
-            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 does not support this call: %s", no);
-        if (no == NULL && (a->impl == PALU_LATENT_DECODE_V10 || v10_worth_it(a, pl->sm_count)))
-            choose(pl, 10, w10, s10, 1); /* the CTA combines its warps' states */
-    }
-    if (a->impl == PALU_LATENT_DECODE_V11 || (a->impl == PALU_LATENT_DECODE_AUTO && pl->impl < 9)) { /* then v11 */
-        char why11[256] = "";
-        int w11 = 0;
-        size_t s11 = 0;
-        const char *no = v11_unsupported(a, pl->max_rk, pl->max_rv, smem_optin, device, &w11, &s11, why11, sizeof why11);
-        if (no != NULL && a->impl == PALU_LATENT_DECODE_V11)
-            return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v11 does not support this call: %s", no);
-        if (no == NULL && (a->impl == PALU_LATENT_DECODE_V11 || v11_worth_it(a)))
-            choose(pl, 11, w11, s11, 1); /* the CTA combines its warps' states */
-    }
+    const bool is_auto = a->impl == PALU_LATENT_DECODE_AUTO;
+    if (a->impl == PALU_LATENT_DECODE_V9 || is_auto) /* auto: v9 first */
+        st = consider_one_wave_kernel(a, device, smem_optin, pl, 9, PALU_LATENT_DECODE_V9, "v9", v9_unsupported, NULL);
+    if (st == PALU_OK && (a->impl == PALU_LATENT_DECODE_V10 || (is_auto && pl->impl < 9))) /* then v10 */
+        st = consider_one_wave_kernel(a, device, smem_optin, pl, 10, PALU_LATENT_DECODE_V10, "v10", v10_unsupported,
+                                      v10_worth_it);
+    if (st == PALU_OK && (a->impl == PALU_LATENT_DECODE_V11 || (is_auto && pl->impl < 9))) /* then v11 */
+        st = consider_one_wave_kernel(a, device, smem_optin, pl, 11, PALU_LATENT_DECODE_V11, "v11", v11_unsupported,
+                                      v11_worth_it);
+    if (st != PALU_OK) return st;
     if (pl->impl < 9 &&
         (a->impl == PALU_LATENT_DECODE_V4 || a->impl == PALU_LATENT_DECODE_AUTO)) { /* then v4 */
         int w4 = 0;

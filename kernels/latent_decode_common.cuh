@@ -434,6 +434,54 @@ __device__ __forceinline__ void rope_cos_sin(int pos, float2 turn, float *c, flo
     dev::sincos_turn(fr * 6.28318530717958648f, s, c);
 }
 
+#ifdef PALU_V5_WGMMA /* helpers of the wgmma key-rebuild kernels v10 and v11 (sm_90a builds and the emulator) */
+/* the constant high word of a wgmma descriptor: SBO and the layout type (0 none, 1 the 128-byte swizzle) */
+__device__ __forceinline__ uint64_t wgmma_desc_hi(uint32_t sbo, uint32_t layout)
+{
+    return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
+}
+/* The keys and rotated queries of the score product are fp16 for both dtypes (dev::half2_satfinite, saturating at
+ * +-65504). They are computed in fp32 inside the kernel, so bf16 models lose nothing by it and gain 3 mantissa bits
+ * per operand: with bf16 operands, the extra rounding of v10's U_tau images (bf16, as the latent boxes they
+ * multiply) put a sharp-softmax case at 1.09e-2 against bf16's 1e-2 (run 72) */
+__device__ __forceinline__ __half2 u32_as_half2(uint32_t u)
+{
+    __half2 h;
+    memcpy(&h, &u, 4);
+    return h;
+}
+/* A thread's key rotation for its two rows (rr) and 16 frequencies f = 8 i + 2 c + e (e < 2, i < 8, c its lane
+ * quad): cos and sin pairs as half2, applied in half2 after the fp32 accumulators are packed (v4's fp16 RoPE) */
+struct KeyRot {
+    __half2 c[2][8], s[2][8];
+    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
+    {
+        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
+    }
+    /* the packed rotated pair (lo: dims 8 i + 2 c + e, hi: those + 64) of row rr */
+    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
+                                          uint32_t *hi) const
+    {
+        const __half2 l = u32_as_half2(dev::half2_satfinite(l0, l1)), h = u32_as_half2(dev::half2_satfinite(h0, h1));
+        const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i]));
+        const __half2 y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
+        memcpy(lo, &x, 4), memcpy(hi, &y, 4);
+    }
+};
+/* the rotation R(delta) of a thread's row rr, frequencies of lane quad c (cold: irregular positions); rolled and
+ * out of line, so that the hot path keeps its registers */
+static __device__ __noinline__ void key_row_rotation(KeyRot &rot, int rr, int delta, int c, const float *inv_freq)
+{
+#pragma unroll 1
+    for (int i = 0; i < 8; i++) {
+        float c0, s0, c1, s1;
+        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c]), &c0, &s0);
+        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
+        rot.set(rr, i, c0, c1, s0, s1);
+    }
+}
+#endif
+
 /* Partial record of (sequence b, query head h, partial index pidx). */
 __device__ __forceinline__ float *partial(const DecodeParams &p, int b, int h, int pidx)
 {
@@ -758,7 +806,7 @@ const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
  * calls were not measured and keep v4. (With 256-slot slices, run 100, v11 lost up to 32K triples: its few CTAs
  * walked 8 steps each.) */
 constexpr int64_t kV11AutoGroupSlots = 8 * 1024;
-inline bool v11_worth_it(const palu_latent_decode_args *a)
+inline bool v11_worth_it(const palu_latent_decode_args *a, int /* sm_count: v10_worth_it's signature */)
 {
     return a->batch * (a->kv_heads / 2) * a->length >= kV11AutoGroupSlots;
 }

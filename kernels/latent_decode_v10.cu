@@ -83,51 +83,6 @@ __device__ __forceinline__ uint32_t v10_ucm(int d, int j)
 {
     return (uint32_t)((d >> 3) * kV10USbo + (j >> 3) * 128 + (d & 7) * 16 + (j & 7) * 2);
 }
-/* the constant high word of a wgmma descriptor: SBO and the layout type (0 none, 1 the 128-byte swizzle) */
-__device__ __forceinline__ uint64_t v10_desc_hi(uint32_t sbo, uint32_t layout)
-{
-    return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
-}
-/* The keys and rotated queries of the score product are fp16 for both dtypes (dev::half2_satfinite, saturating at
- * +-65504). They are computed in fp32 inside the kernel, so bf16 models lose nothing by it
- * and gain 3 mantissa bits per operand: with bf16 operands, the extra rounding of the U_tau images (bf16, as the
- * latent boxes they multiply) put a sharp-softmax case at 1.09e-2 against bf16's 1e-2 (run 72) */
-__device__ __forceinline__ __half2 v10_u2h(uint32_t u)
-{
-    __half2 h;
-    memcpy(&h, &u, 4);
-    return h;
-}
-
-/* A thread's key rotation for its two rows and 16 frequencies f = 8 i + 2 c + e (e < 2, i < 8): cos and sin pairs
- * as half2, applied in half2 after the fp32 accumulators are packed (v4's fp16 RoPE) */
-struct V10Rot {
-    __half2 c[2][8], s[2][8];
-    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
-    {
-        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
-    }
-    /* the packed rotated pair (lo: dims 8 i + 2 c + e, hi: those + 64) of row rr */
-    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
-                                          uint32_t *hi) const
-    {
-        const __half2 l = v10_u2h(dev::half2_satfinite(l0, l1)), h = v10_u2h(dev::half2_satfinite(h0, h1));
-        const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
-        memcpy(lo, &x, 4), memcpy(hi, &y, 4);
-    }
-};
-
-/* the rotation R(delta) of a thread's row rr, frequencies of lane quad c (cold: irregular positions); rolled */
-__device__ __noinline__ void v10_row_rotation(V10Rot &rot, int rr, int delta, int c, const float *inv_freq)
-{
-#pragma unroll 1
-    for (int i = 0; i < 8; i++) {
-        float c0, s0, c1, s1;
-        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c]), &c0, &s0);
-        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
-        rot.set(rr, i, c0, c1, s0, s1);
-    }
-}
 #endif
 
 /* NREP: query heads per KV head at compile time (4: Llama-3, Mistral), or 0: p.n_rep at run time */
@@ -229,7 +184,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         dev::fence_proxy_async();
         __syncthreads(); /* images, queries and inv_freq written; U's staging (the Q_A area) read */
     }
-    V10Rot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+    KeyRot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
         const int k = 16 * wl + g + 8 * rr;
@@ -254,7 +209,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 
     const uint32_t u_lo = (dev::smem_u32(smem + kV10OffU) >> 4) | ((128u >> 4) << 16);
     const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
-    const uint64_t u_hi = v10_desc_hi(kV10USbo, 0), k_hi = v10_desc_hi(1024, 1);
+    const uint64_t u_hi = wgmma_desc_hi(kV10USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
     float acc[64];
     auto issue = [&](int s, int tau) {
         dev::wgmma_fence();
@@ -291,7 +246,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     int lane_pos = 0;     /* this block's position of the lane's row (above) */
     bool regular = true;  /* this block's rows of this warp all at A + 64 tau + k */
     int A = 0; /* this block's anchor for this warp: the position its slot 0 would have */
-    auto pack = [&](const V10Rot &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
+    auto pack = [&](const KeyRot &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
 #pragma unroll
@@ -321,7 +276,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
-            /* fp16 for both dtypes (see V10Rot); n_rep unrolled to its bound under a predicate (a runtime loop
+            /* fp16 for both dtypes (see KeyRot); n_rep unrolled to its bound under a predicate (a runtime loop
              * with one saturating conversion per value made this section 319 instructions, the probe's 131) */
 #pragma unroll
             for (int j = 0; j < (NREP ? NREP : kV10MaxRep); j++) {
@@ -351,9 +306,9 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         } else {
             const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g);
             const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g + 8);
-            V10Rot xr;
-            v10_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, ftab);
-            v10_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, ftab);
+            KeyRot xr;
+            key_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, ftab);
+            key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, ftab);
             pack(xr, pk);
         }
         /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes, as kV10ScoreChains

@@ -66,41 +66,6 @@ __device__ __forceinline__ uint32_t v11_ucm(int d, int j)
 {
     return (uint32_t)((d >> 3) * kV11USbo + (j >> 3) * 128 + (d & 7) * 16 + (j & 7) * 2);
 }
-__device__ __forceinline__ uint64_t v11_desc_hi(uint32_t sbo, uint32_t layout)
-{
-    return ((uint64_t)((sbo >> 4) | (layout << 30))) << 32;
-}
-__device__ __forceinline__ __half2 v11_u2h(uint32_t u)
-{
-    __half2 h;
-    memcpy(&h, &u, 4);
-    return h;
-}
-/* R(k) of a thread's two rows for its 16 frequencies, as half2 pairs (v10's V10Rot) */
-struct V11Rot {
-    __half2 c[2][8], s[2][8];
-    __device__ __forceinline__ void set(int rr, int i, float c0, float c1, float s0, float s1)
-    {
-        c[rr][i] = __floats2half2_rn(c0, c1), s[rr][i] = __floats2half2_rn(s0, s1);
-    }
-    __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
-                                          uint32_t *hi) const
-    {
-        const __half2 l = v11_u2h(dev::half2_satfinite(l0, l1)), h = v11_u2h(dev::half2_satfinite(h0, h1));
-        const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i])), y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
-        memcpy(lo, &x, 4), memcpy(hi, &y, 4);
-    }
-};
-__device__ __noinline__ void v11_row_rotation(V11Rot &rot, int rr, int delta, int c, const float *inv_freq)
-{
-#pragma unroll 1
-    for (int i = 0; i < 8; i++) {
-        float c0, s0, c1, s1;
-        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c]), &c0, &s0);
-        rope_cos_sin(delta, turn_split(inv_freq[8 * i + 2 * c + 1]), &c1, &s1);
-        rot.set(rr, i, c0, c1, s0, s1);
-    }
-}
 #endif
 
 template <typename T>
@@ -170,7 +135,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         dev::fence_proxy_async();
         __syncthreads();
     }
-    V11Rot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+    KeyRot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
         const int k = 16 * wl + g + 8 * rr;
@@ -188,7 +153,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 
     const uint32_t u_lo = (dev::smem_u32(smem + kV11OffU + cw * kV11UImg) >> 4) | ((128u >> 4) << 16);
     const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
-    const uint64_t u_hi = v11_desc_hi(kV11USbo, 0), k_hi = v11_desc_hi(1024, 1);
+    const uint64_t u_hi = wgmma_desc_hi(kV11USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
     float acc[64];
     auto issue = [&](int s) {
         dev::wgmma_fence();
@@ -220,7 +185,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     fetch_pos(0);
     fetch_pos(1);
     int lane_pos = 0;
-    auto pack = [&](const V11Rot &r, uint32_t (&pk)[2][16]) {
+    auto pack = [&](const KeyRot &r, uint32_t (&pk)[2][16]) {
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
 #pragma unroll
@@ -276,9 +241,9 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         } else {
             const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g);
             const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g + 8);
-            V11Rot xr;
-            v11_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, ftab);
-            v11_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, ftab);
+            KeyRot xr;
+            key_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, ftab);
+            key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, ftab);
             pack(xr, pk);
         }
         float scc[kV11ScoreChains][4] = {};
