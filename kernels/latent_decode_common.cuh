@@ -468,6 +468,32 @@ struct KeyRot {
         memcpy(lo, &x, 4), memcpy(hi, &y, 4);
     }
 };
+/* The warp's online-softmax states as records for combine_cta_partials, after the main loop: query head j < n_rep
+ * at recs + (warp n_rep + j)(2 + R) holds m, l (summed here over the fragment's 8 row groups), then O^T's R values.
+ * Thread (g, c) holds heads 2 c, 2 c + 1 (e = 0, 1) and O^T's m-tiles o[mb] (rows 16 mb + g, + 8; P . V layout). */
+template <int R>
+__device__ __forceinline__ void store_warp_records(float *recs, int warp, int n_rep, int g, int c, const float (&m_run)[2],
+                                                   float (&l_run)[2], const float (&o)[R / 16][4])
+{
+    constexpr int REC = 2 + R;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        l_run[e] += dev::shfl_xor(l_run[e], 4);
+        l_run[e] += dev::shfl_xor(l_run[e], 8);
+        l_run[e] += dev::shfl_xor(l_run[e], 16);
+        if (g == 0 && 2 * c + e < n_rep)
+            recs[(warp * n_rep + 2 * c + e) * REC] = m_run[e], recs[(warp * n_rep + 2 * c + e) * REC + 1] = l_run[e];
+    }
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int j = 2 * c + (e & 1);
+        if (j < n_rep) {
+            float *rec = recs + (warp * n_rep + j) * REC + 2;
+#pragma unroll
+            for (int mb = 0; mb < R / 16; mb++) rec[16 * mb + g + 8 * (e >> 1)] = o[mb][e];
+        }
+    }
+}
 /* the rotation R(delta) of a thread's row rr, frequencies of lane quad c (cold: irregular positions); rolled and
  * out of line, so that the hot path keeps its registers */
 static __device__ __noinline__ void key_row_rotation(KeyRot &rot, int rr, int delta, int c, const float *inv_freq)

@@ -389,24 +389,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     /* records (over the stages: every copy has been consumed): warp w, head j at recs + (w n_rep + j)(2 + R) */
     __syncthreads();
     float *recs = reinterpret_cast<float *>(smem);
-    constexpr int REC = 2 + R;
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        l_run[e] += dev::shfl_xor(l_run[e], 4);
-        l_run[e] += dev::shfl_xor(l_run[e], 8);
-        l_run[e] += dev::shfl_xor(l_run[e], 16);
-        if (g == 0 && 2 * c + e < n_rep)
-            recs[(warp * n_rep + 2 * c + e) * REC] = m_run[e], recs[(warp * n_rep + 2 * c + e) * REC + 1] = l_run[e];
-    }
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const int j = 2 * c + (e & 1);
-        if (j < n_rep) {
-            float *rec = recs + (warp * n_rep + j) * REC + 2;
-#pragma unroll
-            for (int mb = 0; mb < 4; mb++) rec[16 * mb + g + 8 * (e >> 1)] = o[mb][e];
-        }
-    }
+    store_warp_records<R>(recs, warp, n_rep, g, c, m_run, l_run, o);
     __syncthreads();
     combine_cta_partials<R>(p, b, h * n_rep, split, kV10Warps, recs, bad_pad);
 #else

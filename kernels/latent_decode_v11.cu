@@ -321,27 +321,10 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
      * recs + ((cw 4 + wl) n_rep + j)(2 + R) */
     __syncthreads();
     float *recs = reinterpret_cast<float *>(smem);
-    constexpr int REC = 2 + R;
-#pragma unroll
-    for (int e = 0; e < 2; e++) {
-        l_run[e] += dev::shfl_xor(l_run[e], 4);
-        l_run[e] += dev::shfl_xor(l_run[e], 8);
-        l_run[e] += dev::shfl_xor(l_run[e], 16);
-        if (g == 0 && 2 * c + e < n_rep)
-            recs[(warp * n_rep + 2 * c + e) * REC] = m_run[e], recs[(warp * n_rep + 2 * c + e) * REC + 1] = l_run[e];
-    }
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        const int j = 2 * c + (e & 1);
-        if (j < n_rep) {
-            float *rec = recs + (warp * n_rep + j) * REC + 2;
-#pragma unroll
-            for (int mb = 0; mb < 8; mb++) rec[16 * mb + g + 8 * (e >> 1)] = o[mb][e];
-        }
-    }
+    store_warp_records<R>(recs, warp, n_rep, g, c, m_run, l_run, o);
     __syncthreads();
     for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
-        combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * REC, bad_pad);
+        combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad);
 #else
     if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
 #endif
