@@ -172,8 +172,8 @@ NAME = lk.KERNEL_NAMES  # implementation number -> kernel name
 
 
 def sm90a_refused(c, impl, **kw):
-    """On a device other than compute capability 9.0, check that v5 / v9 / v10 refuse (naming themselves); True if
-    so."""
+    """On a device other than compute capability 9.0, check that v5 / v9 / v10 / v11 refuse (naming themselves);
+    True if so."""
     if impl not in ("v5", "v9", "v10", "v11") or V5_OK:
         return False
     with pytest.raises(NotImplementedError, match=impl):
@@ -188,8 +188,8 @@ def v3_shape(kr, vr):
 
 
 def check_specialized(c, impl, dtype, scaling, att):
-    """Run a specialized kernel (v3/v4/v5/v9/v10, named) on case c against the float64 reference with the tensor-core
-    tolerance; v5, v9 and v10 off compute capability 9.0 must refuse instead."""
+    """Run a specialized kernel (v3/v4/v5/v9/v10/v11, named) on case c against the float64 reference with the
+    tensor-core tolerance; v5, v9, v10 and v11 off compute capability 9.0 must refuse instead."""
     if sm90a_refused(c, impl, scaling=scaling, att=att):
         return
     assert impl_used(c, impl) == USED[impl]
