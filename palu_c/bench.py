@@ -9,7 +9,9 @@ after an L2 flush outside the timed region (``flush="clean"``, the default: a 25
 clean lines; ``"dirty"``: the buffer rewritten, whose write-backs then land inside the timed call) and a ~1 ms GPU
 sleep (so the Python wrapper's launch latency is hidden, not timed), timed alone with CUDA events; median of
 ``iters`` calls after ``warmup`` calls. With ``graphs`` both our step (decode kernel + merge) and SDPA are captured
-once into a CUDA graph and each timed call is one replay, so the CPU launch cost is out of both.
+once into a CUDA graph and each timed call is one replay, so the CPU launch cost is out of both. A row names the
+kernel that ran: where auto planned one that needs the tensor-memory accelerator and cannot have it in this mode
+(:func:`runs_as`), the row says "v4 (auto, captured)" or "v4 (auto, PALU_C_V4_TMA=0)" and rests on v4's check.
 
 Bytes counted are the fewest a call must move: ours reads the latents (B T NG (rk + rv) 2 B), positions (4 B per
 slot), the key up-projections once, q, and writes z; SDPA reads K and V (B T Hkv D 2 B each), q, and writes the
