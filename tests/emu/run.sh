@@ -74,6 +74,7 @@ case "$I" in
   EMU_QSCALE=3 run bf16 "$I" 2 8 2 128 1 1037 1280 0 0 14 64 64 -- 64 64
   run f16 "$I" 2 8 2 128 1 1000 1030 2 0 18 64 64 -- 64 64
   run bf16 "$I" 3 8 2 128 1 999 1001 3 1 19 32 32 -- 32 32
+  run f16 "$I" 2 8 4 128 2 2100 2112 1 0 20 128 128 -- 128 128   # auto: >= 8K (sequence, group, slot) triples, v11
   ;;
 esac
 done
