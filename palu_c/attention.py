@@ -320,9 +320,9 @@ class PaluAttention(nn.Module):
         rotary = self.rotary_emb
         # the fastest tensor-core kernel that covers this layer (v9: MHA, group 1, head_dim 128, ranks 64, no key
         # bias, on the H200; v10: the same for 2-8 query heads per KV head; v11: group size 2 at ranks 128; v4, then
-        # v3: equal ranks 32/64/128; v2:
-        # the general tensor-core one), found once per module; v1 (CUDA cores) is slower than the PyTorch path, never
-        # used here; v5 (wgmma) is slower than v4 (docs/design/latent_decode_notes.md)
+        # v3: equal ranks 32/64/128; v2: the general tensor-core one), found once per module; v1 (CUDA cores) is
+        # slower than the PyTorch path, never used here; v5 (wgmma) is slower than v4
+        # (docs/design/latent_decode_notes.md)
         for impl in ((self._cuda_impl,) if self._cuda_impl else ("v9", "v10", "v11", "v4", "v3", "v2")):
             try:
                 z = latent_kernels.latent_decode_attention_cuda(
