@@ -680,18 +680,38 @@ inline bool latent_tma_maps(const DecodeParams &p, int rank, int rows, CUtensorM
            encode_map(&maps->v, CU_TENSOR_MAP_DATA_TYPE_UINT16, 3, p.v_latent, vd, vs, kb, sw);
 }
 
-/* One launch of a decode kernel: shared-memory opt-in, grid (KV head, split, sequence), 32 x warps threads; `extra`
- * are the kernel's parameters after DecodeParams (v4: its tensor maps). */
+/* One launch of a decode kernel: shared-memory opt-in, grid (KV heads / kv_per_cta, split, sequence), 32 x warps
+ * threads; `extra` are the kernel's parameters after DecodeParams (v4: its tensor maps). kv_per_cta: the KV heads
+ * one CTA serves (v11: the two of a group; else 1). */
+template <class... A>
+palu_status launch_decode_grid(void (*kern)(DecodeParams, A...), size_t smem, int kv_per_cta, const DecodeParams &p,
+                               const Plan &pl, cudaStream_t stream, const A &...extra)
+{
+    if (smem > kDefaultSmem)
+        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const dim3 grid((unsigned)(p.Hkv / kv_per_cta), (unsigned)p.splits, (unsigned)p.B);
+    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
+    PALU_CUDA_CHECK_LAUNCH();
+    return PALU_OK;
+}
+
+/* The same, one KV head per CTA (every kernel but v11). */
 template <class... A>
 palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, const DecodeParams &p, const Plan &pl,
                                cudaStream_t stream, const A &...extra)
 {
-    if (smem > kDefaultSmem)
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid((unsigned)p.Hkv, (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
-    PALU_CUDA_CHECK_LAUNCH();
-    return PALU_OK;
+    return launch_decode_grid(kern, smem, 1, p, pl, stream, extra...);
+}
+
+/* Where a kernel that loads by TMA only (v10, v11) cannot have it in this call (a CUDA-graph capture, PALU_C_V4_TMA=0,
+ * a map the driver refused): nothing is launched; auto's caller then runs v4 (PALU_OK), an explicit request fails
+ * naming the kernel. */
+inline palu_status tma_only_refusal(const palu_latent_decode_args *a, const char *name)
+{
+    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
+    return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel %s loads its latents by TMA, which this call cannot use "
+                                           "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
+                                           "use impl=\"auto\", which runs v4 there", name);
 }
 
 /* One launch at the plan's shared memory (v2, v3, v5). */

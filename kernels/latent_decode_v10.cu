@@ -434,10 +434,7 @@ palu_status launch_v10(const palu_latent_decode_args *a, const DecodeParams &p, 
     if (*ran)
         return launch_decode_smem(p.n_rep == 4 ? decode_v10_kernel<T, 4> : decode_v10_kernel<T, 0>, kV10Smem, p, pl,
                                   stream, maps);
-    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
-    return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v10 loads its latents by TMA, which this call cannot use "
-                                           "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
-                                           "use impl=\"auto\", which runs v4 there");
+    return tma_only_refusal(a, "v10");
 }
 
 palu_status dispatch_v10(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,

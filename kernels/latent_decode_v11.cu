@@ -371,18 +371,9 @@ palu_status launch_v11(const palu_latent_decode_args *a, const DecodeParams &p, 
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
     *ran = tma_allowed(pl, stream) && latent_tma_maps(p, 64, kV11Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
-    if (*ran) {
-        void (*kern)(DecodeParams, V4Maps) = decode_v11_kernel<T>;
-        PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kV11Smem));
-        const dim3 grid((unsigned)(p.Hkv / kV11G), (unsigned)p.splits, (unsigned)p.B); /* one CTA per group */
-        PALU_EMU_LAUNCH(kern, grid, dim3(32 * kV11Warps), kV11Smem, stream, p, maps);
-        PALU_CUDA_CHECK_LAUNCH();
-        return PALU_OK;
-    }
-    if (a->impl == PALU_LATENT_DECODE_AUTO) return PALU_OK;
-    return palu_fail(PALU_ERR_UNSUPPORTED, "the decode kernel v11 loads its latents by TMA, which this call cannot use "
-                                           "(a CUDA-graph capture, PALU_C_V4_TMA=0 or a tensor map the driver refused); "
-                                           "use impl=\"auto\", which runs v4 there");
+    if (*ran) /* one CTA per group of kV11G KV heads */
+        return launch_decode_grid(decode_v11_kernel<T>, kV11Smem, kV11G, p, pl, stream, maps);
+    return tma_only_refusal(a, "v11");
 }
 
 palu_status dispatch_v11(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,

@@ -11,15 +11,8 @@ for i in $(seq 1 "$N"); do
   for objs in $SETS; do
     name=$(basename "$objs")
     step "bench $i: $objs"; link_objects "$objs"
-    timeout 120 python3 python/bench_attention.py --dtype float16 --impls auto --out "$OUT/bench.tmp.md" \
-      > "$OUT/run.tmp" 2>&1
-    rc=$?
-    echo "exit $rc"
-    if [ $rc -ne 0 ]; then
-      grep -E "FAILED|stopped" "$OUT/bench.tmp.md" "$OUT/run.tmp" | head -3
-      mv "$OUT/bench.tmp.md" "$OUT/fail_${name}_$i.md" 2>/dev/null
-    fi
-    rm -f "$OUT/bench.tmp.md" "$OUT/run.tmp"
+    bench_once "$name" || mv "$OUT/bench.tmp.md" "$OUT/fail_${name}_$i.md" 2>/dev/null
+    rm -f "$OUT/bench.tmp.md"
   done
 done
 step "done"

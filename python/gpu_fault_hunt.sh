@@ -8,14 +8,7 @@
 #   OBJ=build/objs_m4 NOPDL_OBJ=build/objs_nopdl N=8 bash python/gpu_fault_hunt.sh
 source python/gpu_lib.sh
 N=${N:-8}
-bench() { # config name, then env assignments
-  local name=$1; shift
-  env "$@" timeout 120 python3 python/bench_attention.py --dtype float16 --impls auto --out "$OUT/b.tmp.md" \
-    > "$OUT/r.tmp" 2>&1
-  local rc=$?
-  echo "$name exit $rc $(grep -hE "FAILED" "$OUT/b.tmp.md" 2>/dev/null | cut -d'|' -f2-7 | head -1)"
-  rm -f "$OUT/b.tmp.md" "$OUT/r.tmp"
-}
+bench() { bench_once "$@"; rm -f "$OUT/bench.tmp.md"; } # config name, then env assignments
 step "link ${OBJ:?}"; link_objects "$OBJ"
 for i in $(seq 1 "$N"); do bench tma PALU_C_V4_TMA=1; bench cpa PALU_C_V4_TMA=0; done
 step "link ${NOPDL_OBJ:?}"; link_objects "$NOPDL_OBJ"

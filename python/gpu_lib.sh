@@ -6,6 +6,9 @@
 #   sanitize MEM_K RACE_K   compute-sanitizer memcheck / racecheck over test_latent_decode_cuda.py -k expressions
 #                       (full reports appended to $OUT/sanitize.txt)
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
+#   bench_once LABEL [VAR=VALUE...]  one eager benchmark (fp16, auto) in its own process with those environment
+#                       variables, for counting the intermittent v9 fault: prints "LABEL exit RC" and the first FAILED
+#                       row; the table stays in $OUT/bench.tmp.md for the caller (returns RC)
 #   ncu_profile NAME CMD...     ncu --set full of CMD's 4th decode kernel: $OUT/NAME_details.txt and the per-SASS
 #                       source page $OUT/NAME_source.csv (the report itself is deleted: one file fewer to return)
 # The device tool returns at most 8 files from $OUT: drivers delete their scratch files and append to few logs.
@@ -38,6 +41,17 @@ bench_table() {
   [ $rc -eq 0 ] || tail -30 "$OUT/bench.tmp"   # runs 73 and 81 failed once each and the cause was lost with this file
   rm -f "$OUT/bench.tmp"
   grep -E "(llama3-8b|llama2-7b) \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/$file" | cut -d'|' -f2-8,12,13
+}
+bench_once() {
+  local label=$1; shift
+  rm -f "$OUT/bench.tmp.md"
+  env "$@" timeout 150 python3 python/bench_attention.py --dtype float16 --impls auto --out "$OUT/bench.tmp.md" \
+    > "$OUT/run.tmp" 2>&1
+  local rc=$?
+  echo "$label exit $rc $(grep -hE "FAILED" "$OUT/bench.tmp.md" 2>/dev/null | cut -d'|' -f2-7 | head -1)"
+  [ $rc -eq 0 ] || grep -h "stopped" "$OUT/bench.tmp.md" "$OUT/run.tmp" 2>/dev/null | head -1
+  rm -f "$OUT/run.tmp"
+  return $rc
 }
 ncu_profile() {
   local name=$1; shift

@@ -25,17 +25,13 @@ echo "synccheck exit $?"; tail -2 "$OUT/san.tmp"; cat "$OUT/san.tmp" >> "$OUT/sa
 kept=0
 for i in $(seq 1 "${BENCH_RUNS:-3}"); do
   step "benchmark, eager, run $i"
-  timeout 150 python3 python/bench_attention.py --dtype float16 --impls auto --out "$OUT/bench.tmp.md" > "$OUT/run.tmp" 2>&1
-  rc=$?
-  echo "exit $rc"
-  if [ $rc -ne 0 ]; then
-    grep -E "FAILED|stopped" "$OUT/bench.tmp.md" "$OUT/run.tmp" | head -3
+  if ! bench_once "run $i"; then
     mv "$OUT/bench.tmp.md" "$OUT/fail_$i.md" 2>/dev/null
   elif [ $kept = 0 ]; then
     mv "$OUT/bench.tmp.md" "$OUT/bench_attention_h200.md"; kept=1
     grep -E "(llama3-8b|llama2-7b) \| (1|8) \| (16K|64K|128K) \| [12] " "$OUT/bench_attention_h200.md" | cut -d'|' -f2-8,12,13
   fi
-  rm -f "$OUT/bench.tmp.md" "$OUT/run.tmp"
+  rm -f "$OUT/bench.tmp.md"
 done
 step "benchmark, CUDA-graph replay"
 bench_table bench_attention_graphs_h200.md --dtype float16 --impls auto --graphs
