@@ -60,6 +60,8 @@ struct DecodeParams {
     long long kbs, kts, vbs, vts, pbs; /* element strides: batch / token of the latents, batch of positions */
     int B, H, Hkv, D, G, n_rep, T;
     int splits;      /* gridDim.y */
+    int b0;          /* the first sequence of this launch (gridDim.z sequences from it): 0 but in v9, which launches
+                      * a batch in chunks of one wave each (launch_v9) */
     int partials;    /* P = splits * (partials per CTA) */
     int ws_stride;   /* W */
     int max_rk, max_rv;
@@ -689,7 +691,7 @@ palu_status launch_decode_grid(void (*kern)(DecodeParams, A...), size_t smem, in
 {
     if (smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid((unsigned)(p.Hkv / kv_per_cta), (unsigned)p.splits, (unsigned)p.B);
+    const dim3 grid((unsigned)(p.Hkv / kv_per_cta), (unsigned)p.splits, (unsigned)(p.B - p.b0));
     PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;

@@ -407,6 +407,22 @@ def test_v9_long_ranges(torch_gen, dtype):
     v9_check(c, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v9_batch_in_one_wave_chunks(torch_gen, dtype):
+    """Batch 9 x 32 heads is more CTAs than an H200 has SMs: v9 launches the batch in chunks of at most one wave
+    each (sequences b0 .. of a chunk read as b0 + blockIdx.z), eagerly by TMA and, under capture, by cp.async; a
+    chunk that misplaced its sequences would leave poisoned or foreign rows. Unequal padding, so every sequence
+    differs; the captured replay is bit for bit the eager call."""
+    B, H, T, C = 9, 32, 600, 640
+    c = v9_case(torch_gen, B, H, T, C, dtype)
+    v9_check(c, dtype)
+    if not V5_OK:
+        return
+    ref, args, ws, out, side = strided_eager_and_side_stream(c, torch_gen, "v9", 9, H, H, T, C, dtype)
+    capture_and_replay(args, dict(scaling=0.088, out=out, workspace=ws, impl="v9"), side)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+
+
 def check_refusals(cases, impl, auto_number):
     """Each case (reason -> case) makes `impl` refuse, naming itself; auto plans kernel auto_number(reason) (sizes
     only: a key bias is seen by the call, which then takes v4) and stays within the tensor-core tolerance."""
