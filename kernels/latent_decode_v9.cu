@@ -524,22 +524,8 @@ palu_status launch_v9(const palu_latent_decode_args *a, const DecodeParams &p, c
     const bool tma = tma_allowed(pl, stream) && latent_tma_maps(p, kV9R, kV9Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     *ran = tma || a->impl != PALU_LATENT_DECODE_AUTO;
     if (!*ran) return PALU_OK;
-    /* The batch in chunks of sequences, each chunk at most one wave of CTAs (one per SM), launched one after the other
-     * on the stream. v9's one grid at Llama-2-7B shapes and batch 8 (256 CTAs) ran in two waves, and only there did
-     * the eager benchmark stop with "unspecified launch failure", 4 runs in 35 (notes, "The benchmark's intermittent
-     * fault"); chunked, 0 in 20 (runs 108-109), at the same cost (run 108: 1005 vs 1008 us at B8 64K). The cause is
-     * not known; this is the mitigation. The maps cover the whole batch; a chunk is a copy of p with sequences
-     * [b0, B) (the kernel reads its sequence as b0 + blockIdx.z, and p.B nowhere). */
-    const int per_wave = pl.sm_count / (p.Hkv * p.splits) > 0 ? pl.sm_count / (p.Hkv * p.splits) : 1;
-    for (int b0 = 0; b0 < p.B; b0 += per_wave) {
-        DecodeParams c = p;
-        c.b0 = b0, c.B = b0 + per_wave < p.B ? b0 + per_wave : p.B;
-        const palu_status st = tma ? launch_decode_smem(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, c, pl, stream, maps)
-                                   : launch_decode_smem(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, c, pl, stream,
-                                                        maps);
-        if (st != PALU_OK) return st;
-    }
-    return PALU_OK;
+    if (tma) return launch_one_wave_chunks(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, 1, p, pl, stream, maps);
+    return launch_one_wave_chunks(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, 1, p, pl, stream, maps);
 }
 
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,

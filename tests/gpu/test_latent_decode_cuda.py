@@ -645,6 +645,15 @@ def test_v11_irregular_positions_and_long_ranges(torch_gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v10_v11_batch_in_one_wave_chunks(torch_gen, dtype):
+    """Batches whose grid is more CTAs than an H200 has SMs (v10: 17 sequences x 8 KV heads = 136; v11: 34 x 4 groups
+    = 136, one split each): both launch the batch in chunks of one wave (16 + 1 and 33 + 1 sequences), reading their
+    sequence as b0 + blockIdx.z; a misplaced chunk leaves poisoned or foreign rows. Unequal padding throughout."""
+    v10_check(v10_case(torch_gen, 17, 32, 8, 600, 640, dtype), dtype)
+    v11_check(v11_case(torch_gen, 34, 32, 8, 300, 320, dtype), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v11_uneven_slices(torch_gen, dtype):
     """Lengths that leave the last split short: v11's slices are whole 64-slot steps, at least four per
     CTA, so the plan's split count and the kernel's slice length disagree on how much the last split gets."""
