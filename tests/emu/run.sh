@@ -12,11 +12,12 @@ if [ ! -f "$inc/cuda_fp16.h" ] || [ ! -f "$inc/cuda.h" ]; then
 fi
 out=${EMU_BUILD:-$root/build/emu}
 mkdir -p "$out"
+# EMU_DEFINES: extra compiler flags for the kernels (an experiment's build switch, e.g. -DV11X_EARLY_ISSUE)
 # EMU_SANITIZE=1: AddressSanitizer + UBSan over the kernels' host-memory accesses (inputs, workspace, output)
 san=()
 [ "${EMU_SANITIZE:-0}" = 1 ] && san=(-g -fsanitize=address,undefined -fno-omit-frame-pointer) && export ASAN_OPTIONS=detect_leaks=0
 gcc -c -O2 -std=c11 "${san[@]}" -I "$root/csrc" "$root/csrc/common.c" -o "$out/common.o"
-g++ -std=c++20 -O1 "${san[@]}" -DPALU_EMULATE -include "$root/tests/emu/emu.h" -I "$root/tests/emu" -I "$root/csrc" \
+g++ -std=c++20 -O1 "${san[@]}" ${EMU_DEFINES:-} -DPALU_EMULATE -include "$root/tests/emu/emu.h" -I "$root/tests/emu" -I "$root/csrc" \
   -I "$root/kernels" -I "$inc" -x c++ "$root/kernels/latent_decode.cu" "$root/kernels/latent_decode_v4.cu" "$root/kernels/latent_decode_v9.cu" \
   "$root/kernels/latent_decode_v10.cu" "$root/kernels/latent_decode_v11.cu" -x none "$root/tests/emu/emu_main.cpp" \
   "$out/common.o" -o "$out/emu" -lpthread
