@@ -720,7 +720,7 @@ palu_status launch_one_wave_chunks(void (*kern)(DecodeParams, A...), size_t smem
     return PALU_OK;
 }
 
-/* The same, one KV head per CTA (every kernel but v11). */
+/* One launch of the whole batch, one KV head per CTA (v4; v9, v10 and v11 launch through launch_one_wave_chunks). */
 template <class... A>
 palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, const DecodeParams &p, const Plan &pl,
                                cudaStream_t stream, const A &...extra)
