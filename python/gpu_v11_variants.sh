@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# One H200 call for v11 experiments (notes, tenth session): the GPU tests and memcheck / racecheck /
+# synccheck of the first object set, then kernel times of every set in SETS, alternately in two rounds. Object sets
+# are built beforehand (SM90A_ONLY=1 bash python/build_cuda_objects.sh DIR [-DV11X_...]) and carried.
+#   SETS="build/objs_pp build/objs_base build/objs_nw build/objs_nm" bash python/gpu_v11_variants.sh
+source python/gpu_lib.sh
+SETS=${SETS:?object sets to time}
+first=${SETS%% *}
+step "link $first"; link_objects "$first"
+step "v11 tests"
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v11 2>&1 | tail -1
+step "sanitize"
+sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or irregular)" "v11 and float16 and (b2-t257 or b3-t1000)"
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 python3 -m pytest -q \
+  -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v11 and float16 and (b2-t257 or b3-t1000)" 2>&1 | tail -2
+for round in 1 2; do
+  for objs in $SETS; do
+    step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
+    timeout 100 python3 python/profile_fixed_cost.py --impl v11 --group 2 --shapes llama3-8b,llama2-7b --batches 1,8 \
+      --tokens 16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
+  done
+done
+step "done"
