@@ -875,7 +875,8 @@ const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
  * v11 / v4): Llama-3-8B B1 2K (8K triples) 18.5 / 19.2, B1 4K (16K) 20.3 / 20.0, B2 2K (16K) 20.5 / 20.9, B1 8K
  * (32K) 23.3 / 25.3, B4 2K (32K) 24.4 / 25.1, B1 16K (64K) 29.3 / 35.3; Llama-2-7B B1 2K (32K) 21.7 / 23.1. Shorter
  * calls were not measured and keep v4. (With 256-slot slices, run 100, v11 lost up to 32K triples: its few CTAs
- * walked 8 steps each.) */
+ * walked 8 steps each.) Since v11's n_rep specialisation (run 114): Llama-3-8B B1 2K 17.3 / 18.8, B1 4K 19.3 /
+ * 20.0, Llama-2-7B B1 2K 21.3 / 23.0. */
 constexpr int64_t kV11AutoGroupSlots = 8 * 1024;
 inline bool v11_worth_it(const palu_latent_decode_args *a, int /* sm_count: v10_worth_it's signature */)
 {
