@@ -700,11 +700,12 @@ palu_status launch_decode_grid(void (*kern)(DecodeParams, A...), size_t smem, in
 /* v9, v10 and v11 (one CTA per SM): a batch whose grid would run in more than one wave is launched as chunks of
  * sequences of at most one wave each, one launch after the other on the stream; a chunk is a copy of p with
  * sequences [b0, B), and the kernels read their sequence as p.b0 + blockIdx.z (p.B nowhere on the device; the tensor
- * maps, encoded once, cover the whole batch). Why: v9's two-wave grid (Llama-2-7B shapes, batch 8) was the only place
- * the benchmark's intermittent "unspecified launch failure" was ever seen, 4 runs in 35; chunked, 0 in 20 (runs
- * 108-109), at the same speed (B8 64K 1005 vs 1008 us). The cause is not known. v10 and v11 plan one wave at the
- * benchmark's batches and were never seen to fault; from batch 17 (Llama-3-8B shapes) they would run two waves, and
- * take the same precaution. */
+ * maps, encoded once, cover the whole batch). Why: v9's two-wave grid (Llama-2-7B shapes, batch 8) was where the
+ * benchmark's intermittent "unspecified launch failure" was seen, 4 runs in 35, so every CTA was given a fresh SM
+ * and a completed grid before it (0 faults in 20, runs 108-109). It is not the fix: run 116 faulted once in 12 on the
+ * chunked build, 1 in 34 chunked runs in all (Fisher p = 0.36 against 4 in 35). Kept: it costs <= 1% (B8 64K 1005
+ * vs 1008 us) and launches nothing that a one-wave batch does not. The cause is not known (notes, "The benchmark's
+ * intermittent fault"). */
 template <class... A>
 palu_status launch_one_wave_chunks(void (*kern)(DecodeParams, A...), size_t smem, int kv_per_cta, const DecodeParams &p,
                                    const Plan &pl, cudaStream_t stream, const A &...extra)
