@@ -1,9 +1,10 @@
 /* latent_decode_v11.cu -- decode kernel v11 (group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head,
  * sm_90a) and its launcher. Auto takes it for group size 2 on calls long enough to pay for its prologue
  * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows from 16K at 0.92-1.39x of
- * full-cache SDPA (1.18-1.39x at batch 8, run 114) where v4 ran them at 0.77-0.82x (run 99). The design is in the comment above the kernel and in
- * docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from 1.8x", "v11: a group-size-2
- * kernel"); what it shares with the other decode kernels is in latent_decode_common.cuh.
+ * full-cache SDPA (1.18-1.39x at batch 8, run 114) where v4 ran them at 0.77-0.82x (run 99). The design is in the
+ * comment above the kernel and in docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from
+ * 1.8x", "v11: a group-size-2 kernel"); what it shares with the other decode kernels is in
+ * latent_decode_common.cuh.
  *
  * Shape legend: B batch, T slots, H query heads, Hkv KV heads, n_rep = H / Hkv, D head_dim, G = 2 KV heads per
  * group, R = rk = rv = 128 the group's ranks, NST stages of latents in flight.
@@ -35,8 +36,8 @@ namespace {
  * Specialised on n_rep (4: Llama-3-8B, 1: MHA; 0 takes p.n_rep at run time): with the count known, the query
  * rotation's row loop has no per-row tests and each lane's query values stay in registers. That took 12% off the
  * Llama-3-8B rows and 7% off the Llama-2-7B rows at batch 8, 64K (run 113: 401 -> 354 and 1443 -> 1346 us), more
- * than the ~30 instructions per warp-step it removes predicted: the step is a chain of short dependencies at two
- * warps per scheduler, and the shared-memory query reads sat on it.
+ * than the ~30 instructions per warp-step it removes predicted (the likely reason, not profiled: the step is a chain
+ * of short dependencies at two warps per scheduler, and the shared-memory query reads sat at its head).
  *
  * Stages: kV11NST shared by both warpgroups (each stage waits for all 8 warps before thread 0 refills it), so the
  * ring holds one stage being read, one being rebuilt and two loading, the bytes in flight of v10's ring. */
