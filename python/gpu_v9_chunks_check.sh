@@ -4,6 +4,8 @@
 # (each in its own process) counting the fault; the last benchmark that passed is kept as $OUT/bench_eager.md.
 #   SM90A_ONLY=1 bash python/build_cuda_objects.sh build/objs_ck
 #   OBJ=build/objs_ck N=12 bash python/gpu_v9_chunks_check.sh
+# BENCH_ENV: VAR=VAL settings for the benchmarks only (e.g. BENCH_ENV="PALU_C_V4_TMA=0": v9 copies by cp.async;
+# "CUDA_LAUNCH_BLOCKING=1": a fault names its launch), counted apart in the last line.
 source python/gpu_lib.sh
 N=${N:-12}
 step "link ${OBJ:?}"; link_objects "$OBJ"
@@ -16,7 +18,7 @@ timeout 60 python3 python/profile_fixed_cost.py --impl v9 --shapes llama2-7b --b
   --iters 10 2>&1 | grep -E "^\| llama"
 faults=0
 for i in $(seq 1 "$N"); do
-  if bench_once "chunks $i"; then mv "$OUT/bench.tmp.md" "$OUT/bench_eager.md"; else faults=$((faults + 1)); fi
+  if bench_once "chunks $i${BENCH_ENV:+ ($BENCH_ENV)}" ${BENCH_ENV:-}; then mv "$OUT/bench.tmp.md" "$OUT/bench_eager.md"; else faults=$((faults + 1)); fi
   rm -f "$OUT/bench.tmp.md"
 done
-step "done: $faults of $N benchmarks failed"
+step "done: $faults of $N benchmarks failed${BENCH_ENV:+ with $BENCH_ENV}"
