@@ -156,15 +156,18 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         }
     }
     const float *qs = reinterpret_cast<const float *>(smem + kV11OffQ) + (size_t)cw * n_rep * D; /* this head's */
-    /* The warpgroup's Q_A rows are shared: warp wl rotates heads wl and wl + 4 (those < n_rep) into the buffer of
-     * the step's parity, and a named barrier of the warpgroup's 128 threads publishes them (with two buffers, one
-     * barrier per step also keeps a row from being rewritten before every warp has read it). This lane's query
-     * values of those heads (frequencies 2 lane, 2 lane + 1, their partners) stay in registers. */
+    /* With several query heads per KV head the warpgroup's Q_A rows are shared: warp wl rotates heads wl and wl + 4
+     * (those < n_rep) into the buffer of the step's parity, and a named barrier of the warpgroup's 128 threads
+     * publishes them (with two buffers, one barrier per step also keeps a row from being rewritten before every
+     * warp has read it). Run 118: -1.7% at Llama-3-8B shapes (n_rep 4), but +2.4% at n_rep 1, where no rotation is
+     * saved and only the barrier is added; so at n_rep 1 each warp rotates the one head into rows of its own. This
+     * lane's query values of its heads (frequencies 2 lane, 2 lane + 1, their partners) stay in registers. */
+    constexpr bool kShared = NREP != 1;
     constexpr int kRows = kV11MaxRep / 4;
     float2 qlo[kRows], qhi[kRows];
 #pragma unroll
     for (int i = 0; i < kRows; i++) {
-        const int j = wl + 4 * i;
+        const int j = kShared ? wl + 4 * i : i;
         qlo[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane) : make_float2(0.0f, 0.0f);
         qhi[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane) : make_float2(0.0f, 0.0f);
     }
@@ -237,14 +240,15 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         const int A = __shfl_sync(0xffffffffu, lane_a0, 16 * half);
         const int lane_slot = t0 + M * x + lane_row;
         const bool regular = __all_sync(0xffffffffu, (lane >> 4) != half || lane_slot >= t1 || lane_pos == A + lane_row);
-        {   /* Q_A = R(A)^T Q: this warp's heads into the warpgroup's buffer of this step's parity */
-            char *qbuf = smem + kV11OffQA + (size_t)(2 * cw + half) * kV11MaxRep * kV11QRow;
+        {   /* Q_A = R(A)^T Q: this warp's heads into the warpgroup's buffer of this step's parity (or its own) */
+            char *qbuf = smem + kV11OffQA + (size_t)(kShared ? 2 * cw + half : warp) * kV11MaxRep * kV11QRow;
             float c0, s0, c1, s1;
             rope_cos_sin(A, qtr0, &c0, &s0);
             rope_cos_sin(A, qtr1, &c1, &s1);
+            if (!kShared) __syncwarp(); /* the previous step's reads of the rows are done */
 #pragma unroll
             for (int i = 0; i < kRows; i++) {
-                const int j = wl + 4 * i;
+                const int j = kShared ? wl + 4 * i : i;
                 if (j < n_rep) {
                     const float2 lo = qlo[i], hi = qhi[i];
                     uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV11QRow);
@@ -252,7 +256,8 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
                     row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
                 }
             }
-            dev::bar_named_n(1 + cw, 128);
+            if (kShared) dev::bar_named_n(1 + cw, 128);
+            else __syncwarp();
 #pragma unroll
             for (int kk = 0; kk < 8; kk++)
 #pragma unroll
