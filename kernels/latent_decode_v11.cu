@@ -204,7 +204,8 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         int *r = pring + (n % kV11PosRing) * kV11PosStride;
         const int first = t0 + M * (2 * n + (lane >> 4)), slot = first + lane_row;
         dev::cp_async4(r + lane, pos + min(max(slot, 0), T_len - 1), true);
-        if ((lane & 15) == 0) dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
+        if (kShared && (lane & 15) == 0)
+            dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
         dev::cp_async_commit();
     };
     fetch_pos(0);
@@ -231,13 +232,14 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
             dev::cp_async_wait<1>();
             const int *r = pring + (n % kV11PosRing) * kV11PosStride;
             lane_pos = r[lane];
-            if ((lane & 15) == 0) lane_a0 = r[32 + (lane >> 4)];
+            if (kShared && (lane & 15) == 0) lane_a0 = r[32 + (lane >> 4)];
             fetch_pos(n + 2);
         }
-        /* this step's anchor (its row 0's position, the same in every warp) and whether this warp's rows are all
-         * consecutive from it */
+        /* this step's anchor (shared rows: its row 0's position, the same in every warp; else this warp's first row's
+         * position less the row) and whether this warp's rows are all consecutive from it */
         const int half = x & 1;
-        const int A = __shfl_sync(0xffffffffu, lane_a0, 16 * half);
+        const int A = kShared ? __shfl_sync(0xffffffffu, lane_a0, 16 * half)
+                              : __shfl_sync(0xffffffffu, lane_pos, 16 * half) - 16 * wl;
         const int lane_slot = t0 + M * x + lane_row;
         const bool regular = __all_sync(0xffffffffu, (lane >> 4) != half || lane_slot >= t1 || lane_pos == A + lane_row);
         {   /* Q_A = R(A)^T Q: this warp's heads into the warpgroup's buffer of this step's parity (or its own) */
