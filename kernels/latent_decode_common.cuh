@@ -436,6 +436,15 @@ __device__ __forceinline__ void rope_cos_sin(int pos, float2 turn, float *c, flo
     dev::sincos_turn(fr * 6.28318530717958648f, s, c);
 }
 
+/* cos and sin of a small angle n * inv_freq (0 <= n < 256: a row within a block, not a position): the product is
+ * below 256 radians, where the fast sine's own argument reduction (a float multiply by 1 / (2 pi)) costs at most
+ * ~256 / (2 pi) * 2^-24 of a turn, ~1.5e-5 radians, far inside the fp16 rounding of what these angles rotate; no
+ * turn split (an FP64 multiply and three conversions per frequency) is needed for them. */
+__device__ __forceinline__ void small_cos_sin(int n, float inv_freq, float *c, float *s)
+{
+    dev::sincos_turn((float)n * inv_freq, s, c);
+}
+
 #ifdef PALU_V5_WGMMA /* helpers of the wgmma key-rebuild kernels v10 and v11 (sm_90a builds and the emulator) */
 /* the constant high word of a wgmma descriptor: SBO and the layout type (0 none, 1 the 128-byte swizzle) */
 __device__ __forceinline__ uint64_t wgmma_desc_hi(uint32_t sbo, uint32_t layout)

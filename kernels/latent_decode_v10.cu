@@ -165,11 +165,11 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             const uint4 uu = *reinterpret_cast<const uint4 *>(ust + d * (R * 2) + chunk);
             const uint4 ww = *reinterpret_cast<const uint4 *>(ust + (lower ? d + HALF : d - HALF) * (R * 2) + chunk);
             const T *u = reinterpret_cast<const T *>(&uu), *w = reinterpret_cast<const T *>(&ww);
-            const float2 tr = turn_split(ftab[d % HALF]);
+            const float fr = ftab[d % HALF];
 #pragma unroll
             for (int tau = 0; tau < S; tau++) {
                 float cs, sn;
-                rope_cos_sin(64 * tau, tr, &cs, &sn);
+                small_cos_sin(64 * tau, fr, &cs, &sn);
                 if (!lower) sn = -sn; /* lower: u cos - w sin; upper: u cos + w sin */
                 uint32_t packed[4];
 #pragma unroll
@@ -191,8 +191,8 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             float c0, s0, c1, s1;
-            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c]), &c0, &s0);
-            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c + 1]), &c1, &s1);
+            small_cos_sin(k, ftab[8 * i + 2 * c], &c0, &s0);
+            small_cos_sin(k, ftab[8 * i + 2 * c + 1], &c1, &s1);
             rot.set(rr, i, c0, c1, s0, s1);
         }
     }

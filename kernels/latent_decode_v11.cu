@@ -151,8 +151,8 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             float c0, s0, c1, s1;
-            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c]), &c0, &s0);
-            rope_cos_sin(k, turn_split(ftab[8 * i + 2 * c + 1]), &c1, &s1);
+            small_cos_sin(k, ftab[8 * i + 2 * c], &c0, &s0);
+            small_cos_sin(k, ftab[8 * i + 2 * c + 1], &c1, &s1);
             rot.set(rr, i, c0, c1, s0, s1);
         }
     }
