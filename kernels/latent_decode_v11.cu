@@ -1,7 +1,7 @@
 /* latent_decode_v11.cu -- decode kernel v11 (group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head,
  * sm_90a) and its launcher. Auto takes it for group size 2 on calls long enough to pay for its prologue
- * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows from 16K at 0.92-1.39x of
- * full-cache SDPA (1.18-1.39x at batch 8, run 114) where v4 ran them at 0.77-0.82x (run 99). The design is in the
+ * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows from 16K at 0.95-1.45x of
+ * full-cache SDPA (1.21-1.45x at batch 8, run 122) where v4 ran them at 0.77-0.82x (run 99). The design is in the
  * comment above the kernel and in docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from
  * 1.8x", "v11: a group-size-2 kernel"); what it shares with the other decode kernels is in
  * latent_decode_common.cuh.
@@ -26,7 +26,9 @@ namespace {
  *       [D][R] key up-projection, copied once into a core-matrix image (no rotation: tau = 0);
  *   (2) each thread rotates its accumulator rows by R(k) (k < 64, the row within the step), or by each slot's own
  *       offset from the step's anchor when the step's positions are not consecutive;
- *   (3) S = K . Q_A^T on mma.sync per 16 slots, Q_A = R(A)^T Q rotated at every step by each warp for itself;
+ *   (3) S = K . Q_A^T on mma.sync per 16 slots, Q_A = R(A)^T Q rotated at every step: with n_rep > 1 once per
+ *       warpgroup into rows all four warps read (warp wl rotates heads wl and wl + 4; -1.5% at n_rep 4, run 121),
+ *       with n_rep = 1 by each warp for itself (a shared row costs a common anchor, +2.4% there: runs 118-119);
  *   (4) online softmax per head; O^T += V^T . P with V the group's 128-wide value latent (8 m-tiles, in two halves
  *       of four to hold the fragments' registers down).
  * Bytes per slot and group: 512 (keys and values at rank 128); key-rebuild MACs per slot: 2 x 128 x 128 = 32K, ~70% of
