@@ -9,8 +9,10 @@ the first call's (the kernels are deterministic: fixed split order), and the str
 surfaces near the call that caused it. `--bench-like` puts the benchmark's L2 flush and ~1 ms GPU sleep before
 every call; `--churn` makes every check also do what the benchmark does between rows: a full-cache SDPA call over
 freshly allocated random K/V, then new workspace and output buffers from the caching allocator (so they hold the
-freed caches' data, at new addresses). Run each configuration in its own process: a fault leaves the CUDA context
-unusable.
+freed caches' data, at new addresses); `--realloc` makes every check end the case as the benchmark ends one: new
+latents from a new seed, after `torch.cuda.empty_cache()` has handed the old ones back to the driver (a kernel still
+reading them through a stale address would now fault; notes, twelfth session). Run each configuration in its own
+process: a fault leaves the CUDA context unusable.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main() -> int:
     ap.add_argument("--check-every", type=int, default=50)
     ap.add_argument("--bench-like", action="store_true", help="an L2 flush and a ~1 ms GPU sleep before each call")
     ap.add_argument("--churn", action="store_true", help="an SDPA call and new buffers at every check")
+    ap.add_argument("--realloc", action="store_true",
+                    help="new latents (new seed) after emptying torch's cache at every check")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("stress_decode.py: needs a CUDA device; none is visible", file=sys.stderr)
@@ -55,7 +59,8 @@ def main() -> int:
     out = torch.empty((args.batch, H * c["kr"][0]), device="cuda")
     flush = torch.empty(64 * 2**20, device="cuda")
     label = (f"{args.shape} B{args.batch} T{args.tokens} G{args.group} impl {args.impl} (kernel {used}), "
-             f"{'bench-like' if args.bench_like else 'back to back'}{', churn' if args.churn else ''}, "
+             f"{'bench-like' if args.bench_like else 'back to back'}{', churn' if args.churn else ''}"
+             f"{', realloc' if args.realloc else ''}, "
              f"TMA env {os.environ.get('PALU_C_V4_TMA', '-')}")
     call(c, args.impl, out, ws)
     torch.cuda.synchronize()
@@ -85,6 +90,18 @@ def main() -> int:
                 del k, q
                 ws = torch.empty(floats, device="cuda")
                 out = torch.empty((args.batch, H * c["kr"][0]), device="cuda")
+            if args.realloc:  # a new case at new addresses; its first call is the new bitwise reference
+                del c
+                torch.cuda.empty_cache()
+                c = latent_case(args.batch, H, Hkv, D, args.group, args.tokens, torch.float16, gen)
+                call(c, args.impl, out, ws)
+                try:
+                    torch.cuda.synchronize()
+                except Exception as e:
+                    print(f"FAULT at the first call on new latents after <= {i} calls: {label}: "
+                          f"{str(e).splitlines()[0]}")
+                    return 1
+                first = out.clone()
     print(f"{'ok' if bad == 0 else 'CHANGED'}: {args.calls} calls, {bad} changed checks: {label}")
     return 0 if bad == 0 else 2
 
