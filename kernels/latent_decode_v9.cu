@@ -58,7 +58,8 @@ static_assert(kV9S == 2 * kV9Groups, "each consumer warpgroup takes two steps of
  * 32 different banks. */
 template <bool TMA> struct V9Layout {
     /* steps of latents in flight: two are being read at any time (one per consumer warpgroup); the padded rows of
-     * the cp.async build leave room for four */
+     * the cp.async build leave room for four. Five is odd, so a stage alternates between the warpgroups: each
+     * consumer first waits until the other has released the stage (a parity wait's blind spot: `process`) */
     static constexpr int NST = TMA ? 5 : 4;
     static constexpr int HALF = kV9D / 2, ROWB = TMA ? kV9R * 2 : kV9R * 2 + 16;
     static constexpr int RTS = HALF + 8;                        /* R(k) table row stride (float2): 576 bytes */
@@ -372,8 +373,19 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
      * checks every slot against its row's anchor + 64 tau */
     auto process = [&](auto check, const float (&cur)[32], int st, int x, int tau) {
         constexpr bool CHECK = decltype(check)::value;
-        const int s = st % NST, sl0 = t0 + M * st + r0, sl1 = sl0 + 8;
-        dev::mbar_wait(full + s, (st / NST) & 1);
+        const int s = st % NST, k = st / NST, sl0 = t0 + M * st + r0, sl1 = sl0 + 8;
+        /* With an odd stage count the stage's previous step (st - NST) is the other warpgroup's, and a parity wait
+         * only tells two neighbouring phases apart. Here full[s] may be in phase k - 1 (that step's copies not yet
+         * landed: TMA completes out of order, and this warpgroup's own later steps can land first), k, or k + 1
+         * (this step landed long ago): three states. Waiting for parity k with phase k - 1 open passed at once, the
+         * stage was read early and released, and the copy warp re-armed a phase still waiting on its bytes: the
+         * benchmark's "unspecified launch failure" (an illegal mbarrier arrival) and, where it did not trap, wrong
+         * output (notes, "The fault's cause"). So first wait until the other warpgroup has released the previous
+         * step (empty[s], phase k - 1: it can only be in phase k - 1 or k, since phase k is this warpgroup's own
+         * release); full[s] is then in phase k or k + 1, which parity k tells apart. */
+        if constexpr (NST % 2 == 1)
+            if (k > 0) dev::mbar_wait(empty + s, (k - 1) & 1);
+        dev::mbar_wait(full + s, k & 1);
         const char *kt = smem + s * L::STAGE, *vt = kt + L::TILE;
         /* diagonal scores: S = W (16 rows x rk) . C^T (rk x 16 slots), W's accumulators as the A operand */
         float sa[2][4] = {};

@@ -281,18 +281,41 @@ inline void tma_apply(const EmuTmaCopy &c) { // (under emu_bar_mu)
         }
 }
 inline void tma_load_3d(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) { tma_issue(dst, map, c0, c1, c2, bar); }
+// EMU_SLOW_WARPS=lo-hi: warps lo..hi of every CTA sleep EMU_SLOW_US microseconds (default 20000, longer than an
+// emulated step) before each mbarrier wait, so that the others run ahead of them: a protocol that only holds while
+// the warps keep pace (v9's parity wait on a stage shared by two warpgroups) then breaks in the emulator too
+inline bool emu_slow_warp() {
+    static const int lo = getenv("EMU_SLOW_WARPS") ? atoi(getenv("EMU_SLOW_WARPS")) : -1;
+    static const int hi = getenv("EMU_SLOW_WARPS") && strchr(getenv("EMU_SLOW_WARPS"), '-')
+                              ? atoi(strchr(getenv("EMU_SLOW_WARPS"), '-') + 1) : lo;
+    const int w = (int)(threadIdx.x >> 5);
+    return lo >= 0 && w >= lo && w <= hi;
+}
 inline void mbar_wait(uint64_t *bar, uint32_t parity) {
+    static const int slow_us = getenv("EMU_SLOW_US") ? atoi(getenv("EMU_SLOW_US")) : 20000;
+    if (emu_slow_warp()) std::this_thread::sleep_for(std::chrono::microseconds(slow_us));
     // a phase that never completes is a protocol bug (a lost arrival, two fills in one phase): say so, do not hang
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(getenv("EMU_WAIT_S") ? atoi(getenv("EMU_WAIT_S")) : 120);
     for (;;) {
         if (std::chrono::steady_clock::now() > deadline) {
             fprintf(stderr, "mbarrier wait timed out (barrier at shared byte %u, thread %u of CTA %u,%u,%u, parity %u): a deadlock\n", smem_u32(bar), threadIdx.x,
                     blockIdx.x, blockIdx.y, blockIdx.z, parity);
+            if (getenv("EMU_DUMP_BARS")) { // every barrier's state (all CTAs in flight share one map)
+                std::lock_guard<std::mutex> lk(emu_bar_mu);
+                for (auto &kv : emu_bars)
+                    fprintf(stderr, "  bar %p: count %d arrivals %d completed %d expect %u issued %u copies %zu\n", kv.first,
+                            kv.second.count, kv.second.arrivals, kv.second.completed, kv.second.expect, kv.second.issued,
+                            kv.second.copies.size());
+            }
             abort();
         }
         {
             std::lock_guard<std::mutex> lk(emu_bar_mu);
             EmuBar &b = bar_of(bar);
+            // the hardware answers from the barrier's state alone: a wait whose parity is already that of a completed
+            // phase returns at once and lands nothing, even with a later phase's boxes in flight (so a wait for phase
+            // k while phase k - 1 is still open passes, the blind spot of a parity wait: v9's fault, notes)
+            if ((uint32_t)(b.completed & 1) != parity) return;
             bar_try_complete(b);
             if ((uint32_t)(b.completed & 1) != parity) return;
         }

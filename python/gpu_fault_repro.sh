@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One H200 call that checks the fix of v9's fault (notes, "The fault's cause"): the reproducer
+# (python/stress_decode.py --realloc: new latents after empty_cache, Llama-2-7B B8 128K) on the build before the fix
+# (OLD: it should fault) and on the fixed build (OBJ: it must not), the v9 GPU tests with the new regression test,
+# memcheck / racecheck / synccheck on v9, v9's times on both builds alternately, and N eager benchmarks on the fix.
+#   SM90A_ONLY=1 bash python/build_cuda_objects.sh build/objs_fx
+#   OLD=build/objs_m9 OBJ=build/objs_fx N=8 bash python/gpu_fault_repro.sh
+source python/gpu_lib.sh
+N=${N:-8}
+repro() {
+  echo "-- $*"
+  timeout 60 python3 python/stress_decode.py --shape llama2-7b --calls 300 --check-every 10 "$@" 2>&1 \
+    | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
+}
+step "link OLD ${OLD:?}"; link_objects "$OLD"
+step "reproducer on the build before the fix (should fault)"
+repro --batch 8 --tokens 131072 --realloc
+repro --batch 8 --tokens 131072 --realloc --churn
+step "link OBJ ${OBJ:?}"; link_objects "$OBJ"
+step "reproducer on the fixed build (must not fault)"
+for i in 1 2 3; do repro --batch 8 --tokens 131072 --realloc --churn; done
+repro --batch 8 --tokens 65536 --realloc
+repro --batch 4 --tokens 131072 --realloc
+repro --shape llama3-8b --batch 8 --tokens 131072 --realloc
+repro --batch 8 --tokens 131072 --group 2 --realloc
+step "v9 tests"
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v9 2>&1 | tail -2
+step "sanitize v9"
+sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)"
+PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 python3 -m pytest -q \
+  -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v9 and float16 and (b3-t7 or b2-t257)" 2>&1 | tail -2
+for round in 1 2; do
+  for objs in "$OBJ" "$OLD"; do
+    step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
+    timeout 100 python3 python/profile_fixed_cost.py --impl v9 --shapes llama2-7b --batches 1,8 \
+      --tokens 16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
+  done
+done
+step "link OBJ $OBJ"; link_objects "$OBJ"
+faults=0
+for i in $(seq 1 "$N"); do
+  if bench_once "fixed $i"; then mv "$OUT/bench.tmp.md" "$OUT/bench_eager.md"; else faults=$((faults + 1)); fi
+  rm -f "$OUT/bench.tmp.md"
+done
+step "done: $faults of $N benchmarks failed on the fixed build"
