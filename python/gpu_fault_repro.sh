@@ -26,9 +26,8 @@ repro --batch 8 --tokens 131072 --group 2 --realloc
 step "v9 tests"
 timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v9 2>&1 | tail -2
 step "sanitize v9"
-sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 python3 -m pytest -q \
-  -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v9 and float16 and (b3-t7 or b2-t257)" 2>&1 | tail -2
+sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
+  "v9 and float16 and (b3-t7 or b2-t257)"
 for round in 1 2; do
   for objs in "$OBJ" "$OLD"; do
     step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"

@@ -3,8 +3,8 @@
 #   step TITLE          a timestamped section header
 #   link_objects DIR    build the extension in place from kernel objects compiled elsewhere
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
-#   sanitize MEM_K RACE_K   compute-sanitizer memcheck / racecheck over test_latent_decode_cuda.py -k expressions
-#                       (full reports appended to $OUT/sanitize.txt)
+#   sanitize MEM_K RACE_K [SYNC_K]   compute-sanitizer memcheck / racecheck (/ synccheck) over
+#                       test_latent_decode_cuda.py -k expressions (full reports appended to $OUT/sanitize.txt)
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
 #   bench_once LABEL [VAR=VALUE...]  one eager benchmark (fp16, auto) in its own process with those environment
 #                       variables, for counting the intermittent v9 fault: prints "LABEL exit RC" and the first FAILED
@@ -25,8 +25,9 @@ link_objects() {
 }
 sanitize() {
   local tool k
-  for tool in memcheck racecheck; do
-    [ "$tool" = memcheck ] && k=$1 || k=$2
+  for tool in memcheck racecheck synccheck; do
+    case $tool in memcheck) k=$1 ;; racecheck) k=$2 ;; synccheck) k=${3:-} ;; esac
+    [ -n "$k" ] || continue
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
       python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" > "$OUT/san.tmp" 2>&1
     echo "$tool exit $?"; tail -2 "$OUT/san.tmp"

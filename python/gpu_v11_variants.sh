@@ -10,9 +10,8 @@ step "link $first"; link_objects "$first"
 step "v11 tests"
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v11 2>&1 | tail -1
 step "sanitize"
-sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or irregular)" "v11 and float16 and (b2-t257 or b3-t1000)"
-PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 100 compute-sanitizer --tool synccheck --error-exitcode 9 python3 -m pytest -q \
-  -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v11 and float16 and (b2-t257 or b3-t1000)" 2>&1 | tail -2
+sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or irregular)" "v11 and float16 and (b2-t257 or b3-t1000)" \
+  "v11 and float16 and (b2-t257 or b3-t1000)"
 for round in 1 2; do
   for objs in $SETS; do
     step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
