@@ -10,9 +10,9 @@ surfaces near the call that caused it. `--bench-like` puts the benchmark's L2 fl
 every call; `--churn` makes every check also do what the benchmark does between rows: a full-cache SDPA call over
 freshly allocated random K/V, then new workspace and output buffers from the caching allocator (so they hold the
 freed caches' data, at new addresses); `--realloc` makes every check end the case as the benchmark ends one: new
-latents from a new seed, after `torch.cuda.empty_cache()` has handed the old ones back to the driver (a kernel still
-reading them through a stale address would now fault; notes, twelfth session). Run each configuration in its own
-process: a fault leaves the CUDA context unusable.
+latents from a new seed, after `torch.cuda.empty_cache()` has handed the old ones back to the driver (freshly mapped
+latents scramble the order in which TMA copies land: at 128K this made v9's old stage race fault within 20 calls;
+notes, "The fault's cause"). Run each configuration in its own process: a fault leaves the CUDA context unusable.
 """
 
 from __future__ import annotations
@@ -62,6 +62,16 @@ def main() -> int:
              f"{'bench-like' if args.bench_like else 'back to back'}{', churn' if args.churn else ''}"
              f"{', realloc' if args.realloc else ''}, "
              f"TMA env {os.environ.get('PALU_C_V4_TMA', '-')}")
+
+    def synced(where: str) -> bool:
+        """Synchronize; on a fault (the context is gone after it) say where it surfaced and return False."""
+        try:
+            torch.cuda.synchronize()
+            return True
+        except Exception as e:
+            print(f"FAULT {where}: {label}: {str(e).splitlines()[0]}")
+            return False
+
     call(c, args.impl, out, ws)
     torch.cuda.synchronize()
     first = out.clone()
@@ -72,10 +82,7 @@ def main() -> int:
             torch.cuda._sleep(2_000_000)
         call(c, args.impl, out, ws)
         if i % args.check_every == 0 or i == args.calls:
-            try:
-                torch.cuda.synchronize()
-            except Exception as e:  # the context is gone after this
-                print(f"FAULT after <= {i} calls: {label}: {str(e).splitlines()[0]}")
+            if not synced(f"after <= {i} calls"):
                 return 1
             if not torch.equal(out, first):
                 bad += 1
@@ -95,11 +102,7 @@ def main() -> int:
                 torch.cuda.empty_cache()
                 c = latent_case(args.batch, H, Hkv, D, args.group, args.tokens, torch.float16, gen)
                 call(c, args.impl, out, ws)
-                try:
-                    torch.cuda.synchronize()
-                except Exception as e:
-                    print(f"FAULT at the first call on new latents after <= {i} calls: {label}: "
-                          f"{str(e).splitlines()[0]}")
+                if not synced(f"at the first call on new latents after <= {i} calls"):
                     return 1
                 first = out.clone()
     print(f"{'ok' if bad == 0 else 'CHANGED'}: {args.calls} calls, {bad} changed checks: {label}")
