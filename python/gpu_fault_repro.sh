@@ -27,13 +27,7 @@ timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decod
 step "sanitize v9"
 sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
   "v9 and float16 and (b3-t7 or b2-t257)"
-for round in 1 2; do
-  for objs in "$OBJ" "$OLD"; do
-    step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
-    timeout 100 python3 python/profile_fixed_cost.py --impl v9 --shapes llama2-7b --batches 1,8 \
-      --tokens 16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
-  done
-done
+time_sets "$OBJ $OLD" --impl v9 --shapes llama2-7b --batches 1,8 --tokens 16384,65536
 step "link OBJ $OBJ"; link_objects "$OBJ"
 faults=0
 for i in $(seq 1 "$N"); do

@@ -5,6 +5,7 @@
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
 #   sanitize MEM_K RACE_K [SYNC_K]   compute-sanitizer memcheck / racecheck (/ synccheck) over
 #                       test_latent_decode_cuda.py -k expressions (full reports appended to $OUT/sanitize.txt)
+#   time_sets "SETS" ARGS...   python/profile_fixed_cost.py ARGS on each prebuilt object set, alternately, two rounds
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
 #   bench_once LABEL [VAR=VALUE...]  one eager benchmark (fp16, auto) in its own process with those environment
 #                       variables, for counting the intermittent v9 fault: prints "LABEL exit RC" and the first FAILED
@@ -32,6 +33,15 @@ sanitize() {
       python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" > "$OUT/san.tmp" 2>&1
     echo "$tool exit $?"; tail -2 "$OUT/san.tmp"
     { echo "=== $tool -k $k"; cat "$OUT/san.tmp"; } >> "$OUT/sanitize.txt"; rm -f "$OUT/san.tmp"
+  done
+}
+time_sets() {  # time_sets "SET SET ..." PROFILE_ARGS...: kernel times of each object set, alternately, two rounds
+  local sets=$1 round objs; shift
+  for round in 1 2; do
+    for objs in $sets; do
+      step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
+      timeout 100 python3 python/profile_fixed_cost.py "$@" --iters 10 2>&1 | grep -E "^\| llama"
+    done
   done
 }
 bench_table() {

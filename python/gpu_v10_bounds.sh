@@ -5,13 +5,7 @@
 #   SETS="build/objs_a build/objs_b ..." bash python/gpu_v10_bounds.sh
 source python/gpu_lib.sh
 SETS=${SETS:?object sets to time}
-for round in 1 2; do
-  for objs in $SETS; do
-    step "round $round: $objs"; link_objects "$objs"
-    timeout 100 python3 python/profile_fixed_cost.py --impl v10 --shapes llama3-8b --batches 1,8 \
-      --tokens 4096,16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
-  done
-done
+time_sets "$SETS" --impl v10 --shapes llama3-8b --batches 1,8 --tokens 4096,16384,65536
 if [ "${NCU:-1}" = 1 ]; then
   first=${SETS%% *}; step "ncu $first"; link_objects "$first"
   ncu_profile base python3 python/profile_latent_decode.py --shape llama3-8b --tokens 65536 --batch 8 --group 1 --impl v10

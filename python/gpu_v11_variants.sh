@@ -12,11 +12,5 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decod
 step "sanitize"
 sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or irregular)" "v11 and float16 and (b2-t257 or b3-t1000)" \
   "v11 and float16 and (b2-t257 or b3-t1000)"
-for round in 1 2; do
-  for objs in $SETS; do
-    step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
-    timeout 100 python3 python/profile_fixed_cost.py --impl v11 --group 2 --shapes llama3-8b,llama2-7b --batches 1,8 \
-      --tokens 16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
-  done
-done
+time_sets "$SETS" --impl v11 --group 2 --shapes llama3-8b,llama2-7b --batches 1,8 --tokens 16384,65536
 step "done"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# One H200 call for v9 experiments: the v9 GPU tests (the 128K regression test of the fault included) and
+# memcheck / racecheck / synccheck on the first object set, the fault's reproducer on it, then kernel times of every
+# set in SETS, alternately in two rounds. Object sets are built beforehand (SM90A_ONLY=1 bash
+# python/build_cuda_objects.sh DIR, on the experiment's branch) and carried.
+#   SETS="build/objs_s6 build/objs_fx" bash python/gpu_v9_variants.sh
+source python/gpu_lib.sh
+SETS=${SETS:?object sets to time}
+first=${SETS%% *}
+step "link $first"; link_objects "$first"
+step "v9 tests"
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v9 2>&1 | tail -1
+step "sanitize"
+sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
+  "v9 and float16 and (b3-t7 or b2-t257)"
+step "reproducer (python/stress_decode.py --realloc, B8 128K)"
+timeout 60 python3 python/stress_decode.py --shape llama2-7b --batch 8 --tokens 131072 --calls 200 --check-every 10 \
+  --realloc --churn 2>&1 | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
+time_sets "$SETS" --impl v9 --shapes llama2-7b --batches 1,4,8 --tokens 16384,65536,131072
+step "done"
