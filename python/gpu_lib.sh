@@ -5,6 +5,7 @@
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
 #   sanitize MEM_K RACE_K [SYNC_K]   compute-sanitizer memcheck / racecheck (/ synccheck) over
 #                       test_latent_decode_cuda.py -k expressions (full reports appended to $OUT/sanitize.txt)
+#   check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K   link the first set; its decode tests and sanitizers
 #   time_sets "SETS" ARGS...   python/profile_fixed_cost.py ARGS on each prebuilt object set, alternately, two rounds
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
 #   bench_once LABEL [VAR=VALUE...]  one eager benchmark (fp16, auto) in its own process with those environment
@@ -34,6 +35,13 @@ sanitize() {
     echo "$tool exit $?"; tail -2 "$OUT/san.tmp"
     { echo "=== $tool -k $k"; cat "$OUT/san.tmp"; } >> "$OUT/sanitize.txt"; rm -f "$OUT/san.tmp"
   done
+}
+check_first_set() {  # check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K: link the first set, its decode tests, sanitizers
+  local first=${1%% *}
+  step "link $first"; link_objects "$first"
+  step "tests -k $2"
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$2" 2>&1 | tail -1
+  step "sanitize"; sanitize "$3" "$4" "$5"
 }
 time_sets() {  # time_sets "SET SET ..." PROFILE_ARGS...: kernel times of each object set, alternately, two rounds
   local sets=$1 round objs; shift

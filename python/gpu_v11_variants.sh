@@ -5,12 +5,7 @@
 #   SETS="build/objs_pp build/objs_base build/objs_nw build/objs_nm" bash python/gpu_v11_variants.sh
 source python/gpu_lib.sh
 SETS=${SETS:?object sets to time}
-first=${SETS%% *}
-step "link $first"; link_objects "$first"
-step "v11 tests"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v11 2>&1 | tail -1
-step "sanitize"
-sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or irregular)" "v11 and float16 and (b2-t257 or b3-t1000)" \
-  "v11 and float16 and (b2-t257 or b3-t1000)"
+check_first_set "$SETS" v11 "v11 and float16 and (b3-t7 or b2-t257 or uneven or irregular)" \
+  "v11 and float16 and (b2-t257 or b3-t1000)" "v11 and float16 and (b2-t257 or b3-t1000)"
 time_sets "$SETS" --impl v11 --group 2 --shapes llama3-8b,llama2-7b --batches 1,8 --tokens 16384,65536
 step "done"

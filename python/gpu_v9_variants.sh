@@ -6,12 +6,7 @@
 #   SETS="build/objs_s6 build/objs_fx" bash python/gpu_v9_variants.sh
 source python/gpu_lib.sh
 SETS=${SETS:?object sets to time}
-first=${SETS%% *}
-step "link $first"; link_objects "$first"
-step "v9 tests"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v9 2>&1 | tail -1
-step "sanitize"
-sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
+check_first_set "$SETS" v9 "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
   "v9 and float16 and (b3-t7 or b2-t257)"
 step "reproducer (python/stress_decode.py --realloc, B8 128K)"
 timeout 60 python3 python/stress_decode.py --shape llama2-7b --batch 8 --tokens 131072 --calls 200 --check-every 10 \
