@@ -710,11 +710,10 @@ palu_status launch_decode_grid(void (*kern)(DecodeParams, A...), size_t smem, in
  * sequences of at most one wave each, one launch after the other on the stream; a chunk is a copy of p with
  * sequences [b0, B), and the kernels read their sequence as p.b0 + blockIdx.z (p.B nowhere on the device; the tensor
  * maps, encoded once, cover the whole batch). Why: v9's two-wave grid (Llama-2-7B shapes, batch 8) was where the
- * benchmark's intermittent "unspecified launch failure" was seen, 4 runs in 35, so every CTA was given a fresh SM
- * and a completed grid before it (0 faults in 20, runs 108-109). It is not the fix: run 116 faulted once in 12 on the
- * chunked build, 1 in 34 chunked runs in all (Fisher p = 0.36 against 4 in 35). Kept: it costs <= 1% (B8 64K 1005
- * vs 1008 us) and launches nothing that a one-wave batch does not. The cause is not known (notes, "The benchmark's
- * intermittent fault"). */
+ * benchmark's intermittent "unspecified launch failure" was seen (4 runs in 35), and chunks made it rarer (1 in 96)
+ * through timing alone: its cause was a race in v9's stage ring, since fixed in the kernel (notes, "The fault's
+ * cause"). Kept: it costs <= 1% (B8 64K 1005 vs 1008 us) and launches nothing that a one-wave batch does not; whether
+ * to drop it is a measurement for after the fix's GPU confirmation. */
 template <class... A>
 palu_status launch_one_wave_chunks(void (*kern)(DecodeParams, A...), size_t smem, int kv_per_cta, const DecodeParams &p,
                                    const Plan &pl, cudaStream_t stream, const A &...extra)
