@@ -162,8 +162,9 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     /* With several query heads per KV head the warpgroup's Q_A rows are shared: warp wl rotates heads wl and wl + 4
      * (those < n_rep) into the buffer of the step's parity, and a named barrier of the warpgroup's 128 threads
      * publishes them (with two buffers, one barrier per step also keeps a row from being rewritten before every
-     * warp has read it). Run 118: -1.7% at Llama-3-8B shapes (n_rep 4), but +2.4% at n_rep 1, where no rotation is
-     * saved and only the barrier is added; so at n_rep 1 each warp rotates the one head into rows of its own. This
+     * warp has read it). Runs 118-121: -1.5 to -1.7% at Llama-3-8B shapes (n_rep 4), but +2.4% at n_rep 1, where no
+     * rotation is saved and the shared rows' common anchor (two more position copies per pair of steps, 9 more
+     * registers) is pure cost; so at n_rep 1 each warp rotates the one head into rows of its own. This
      * lane's query values of its heads (frequencies 2 lane, 2 lane + 1, their partners) stay in registers. */
     constexpr bool kShared = NREP != 1;
     constexpr int kRows = kV11MaxRep / 4;

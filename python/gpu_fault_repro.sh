@@ -29,9 +29,4 @@ sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 an
   "v9 and float16 and (b3-t7 or b2-t257)"
 time_sets "$OBJ $OLD" --impl v9 --shapes llama2-7b --batches 1,8 --tokens 16384,65536
 step "link OBJ $OBJ"; link_objects "$OBJ"
-faults=0
-for i in $(seq 1 "$N"); do
-  if bench_once "fixed $i"; then mv "$OUT/bench.tmp.md" "$OUT/bench_eager.md"; else faults=$((faults + 1)); fi
-  rm -f "$OUT/bench.tmp.md"
-done
-step "done: $faults of $N benchmarks failed on the fixed build"
+bench_count "$N" fixed

@@ -11,6 +11,7 @@
 #   bench_once LABEL [VAR=VALUE...]  one eager benchmark (fp16, auto) in its own process with those environment
 #                       variables, for counting the intermittent v9 fault: prints "LABEL exit RC" and the first FAILED
 #                       row; the table stays in $OUT/bench.tmp.md for the caller (returns RC)
+#   bench_count N LABEL [VAR=VALUE...]   N of those, counting the failures; the last clean table in $OUT/bench_eager.md
 #   ncu_profile NAME CMD...     ncu --set full of CMD's 4th decode kernel: $OUT/NAME_details.txt and the per-SASS
 #                       source page $OUT/NAME_source.csv (the report itself is deleted: one file fewer to return)
 # The device tool returns at most 8 files from $OUT: drivers delete their scratch files and append to few logs.
@@ -71,6 +72,14 @@ bench_once() {
   [ $rc -eq 0 ] || grep -h "stopped" "$OUT/bench.tmp.md" "$OUT/run.tmp" 2>/dev/null | head -1
   rm -f "$OUT/run.tmp"
   return $rc
+}
+bench_count() {  # bench_count N LABEL [VAR=VALUE...]: N eager benchmarks; the last clean table kept as
+  local n=$1 label=$2 i faults=0; shift 2  # $OUT/bench_eager.md; prints "done: F of N benchmarks failed"
+  for i in $(seq 1 "$n"); do
+    if bench_once "$label $i" "$@"; then mv "$OUT/bench.tmp.md" "$OUT/bench_eager.md"; else faults=$((faults + 1)); fi
+    rm -f "$OUT/bench.tmp.md"
+  done
+  step "done: $faults of $n benchmarks failed ($label${1:+, $*})"
 }
 ncu_profile() {
   local name=$1; shift

@@ -16,9 +16,4 @@ sanitize "v9 and float16 and (one_wave_chunks or b3-t7)" "v9 and float16 and b3-
 step "v9 times (call us, kernel us, merge us, fit)"
 timeout 60 python3 python/profile_fixed_cost.py --impl v9 --shapes llama2-7b --batches 1,4,8 --tokens 16384,65536 \
   --iters 10 2>&1 | grep -E "^\| llama"
-faults=0
-for i in $(seq 1 "$N"); do
-  if bench_once "chunks $i${BENCH_ENV:+ ($BENCH_ENV)}" ${BENCH_ENV:-}; then mv "$OUT/bench.tmp.md" "$OUT/bench_eager.md"; else faults=$((faults + 1)); fi
-  rm -f "$OUT/bench.tmp.md"
-done
-step "done: $faults of $N benchmarks failed${BENCH_ENV:+ with $BENCH_ENV}"
+bench_count "$N" chunks ${BENCH_ENV:-}
