@@ -58,9 +58,11 @@ static_assert(kV9S == 2 * kV9Groups, "each consumer warpgroup takes two steps of
  * 32 different banks. */
 template <bool TMA> struct V9Layout {
     /* steps of latents in flight: two are being read at any time (one per consumer warpgroup); the padded rows of
-     * the cp.async build leave room for four. Five is odd, so a stage alternates between the warpgroups: each
-     * consumer first waits until the other has released the stage (a parity wait's blind spot: `process`) */
+     * the cp.async build leave room for four. Five is odd, so a stage alternates between the warpgroups; its `full`
+     * barrier does not: there are NFULL = 2 NST of them (step st signals full[st % NFULL]), so each belongs to one
+     * warpgroup, which waits on every one of its phases in turn (why a parity wait needs that: `process`) */
     static constexpr int NST = TMA ? 5 : 4;
+    static constexpr int NFULL = NST % 2 ? 2 * NST : NST;
     static constexpr int HALF = kV9D / 2, ROWB = TMA ? kV9R * 2 : kV9R * 2 + 16;
     static constexpr int RTS = HALF + 8;                        /* R(k) table row stride (float2): 576 bytes */
     static constexpr size_t ALIGN = TMA ? 1024 : 128;
@@ -74,8 +76,8 @@ template <bool TMA> struct V9Layout {
     static constexpr size_t TAB = ANCH + 2 * kV9Rows * 4 + 16; /* (cos, sin)(k theta_i), k < 64 */
     static constexpr size_t TURN = TAB + (size_t)kV9Rows * RTS * 8; /* (cos, sin)(64 tau theta_i), tau < kV9S */
     static constexpr size_t QB = TURN + (size_t)kV9S * HALF * 8; /* R(a_0)^T q per frequency */
-    static constexpr size_t BARS = QB + (size_t)HALF * 8;      /* full, empty per stage; qfull, qempty per Qa */
-    static constexpr size_t TOTAL = BARS + (2 * NST + 4) * 8 + ALIGN; /* + the base's alignment */
+    static constexpr size_t BARS = QB + (size_t)HALF * 8;      /* full[NFULL], empty per stage; qfull, qempty per Qa */
+    static constexpr size_t TOTAL = BARS + (NFULL + NST + 4) * 8 + ALIGN; /* + the base's alignment */
     static_assert(32 * kV9Groups * (2 + kV9R) * 4 <= U, "the records fit in the stages");
     static_assert(TOTAL <= 227 * 1024, "one CTA per SM");
     static_assert(STAGE % 16 == 0 && U % 128 == 0 && QAB % 128 == 0, "copy and descriptor alignment");
@@ -101,7 +103,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
 {
 #ifdef PALU_V5_WGMMA
     using L = V9Layout<TMA>;
-    constexpr int D = kV9D, R = kV9R, HALF = L::HALF, S = kV9S, NST = L::NST, M = kV9Rows;
+    constexpr int D = kV9D, R = kV9R, HALF = L::HALF, S = kV9S, NST = L::NST, NF = L::NFULL, M = kV9Rows;
     constexpr int PT = 32 * (kV9Warps - 1); /* the prologue's threads: all but the copy warp */
     char *smem = dev::dyn_smem();
     smem += (L::ALIGN - (dev::smem_u32(smem) & (L::ALIGN - 1))) & (L::ALIGN - 1); /* stays a shared-space pointer */
@@ -114,12 +116,13 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     const int t0 = ps + split * chunk, t1 = bad_pad ? t0 : min(T_len, t0 + chunk);
     const int nblocks = t1 > t0 ? (t1 - t0 + M * S - 1) / (M * S) : 0;
     const int32_t *pos = p.positions + (size_t)b * p.pbs;
-    uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::BARS), *empty = full + NST, *qfull = empty + NST;
+    uint64_t *full = reinterpret_cast<uint64_t *>(smem + L::BARS), *empty = full + NF, *qfull = empty + NST;
     uint64_t *qempty = qfull + 2;
     int *anch = reinterpret_cast<int *>(smem + L::ANCH), *fullreg = anch + 2 * M; /* per Qa buffer */
     if (tid == 0) {
         /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
-        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, TMA ? 2 : 32), dev::mbar_init(empty + s, 4);
+        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 2 : 32);
+        for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4);
         for (int x = 0; x < 2; x++)
             dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 4 * kV9Groups);
         dev::mbar_init_fence();
@@ -141,15 +144,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                 const int s = st % NST;
                 if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
                 char *kt = smem + s * L::STAGE;
+                uint64_t *fb = full + st % NF;
                 if (lane == 0) {
-                    dev::mbar_expect(full + s, (uint32_t)(2 * L::TILE));
-                    dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, full + s);
-                    dev::tma_load_3d(kt + L::TILE, &maps.v, p.groups.vcol[h], t0 + M * st, b, full + s);
+                    dev::mbar_expect(fb, (uint32_t)(2 * L::TILE));
+                    dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, fb);
+                    dev::tma_load_3d(kt + L::TILE, &maps.v, p.groups.vcol[h], t0 + M * st, b, fb);
                 }
                 reinterpret_cast<int *>(kt + L::POS)[lane] = v[0];
                 reinterpret_cast<int *>(kt + L::POS)[lane + 32] = v[1];
                 __syncwarp();
-                if (lane == 0) dev::mbar_arrive(full + s);
+                if (lane == 0) dev::mbar_arrive(fb);
             };
             int pa[2], pb[2];
             load_pos(0, pa), load_pos(1, pb);
@@ -180,7 +184,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                     const int row = lane + 32 * x, slot = base + row;
                     dev::cp_async4(kt + L::POS + row * 4, pos + min(slot, T_len - 1), slot < T_len);
                 }
-                dev::cp_async_mbar_arrive(full + s);
+                dev::cp_async_mbar_arrive(full + st % NF);
             }
         }
         dev::launch_dependents();
@@ -189,7 +193,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
          * "unspecified launch failure", always in v9: runs 89 and 98, notes "The benchmark's intermittent fault").
          * The consumers' waits on the same phases are unaffected (a wait does not arrive). */
         const int nst = nblocks * S;
-        for (int s = 0; s < NST && s < nst; s++) dev::mbar_wait(full + s, ((s + (nst - 1 - s) / NST * NST) / NST) & 1);
+        for (int f = 0; f < NF && f < nst; f++) dev::mbar_wait(full + f, ((f + (nst - 1 - f) / NF * NF) / NF) & 1);
         return;
     }
 
@@ -373,19 +377,17 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
      * checks every slot against its row's anchor + 64 tau */
     auto process = [&](auto check, const float (&cur)[32], int st, int x, int tau) {
         constexpr bool CHECK = decltype(check)::value;
-        const int s = st % NST, k = st / NST, sl0 = t0 + M * st + r0, sl1 = sl0 + 8;
-        /* With an odd stage count the stage's previous step (st - NST) is the other warpgroup's, and a parity wait
-         * only tells two neighbouring phases apart. Here full[s] may be in phase k - 1 (that step's copies not yet
-         * landed: TMA completes out of order, and this warpgroup's own later steps can land first), k, or k + 1
-         * (this step landed long ago): three states. Waiting for parity k with phase k - 1 open passed at once, the
-         * stage was read early and released, and the copy warp re-armed a phase still waiting on its bytes: the
-         * benchmark's "unspecified launch failure" (an illegal mbarrier arrival) and, where it did not trap, wrong
-         * output (notes, "The fault's cause"). So first wait until the other warpgroup has released the previous
-         * step (empty[s], phase k - 1: it can only be in phase k - 1 or k, since phase k is this warpgroup's own
-         * release); full[s] is then in phase k or k + 1, which parity k tells apart. */
-        if constexpr (NST % 2 == 1)
-            if (k > 0) dev::mbar_wait(empty + s, (k - 1) & 1);
-        dev::mbar_wait(full + s, k & 1);
+        const int s = st % NST, sl0 = t0 + M * st + r0, sl1 = sl0 + 8;
+        /* A parity wait tells apart only two neighbouring phases of a barrier. With one `full` barrier per stage and
+         * an odd stage count, the stage's previous step (st - NST) was the other warpgroup's, and full[s] could be
+         * in three: that step's copies not yet landed (TMA completes out of order, and this warpgroup's own later
+         * steps can land first), this step pending, or this step landed. Waiting for this step's parity with the
+         * previous phase open passed at once: the stage was read early and released, and the copy warp re-armed a
+         * phase still waiting on its bytes, the benchmark's "unspecified launch failure" (an illegal mbarrier
+         * arrival), and wrong output where it did not trap (notes, "The fault's cause"). With NFULL = 2 NST
+         * barriers, full[st % NFULL]'s previous phase is this warpgroup's own step st - NFULL, already waited for,
+         * and its next one cannot be armed before this step's release: two states, which parity tells apart. */
+        dev::mbar_wait(full + st % NF, (st / NF) & 1);
         const char *kt = smem + s * L::STAGE, *vt = kt + L::TILE;
         /* diagonal scores: S = W (16 rows x rk) . C^T (rk x 16 slots), W's accumulators as the A operand */
         float sa[2][4] = {};
