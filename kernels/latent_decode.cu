@@ -1064,7 +1064,7 @@ palu_status make_plan(const palu_latent_decode_args *a, int device, Plan *pl)
     int64_t s = (a->length + min_tokens - 1) / min_tokens;
     if (s > smax) s = smax;
     if (s < 1) s = 1;
-    if (pl->impl >= 9) { /* one wave at one CTA per SM (a batch beyond it: launch_one_wave_chunks), and at least two
+    if (pl->impl >= 9) { /* one wave at one CTA per SM (a batch beyond it runs in several), and at least two
                           * 256-slot blocks per CTA */
         /* v11: one CTA per group of two KV heads, >= 4 of its 64-slot steps per CTA */
         const int64_t wave = pl->sm_count / ((pl->impl == 11 ? a->kv_heads / 2 : a->kv_heads) * a->batch);

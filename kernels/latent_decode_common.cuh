@@ -60,8 +60,6 @@ struct DecodeParams {
     long long kbs, kts, vbs, vts, pbs; /* element strides: batch / token of the latents, batch of positions */
     int B, H, Hkv, D, G, n_rep, T;
     int splits;      /* gridDim.y */
-    int b0;          /* the first sequence of this launch (gridDim.z sequences from it): 0 but where v9, v10 or v11
-                      * launch a batch in chunks of one wave each (launch_one_wave_chunks) */
     int partials;    /* P = splits * (partials per CTA) */
     int ws_stride;   /* W */
     int max_rk, max_rv;
@@ -700,36 +698,16 @@ palu_status launch_decode_grid(void (*kern)(DecodeParams, A...), size_t smem, in
 {
     if (smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    const dim3 grid((unsigned)(p.Hkv / kv_per_cta), (unsigned)p.splits, (unsigned)(p.B - p.b0));
+    const dim3 grid((unsigned)(p.Hkv / kv_per_cta), (unsigned)p.splits, (unsigned)p.B);
     PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;
 }
 
-/* v9, v10 and v11 (one CTA per SM): a batch whose grid would run in more than one wave is launched as chunks of
- * sequences of at most one wave each, one launch after the other on the stream; a chunk is a copy of p with
- * sequences [b0, B), and the kernels read their sequence as p.b0 + blockIdx.z (p.B nowhere on the device; the tensor
- * maps, encoded once, cover the whole batch). Why: v9's two-wave grid (Llama-2-7B shapes, batch 8) was where the
- * benchmark's intermittent "unspecified launch failure" was seen (4 runs in 35), and chunks made it rarer (1 in 96)
- * through timing alone: its cause was a race in v9's stage ring, since fixed in the kernel (notes, "The fault's
- * cause"). Kept: it costs <= 1% (B8 64K 1005 vs 1008 us) and launches nothing that a one-wave batch does not; whether
- * to drop it is a measurement for after the fix's GPU confirmation. */
-template <class... A>
-palu_status launch_one_wave_chunks(void (*kern)(DecodeParams, A...), size_t smem, int kv_per_cta, const DecodeParams &p,
-                                   const Plan &pl, cudaStream_t stream, const A &...extra)
-{
-    const int per_sequence = p.Hkv / kv_per_cta * p.splits;
-    const int chunk = pl.sm_count / per_sequence > 0 ? pl.sm_count / per_sequence : 1;
-    for (int b0 = 0; b0 < p.B; b0 += chunk) {
-        DecodeParams c = p;
-        c.b0 = b0, c.B = b0 + chunk < p.B ? b0 + chunk : p.B;
-        const palu_status st = launch_decode_grid(kern, smem, kv_per_cta, c, pl, stream, extra...);
-        if (st != PALU_OK) return st;
-    }
-    return PALU_OK;
-}
-
-/* One launch of the whole batch, one KV head per CTA (v4; v9, v10 and v11 launch through launch_one_wave_chunks). */
+/* One launch of the whole batch, one KV head per CTA (v4, v9, v10). A batch beyond one wave of v9-v11's one CTA per
+ * SM runs as one grid in several waves: launching it as chunks of one wave each (sessions 9-12) cost 0.7-1.4% where
+ * it split a launch (runs 111, 128) and was kept only while v9's fault was unexplained; the fault was a race in v9's
+ * stage ring (notes, "The fault's cause"), and the reproducer runs clean on a multi-wave grid (run 128). */
 template <class... A>
 palu_status launch_decode_smem(void (*kern)(DecodeParams, A...), size_t smem, const DecodeParams &p, const Plan &pl,
                                cudaStream_t stream, const A &...extra)

@@ -93,7 +93,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     constexpr int D = kV10D, R = kV10R, HALF = kV10D / 2, S = kV10S, NST = kV10NST, M = kV10Rows;
     char *smem = dev::dyn_smem();
     smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* stays a shared-space pointer */
-    const int h = blockIdx.x, split = blockIdx.y, b = p.b0 + blockIdx.z;
+    const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T, n_rep = NREP ? NREP : p.n_rep;
     const int g = lane >> 2, c = lane & 3, cw = warp >> 2, wl = warp & 3;
     const int ps = p.pad_start[b];
@@ -395,7 +395,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 #else
     /* Not an sm_90a build (the host plans v10 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
-    if (threadIdx.x == 0) partial(p, p.b0 + blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
 #endif
 }
 
@@ -432,8 +432,8 @@ palu_status launch_v10(const palu_latent_decode_args *a, const DecodeParams &p, 
     memset(&maps, 0, sizeof maps);
     *ran = tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     if (*ran)
-        return launch_one_wave_chunks(p.n_rep == 4 ? decode_v10_kernel<T, 4> : decode_v10_kernel<T, 0>, kV10Smem, 1, p,
-                                      pl, stream, maps);
+        return launch_decode_smem(p.n_rep == 4 ? decode_v10_kernel<T, 4> : decode_v10_kernel<T, 0>, kV10Smem, p, pl,
+                                  stream, maps);
     return tma_only_refusal(a, "v10");
 }
 

@@ -86,7 +86,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     constexpr int D = kV11D, R = kV11R, HALF = kV11D / 2, NST = kV11NST, M = kV11Rows;
     char *smem = dev::dyn_smem();
     smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* stays a shared-space pointer */
-    const int grp = blockIdx.x, split = blockIdx.y, b = p.b0 + blockIdx.z;
+    const int grp = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T, n_rep = NREP ? NREP : p.n_rep;
     const int g = lane >> 2, c = lane & 3, cw = warp >> 2, wl = warp & 3;
     const int ps = p.pad_start[b];
@@ -362,7 +362,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
         combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad);
 #else
-    if (threadIdx.x == 0) partial(p, p.b0 + blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
 #endif
 }
 
@@ -408,10 +408,10 @@ palu_status launch_v11(const palu_latent_decode_args *a, const DecodeParams &p, 
     memset(&maps, 0, sizeof maps);
     *ran = tma_allowed(pl, stream) && latent_tma_maps(p, 64, kV11Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     if (*ran) /* one CTA per group of kV11G KV heads */
-        return launch_one_wave_chunks(p.n_rep == 4   ? decode_v11_kernel<T, 4>
-                                      : p.n_rep == 1 ? decode_v11_kernel<T, 1>
-                                                     : decode_v11_kernel<T, 0>,
-                                      kV11Smem, kV11G, p, pl, stream, maps);
+        return launch_decode_grid(p.n_rep == 4   ? decode_v11_kernel<T, 4>
+                                  : p.n_rep == 1 ? decode_v11_kernel<T, 1>
+                                                 : decode_v11_kernel<T, 0>,
+                                  kV11Smem, kV11G, p, pl, stream, maps);
     return tma_only_refusal(a, "v11");
 }
 

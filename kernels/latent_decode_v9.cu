@@ -107,7 +107,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     constexpr int PT = 32 * (kV9Warps - 1); /* the prologue's threads: all but the copy warp */
     char *smem = dev::dyn_smem();
     smem += (L::ALIGN - (dev::smem_u32(smem) & (L::ALIGN - 1))) & (L::ALIGN - 1); /* stays a shared-space pointer */
-    const int h = blockIdx.x, split = blockIdx.y, b = p.b0 + blockIdx.z; /* n_rep = G = 1: KV head = group = query head */
+    const int h = blockIdx.x, split = blockIdx.y, b = blockIdx.z; /* n_rep = G = 1: KV head = group = query head */
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, T_len = p.T;
     const int ps = p.pad_start[b];
     const bool bad_pad = ps < 0 || ps >= T_len;
@@ -498,7 +498,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
 #else
     /* Not an sm_90a build (the host plans v9 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
-    if (threadIdx.x == 0) partial(p, p.b0 + blockIdx.z, blockIdx.x, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x, blockIdx.y)[0] = __int_as_float(0x7fc00000);
 #endif
 }
 
@@ -538,8 +538,8 @@ palu_status launch_v9(const palu_latent_decode_args *a, const DecodeParams &p, c
     const bool tma = tma_allowed(pl, stream) && latent_tma_maps(p, kV9R, kV9Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     *ran = tma || a->impl != PALU_LATENT_DECODE_AUTO;
     if (!*ran) return PALU_OK;
-    if (tma) return launch_one_wave_chunks(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, 1, p, pl, stream, maps);
-    return launch_one_wave_chunks(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, 1, p, pl, stream, maps);
+    if (tma) return launch_decode_smem(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, p, pl, stream, maps);
+    return launch_decode_smem(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, p, pl, stream, maps);
 }
 
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,

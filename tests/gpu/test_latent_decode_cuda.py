@@ -408,11 +408,11 @@ def test_v9_long_ranges(torch_gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_v9_batch_in_one_wave_chunks(torch_gen, dtype):
-    """Batch 9 x 32 heads is more CTAs than an H200 has SMs: v9 launches the batch in chunks of at most one wave
-    each (sequences b0 .. of a chunk read as b0 + blockIdx.z), eagerly by TMA and, under capture, by cp.async; a
-    chunk that misplaced its sequences would leave poisoned or foreign rows. Unequal padding, so every sequence
-    differs; the captured replay is bit for bit the eager call."""
+def test_v9_batch_beyond_one_wave(torch_gen, dtype):
+    """Batch 9 x 32 heads is more CTAs than an H200 has SMs, at one CTA per SM: the grid runs in two waves, eagerly
+    by TMA and, under capture, by cp.async; a CTA of the second wave that read the wrong sequence, or a wave that
+    left its rows unwritten, shows as foreign or poisoned rows. Unequal padding, so every sequence differs; the
+    captured replay is bit for bit the eager call."""
     B, H, T, C = 9, 32, 600, 640
     c = v9_case(torch_gen, B, H, T, C, dtype)
     v9_check(c, dtype)
@@ -672,10 +672,10 @@ def test_v11_irregular_positions_and_long_ranges(torch_gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_v10_v11_batch_in_one_wave_chunks(torch_gen, dtype):
+def test_v10_v11_batch_beyond_one_wave(torch_gen, dtype):
     """Batches whose grid is more CTAs than an H200 has SMs (v10: 17 sequences x 8 KV heads = 136; v11: 34 x 4 groups
-    = 136, one split each): both launch the batch in chunks of one wave (16 + 1 and 33 + 1 sequences), reading their
-    sequence as b0 + blockIdx.z; a misplaced chunk leaves poisoned or foreign rows. Unequal padding throughout."""
+    = 136, one split each) run in two waves; a CTA that read the wrong sequence leaves foreign rows, an unwritten
+    one poisoned rows. Unequal padding throughout."""
     v10_check(v10_case(torch_gen, 17, 32, 8, 600, 640, dtype), dtype)
     v11_check(v11_case(torch_gen, 34, 32, 8, 300, 320, dtype), dtype)
 
