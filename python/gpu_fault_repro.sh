@@ -7,11 +7,6 @@
 #   OLD=build/objs_m9 OBJ=build/objs_fx N=6 bash python/gpu_fault_repro.sh   (~8 minutes)
 source python/gpu_lib.sh
 N=${N:-6}
-repro() {
-  echo "-- $*"
-  timeout 60 python3 python/stress_decode.py --shape llama2-7b --calls 200 --check-every 10 "$@" 2>&1 \
-    | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
-}
 step "link OLD ${OLD:?}"; link_objects "$OLD"
 step "reproducer on the build before the fix (should fault)"
 repro --batch 8 --tokens 131072 --realloc

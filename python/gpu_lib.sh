@@ -44,6 +44,12 @@ check_first_set() {  # check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K: link t
   timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$2" 2>&1 | tail -1
   step "sanitize"; sanitize "$3" "$4" "$5"
 }
+repro() {  # repro STRESS_ARGS...: the v9 fault's reproducer (python/stress_decode.py, Llama-2-7B unless --shape says
+  # otherwise, 200 calls checked every 10; notes "The fault reproduced on demand"), its verdict line only
+  echo "-- $*"
+  timeout 60 python3 python/stress_decode.py --shape llama2-7b --calls 200 --check-every 10 "$@" 2>&1 \
+    | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
+}
 time_sets() {  # time_sets "SET SET ..." PROFILE_ARGS...: kernel times of each object set, alternately, two rounds
   local sets=$1 round objs; shift
   for round in 1 2; do

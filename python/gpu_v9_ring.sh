@@ -4,10 +4,6 @@
 # v9's kernel times of every set alternately (ring, the merged fix, the build before the fix, ring without chunks).
 #   SETS="build/objs_ring build/objs_fx build/objs_m9 build/objs_nc" NC=build/objs_nc bash python/gpu_v9_ring.sh
 source python/gpu_lib.sh
-repro() {
-  timeout 60 python3 python/stress_decode.py --shape llama2-7b --calls 200 --check-every 10 "$@" 2>&1 \
-    | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
-}
 SETS=${SETS:?object sets to time}
 check_first_set "$SETS" v9 "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
   "v9 and float16 and (b3-t7 or b2-t257)"

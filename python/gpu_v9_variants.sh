@@ -9,7 +9,6 @@ SETS=${SETS:?object sets to time}
 check_first_set "$SETS" v9 "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
   "v9 and float16 and (b3-t7 or b2-t257)"
 step "reproducer (python/stress_decode.py --realloc, B8 128K)"
-timeout 60 python3 python/stress_decode.py --shape llama2-7b --batch 8 --tokens 131072 --calls 200 --check-every 10 \
-  --realloc --churn 2>&1 | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
+repro --batch 8 --tokens 131072 --realloc --churn
 time_sets "$SETS" --impl v9 --shapes llama2-7b --batches 1,4,8 --tokens 16384,65536,131072
 step "done"
