@@ -1295,6 +1295,10 @@ void fill_params(const palu_latent_decode_args *a, const Plan &pl, DecodeParams 
     memset(m, 0, sizeof *m);
     m->ws = a->workspace, m->out = a->out, m->H = p->H, m->G = p->G, m->n_rep = p->n_rep;
     m->partials = p->partials, m->ws_stride = p->ws_stride, m->z_width = p->n_rep * p->G * vc;
+    /* v4 (impl 5), v9, v10 and v11 combine their CTA's partials with combine_cta_partials, which writes the output
+     * itself where there is one partial per head */
+    p->direct = p->partials == 1 && (pl.impl == 5 || pl.impl >= 9);
+    p->out = a->out, p->out_dtype = (int)a->out_dtype, p->z_width = m->z_width;
     m->groups = p->groups;
 }
 
@@ -1392,6 +1396,7 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v3(a, p, pl, stream);
     }
     if (st != PALU_OK) return st;
+    if (p.direct) return PALU_OK; /* the decode kernel wrote the output (fill_params) */
     const bool pdl = pl.cc_major >= 9;
     switch (a->out_dtype) {
     case PALU_DTYPE_F32: return launch_merge<float>(m, p.B, pdl, stream);
