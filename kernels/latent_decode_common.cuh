@@ -62,14 +62,14 @@ struct DecodeParams {
     int splits;      /* gridDim.y */
     int partials;    /* P = splits * (partials per CTA) */
     int ws_stride;   /* W */
+    int max_rk, max_rv;
+    float score_scale; /* scaling * attention_scaling * log2(e) */
+    GroupTable groups;
     /* direct: one partial per (sequence, head) in a kernel that combines its partials with combine_cta_partials
      * (v4, v9, v10, v11): that combination writes the call's output itself and no merge is launched (a merge of one
      * partial only divides z by l, ~5 us of a call at batch 8: run 129's call - kernel) */
     int direct, out_dtype, z_width; /* out_dtype: a palu_dtype; z_width: the output row's width (MergeParams) */
     void *out;
-    int max_rk, max_rv;
-    float score_scale; /* scaling * attention_scaling * log2(e) */
-    GroupTable groups;
 };
 
 /* v4's tensor maps (the TMA build): key and value latents (3D: columns, slots, sequences; boxes of rk x 16 rows,
@@ -532,22 +532,22 @@ __device__ __forceinline__ float *partial(const DecodeParams &p, int b, int h, i
  * w's at recs + w n_rep (2 + RV)) combined as online-softmax states. Per-warp partials (v4 and v5 as first
  * written) made the merge kernel walk 264 partials per head at Llama-3-8B B = 1 (33 splits x 8 warps); one per
  * CTA is 33. NaN for a bad pad_start; a CTA whose warps all had empty ranges writes m = -inf, l = 0, z = 0.
- * p.direct (the call's one partial per head): the output z / l instead, bit for bit what merge_kernel makes of a
+ * direct (p.direct: the call's one partial per head): the output z / l instead, bit for bit what merge_kernel makes of a
  * single partial (its weights are ex2(0) = 1 and its combinations with empty states exact). */
 /* Output element `at` of the call (the merge's z / l, or NaN), in the output dtype */
-__device__ __forceinline__ void store_output(const DecodeParams &p, size_t at, float v)
+__device__ __forceinline__ void store_output(void *out, int out_dtype, size_t at, float v)
 {
-    if (p.out_dtype == PALU_DTYPE_F16)
-        static_cast<__half *>(p.out)[at] = Num<__half>::from_f(v);
-    else if (p.out_dtype == PALU_DTYPE_BF16)
-        static_cast<__nv_bfloat16 *>(p.out)[at] = Num<__nv_bfloat16>::from_f(v);
+    if (out_dtype == PALU_DTYPE_F16)
+        static_cast<__half *>(out)[at] = Num<__half>::from_f(v);
+    else if (out_dtype == PALU_DTYPE_BF16)
+        static_cast<__nv_bfloat16 *>(out)[at] = Num<__nv_bfloat16>::from_f(v);
     else
-        static_cast<float *>(p.out)[at] = v;
+        static_cast<float *>(out)[at] = v;
 }
 
 template <int RV>
 __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int split, int warps, const float *recs,
-                                     bool bad_pad)
+                                     bool bad_pad, bool direct)
 {
     constexpr int REC = 2 + RV;
     const int n_rep = p.n_rep, stride = n_rep * REC;
@@ -563,10 +563,10 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
             l = fmaf(wt, r[w * stride + 1], l);
             z = fmaf(wt, r[w * stride + 2 + d], z);
         }
-        if (p.direct) { /* the merge's column of head h (merge_kernel) */
+        if (direct) { /* the merge's column of head h (merge_kernel) */
             const int h = h0 + e, g = h / n_rep / p.G, rv = p.groups.rv[g];
             if (d < rv)
-                store_output(p, (size_t)b * p.z_width + n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * n_rep) * rv + d,
+                store_output(p.out, p.out_dtype, (size_t)b * p.z_width + n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * n_rep) * rv + d,
                              bad_pad ? nan : z / l);
             continue;
         }

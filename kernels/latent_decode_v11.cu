@@ -360,7 +360,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     store_warp_records<R>(recs, warp, n_rep, g, c, m_run, l_run, o);
     __syncthreads();
     for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
-        combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad);
+        combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad, p.direct);
 #else
     if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
 #endif

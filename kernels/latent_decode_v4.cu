@@ -716,7 +716,7 @@ __global__ void __launch_bounds__(V4Shape<RK>::WARPS * 32, V4Shape<RK>::MINB)
     static_assert(L::total(V4Shape<RK>::WARPS) >= (size_t)V4Shape<RK>::WARPS * 8 * (2 + RV) * 4, "records fit");
     pw.write_record(recs + (size_t)warp * n_rep * (2 + RV));
     dev::sync_cta();
-    combine_cta_partials<RV>(p, b, h0, split, warps, recs, bad_pad);
+    combine_cta_partials<RV>(p, b, h0, split, warps, recs, bad_pad, p.direct);
 }
 
 /* ---- v5: v4 with the key rebuild on Hopper warpgroup MMA (wgmma, sm_90a) ------------------------------------- */

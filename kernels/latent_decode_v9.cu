@@ -98,7 +98,11 @@ __device__ __forceinline__ uint32_t v9_cm(int row, int k)
 #endif
 
 
-template <typename T, bool TMA>
+/* DIRECT (p.direct, a template argument here alone): v9's main loop is scheduled anew by ptxas whenever its
+ * epilogue changes, and the runtime branch cost it 0.7% per token at batch 1 and 8 (run 130: 115 -> 118 registers,
+ * the SASS reordered throughout), where the other kernels showed nothing; the instance without it is the kernel
+ * as before. */
+template <typename T, bool TMA, bool DIRECT>
 __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
 #ifdef PALU_V5_WGMMA
@@ -494,7 +498,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         for (int mb = 0; mb < 4; mb++) rec[16 * mb + g] = o[mb][e], rec[16 * mb + g + 8] = o[mb][2 + e];
     }
     dev::bar_named_n(1, 128 * kV9Groups);
-    combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad); /* n_rep = 1: records REC apart */
+    combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad, DIRECT); /* n_rep = 1: records REC apart */
 #else
     /* Not an sm_90a build (the host plans v9 only on compute capability 9.0, where the sm_90a code runs): make the
      * output loudly NaN rather than silently wrong. */
@@ -538,8 +542,11 @@ palu_status launch_v9(const palu_latent_decode_args *a, const DecodeParams &p, c
     const bool tma = tma_allowed(pl, stream) && latent_tma_maps(p, kV9R, kV9Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     *ran = tma || a->impl != PALU_LATENT_DECODE_AUTO;
     if (!*ran) return PALU_OK;
-    if (tma) return launch_decode_smem(decode_v9_kernel<T, true>, V9Layout<true>::TOTAL, p, pl, stream, maps);
-    return launch_decode_smem(decode_v9_kernel<T, false>, V9Layout<false>::TOTAL, p, pl, stream, maps);
+    if (tma)
+        return launch_decode_smem(p.direct ? decode_v9_kernel<T, true, true> : decode_v9_kernel<T, true, false>,
+                                  V9Layout<true>::TOTAL, p, pl, stream, maps);
+    return launch_decode_smem(p.direct ? decode_v9_kernel<T, false, true> : decode_v9_kernel<T, false, false>,
+                              V9Layout<false>::TOTAL, p, pl, stream, maps);
 }
 
 palu_status dispatch_v9(const palu_latent_decode_args *a, const DecodeParams &p, const Plan &pl, cudaStream_t stream,
