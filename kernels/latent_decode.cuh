@@ -36,7 +36,9 @@
  *   grid axis so the G CTAs that read one group's latents run side by side and share them through L2. Each
  *   CTA writes a partial (running max m, sum l, unnormalized z) per query head and per slice (per warp in v2, v3
  *   and v5; v4 combines its warps' states in shared memory first);
- *   a second small kernel merges the partials (log-sum-exp) and writes z. Scores live in the log2 domain
+ *   a second small kernel merges the partials (log-sum-exp) and writes z. Where a call has one partial per head
+ *   (v4, v9, v10, v11 with one split), the decode kernel writes z itself and no merge runs (the merge of one
+ *   partial is z / l, computed the same way). Scores live in the log2 domain
  *   (scaling * attention_scaling * log2 e folded into one factor; attention_scaling multiplies cos and sin,
  *   hence the rotated key, hence the score).
  *   v1 (CUDA cores, any shape that fits shared memory): Uk of the head in shared memory, tiles of 16 tokens:
@@ -170,7 +172,8 @@ palu_status palu_latent_decode_cuda_workspace(const palu_latent_decode_args *a, 
 /* Which implementation `a` runs with (1 to 6) on `device`; errors as the launcher. */
 palu_status palu_latent_decode_cuda_impl(const palu_latent_decode_args *a, int device, int *impl);
 
-/* One decode step (see above): launches the decode kernel and the merge kernel on `stream` (a cudaStream_t;
+/* One decode step (see above): launches the decode kernel and, unless it wrote z itself, the merge kernel on
+ * `stream` (a cudaStream_t;
  * NULL is the legacy default stream, only when the caller asked for it). Never allocates, never synchronizes.
  * PALU_ERR_VALUE for inconsistent sizes, strides or a NULL pointer; PALU_ERR_TYPE for a dtype other than
  * F16/BF16 (or an out dtype other than F32 or the input dtype); PALU_ERR_UNSUPPORTED naming the value for a
