@@ -5,9 +5,7 @@
 #   NEW=build/objs_do BASE=build/objs_m10 bash python/gpu_direct_check.sh
 source python/gpu_lib.sh
 step "link ${NEW:?}"; link_objects "$NEW"
-step "tests/gpu"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu -rfs --tb=short > "$OUT/suite.txt" 2>&1
-grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/suite.txt" | tail -12
+gpu_suite
 step "sanitize"
 sanitize "(v9 or v10 or v4) and float16 and (b3-t7 or b2-t257 or beyond_one_wave)" "v9 and float16 and b3-t7" \
   "v9 and float16 and b3-t7"

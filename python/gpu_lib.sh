@@ -50,6 +50,11 @@ repro() {  # repro STRESS_ARGS...: the v9 fault's reproducer (python/stress_deco
   timeout 60 python3 python/stress_decode.py --shape llama2-7b --calls 200 --check-every 10 "$@" 2>&1 \
     | grep -E "^(ok|CHANGED|FAULT)|Error" | head -2
 }
+gpu_suite() {  # gpu_suite: the whole tests/gpu suite, log in $OUT/suite.txt, its summary lines here
+  step "tests/gpu"
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu -rfs --tb=short > "$OUT/suite.txt" 2>&1
+  grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/suite.txt" | tail -12
+}
 time_sets() {  # time_sets "SET SET ..." PROFILE_ARGS...: kernel times of each object set, alternately, two rounds
   local sets=$1 round objs; shift
   for round in 1 2; do

@@ -14,9 +14,7 @@ for impl in v11 v4 v11 v4; do
   timeout 100 python3 python/profile_fixed_cost.py --impl $impl --group 2 --shapes llama3-8b,llama2-7b \
     --batches 1,2,4 --tokens 2048,4096,8192,16384 --iters 10 2>&1 | grep -E "^\| llama"
 done
-step "tests/gpu"
-timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu -rfs --tb=short > "$OUT/suite.txt" 2>&1
-grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/suite.txt" | tail -12
+gpu_suite
 step "sanitize"
 sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or refuses)" "v11 and float16 and (b2-t257 or b3-t1000)" \
   "v9 and float16 and not new_latents"
