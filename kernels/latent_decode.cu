@@ -191,12 +191,12 @@ __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams 
     dev::grid_dependency_wait(); /* launched as the decode kernel's programmatic dependent (launch_merge) */
     const unsigned lane = dev::lane_id();
     const int h = blockIdx.x, b = blockIdx.y, j = (int)(lane / kMergeLaneCols);
-    const int kvh = h / p.n_rep, g = kvh / p.G, rv = p.groups.rv[g];
+    int rv;
+    const int col = z_head_column(p.groups, p.G, p.n_rep, h, &rv);
     const int c0 = (int)blockIdx.z * kMergeCtaCols + dev::warp_id() * kMergeLaneCols; /* the warp's first column */
     const int c = c0 + (int)(lane % kMergeLaneCols);
     if (c0 >= rv) return; /* warp-uniform: none of its columns exist */
     const bool has_col = c < rv;
-    const int col = p.n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * p.n_rep) * rv;
     const float *base = p.ws + (size_t)(b * p.H + h) * p.partials * p.ws_stride;
     float mx = -INFINITY, l = 0.0f, z = 0.0f, bad = 0.0f;
     for (int s0 = j; s0 < p.partials; s0 += kMergeGroups * kMergeBatch) {

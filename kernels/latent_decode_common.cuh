@@ -534,6 +534,15 @@ __device__ __forceinline__ float *partial(const DecodeParams &p, int b, int h, i
  * CTA is 33. NaN for a bad pad_start; a CTA whose warps all had empty ranges writes m = -inf, l = 0, z = 0.
  * direct (p.direct: the call's one partial per head): the output z / l instead, bit for bit what merge_kernel makes of a
  * single partial (its weights are ex2(0) = 1 and its combinations with empty states exact). */
+/* The first column of query head h in a row of z (group g's heads one after another, rv columns each) and, in *rv,
+ * its width: where merge_kernel and combine_cta_partials's direct output write. */
+__device__ __forceinline__ int z_head_column(const GroupTable &groups, int G, int n_rep, int h, int *rv)
+{
+    const int g = h / n_rep / G;
+    *rv = groups.rv[g];
+    return n_rep * G * groups.vcol[g] + (h - g * G * n_rep) * *rv;
+}
+
 /* Output element `at` of the call (the merge's z / l, or NaN), in the output dtype */
 __device__ __forceinline__ void store_output(void *out, int out_dtype, size_t at, float v)
 {
@@ -563,11 +572,10 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
             l = fmaf(wt, r[w * stride + 1], l);
             z = fmaf(wt, r[w * stride + 2 + d], z);
         }
-        if (direct) { /* the merge's column of head h (merge_kernel) */
-            const int h = h0 + e, g = h / n_rep / p.G, rv = p.groups.rv[g];
-            if (d < rv)
-                store_output(p.out, p.out_dtype, (size_t)b * p.z_width + n_rep * p.G * p.groups.vcol[g] + (h - g * p.G * n_rep) * rv + d,
-                             bad_pad ? nan : z / l);
+        if (direct) { /* the merge's column of head h0 + e */
+            int rv;
+            const int col = z_head_column(p.groups, p.G, n_rep, h0 + e, &rv);
+            if (d < rv) store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad_pad ? nan : z / l);
             continue;
         }
         float *out = partial(p, b, h0 + e, split);

@@ -4,8 +4,7 @@
 #   NEW=build/objs_do4 BASE=build/objs_m10 bash python/gpu_direct_v9.sh
 source python/gpu_lib.sh
 step "link ${NEW:?}"; link_objects "$NEW"
-step "tests"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "v9 or beyond_one_wave" 2>&1 | tail -1
+decode_tests "v9 or beyond_one_wave"
 sanitize "v9 and float16 and (b3-t7 or beyond_one_wave)" "" ""
 time_sets "$NEW ${BASE:?}" --impl auto --shapes llama2-7b --batches 1,8 --tokens 4096,16384,65536
 step "done"

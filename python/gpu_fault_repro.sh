@@ -17,8 +17,7 @@ for i in 1 2; do repro --batch 8 --tokens 131072 --realloc --churn; done
 repro --batch 8 --tokens 131072 --realloc
 repro --shape llama3-8b --batch 8 --tokens 131072 --realloc
 repro --batch 8 --tokens 131072 --group 2 --realloc
-step "v9 tests"
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v9 2>&1 | tail -2
+decode_tests v9
 step "sanitize v9"
 sanitize "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and float16 and (b3-t7 or b2-t257)" \
   "v9 and float16 and (b3-t7 or b2-t257)"

@@ -5,6 +5,7 @@
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
 #   sanitize MEM_K RACE_K [SYNC_K]   compute-sanitizer memcheck / racecheck (/ synccheck) over
 #                       test_latent_decode_cuda.py -k expressions (full reports appended to $OUT/sanitize.txt)
+#   decode_tests K   test_latent_decode_cuda.py -k K (its summary line)
 #   check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K   link the first set; its decode tests and sanitizers
 #   time_sets "SETS" ARGS...   python/profile_fixed_cost.py ARGS on each prebuilt object set, alternately, two rounds
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
@@ -37,11 +38,14 @@ sanitize() {
     { echo "=== $tool -k $k"; cat "$OUT/san.tmp"; } >> "$OUT/sanitize.txt"; rm -f "$OUT/san.tmp"
   done
 }
+decode_tests() {  # decode_tests K: tests/gpu/test_latent_decode_cuda.py -k K, its summary line
+  step "tests -k $1"
+  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$1" 2>&1 | tail -1
+}
 check_first_set() {  # check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K: link the first set, its decode tests, sanitizers
   local first=${1%% *}
   step "link $first"; link_objects "$first"
-  step "tests -k $2"
-  timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$2" 2>&1 | tail -1
+  decode_tests "$2"
   step "sanitize"; sanitize "$3" "$4" "$5"
 }
 repro() {  # repro STRESS_ARGS...: the v9 fault's reproducer (python/stress_decode.py, Llama-2-7B unless --shape says

@@ -10,8 +10,8 @@ check_first_set "$SETS" v9 "v9 and float16 and (b3-t7 or b2-t257 or irregular)" 
 step "reproducer on the first set (B8 128K, three runs)"
 for a in "--realloc --churn" "--realloc" "--realloc --batch 4"; do repro --batch 8 --tokens 131072 $a; done
 step "link NC ${NC:?}"; link_objects "$NC"
-step "reproducer without one-wave chunks (B8 128K, two runs) and its v9 tests"
+step "reproducer without one-wave chunks (B8 128K, two runs)"
 for a in "--realloc --churn" "--realloc"; do repro --batch 8 --tokens 131072 $a; done
-timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k v9 2>&1 | tail -1
+decode_tests v9
 time_sets "$SETS" --impl v9 --shapes llama2-7b --batches 1,8 --tokens 16384,65536,131072
 step "done"
