@@ -2,6 +2,7 @@
 # One H200 call for branch v9-full-ring (notes, "A fix without the extra wait"): the v9 tests, sanitizers and the
 # fault's reproducer on the ring build (first set), the reproducer on the build without one-wave chunks (NC), then
 # v9's kernel times of every set alternately (ring, the merged fix, the build before the fix, ring without chunks).
+# (objs_nc was the ring build with the chunk launcher short-circuited; main has launched one grid since run 128.)
 #   SETS="build/objs_ring build/objs_fx build/objs_m9 build/objs_nc" NC=build/objs_nc bash python/gpu_v9_ring.sh
 source python/gpu_lib.sh
 SETS=${SETS:?object sets to time}
