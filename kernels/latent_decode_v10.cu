@@ -61,7 +61,8 @@ constexpr size_t kV10OffQ = kV10OffQA + (size_t)kV10Warps * kV10MaxRep * kV10QRo
 constexpr size_t kV10OffPos = kV10OffQ + (size_t)kV10MaxRep * kV10D * 4; /* per warp: a ring of 3 blocks' positions */
 constexpr int kV10PosRing = 3;
 constexpr size_t kV10OffFreq = kV10OffPos + (size_t)kV10Warps * kV10PosRing * 32 * 4; /* inv_freq, D / 2 floats */
-constexpr size_t kV10OffBar = kV10OffFreq + (size_t)kV10D / 2 * 4;
+constexpr size_t kV10OffQraw = kV10OffFreq + (size_t)kV10D / 2 * 4; /* the queries as loaded (prologue only) */
+constexpr size_t kV10OffBar = kV10OffQraw + (size_t)kV10MaxRep * kV10D * 2;
 constexpr size_t kV10Smem = kV10OffBar + 2 * kV10NST * 8 + 1024; /* + the base's 1024-byte alignment */
 static_assert(kV10Smem <= 227 * 1024, "one CTA per SM");
 static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records fit in the stages");
@@ -71,7 +72,6 @@ constexpr int kV10Tasks = kV10D * (kV10R / 8) / (32 * kV10Warps); /* U_tau core-
 static_assert(kV10Tasks * 32 * kV10Warps == kV10D * (kV10R / 8), "the image build's tasks split evenly");
 static_assert(kV10MaxRep * kV10D <= kV10Tasks * 32 * kV10Warps, "one query value per task slot at most");
 static_assert((size_t)kV10D * kV10R * 2 <= (size_t)kV10Warps * kV10MaxRep * kV10QRow, "U's staging fits in Q_A's area");
-static_assert((size_t)kV10MaxRep * kV10D * 2 <= (size_t)kV10Warps * kV10PosRing * 32 * 4, "the raw queries fit in the ring");
 static_assert(kV10MaxRep * kV10D * 2 / 16 + kV10D / 2 * 4 / 16 <= 32 * kV10Warps, "one prologue chunk per thread");
 
 #ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
@@ -118,10 +118,26 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         dev::tma_load_3d(kt + kV10Tile, &maps.v, p.groups.vcol[h], t0 + M * st, b, bar);
     };
 
+    /* Positions, once per block and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in its step
+     * cw + 2 (l >> 4) of the block (the thread's own rows g, g + 8 are lanes g, g + 8 and 16 + g, 24 + g). They
+     * travel by cp.async into a per-warp ring two blocks ahead; one vote per block says whether every row sits where
+     * the anchor predicts. (Run 76: per-step reads, checks and votes, ~50 instructions of ~410 per step, were most
+     * of the gap to the probe.) The first two blocks' are requested before anything else: issued after the
+     * prologue, they queued behind the first stages' copies (~128 KB per CTA) and the first block waited for them. */
+    int *pring = reinterpret_cast<int *>(smem + kV10OffPos) + warp * kV10PosRing * 32;
+    const int lane_tau = cw + 2 * (lane >> 4), lane_row = 16 * wl + (lane & 15);
+    auto fetch_pos = [&](int n) { /* block n into ring slot n % kV10PosRing (one cp.async group per block) */
+        const int slot = t0 + M * (S * n + lane_tau) + lane_row;
+        dev::cp_async4(pring + (n % kV10PosRing) * 32 + lane, pos + min(max(slot, 0), T_len - 1), true); /* bad_pad */
+        dev::cp_async_commit();
+    };
+    fetch_pos(0);
+    fetch_pos(1);
+
     /* ---- prologue: U_tau images, the queries in fp32, inv_freq in shared memory, each thread's key rotation R(k).
      * The prologue waits for one DRAM round trip (weights and queries are cold in a decode step): U, the queries and
-     * inv_freq all arrive by cp.async in one group (U into the Q_A area and the raw queries into the positions' ring,
-     * both free until the loop; plain loads issued before the wait were scheduled after it by ptxas), and R(k)
+     * inv_freq all arrive by cp.async in one group (U into the Q_A area, free until the loop, the raw queries into
+     * their own 2 KB; plain loads issued before the wait were scheduled after it by ptxas), and R(k)
      * reads inv_freq from shared memory. Run 95's clock stamps: with the reads inside the task loops (four dependent
      * rounds for the images, two for the queries, sixteen global inv_freq reads for R(k)), behind the first stages'
      * copies, the prologue took ~11,500 of a batch-1 16K step's ~28,500 cycles. */
@@ -139,9 +155,9 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         }
         /* the queries (n_rep D values, 16-byte aligned: v10_unsupported) and inv_freq (D / 2 floats, likewise) */
         const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + (size_t)h * n_rep) * D;
-        const T *qraw = reinterpret_cast<const T *>(smem + kV10OffPos);
+        const T *qraw = reinterpret_cast<const T *>(smem + kV10OffQraw);
         constexpr int QC = D * (int)sizeof(T) / 16, FC = HALF * 4 / 16; /* 16-byte chunks per query row, of inv_freq */
-        if (tid < n_rep * QC) dev::cp_async16(smem + kV10OffPos + 16 * tid, reinterpret_cast<const char *>(qg) + 16 * tid, true);
+        if (tid < n_rep * QC) dev::cp_async16(smem + kV10OffQraw + 16 * tid, reinterpret_cast<const char *>(qg) + 16 * tid, true);
         else if (tid >= 32 * kV10Warps - FC) {
             const int k = tid - (32 * kV10Warps - FC);
             dev::cp_async16(smem + kV10OffFreq + 16 * k, reinterpret_cast<const char *>(p.inv_freq) + 16 * k, true);
@@ -229,20 +245,6 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
     const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, ... */
     int s = cw, ph = 0;           /* stage and phase of the current step */
-    /* Positions, once per block and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in its step
-     * cw + 2 (l >> 4) of the block (the thread's own rows g, g + 8 are lanes g, g + 8 and 16 + g, 24 + g). They
-     * travel by cp.async into a per-warp ring two blocks ahead; one vote per block says whether every row sits where
-     * the anchor predicts. (Run 76: per-step reads, checks and votes, ~50 instructions of ~410 per step, were most
-     * of the gap to the probe.) */
-    int *pring = reinterpret_cast<int *>(smem + kV10OffPos) + warp * kV10PosRing * 32;
-    const int lane_tau = cw + 2 * (lane >> 4), lane_row = 16 * wl + (lane & 15);
-    auto fetch_pos = [&](int n) { /* block n into ring slot n % kV10PosRing (one cp.async group per block) */
-        const int slot = t0 + M * (S * n + lane_tau) + lane_row;
-        dev::cp_async4(pring + (n % kV10PosRing) * 32 + lane, pos + min(max(slot, 0), T_len - 1), true); /* bad_pad */
-        dev::cp_async_commit();
-    };
-    fetch_pos(0);
-    fetch_pos(1);
     int lane_pos = 0;     /* this block's position of the lane's row (above) */
     bool regular = true;  /* this block's rows of this warp all at A + 64 tau + k */
     int A = 0; /* this block's anchor for this warp: the position its slot 0 would have */

@@ -113,6 +113,24 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         }
     };
 
+    /* Positions, once per pair of steps and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in
+     * step 2 n + (l >> 4), and lanes 0 and 16 also that of their step's row 0 (the warpgroup's common anchor: the
+     * Q_A rows are shared); by cp.async into a per-warp ring two pairs ahead. The first two pairs' are requested before
+     * the prologue: issued after it, they queued behind the first stages' copies and the first step waited for them
+     * (as in v10) */
+    int *pring = reinterpret_cast<int *>(smem + kV11OffPos) + warp * kV11PosRing * kV11PosStride;
+    const int lane_row = 16 * wl + (lane & 15);
+    auto fetch_pos = [&](int n) {
+        int *r = pring + (n % kV11PosRing) * kV11PosStride;
+        const int first = t0 + M * (2 * n + (lane >> 4)), slot = first + lane_row;
+        dev::cp_async4(r + lane, pos + min(max(slot, 0), T_len - 1), true);
+        if (NREP != 1 && (lane & 15) == 0) /* kShared */
+            dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
+        dev::cp_async_commit();
+    };
+    fetch_pos(0);
+    fetch_pos(1);
+
     /* ---- prologue: the two U images, the queries, inv_freq, all by cp.async in one group ahead of the first
      * stages' copies (v10's order, run 97), then the queries in fp32 and R(k) ---- */
     const float *ftab = reinterpret_cast<const float *>(smem + kV11OffFreq);
@@ -199,21 +217,6 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
     uint32_t qa[8][2] = {};
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
-    /* Positions, once per pair of steps and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in
-     * step 2 n + (l >> 4), and lanes 0 and 16 also that of their step's row 0 (the warpgroup's common anchor: the
-     * Q_A rows are shared); by cp.async into a per-warp ring two pairs ahead */
-    int *pring = reinterpret_cast<int *>(smem + kV11OffPos) + warp * kV11PosRing * kV11PosStride;
-    const int lane_row = 16 * wl + (lane & 15);
-    auto fetch_pos = [&](int n) {
-        int *r = pring + (n % kV11PosRing) * kV11PosStride;
-        const int first = t0 + M * (2 * n + (lane >> 4)), slot = first + lane_row;
-        dev::cp_async4(r + lane, pos + min(max(slot, 0), T_len - 1), true);
-        if (kShared && (lane & 15) == 0)
-            dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
-        dev::cp_async_commit();
-    };
-    fetch_pos(0);
-    fetch_pos(1);
     int lane_pos = 0, lane_a0 = 0; /* (lanes 0 and 16: row 0 of steps 2 n, 2 n + 1) */
     auto pack = [&](const KeyRot &r, uint32_t (&pk)[2][16]) {
 #pragma unroll
