@@ -161,15 +161,6 @@ __global__ void __launch_bounds__(kV1Threads) decode_v1_kernel(const DecodeParam
 
 /* ---- merge ------------------------------------------------------------------------------------------------ */
 
-/* Combine two online-softmax states (max m, sum l and one column z, both scaled to m): m == -inf is an empty state
- * (its factor must not become ex2(-inf - -inf) = NaN). */
-__device__ __forceinline__ void combine_mlz(float &m, float &l, float &z, float m2, float l2, float z2)
-{
-    const float mn = fmaxf(m, m2);
-    const float a = m == mn ? 1.0f : dev::ex2(m - mn), c = m2 == mn ? 1.0f : dev::ex2(m2 - mn);
-    l = fmaf(l, a, l2 * c), z = fmaf(z, a, z2 * c), m = mn;
-}
-
 /* z = sum_s 2^(m_s - M) z_s / sum_s 2^(m_s - M) l_s over the P partials of each (sequence, query head) and column;
  * a NaN partial (bad pad_start) makes the head NaN.
  * History: one CTA per (head, sequence) with one thread per column walking all partials took 19 us of an 85 us step
@@ -1298,6 +1289,9 @@ void fill_params(const palu_latent_decode_args *a, const Plan &pl, DecodeParams 
     /* v4 (impl 5), v9, v10 and v11 combine their CTA's partials with combine_cta_partials, which writes the output
      * itself where there is one partial per head */
     p->direct = p->partials == 1 && (pl.impl == 5 || pl.impl >= 9);
+    /* v10 and v11 at two splits of one partial each: the pair launch (clusters of the two splits, no merge) */
+    p->pair = (pl.impl == 10 || pl.impl == 11) && pl.splits == 2 && pl.partials_per_cta == 1 && pl.cc_major >= 9 &&
+              pair_launch_enabled();
     p->out = a->out, p->out_dtype = (int)a->out_dtype, p->z_width = m->z_width;
     m->groups = p->groups;
 }
@@ -1396,7 +1390,7 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v3(a, p, pl, stream);
     }
     if (st != PALU_OK) return st;
-    if (p.direct) return PALU_OK; /* the decode kernel wrote the output (fill_params) */
+    if (p.direct || p.pair) return PALU_OK; /* the decode kernel wrote the output (fill_params) */
     const bool pdl = pl.cc_major >= 9;
     switch (a->out_dtype) {
     case PALU_DTYPE_F32: return launch_merge<float>(m, p.B, pdl, stream);

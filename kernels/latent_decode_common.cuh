@@ -69,6 +69,10 @@ struct DecodeParams {
      * (v4, v9, v10, v11): that combination writes the call's output itself and no merge is launched (a merge of one
      * partial only divides z by l, ~5 us of a call at batch 8: run 129's call - kernel) */
     int direct, out_dtype, z_width; /* out_dtype: a palu_dtype; z_width: the output row's width (MergeParams) */
+    /* pair: two partials per head, one per CTA (splits = 2), launched as clusters of the two splits (v10, v11): after
+     * a cluster barrier, split 0 combines both partials and writes the output (combine_cluster_pair) and no merge is
+     * launched (the merge's launch, grid wait and L2 round trips: ~5-6 us of a batch-8 GQA call) */
+    int pair;
     void *out;
 };
 
@@ -114,6 +118,26 @@ __device__ __forceinline__ void launch_dependents()
     asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 #endif
 }
+/* Thread-block clusters (sm_90): barrier.cluster over every thread of the cluster, all of which must call it (the
+ * arrive releases and the wait acquires at cluster scope: global writes before it are visible to the cluster's reads
+ * after it), and the CTA's rank in its cluster. */
+__device__ __forceinline__ void cluster_sync()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ unsigned cluster_ctarank()
+{
+    unsigned r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+#endif
+    return r;
+}
+/* a load from L2 (ld.global.cg): another SM's writes, never a line this SM's L1 may hold */
+__device__ __forceinline__ float ld_cg(const float *p) { return __ldcg(p); }
 /* The CTA's dynamic shared memory (16-byte aligned). */
 __device__ __forceinline__ char *dyn_smem()
 {
@@ -554,6 +578,15 @@ __device__ __forceinline__ void store_output(void *out, int out_dtype, size_t at
         static_cast<float *>(out)[at] = v;
 }
 
+/* Combine two online-softmax states (max m, sum l and one column z, both scaled to m): m == -inf is an empty state
+ * (its factor must not become ex2(-inf - -inf) = NaN). */
+__device__ __forceinline__ void combine_mlz(float &m, float &l, float &z, float m2, float l2, float z2)
+{
+    const float mn = fmaxf(m, m2);
+    const float a = m == mn ? 1.0f : dev::ex2(m - mn), c = m2 == mn ? 1.0f : dev::ex2(m2 - mn);
+    l = fmaf(l, a, l2 * c), z = fmaf(z, a, z2 * c), m = mn;
+}
+
 template <int RV>
 __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int split, int warps, const float *recs,
                                      bool bad_pad, bool direct)
@@ -581,6 +614,29 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
         float *out = partial(p, b, h0 + e, split);
         if (d == 0) out[0] = bad_pad ? nan : mx, out[1] = bad_pad ? nan : l;
         out[2 + d] = bad_pad ? nan : z;
+    }
+}
+
+/* The pair launch's output (p.pair): every thread of both CTAs of a cluster calls it after combine_cta_partials has
+ * written their partials; split 0 then combines partials 0 and 1 of its `heads` query heads from h0 and writes z / l.
+ * It is merge_kernel's arithmetic for two partials (each lane's own state first, then combine_mlz of partial 0 with
+ * partial 1; its combinations with empty states are exact), so the output is bit for bit the merge's, NaN where a
+ * partial is NaN (a bad pad_start). */
+template <int RV> __device__ void combine_cluster_pair(const DecodeParams &p, int b, int h0, int heads)
+{
+    dev::cluster_sync(); /* both partials written and visible */
+    if (dev::cluster_ctarank() != 0) return;
+    for (int t = threadIdx.x; t < heads * RV; t += blockDim.x) {
+        const int e = t / RV, d = t - e * RV;
+        int rv;
+        const int col = z_head_column(p.groups, p.G, p.n_rep, h0 + e, &rv);
+        if (d >= rv) continue;
+        const float *r0 = partial(p, b, h0 + e, 0), *r1 = partial(p, b, h0 + e, 1);
+        float m = dev::ld_cg(r0), l = dev::ld_cg(r0 + 1), z = dev::ld_cg(r0 + 2 + d);
+        const float m1 = dev::ld_cg(r1), l1 = dev::ld_cg(r1 + 1), z1 = dev::ld_cg(r1 + 2 + d);
+        const bool bad = isnan(m) || isnan(l) || isnan(m1) || isnan(l1);
+        combine_mlz(m, l, z, m1, l1, z1);
+        store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : z / l);
     }
 }
 
@@ -683,6 +739,17 @@ inline bool encode_map(TmaMap *m, CUtensorMapDataType dt, cuuint32_t rank, const
 #endif
 }
 
+/* The pair launch (DecodeParams.pair) unless PALU_C_PAIR_MERGE is "0" in the environment (read once: the switch for
+ * side-by-side timing against the merge kernel). */
+inline bool pair_launch_enabled()
+{
+    static const bool on = [] {
+        const char *e = getenv("PALU_C_PAIR_MERGE");
+        return !(e != NULL && strcmp(e, "0") == 0);
+    }();
+    return on;
+}
+
 inline bool v4_tma_enabled()
 {
     static const bool on = [] {
@@ -732,7 +799,21 @@ palu_status launch_decode_grid(void (*kern)(DecodeParams, A...), size_t smem, in
     if (smem > kDefaultSmem)
         PALU_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     const dim3 grid((unsigned)(p.Hkv / kv_per_cta), (unsigned)p.splits, (unsigned)p.B);
-    PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
+    if (p.pair) { /* clusters of the two splits (fill_params sets pair only with splits = 2) */
+#ifdef PALU_EMULATE
+        PALU_EMU_LAUNCH_CLUSTER(kern, grid, dim3(32 * pl.warps), smem, stream, 2, p, extra...);
+#else
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1, attr[0].val.clusterDim.y = 2, attr[0].val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid, cfg.blockDim = dim3(32 * pl.warps), cfg.dynamicSmemBytes = smem, cfg.stream = stream;
+        cfg.attrs = attr, cfg.numAttrs = 1;
+        PALU_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, p, extra...));
+#endif
+    } else {
+        PALU_EMU_LAUNCH(kern, grid, dim3(32 * pl.warps), smem, stream, p, extra...);
+    }
     PALU_CUDA_CHECK_LAUNCH();
     return PALU_OK;
 }

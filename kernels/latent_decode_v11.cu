@@ -1,7 +1,7 @@
 /* latent_decode_v11.cu -- decode kernel v11 (group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head,
  * sm_90a) and its launcher. Auto takes it for group size 2 on calls long enough to pay for its prologue
- * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows from 16K at 0.93-1.39x of
- * full-cache SDPA (1.17-1.39x at batch 8, run 132) where v4 ran them at 0.77-0.82x (run 99). The design is in the
+ * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows from 16K at 0.94-1.40x of
+ * full-cache SDPA (1.20-1.40x at batch 8, run 136) where v4 ran them at 0.77-0.82x (run 99). The design is in the
  * comment above the kernel and in docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from
  * 1.8x", "v11: a group-size-2 kernel"); what it shares with the other decode kernels is in
  * latent_decode_common.cuh.
@@ -364,6 +364,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     __syncthreads();
     for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
         combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad, p.direct);
+    if (p.pair) combine_cluster_pair<R>(p, b, kV11G * grp * n_rep, kV11G * n_rep);
 #else
     if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
 #endif

@@ -63,8 +63,9 @@ inline bool emu_encode_map(TmaMap *m, CUtensorMapDataType dt, cuuint32_t rank, c
 
 extern thread_local uint3 threadIdx, blockIdx;
 extern thread_local dim3 blockDim, gridDim;
-extern float4 smem_f4[];
-namespace dev { inline char *dyn_smem() { return reinterpret_cast<char *>(smem_f4); } }
+// each emulated CTA's dynamic shared memory (the CTAs of a cluster run at once, each thread sees its own CTA's)
+extern thread_local char *emu_smem;
+namespace dev { inline char *dyn_smem() { return emu_smem; } }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 
 struct EmuWarp {
@@ -79,7 +80,14 @@ struct EmuCta {
     std::mutex mu;                                                   // guards `named`
     std::map<int, std::unique_ptr<std::barrier<>>> named;            // bar.sync id, n (ids >= 1), made at first use
 };
-extern EmuCta *emu_cta;
+extern thread_local EmuCta *emu_cta;
+// a thread-block cluster (clusters along y, as the pair launch makes them): its CTAs run at once, and
+// barrier.cluster is a barrier of all their threads
+struct EmuCluster {
+    std::unique_ptr<std::barrier<>> bar;
+};
+extern thread_local EmuCluster *emu_cluster;
+extern thread_local unsigned emu_cluster_rank;
 extern bool emu_async_early; // apply cp.async at issue (WAR probing) instead of at wait
 
 namespace dev {
@@ -123,6 +131,9 @@ inline bool all_lanes(bool pred) {
     exchange(&m, 1, [&](EmuWarp &w) { for (int l = 0; l < 32; l++) r = r && w.slot[l][0]; });
     return r;
 }
+inline void cluster_sync() { emu_cluster->bar->arrive_and_wait(); }
+inline unsigned cluster_ctarank() { return emu_cluster_rank; }
+inline float ld_cg(const float *p) { return *p; }
 inline void grid_dependency_wait() {}
 inline void launch_dependents() {}
 inline float ex2(float x) { return exp2f(x); }
@@ -203,7 +214,7 @@ template <typename T> inline void mma16816(float (&d)[4], const uint32_t (&a)[4]
 }
 // a shared-window address, as on the hardware: the byte offset from the dynamic shared memory's base (wgmma
 // descriptors hold 14 bits of it >> 4; alignment arithmetic on it works as on a GPU, the base being 1024-aligned)
-inline unsigned smem_u32(const void *p) { return (unsigned)((const char *)p - (const char *)smem_f4); }
+inline unsigned smem_u32(const void *p) { return (unsigned)((const char *)p - emu_smem); }
 // mbarriers and TMA, the hardware's phase rule: a phase completes once it has had `count` arrivals (plain arrives,
 // arrive.expect_tx, cp.async arrive-on) and every byte of transaction it expects has been issued; TMA boxes land on
 // it late, when some lane waits on the barrier (so a missing wait shows), or at an arrive that completes it.
@@ -375,7 +386,7 @@ inline const char *wgmma_elem(uint64_t desc, int row, int k) {
         fprintf(stderr, "wgmma descriptor layout %u not modelled\n", layout); abort();
     }
     if (a >= 256 * 1024) { fprintf(stderr, "wgmma operand outside shared memory\n"); abort(); }
-    return (const char *)smem_f4 + a;
+    return emu_smem + a;
 }
 struct EmuWgmma { float *d; int n; uint64_t da, db; int scale_d; bool bf16; };
 extern thread_local std::deque<std::vector<EmuWgmma>> emu_wg_groups;
@@ -440,10 +451,13 @@ inline __half2 __hfma2(__half2 a, __half2 b, __half2 c) {
 #define PALU_CUDA_CHECK(call) do { cudaError_t e_ = (call); if (e_ != cudaSuccess) return palu_fail(PALU_ERR_CUDA, "%s", #call); } while (0)
 #define PALU_CUDA_CHECK_LAUNCH() PALU_CUDA_CHECK(cudaGetLastError())
 
-void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem);
+void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem, unsigned cluster_y = 1);
 // the kernel's arguments are captured by copy: every emulated thread calls it with its own copies, as a launch would
 #define PALU_EMU_LAUNCH(kernel, grid, block, smem, stream, ...) \
     do { (void)(stream); emu_run([=]() { kernel(__VA_ARGS__); }, (grid), (block), (smem)); } while (0)
+// a launch in clusters of cluster_y CTAs along y (their CTAs run at once)
+#define PALU_EMU_LAUNCH_CLUSTER(kernel, grid, block, smem, stream, cluster_y, ...) \
+    do { (void)(stream); emu_run([=]() { kernel(__VA_ARGS__); }, (grid), (block), (smem), (cluster_y)); } while (0)
 template <typename F> inline cudaError_t cudaFuncSetAttribute(F *, cudaFuncAttribute, int) { return cudaSuccess; }
 // last, after every standard header (libstdc++ spells the attribute __noinline__ itself)
 #define __noinline__ __attribute__((noinline))

@@ -8,10 +8,13 @@
 
 thread_local uint3 threadIdx, blockIdx;
 thread_local dim3 blockDim, gridDim;
-alignas(1024) float4 smem_f4[(256 * 1024) / 16];
+constexpr size_t kEmuSmem = 256 * 1024;
+thread_local char *emu_smem;
 std::mutex dev::emu_bar_mu;
 std::map<const void *, dev::EmuBar> dev::emu_bars;
-EmuCta *emu_cta;
+thread_local EmuCta *emu_cta;
+thread_local EmuCluster *emu_cluster;
+thread_local unsigned emu_cluster_rank;
 bool emu_async_early = false;
 namespace dev {
 thread_local std::deque<std::vector<Pending>> emu_groups;
@@ -34,32 +37,45 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t, cudaStreamCaptureStatus *s) { *s
 const char *cudaGetErrorString(cudaError_t) { return "emulated"; }
 }
 
-void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem) {
-    if (smem > sizeof(smem_f4)) { fprintf(stderr, "smem %zu too large\n", smem); abort(); }
+void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem, unsigned cluster_y) {
+    if (smem > kEmuSmem) { fprintf(stderr, "smem %zu too large\n", smem); abort(); }
+    if (cluster_y < 1 || grid.y % cluster_y) { fprintf(stderr, "grid.y %u is not a multiple of the cluster %u\n", grid.y, cluster_y); abort(); }
+    // one cluster at a time (a plain launch: clusters of one CTA); its CTAs run at once, each on its own shared memory
+    std::vector<char *> smems(cluster_y);
+    for (auto &m : smems) m = static_cast<char *>(aligned_alloc(1024, kEmuSmem));
     for (unsigned z = 0; z < grid.z; z++)
-        for (unsigned y = 0; y < grid.y; y++)
+        for (unsigned y0 = 0; y0 < grid.y; y0 += cluster_y)
             for (unsigned x = 0; x < grid.x; x++) {
-                memset(smem_f4, 0xA5, smem); // garbage, like real shared memory
-                EmuCta cta;
-                cta.bar = std::make_unique<std::barrier<>>(block.x);
-                for (unsigned w = 0; w < (block.x + 31) / 32; w++) {
-                    cta.warps.push_back(std::make_unique<EmuWarp>());
-                    cta.warps.back()->bar = std::make_unique<std::barrier<>>(32);
+                EmuCluster cluster;
+                cluster.bar = std::make_unique<std::barrier<>>(block.x * cluster_y);
+                std::vector<std::unique_ptr<EmuCta>> ctas;
+                for (unsigned r = 0; r < cluster_y; r++) {
+                    memset(smems[r], 0xA5, smem); // garbage, like real shared memory
+                    ctas.push_back(std::make_unique<EmuCta>());
+                    EmuCta &cta = *ctas.back();
+                    cta.bar = std::make_unique<std::barrier<>>(block.x);
+                    for (unsigned w = 0; w < (block.x + 31) / 32; w++) {
+                        cta.warps.push_back(std::make_unique<EmuWarp>());
+                        cta.warps.back()->bar = std::make_unique<std::barrier<>>(32);
+                    }
                 }
-                emu_cta = &cta;
                 std::vector<std::thread> th;
-                for (unsigned t = 0; t < block.x; t++)
-                    th.emplace_back([&, t, x, y, z]() {
-                        threadIdx = make_uint3(t, 0, 0); blockIdx = make_uint3(x, y, z);
-                        blockDim = block; gridDim = grid;
-                        dev::emu_groups.clear(); dev::emu_open.clear();
-                        dev::emu_wg_groups.clear(); dev::emu_wg_open.clear();
-                        body();
-                        if (!dev::emu_open.empty() || !dev::emu_groups.empty()) { fprintf(stderr, "cp.async left pending\n"); abort(); }
-                        if (!dev::emu_wg_open.empty() || !dev::emu_wg_groups.empty()) { fprintf(stderr, "wgmma left pending\n"); abort(); }
-                    });
+                for (unsigned r = 0; r < cluster_y; r++)
+                    for (unsigned t = 0; t < block.x; t++)
+                        th.emplace_back([&, r, t, x, y = y0 + r, z]() {
+                            threadIdx = make_uint3(t, 0, 0); blockIdx = make_uint3(x, y, z);
+                            blockDim = block; gridDim = grid;
+                            emu_cta = ctas[r].get(), emu_smem = smems[r];
+                            emu_cluster = &cluster, emu_cluster_rank = r;
+                            dev::emu_groups.clear(); dev::emu_open.clear();
+                            dev::emu_wg_groups.clear(); dev::emu_wg_open.clear();
+                            body();
+                            if (!dev::emu_open.empty() || !dev::emu_groups.empty()) { fprintf(stderr, "cp.async left pending\n"); abort(); }
+                            if (!dev::emu_wg_open.empty() || !dev::emu_wg_groups.empty()) { fprintf(stderr, "wgmma left pending\n"); abort(); }
+                        });
                 for (auto &t : th) t.join();
             }
+    for (auto m : smems) free(m);
 }
 
 template <typename T> static uint16_t bits(float f) { T t = T(f); uint16_t u; memcpy(&u, &t, 2); return u; }

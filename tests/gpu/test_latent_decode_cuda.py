@@ -701,6 +701,38 @@ def test_one_split_output_in_every_out_dtype(torch_gen, kernel, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("kernel,H,Hkv", [("v10", 32, 8), ("v11", 32, 16), ("v11", 16, 16)], ids=["v10", "v11", "v11-mha"])
+def test_pair_launch_two_splits(torch_gen, kernel, H, Hkv, dtype):
+    """Calls planned at two splits per (sequence, KV head or group) run as clusters of their two CTAs: after a
+    cluster barrier split 0 combines both partials and writes the output, and no merge kernel runs
+    (kernels/latent_decode_common.cuh, combine_cluster_pair). The batch is sized so that one wave holds two CTAs per
+    (sequence, unit) (on an H200: 8 sequences x 8 units = 64 CTAs per split of 132 SMs). Unequal padding; one sequence
+    whose whole slice falls in split 0 (split 1 empty, m = -inf), one with a bad pad_start (its row NaN, the others
+    finite); in every out dtype the output in the input dtype is the float32 output rounded."""
+    if not V5_OK:
+        pytest.skip("v10 and v11 need compute capability 9.0")
+    units = Hkv if kernel == "v10" else Hkv // 2  # CTAs per sequence and split
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    B, T = sms // (2 * units), 1500
+    assert sms // (B * units) == 2, "the plan's split count: one wave at two CTAs per (sequence, unit)"
+    make = v10_case if kernel == "v10" else v11_case
+    c = make(torch_gen, B, H, Hkv, T, T + 64, dtype)
+    c["pad"][1] = T - 100  # 100 slots: inside split 0's first block, split 1 walks nothing
+    c["pad"][2] = T  # nothing to attend: NaN for this sequence only
+    good = [b for b in range(B) if b != 2]
+    ref = reference_z(c, 128 ** -0.5, 1.0)[good]
+    z32 = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0)
+    assert torch.isnan(z32[2]).all(), "a bad pad_start must give NaN"
+    sub = dict(c, q=c["q"][good])
+    glob, worst = rel_errors(z32[good], ref, sub)
+    tol = TOL[("v2", dtype)]
+    assert glob <= tol and worst <= 3 * tol, f"{kernel}: {glob:.3e} / {worst:.3e} vs {tol}"
+    z = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0, out_dtype=dtype)
+    assert torch.isnan(z[2]).all() and not z[good].isnan().any(), "an output element left unwritten"
+    assert torch.equal(z[good], z32[good].to(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v11_uneven_slices(torch_gen, dtype):
     """Lengths that leave the last split short: v11's slices are whole 64-slot steps, at least four per
     CTA, so the plan's split count and the kernel's slice length disagree on how much the last split gets."""
