@@ -473,6 +473,14 @@ __device__ __forceinline__ void small_cos_sin(int n, float inv_freq, float *c, f
 }
 
 #ifdef PALU_V5_WGMMA /* helpers of the wgmma key-rebuild kernels v10 and v11 (sm_90a builds and the emulator) */
+/* the low word of a wgmma descriptor: the start address >> 4 (bits 0-13) and LBO >> 4 (bits 16-29). The address is
+ * masked to its offset in the CTA's shared memory first: in a cluster launch (the pair launch) a shared address also
+ * carries the CTA's rank in the cluster from bit 24, which unmasked spilled into the LBO field of every rank-1 CTA's
+ * descriptors and gave it wrong products (run 137) */
+__device__ __forceinline__ uint32_t wgmma_desc_lo(const void *p, uint32_t lbo)
+{
+    return ((dev::smem_u32(p) & 0x3FFFFu) >> 4) | ((lbo >> 4) << 16);
+}
 /* the constant high word of a wgmma descriptor: SBO and the layout type (0 none, 1 the 128-byte swizzle) */
 __device__ __forceinline__ uint64_t wgmma_desc_hi(uint32_t sbo, uint32_t layout)
 {

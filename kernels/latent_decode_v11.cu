@@ -195,8 +195,8 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     }
     const float2 qtr0 = turn_split(ftab[2 * lane]), qtr1 = turn_split(ftab[2 * lane + 1]);
 
-    const uint32_t u_lo = (dev::smem_u32(smem + kV11OffU + cw * kV11UImg) >> 4) | ((128u >> 4) << 16);
-    const uint32_t k_lo = (dev::smem_u32(smem) >> 4) | (1u << 16);
+    const uint32_t u_lo = wgmma_desc_lo(smem + kV11OffU + cw * kV11UImg, 128);
+    const uint32_t k_lo = wgmma_desc_lo(smem, 16);
     const uint64_t u_hi = wgmma_desc_hi(kV11USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
     float acc[64];
     auto issue = [&](int s) {

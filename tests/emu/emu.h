@@ -214,7 +214,10 @@ template <typename T> inline void mma16816(float (&d)[4], const uint32_t (&a)[4]
 }
 // a shared-window address, as on the hardware: the byte offset from the dynamic shared memory's base (wgmma
 // descriptors hold 14 bits of it >> 4; alignment arithmetic on it works as on a GPU, the base being 1024-aligned)
-inline unsigned smem_u32(const void *p) { return (unsigned)((const char *)p - emu_smem); }
+// In a cluster launch the hardware's shared address also carries the CTA's rank in the cluster from bit 24 (the
+// compiler forms the dynamic shared memory's address as rank << 24 | offset; SASS of the pair launch's v10): code
+// that packs an address into a narrower field must mask it (a wgmma descriptor's 14 bits)
+inline unsigned smem_u32(const void *p) { return (emu_cluster_rank << 24) | (unsigned)((const char *)p - emu_smem); }
 // mbarriers and TMA, the hardware's phase rule: a phase completes once it has had `count` arrivals (plain arrives,
 // arrive.expect_tx, cp.async arrive-on) and every byte of transaction it expects has been issued; TMA boxes land on
 // it late, when some lane waits on the barrier (so a missing wait shows), or at an arrive that completes it.

@@ -28,7 +28,7 @@ extern "C" {
 cudaError_t cudaGetDevice(int *d) { *d = 0; return cudaSuccess; }
 cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr a, int) {
-    *v = a == cudaDevAttrMultiProcessorCount ? 4 : a == cudaDevAttrComputeCapabilityMajor ? (getenv("EMU_CC") ? atoi(getenv("EMU_CC")) : 9)
+    *v = a == cudaDevAttrMultiProcessorCount ? (getenv("EMU_SMS") ? atoi(getenv("EMU_SMS")) : 4) : a == cudaDevAttrComputeCapabilityMajor ? (getenv("EMU_CC") ? atoi(getenv("EMU_CC")) : 9)
        : a == cudaDevAttrComputeCapabilityMinor ? 0 : g_smem_optin; return cudaSuccess; }
 cudaError_t cudaLaunchKernelExC(const cudaLaunchConfig_t *, const void *, void **) { abort(); }
 cudaError_t cudaFuncSetAttribute(const void *, cudaFuncAttribute, int) { return cudaSuccess; }

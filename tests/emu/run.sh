@@ -58,6 +58,9 @@ case "$I" in
   EMU_QSCALE=3 run bf16 10 2 8 2 128 1 1037 1280 0 0 9 64 64 -- 64 64
   EMU_SLOW_WARPS=4-7 run f16 10 1 16 2 128 1 3000 3072 2 0 4 64 64 -- 64 64
   EMU_SLOW_WARPS=0-3 run f16 10 2 8 2 128 1 1037 1280 3 0 1 64 64 -- 64 64
+  # the pair launch (two splits as a cluster of two CTAs) at an H200's 132 SMs: unequal padding; then a consumer warpgroup slowed
+  EMU_SMS=132 run f16 10 3 8 2 128 1 1000 1024 1 0 11 64 64 -- 64 64
+  EMU_SMS=132 EMU_SLOW_WARPS=0-3 run bf16 10 3 8 2 128 1 1000 1024 3 0 12 64 64 -- 64 64
   ;;
 11) # v11: group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head, no key bias
   run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
@@ -71,6 +74,7 @@ case "$I" in
   run f16 11 1 8 2 128 2 8449 8512 1 0 9 128 -- 128   # 34 slices of 4 steps, the last one slot long
   EMU_SLOW_WARPS=4-7 run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
   EMU_SLOW_WARPS=0-3 run f16 11 1 16 4 128 2 3000 3072 2 0 4 128 128 -- 128 128
+  EMU_SMS=132 run f16 11 19 4 4 128 2 300 320 3 0 10 128 128 -- 128 128   # the pair launch, MHA
   ;;
 *)
   run f16 "$I" 2 8 2 128 1 1037 1280 3 1 1 64 64 -- 64 64
