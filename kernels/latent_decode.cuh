@@ -38,7 +38,10 @@
  *   and v5; v4 combines its warps' states in shared memory first);
  *   a second small kernel merges the partials (log-sum-exp) and writes z. Where a call has one partial per head
  *   (v4, v9, v10, v11 with one split), the decode kernel writes z itself and no merge runs (the merge of one
- *   partial is z / l, computed the same way). Scores live in the log2 domain
+ *   partial is z / l, computed the same way). Where v10 or v11 plan exactly two splits of one partial each (batch
+ *   8 of Llama-3-8B shapes on an H200), the grid runs in thread-block clusters of the two splits: after a cluster
+ *   barrier split 0 combines both partials with the merge's arithmetic and writes z, and no merge runs either (the
+ *   pair launch; PALU_C_PAIR_MERGE=0 in the environment launches the merge kernel instead). Scores live in the log2 domain
  *   (scaling * attention_scaling * log2 e folded into one factor; attention_scaling multiplies cos and sin,
  *   hence the rotated key, hence the score).
  *   v1 (CUDA cores, any shape that fits shared memory): Uk of the head in shared memory, tiles of 16 tokens:
