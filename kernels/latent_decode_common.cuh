@@ -625,6 +625,23 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
     }
 }
 
+/* The body of v9, v10 and v11 in a build without their sm_90a code (compute_90 PTX JIT-compiled for another GPU; the
+ * host plans them only on compute capability 9.0, where the sm_90a code runs): the call's result made loudly NaN for
+ * the CTA's first head, in the output itself where no merge runs (p.direct, p.pair), else in the partial the merge
+ * reads. */
+__device__ __forceinline__ void poison_unsupported_build(const DecodeParams &p, int b, int h0, int split)
+{
+    if (threadIdx.x != 0) return;
+    const float nan = __int_as_float(0x7fc00000);
+    if (p.direct || p.pair) {
+        int rv;
+        const int col = z_head_column(p.groups, p.G, p.n_rep, h0, &rv);
+        store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col, nan);
+    } else {
+        partial(p, b, h0, split)[0] = nan;
+    }
+}
+
 /* The pair launch's output (p.pair): every thread of both CTAs of a cluster calls it after combine_cta_partials has
  * written their partials; split 0 then combines partials 0 and 1 of its `heads` query heads from h0 and writes z / l.
  * It is merge_kernel's arithmetic for two partials (each lane's own state first, then combine_mlz of partial 0 with

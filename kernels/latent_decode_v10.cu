@@ -396,9 +396,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     combine_cta_partials<R>(p, b, h * n_rep, split, kV10Warps, recs, bad_pad, p.direct);
     if (p.pair) combine_cluster_pair<R>(p, b, h * n_rep, n_rep);
 #else
-    /* Not an sm_90a build (the host plans v10 only on compute capability 9.0, where the sm_90a code runs): make the
-     * output loudly NaN rather than silently wrong. */
-    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+    poison_unsupported_build(p, blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y);
 #endif
 }
 

@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad, p.direct);
     if (p.pair) combine_cluster_pair<R>(p, b, kV11G * grp * n_rep, kV11G * n_rep);
 #else
-    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+    poison_unsupported_build(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y);
 #endif
 }
 

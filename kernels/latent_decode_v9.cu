@@ -500,9 +500,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     dev::bar_named_n(1, 128 * kV9Groups);
     combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad, DIRECT); /* n_rep = 1: records REC apart */
 #else
-    /* Not an sm_90a build (the host plans v9 only on compute capability 9.0, where the sm_90a code runs): make the
-     * output loudly NaN rather than silently wrong. */
-    if (threadIdx.x == 0) partial(p, blockIdx.z, blockIdx.x, blockIdx.y)[0] = __int_as_float(0x7fc00000);
+    poison_unsupported_build(p, blockIdx.z, blockIdx.x, blockIdx.y);
 #endif
 }
 
