@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import math
 import os
 import tracemalloc
 from fractions import Fraction
@@ -182,6 +183,11 @@ def make_problem(rng, n, m, binding, cost_kind, minimum=0, zeros=False):
     budget = lo_cost + ratio * (cap_cost - lo_cost)
     if cost_kind == "mn":
         budget = float(np.floor(budget))  # integer parameter budgets, as in practice
+    # where every cap is its floor the budget is lo_cost, a float sum that can round below the floors' exact cost
+    # (by 1.4e-14 for one CI seed): such a problem has no solution, so step up to the first budget that covers it
+    floor_cost = exact_cost(c, lo * m)
+    while Fraction(budget) < floor_cost:
+        budget = math.nextafter(budget, math.inf)
     return scores, sizes, costs, budget
 
 
