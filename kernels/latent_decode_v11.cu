@@ -118,13 +118,14 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
      * Q_A rows are shared); by cp.async into a per-warp ring two pairs ahead. The first two pairs' are requested before
      * the prologue: issued after it, they queued behind the first stages' copies and the first step waited for them
      * (as in v10) */
+    constexpr bool kShared = NREP != 1; /* the warpgroup shares its Q_A rows (the comment above qlo says when) */
     int *pring = reinterpret_cast<int *>(smem + kV11OffPos) + warp * kV11PosRing * kV11PosStride;
     const int lane_row = 16 * wl + (lane & 15);
     auto fetch_pos = [&](int n) {
         int *r = pring + (n % kV11PosRing) * kV11PosStride;
         const int first = t0 + M * (2 * n + (lane >> 4)), slot = first + lane_row;
         dev::cp_async4(r + lane, pos + min(max(slot, 0), T_len - 1), true);
-        if (NREP != 1 && (lane & 15) == 0) /* kShared */
+        if (kShared && (lane & 15) == 0)
             dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
         dev::cp_async_commit();
     };
@@ -184,7 +185,6 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
      * rotation is saved and the shared rows' common anchor (two more position copies per pair of steps, 9 more
      * registers) is pure cost; so at n_rep 1 each warp rotates the one head into rows of its own. This
      * lane's query values of its heads (frequencies 2 lane, 2 lane + 1, their partners) stay in registers. */
-    constexpr bool kShared = NREP != 1;
     constexpr int kRows = kV11MaxRep / 4;
     float2 qlo[kRows], qhi[kRows];
 #pragma unroll
