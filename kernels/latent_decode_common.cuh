@@ -44,6 +44,9 @@ constexpr int kV1Threads = 128;
 constexpr int kV1Tile = 16;        /* tokens per v1 tile */
 constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles) */
 constexpr int kMergeThreads = 128; /* merge_kernel: 4 warps of 4 columns each */
+constexpr int kMergeBatch = 8;     /* merge_kernel: partials per lane and load round */
+constexpr int kMergeLaneCols = 4;  /* merge_kernel: columns per warp */
+constexpr int kMergeGroups = 32 / kMergeLaneCols; /* merge_kernel: partial groups per column (lanes) */
 constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -73,6 +76,11 @@ struct DecodeParams {
      * a cluster barrier, split 0 combines both partials and writes the output (combine_cluster_pair) and no merge is
      * launched (the merge's launch, grid wait and L2 round trips: ~5-6 us of a batch-8 GQA call) */
     int pair;
+    /* tickets: the last-split merge (v9, v10, v11 with more than one partial per head and no pair launch). One int32
+     * counter per (sequence, grid x): every CTA adds 1 after writing its partial, and the one that draws splits - 1
+     * combines all of the head's partials and writes the output (combine_last_split), then sets the counter back to
+     * 0; no merge is launched. NULL: the merge kernel runs. */
+    int *tickets;
     void *out;
 };
 
@@ -138,6 +146,24 @@ __device__ __forceinline__ unsigned cluster_ctarank()
 }
 /* a load from L2 (ld.global.cg): another SM's writes, never a line this SM's L1 may hold */
 __device__ __forceinline__ float ld_cg(const float *p) { return __ldcg(p); }
+/* The last-split merge's ticket (combine_last_split): a fence at GPU scope (membar.gl), an atomic add returning the
+ * old value, an atomic exchange. */
+__device__ __forceinline__ void fence_gpu() { __threadfence(); }
+__device__ __forceinline__ int atomic_add(int *p, int v) { return atomicAdd(p, v); }
+__device__ __forceinline__ void atomic_exch(int *p, int v) { atomicExch(p, v); }
+/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
+__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
+/* bar.red.or over `n` threads with id `id`: a barrier that also returns whether any of them passed `pred` */
+__device__ __forceinline__ bool bar_red_or(int id, int n, bool pred)
+{
+    int r;
+    asm volatile("{\n .reg .pred pi, po;\n setp.ne.s32 pi, %1, 0;\n bar.red.or.pred po, %2, %3, pi;\n"
+                 " selp.s32 %0, 1, 0, po;\n}\n"
+                 : "=r"(r)
+                 : "r"((int)pred), "r"(id), "r"(n)
+                 : "memory");
+    return r != 0;
+}
 /* The CTA's dynamic shared memory (16-byte aligned). */
 __device__ __forceinline__ char *dyn_smem()
 {
@@ -285,8 +311,6 @@ __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.s
 __device__ __forceinline__ void fence_reg(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 /* Generic-proxy writes (cp.async, st.shared) of this thread become visible to the async proxy (wgmma). */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
-__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 /* Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads). */
 __device__ __forceinline__ void bar_wg(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 /* One plain arrival on an mbarrier (one of the `count` its phase waits for). */
@@ -627,13 +651,13 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
 
 /* The body of v9, v10 and v11 in a build without their sm_90a code (compute_90 PTX JIT-compiled for another GPU; the
  * host plans them only on compute capability 9.0, where the sm_90a code runs): the call's result made loudly NaN for
- * the CTA's first head, in the output itself where no merge runs (p.direct, p.pair), else in the partial the merge
+ * the CTA's first head, in the output itself where no merge runs (p.direct, p.pair, p.tickets), else in the partial the merge
  * reads. */
 __device__ __forceinline__ void poison_unsupported_build(const DecodeParams &p, int b, int h0, int split)
 {
     if (threadIdx.x != 0) return;
     const float nan = __int_as_float(0x7fc00000);
-    if (p.direct || p.pair) {
+    if (p.direct || p.pair || p.tickets) {
         int rv;
         const int col = z_head_column(p.groups, p.G, p.n_rep, h0, &rv);
         store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col, nan);
@@ -662,6 +686,93 @@ template <int RV> __device__ void combine_cluster_pair(const DecodeParams &p, in
         const bool bad = isnan(m) || isnan(l) || isnan(m1) || isnan(l1);
         combine_mlz(m, l, z, m1, l1, z1);
         store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : z / l);
+    }
+}
+
+/* The last-split merge's output (p.tickets; the design in latent_decode.cuh): the `nthreads` threads that wrote the
+ * CTA's partial (combine_cta_partials; thread 0 among them) call it after that, with `scratch` free shared memory
+ * (>= heads * P * 8 bytes: the records area, read by then).
+ * - The ticket: after a barrier, thread 0 fences at GPU scope and adds 1 to the counter of (sequence b, grid column
+ *   `unit`) (cooperative groups' grid-barrier pattern: the fence is cumulative, so it publishes every thread's
+ *   partial stores that the barrier ordered before it). The CTA that draws splits - 1 is the head's last: it sets the
+ *   counter back to zero and fences again (its loads below must see the other CTAs' partials); the others return.
+ * - The merge, bit for bit merge_kernel's (a CUDA-graph replay, which runs the merge kernel, gives the eager call's
+ *   bits): one thread per output column runs all eight of the merge's lane groups itself. Group j takes partials
+ *   j + 64 r + 8 k in rounds r of up to eight (max, then weights 2^(m - max), sums in k order, combine_mlz into the
+ *   group's state; a round past the last partial is skipped, as there); the groups then combine as the merge's
+ *   xor-shuffle tree leaves them in lane group 0: (0, 1), (2, 3), ..., then (0, 2), (4, 6), then (0, 4). A partial
+ *   past P contributes exactly nothing to a round (weight 0, fmaf(0, 0, x) = x), so only the P real ones are read.
+ *   The (m, l) pairs of all P partials are staged in `scratch` while each thread's first round of z values is in
+ *   flight: one L2 round trip for a CTA whose threads hold one column each (v9, v10; v11 walks four). */
+constexpr int kTailBar = 3;    /* a named barrier no kernel uses elsewhere (v9 and v11 take 1 and 2) */
+constexpr int kTailRound = 64; /* partials per round of the merge (kMergeGroups x kMergeBatch) */
+template <int RV>
+__device__ void combine_last_split(const DecodeParams &p, int b, int unit, int h0, int heads, int nthreads,
+                                   float *scratch)
+{
+    static_assert(kTailRound == kMergeGroups * kMergeBatch, "one round of merge_kernel's lanes");
+    dev::bar_named_n(kTailBar, nthreads); /* every participating thread's partial stores issued */
+    bool last = false;
+    if (threadIdx.x == 0) {
+        int *ticket = p.tickets + (size_t)b * gridDim.x + unit;
+        dev::fence_gpu();
+        last = dev::atomic_add(ticket, 1) == p.splits - 1;
+        if (last) dev::atomic_exch(ticket, 0), dev::fence_gpu();
+    }
+    if (!dev::bar_red_or(kTailBar, nthreads, last)) return;
+    const int P = p.partials, items = heads * RV;
+    float zs[kTailRound];
+    auto load_z = [&](int t, int r0) { /* item t's z values of partials r0 .. r0 + 63 (those < P) */
+        const int e = t / RV, d = t - e * RV;
+        const float *base = partial(p, b, h0 + e, 0) + 2 + d;
+#pragma unroll
+        for (int i = 0; i < kTailRound; i++) zs[i] = r0 + i < P ? dev::ld_cg(base + (size_t)(r0 + i) * p.ws_stride) : 0.0f;
+    };
+    if (threadIdx.x < items) load_z(threadIdx.x, 0);
+    for (int i = threadIdx.x; i < heads * P; i += nthreads) { /* (m, l) of head i / P, partial i % P */
+        const float *r = partial(p, b, h0 + i / P, i % P);
+        scratch[2 * i] = dev::ld_cg(r), scratch[2 * i + 1] = dev::ld_cg(r + 1);
+    }
+    dev::bar_named_n(kTailBar, nthreads);
+    for (int t = threadIdx.x; t < items; t += nthreads) {
+        const int e = t / RV, d = t - e * RV;
+        int rv;
+        const int col = z_head_column(p.groups, p.G, p.n_rep, h0 + e, &rv);
+        const float *ml = scratch + 2 * e * P;
+        float gm[kMergeGroups], gl[kMergeGroups], gz[kMergeGroups];
+        bool bad = false;
+#pragma unroll
+        for (int j = 0; j < kMergeGroups; j++) gm[j] = -INFINITY, gl[j] = 0.0f, gz[j] = 0.0f;
+        for (int r0 = 0; r0 < P; r0 += kTailRound) {
+            if (t != threadIdx.x || r0 > 0) load_z(t, r0);
+#pragma unroll
+            for (int j = 0; j < kMergeGroups; j++) {
+                if (r0 + j >= P) continue; /* the merge's lane group j has no such round */
+                float bm = -INFINITY;
+#pragma unroll
+                for (int k = 0; k < kMergeBatch; k++) {
+                    const int s = r0 + j + kMergeGroups * k;
+                    const float m = s < P ? ml[2 * s] : -INFINITY, l = s < P ? ml[2 * s + 1] : 0.0f;
+                    if (isnan(m) || isnan(l)) bad = true;
+                    bm = fmaxf(bm, m);
+                }
+                float bl = 0.0f, bz = 0.0f;
+#pragma unroll
+                for (int k = 0; k < kMergeBatch; k++) {
+                    const int s = r0 + j + kMergeGroups * k;
+                    const float m = s < P ? ml[2 * s] : -INFINITY, l = s < P ? ml[2 * s + 1] : 0.0f;
+                    const float w = m == -INFINITY ? 0.0f : dev::ex2(m - bm);
+                    bl = fmaf(w, l, bl), bz = fmaf(w, zs[j + kMergeGroups * k], bz);
+                }
+                combine_mlz(gm[j], gl[j], gz[j], bm, bl, bz);
+            }
+        }
+#pragma unroll
+        for (int o = 1; o < kMergeGroups; o <<= 1) /* merge_kernel's shuffle tree, as lane group 0 sees it */
+#pragma unroll
+            for (int j = 0; j < kMergeGroups; j += 2 * o) combine_mlz(gm[j], gl[j], gz[j], gm[j + o], gl[j + o], gz[j + o]);
+        if (d < rv)
+            store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : gz[0] / gl[0]);
     }
 }
 
@@ -770,6 +881,17 @@ inline bool pair_launch_enabled()
 {
     static const bool on = [] {
         const char *e = getenv("PALU_C_PAIR_MERGE");
+        return !(e != NULL && strcmp(e, "0") == 0);
+    }();
+    return on;
+}
+
+/* The last-split merge (DecodeParams.tickets) unless PALU_C_LAST_MERGE is "0" in the environment (read once: the
+ * switch for side-by-side timing against the merge kernel). */
+inline bool last_merge_enabled()
+{
+    static const bool on = [] {
+        const char *e = getenv("PALU_C_LAST_MERGE");
         return !(e != NULL && strcmp(e, "0") == 0);
     }();
     return on;

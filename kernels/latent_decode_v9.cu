@@ -499,6 +499,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     }
     dev::bar_named_n(1, 128 * kV9Groups);
     combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad, DIRECT); /* n_rep = 1: records REC apart */
+    if (!DIRECT && p.tickets) combine_last_split<R>(p, b, h, h, 1, 128 * kV9Groups, recs); /* the consumer warps */
 #else
     poison_unsupported_build(p, blockIdx.z, blockIdx.x, blockIdx.y);
 #endif
