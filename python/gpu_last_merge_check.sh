@@ -6,7 +6,7 @@
 #   OBJ=build/objs_lm BASE=build/objs_main bash python/gpu_last_merge_check.sh   (~8 minutes)
 source python/gpu_lib.sh
 OBJ=${OBJ:?prebuilt kernel objects}
-BASE=${BASE:?main's prebuilt kernel objects}
+BASE=${BASE:?prebuilt kernel objects of main}
 step "link $OBJ"; link_objects "$OBJ"
 decode_tests "last_split or tickets or v9 or v10 or v11 or pair or side_stream"
 step "sanitize"
