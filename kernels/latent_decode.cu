@@ -1289,10 +1289,12 @@ void fill_params(const palu_latent_decode_args *a, const Plan &pl, DecodeParams 
     /* v10 and v11 at two splits of one partial each: the pair launch (clusters of the two splits, no merge) */
     p->pair = (pl.impl == 10 || pl.impl == 11) && pl.splits == 2 && pl.partials_per_cta == 1 && pl.cc_major >= 9 &&
               pair_launch_enabled();
-    /* v9, v10 and v11 with more partials: the last-split merge where the caller gave the counters (its (m, l)
-     * staging, heads x P pairs, in the records area: <= 64 KB, far above any one-wave plan) */
+    /* v9, v10 and v11 with more partials: the last-split merge where the caller gave the counters and the last CTA's
+     * 256 consumer threads load at most kTailLoads z values each (v10 and v9 at batch 1; not v11 at Llama-3-8B shapes
+     * and batch 1: 33 partials x 1024 columns, the merge kernel's work for 264 CTAs) */
     p->tickets = (pl.impl == 9 || pl.impl == 10 || pl.impl == 11) && p->partials > 1 && pl.partials_per_cta == 1 &&
-                         !p->pair && pl.cc_major >= 9 && (size_t)p->n_rep * p->G * p->partials * 8 <= 64 * 1024 &&
+                         !p->pair && pl.cc_major >= 9 &&
+                         (int64_t)p->n_rep * p->G * pl.max_rv * p->partials <= 256 * kTailLoads &&
                          a->tickets != NULL && last_merge_enabled()
                      ? a->tickets
                      : NULL;

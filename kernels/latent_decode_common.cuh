@@ -690,27 +690,24 @@ template <int RV> __device__ void combine_cluster_pair(const DecodeParams &p, in
 }
 
 /* The last-split merge's output (p.tickets; the design in latent_decode.cuh): the `nthreads` threads that wrote the
- * CTA's partial (combine_cta_partials; thread 0 among them) call it after that, with `scratch` free shared memory
- * (>= heads * P * 8 bytes: the records area, read by then).
+ * CTA's partial (combine_cta_partials; thread 0 among them) call it after that.
  * - The ticket: after a barrier, thread 0 fences at GPU scope and adds 1 to the counter of (sequence b, grid column
  *   `unit`) (cooperative groups' grid-barrier pattern: the fence is cumulative, so it publishes every thread's
  *   partial stores that the barrier ordered before it). The CTA that draws splits - 1 is the head's last: it sets the
  *   counter back to zero and fences again (its loads below must see the other CTAs' partials); the others return.
- * - The merge, bit for bit merge_kernel's (a CUDA-graph replay, which runs the merge kernel, gives the eager call's
- *   bits): one thread per output column runs all eight of the merge's lane groups itself. Group j takes partials
- *   j + 64 r + 8 k in rounds r of up to eight (max, then weights 2^(m - max), sums in k order, combine_mlz into the
- *   group's state; a round past the last partial is skipped, as there); the groups then combine as the merge's
- *   xor-shuffle tree leaves them in lane group 0: (0, 1), (2, 3), ..., then (0, 2), (4, 6), then (0, 4). A partial
- *   past P contributes exactly nothing to a round (weight 0, fmaf(0, 0, x) = x), so only the P real ones are read.
- *   The (m, l) pairs of all P partials are staged in `scratch` while each thread's first round of z values is in
- *   flight: one L2 round trip for a CTA whose threads hold one column each (v9, v10; v11 walks four). */
+ * - The merge: one thread per output column (fill_params admits calls of <= kTailLoads z values per thread) loads m,
+ *   l and its z of kTailChunk partials at a time, all in flight together (one L2 round trip for up to 16 partials),
+ *   and combines them as combine_cta_partials does: the chunk's max, weights 2^(m - max), sums in partial order, then
+ *   combine_mlz across chunks; NaN where any partial is (a bad pad_start). The order differs from merge_kernel's
+ *   (eight lane groups and a shuffle tree), so the two agree to float32 rounding, not bit for bit: run 142's first
+ *   version reproduced the merge's order in one thread and cost 8-24 us a call (its eight serial groups; v9's kernel
+ *   grew from 3.8K to 7.3K instructions). */
 constexpr int kTailBar = 3;    /* a named barrier no kernel uses elsewhere (v9 and v11 take 1 and 2) */
-constexpr int kTailRound = 64; /* partials per round of the merge (kMergeGroups x kMergeBatch) */
+constexpr int kTailChunk = 16; /* partials per round of loads */
+constexpr int kTailLoads = 32; /* z values per thread at most (fill_params) */
 template <int RV>
-__device__ void combine_last_split(const DecodeParams &p, int b, int unit, int h0, int heads, int nthreads,
-                                   float *scratch)
+__device__ void combine_last_split(const DecodeParams &p, int b, int unit, int h0, int heads, int nthreads)
 {
-    static_assert(kTailRound == kMergeGroups * kMergeBatch, "one round of merge_kernel's lanes");
     dev::bar_named_n(kTailBar, nthreads); /* every participating thread's partial stores issued */
     bool last = false;
     if (threadIdx.x == 0) {
@@ -720,59 +717,37 @@ __device__ void combine_last_split(const DecodeParams &p, int b, int unit, int h
         if (last) dev::atomic_exch(ticket, 0), dev::fence_gpu();
     }
     if (!dev::bar_red_or(kTailBar, nthreads, last)) return;
-    const int P = p.partials, items = heads * RV;
-    float zs[kTailRound];
-    auto load_z = [&](int t, int r0) { /* item t's z values of partials r0 .. r0 + 63 (those < P) */
-        const int e = t / RV, d = t - e * RV;
-        const float *base = partial(p, b, h0 + e, 0) + 2 + d;
-#pragma unroll
-        for (int i = 0; i < kTailRound; i++) zs[i] = r0 + i < P ? dev::ld_cg(base + (size_t)(r0 + i) * p.ws_stride) : 0.0f;
-    };
-    if (threadIdx.x < items) load_z(threadIdx.x, 0);
-    for (int i = threadIdx.x; i < heads * P; i += nthreads) { /* (m, l) of head i / P, partial i % P */
-        const float *r = partial(p, b, h0 + i / P, i % P);
-        scratch[2 * i] = dev::ld_cg(r), scratch[2 * i + 1] = dev::ld_cg(r + 1);
-    }
-    dev::bar_named_n(kTailBar, nthreads);
-    for (int t = threadIdx.x; t < items; t += nthreads) {
+    const int P = p.partials;
+    for (int t = threadIdx.x; t < heads * RV; t += nthreads) {
         const int e = t / RV, d = t - e * RV;
         int rv;
         const int col = z_head_column(p.groups, p.G, p.n_rep, h0 + e, &rv);
-        const float *ml = scratch + 2 * e * P;
-        float gm[kMergeGroups], gl[kMergeGroups], gz[kMergeGroups];
+        if (d >= rv) continue;
+        const float *base = partial(p, b, h0 + e, 0);
+        float mx = -INFINITY, l = 0.0f, z = 0.0f;
         bool bad = false;
+        for (int s0 = 0; s0 < P; s0 += kTailChunk) {
+            float ms[kTailChunk], ls[kTailChunk], zs[kTailChunk];
 #pragma unroll
-        for (int j = 0; j < kMergeGroups; j++) gm[j] = -INFINITY, gl[j] = 0.0f, gz[j] = 0.0f;
-        for (int r0 = 0; r0 < P; r0 += kTailRound) {
-            if (t != threadIdx.x || r0 > 0) load_z(t, r0);
-#pragma unroll
-            for (int j = 0; j < kMergeGroups; j++) {
-                if (r0 + j >= P) continue; /* the merge's lane group j has no such round */
-                float bm = -INFINITY;
-#pragma unroll
-                for (int k = 0; k < kMergeBatch; k++) {
-                    const int s = r0 + j + kMergeGroups * k;
-                    const float m = s < P ? ml[2 * s] : -INFINITY, l = s < P ? ml[2 * s + 1] : 0.0f;
-                    if (isnan(m) || isnan(l)) bad = true;
-                    bm = fmaxf(bm, m);
-                }
-                float bl = 0.0f, bz = 0.0f;
-#pragma unroll
-                for (int k = 0; k < kMergeBatch; k++) {
-                    const int s = r0 + j + kMergeGroups * k;
-                    const float m = s < P ? ml[2 * s] : -INFINITY, l = s < P ? ml[2 * s + 1] : 0.0f;
-                    const float w = m == -INFINITY ? 0.0f : dev::ex2(m - bm);
-                    bl = fmaf(w, l, bl), bz = fmaf(w, zs[j + kMergeGroups * k], bz);
-                }
-                combine_mlz(gm[j], gl[j], gz[j], bm, bl, bz);
+            for (int k = 0; k < kTailChunk; k++) { /* the chunk's loads in flight together */
+                const float *r = base + (size_t)(s0 + k) * p.ws_stride;
+                const bool in = s0 + k < P;
+                ms[k] = in ? dev::ld_cg(r) : -INFINITY;
+                ls[k] = in ? dev::ld_cg(r + 1) : 0.0f;
+                zs[k] = in ? dev::ld_cg(r + 2 + d) : 0.0f;
             }
+            float bm = -INFINITY;
+#pragma unroll
+            for (int k = 0; k < kTailChunk; k++) bad = bad || isnan(ms[k]) || isnan(ls[k]), bm = fmaxf(bm, ms[k]);
+            float bl = 0.0f, bz = 0.0f;
+#pragma unroll
+            for (int k = 0; k < kTailChunk; k++) {
+                const float w = ms[k] == -INFINITY ? 0.0f : dev::ex2(ms[k] - bm);
+                bl = fmaf(w, ls[k], bl), bz = fmaf(w, zs[k], bz);
+            }
+            combine_mlz(mx, l, z, bm, bl, bz);
         }
-#pragma unroll
-        for (int o = 1; o < kMergeGroups; o <<= 1) /* merge_kernel's shuffle tree, as lane group 0 sees it */
-#pragma unroll
-            for (int j = 0; j < kMergeGroups; j += 2 * o) combine_mlz(gm[j], gl[j], gz[j], gm[j + o], gl[j + o], gz[j + o]);
-        if (d < rv)
-            store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : gz[0] / gl[0]);
+        store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : z / l);
     }
 }
 

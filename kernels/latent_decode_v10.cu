@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     if (p.pair)
         combine_cluster_pair<R>(p, b, h * n_rep, n_rep);
     else if (p.tickets)
-        combine_last_split<R>(p, b, h, h * n_rep, n_rep, 32 * kV10Warps, recs);
+        combine_last_split<R>(p, b, h, h * n_rep, n_rep, 32 * kV10Warps);
 #else
     poison_unsupported_build(p, blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y);
 #endif

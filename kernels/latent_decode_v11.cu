@@ -367,7 +367,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     if (p.pair)
         combine_cluster_pair<R>(p, b, kV11G * grp * n_rep, kV11G * n_rep);
     else if (p.tickets)
-        combine_last_split<R>(p, b, grp, kV11G * grp * n_rep, kV11G * n_rep, 32 * kV11Warps, recs);
+        combine_last_split<R>(p, b, grp, kV11G * grp * n_rep, kV11G * n_rep, 32 * kV11Warps);
 #else
     poison_unsupported_build(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y);
 #endif

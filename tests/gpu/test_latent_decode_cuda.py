@@ -494,9 +494,10 @@ def strided_eager_and_side_stream(c, gen, impl, number, H, Hkv, T, C, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
-    """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream and a captured CUDA graph give
-    bit for bit the eager result (under capture an explicit v9 copies by cp.async, so nothing of the call's length is
-    baked into a tensor map; auto takes v4 there)."""
+    """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream gives bit for bit the eager result
+    and a captured CUDA graph gives it to float32 rounding (under capture an explicit v9 copies by cp.async, so nothing
+    of the call's length is baked into a tensor map, and its partials go through the merge kernel, where the eager
+    call merges in its last CTA: the same partials summed in another order; auto takes v4 there)."""
     B, H, T, C = 2, 4, 700, 768
     c = v9_case(torch_gen, B, H, T, C, dtype)
     if not V5_OK:
@@ -506,7 +507,7 @@ def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     ref, args, ws, out, side = strided_eager_and_side_stream(c, torch_gen, "v9", 9, H, H, T, C, dtype)
     kw = dict(scaling=0.088, out=out, workspace=ws, impl="v9")
     capture_and_replay(args, kw, side)
-    torch.testing.assert_close(out, ref, rtol=0, atol=0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     # auto under capture runs v4 on its own plan (v9's cp.async build is the slower one): not v9's bits, and within
     # the tensor-core tolerance of the reference
     kw["impl"] = "auto"
@@ -839,10 +840,10 @@ def test_append_refuses_overflow_and_dtype_mismatch():
 
 
 # (kernel, B, H, Hkv, T): plans of 3 or more splits per (sequence, KV head or group) on an H200 (132 SMs), so that
-# the last CTA of each head merges (no pair launch at exactly 2); v11 at Llama-3-8B shapes and batch 1 has 33
-# partials per head, more than one round of the tail's loads (kTailBatch = 8).
-LAST_MERGE_CASES = [("v9", 1, 32, 32, 3000), ("v9", 3, 8, 8, 2900), ("v10", 1, 32, 8, 9000), ("v10", 2, 16, 4, 5000),
-                    ("v11", 1, 32, 8, 9000), ("v11", 2, 16, 16, 4000)]
+# the last CTA of each head merges (no pair launch at exactly 2); v10 at batch 1 has 16 partials per head (one round
+# of the tail's loads, kTailChunk), v9 at batch 1 (4 heads) 33 (three rounds).
+LAST_MERGE_CASES = [("v9", 1, 32, 32, 3000), ("v9", 1, 4, 4, 9000), ("v9", 3, 8, 8, 2900), ("v10", 1, 32, 8, 9000),
+                    ("v10", 2, 16, 4, 5000), ("v11", 2, 16, 16, 4000)]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -853,7 +854,8 @@ def test_last_split_merge(torch_gen, monkeypatch, case, dtype):
     combine_last_split). Against float64 on poisoned outputs, with unequal padding, a sequence whose slots all fall
     in its first split (the other partials empty) and, at batch > 1, one with a bad pad_start (its row NaN only); the
     output in the input dtype is the float32 output rounded; the merge kernel's result (no counters) agrees to
-    float32 rounding; calls at other lengths on the same stream, and on a side stream with its own counters."""
+    float32 rounding (another summation order); calls at other lengths on the same stream, and on a side stream with
+    its own counters."""
     if not V5_OK:
         pytest.skip("v9, v10 and v11 need compute capability 9.0")
     kernel, B, H, Hkv, T = case
@@ -886,7 +888,7 @@ def test_last_split_merge(torch_gen, monkeypatch, case, dtype):
     monkeypatch.setattr(lk, "_LAST_MERGE", False)
     merged = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0)  # the merge kernel
     monkeypatch.setattr(lk, "_LAST_MERGE", True)
-    torch.testing.assert_close(z32[good], merged[good], rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(z32[good], merged[good], rtol=1e-5, atol=1e-6)  # the same partials, another order
     for length in (T // 3, T - 7):  # other plans on the same counters
         short = dict(c, T=length, pad=c["pad"].clamp(max=length - 1) if B == 1 else c["pad"])
         if B > 1:
