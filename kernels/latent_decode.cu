@@ -172,6 +172,9 @@ __global__ void __launch_bounds__(kV1Threads) decode_v1_kernel(const DecodeParam
  * loads m, l and column c of partials j, j + 8, ... (kMergeBatch per round, one round up to P = 64), reduces them
  * to one state, and three xor shuffles over j combine the 8 states; lanes j = 0 write. 4 warps per CTA cover 16
  * columns; grid (H, B, ceil(max rv / 16)). */
+constexpr int kMergeBatch = 8;                                       /* partials per lane and load round */
+constexpr int kMergeLaneCols = 4;                                    /* columns per warp */
+constexpr int kMergeGroups = 32 / kMergeLaneCols;                    /* partial groups per column (lanes) */
 constexpr int kMergeCtaCols = kMergeLaneCols * (kMergeThreads / 32); /* columns per CTA */
 template <typename OT>
 __global__ void __launch_bounds__(kMergeThreads) merge_kernel(const MergeParams p)
@@ -1289,15 +1292,6 @@ void fill_params(const palu_latent_decode_args *a, const Plan &pl, DecodeParams 
     /* v10 and v11 at two splits of one partial each: the pair launch (clusters of the two splits, no merge) */
     p->pair = (pl.impl == 10 || pl.impl == 11) && pl.splits == 2 && pl.partials_per_cta == 1 && pl.cc_major >= 9 &&
               pair_launch_enabled();
-    /* v9, v10 and v11 with more partials: the last-split merge where the caller gave the counters and the last CTA's
-     * 256 consumer threads load at most kTailLoads z values each (v10 and v9 at batch 1; not v11 at Llama-3-8B shapes
-     * and batch 1: 33 partials x 1024 columns, the merge kernel's work for 264 CTAs) */
-    p->tickets = (pl.impl == 9 || pl.impl == 10 || pl.impl == 11) && p->partials > 1 && pl.partials_per_cta == 1 &&
-                         !p->pair && pl.cc_major >= 9 &&
-                         (int64_t)p->n_rep * p->G * pl.max_rv * p->partials <= 256 * kTailLoads &&
-                         a->tickets != NULL && last_merge_enabled()
-                     ? a->tickets
-                     : NULL;
     p->out = a->out, p->out_dtype = (int)a->out_dtype, p->z_width = m->z_width;
     m->groups = p->groups;
 }
@@ -1396,7 +1390,7 @@ palu_status dispatch(const palu_latent_decode_args *a, const Plan &pl, cudaStrea
         st = dispatch_v3(a, p, pl, stream);
     }
     if (st != PALU_OK) return st;
-    if (p.direct || p.pair || p.tickets) return PALU_OK; /* the decode kernel wrote the output (fill_params) */
+    if (p.direct || p.pair) return PALU_OK; /* the decode kernel wrote the output (fill_params) */
     const bool pdl = pl.cc_major >= 9;
     switch (a->out_dtype) {
     case PALU_DTYPE_F32: return launch_merge<float>(m, p.B, pdl, stream);
@@ -1467,10 +1461,6 @@ extern "C" palu_status palu_latent_decode_cuda(const palu_latent_decode_args *a,
             return palu_fail(PALU_ERR_VALUE, "workspace holds %lld floats; this call needs %lld (ask "
                                              "latent_decode_cuda_workspace)",
                              (long long)a->workspace_floats, (long long)need);
-        if (a->tickets != NULL && (a->ticket_count < a->batch * a->kv_heads || ((uintptr_t)a->tickets & 3) != 0))
-            return palu_fail(PALU_ERR_VALUE, "tickets hold %lld counters at %p; this call needs %lld (batch x "
-                                             "kv_heads), 4-byte aligned, zero",
-                             (long long)a->ticket_count, (void *)a->tickets, (long long)(a->batch * a->kv_heads));
         /* A stale error left in this runtime by an earlier call would be blamed on this launch: drop it. */
         (void)cudaGetLastError();
         return dispatch(a, pl, static_cast<cudaStream_t>(stream));

@@ -41,11 +41,7 @@
  *   partial is z / l, computed the same way). Where v10 or v11 plan exactly two splits of one partial each (batch
  *   8 of Llama-3-8B shapes on an H200), the grid runs in thread-block clusters of the two splits: after a cluster
  *   barrier split 0 combines both partials with the merge's arithmetic and writes z, and no merge runs either (the
- *   pair launch; PALU_C_PAIR_MERGE=0 in the environment launches the merge kernel instead). Elsewhere v9, v10 and v11
- *   merge in their own last CTA when the caller passes `tickets` (zeroed counters, one per (sequence, KV head or
- *   group)): each CTA adds 1 to its head's counter after writing its partial, and the CTA that draws the last ticket
- *   combines all the head's partials with the merge's arithmetic, writes z and sets the counter back to zero (the
- *   last-split merge: no merge launch, no wait on the whole grid; PALU_C_LAST_MERGE=0 launches the merge kernel). Scores live in the log2 domain
+ *   pair launch; PALU_C_PAIR_MERGE=0 in the environment launches the merge kernel instead). Scores live in the log2 domain
  *   (scaling * attention_scaling * log2 e folded into one factor; attention_scaling multiplies cos and sin,
  *   hence the rotated key, hence the score).
  *   v1 (CUDA cores, any shape that fits shared memory): Uk of the head in shared memory, tiles of 16 tokens:
@@ -166,12 +162,6 @@ typedef struct palu_latent_decode_args {
     palu_dtype out_dtype;    /* F32 or the input dtype */
     float *workspace;
     int64_t workspace_floats;
-    /* The last-split merge's counters, or NULL (the merge kernel runs): at least batch * kv_heads int32 on the
-     * device, ZERO on entry; every call leaves them zero. One set per call in flight: calls on one stream may share
-     * a set, calls that may overlap (other streams) may not. Used by v9, v10 and v11 where a head has more than one
-     * partial and no pair launch (PALU_C_LAST_MERGE=0 in the environment ignores them). */
-    int32_t *tickets;
-    int64_t ticket_count;
 } palu_latent_decode_args;
 
 /* Launchers */

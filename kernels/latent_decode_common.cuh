@@ -44,9 +44,6 @@ constexpr int kV1Threads = 128;
 constexpr int kV1Tile = 16;        /* tokens per v1 tile */
 constexpr int kV2Tile = 32;        /* tokens per warp tile in v2 (two m16 tiles) */
 constexpr int kMergeThreads = 128; /* merge_kernel: 4 warps of 4 columns each */
-constexpr int kMergeBatch = 8;     /* merge_kernel: partials per lane and load round */
-constexpr int kMergeLaneCols = 4;  /* merge_kernel: columns per warp */
-constexpr int kMergeGroups = 32 / kMergeLaneCols; /* merge_kernel: partial groups per column (lanes) */
 constexpr int kMaxSplits = 1024;   /* CTAs along the sequence, per (KV head, sequence) */
 constexpr size_t kDefaultSmem = 48 * 1024;
 
@@ -76,11 +73,6 @@ struct DecodeParams {
      * a cluster barrier, split 0 combines both partials and writes the output (combine_cluster_pair) and no merge is
      * launched (the merge's launch, grid wait and L2 round trips: ~5-6 us of a batch-8 GQA call) */
     int pair;
-    /* tickets: the last-split merge (v9, v10, v11 with more than one partial per head and no pair launch). One int32
-     * counter per (sequence, grid x): every CTA adds 1 after writing its partial, and the one that draws splits - 1
-     * combines all of the head's partials and writes the output (combine_last_split), then sets the counter back to
-     * 0; no merge is launched. NULL: the merge kernel runs. */
-    int *tickets;
     void *out;
 };
 
@@ -146,24 +138,6 @@ __device__ __forceinline__ unsigned cluster_ctarank()
 }
 /* a load from L2 (ld.global.cg): another SM's writes, never a line this SM's L1 may hold */
 __device__ __forceinline__ float ld_cg(const float *p) { return __ldcg(p); }
-/* The last-split merge's ticket (combine_last_split): a fence at GPU scope (membar.gl), an atomic add returning the
- * old value, an atomic exchange. */
-__device__ __forceinline__ void fence_gpu() { __threadfence(); }
-__device__ __forceinline__ int atomic_add(int *p, int v) { return atomicAdd(p, v); }
-__device__ __forceinline__ void atomic_exch(int *p, int v) { atomicExch(p, v); }
-/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
-__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
-/* bar.red.or over `n` threads with id `id`: a barrier that also returns whether any of them passed `pred` */
-__device__ __forceinline__ bool bar_red_or(int id, int n, bool pred)
-{
-    int r;
-    asm volatile("{\n .reg .pred pi, po;\n setp.ne.s32 pi, %1, 0;\n bar.red.or.pred po, %2, %3, pi;\n"
-                 " selp.s32 %0, 1, 0, po;\n}\n"
-                 : "=r"(r)
-                 : "r"((int)pred), "r"(id), "r"(n)
-                 : "memory");
-    return r != 0;
-}
 /* The CTA's dynamic shared memory (16-byte aligned). */
 __device__ __forceinline__ char *dyn_smem()
 {
@@ -311,6 +285,8 @@ __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.s
 __device__ __forceinline__ void fence_reg(float &r) { asm volatile("" : "+f"(r)::"memory"); }
 /* Generic-proxy writes (cp.async, st.shared) of this thread become visible to the async proxy (wgmma). */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+/* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
+__device__ __forceinline__ void bar_named_n(int id, int n) { asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(n) : "memory"); }
 /* Barrier of the 128 threads of one warpgroup (ids 1.. ; 0 is __syncthreads). */
 __device__ __forceinline__ void bar_wg(int id) { asm volatile("bar.sync %0, 128;\n" ::"r"(id) : "memory"); }
 /* One plain arrival on an mbarrier (one of the `count` its phase waits for). */
@@ -651,13 +627,13 @@ __device__ void combine_cta_partials(const DecodeParams &p, int b, int h0, int s
 
 /* The body of v9, v10 and v11 in a build without their sm_90a code (compute_90 PTX JIT-compiled for another GPU; the
  * host plans them only on compute capability 9.0, where the sm_90a code runs): the call's result made loudly NaN for
- * the CTA's first head, in the output itself where no merge runs (p.direct, p.pair, p.tickets), else in the partial the merge
+ * the CTA's first head, in the output itself where no merge runs (p.direct, p.pair), else in the partial the merge
  * reads. */
 __device__ __forceinline__ void poison_unsupported_build(const DecodeParams &p, int b, int h0, int split)
 {
     if (threadIdx.x != 0) return;
     const float nan = __int_as_float(0x7fc00000);
-    if (p.direct || p.pair || p.tickets) {
+    if (p.direct || p.pair) {
         int rv;
         const int col = z_head_column(p.groups, p.G, p.n_rep, h0, &rv);
         store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col, nan);
@@ -685,68 +661,6 @@ template <int RV> __device__ void combine_cluster_pair(const DecodeParams &p, in
         const float m1 = dev::ld_cg(r1), l1 = dev::ld_cg(r1 + 1), z1 = dev::ld_cg(r1 + 2 + d);
         const bool bad = isnan(m) || isnan(l) || isnan(m1) || isnan(l1);
         combine_mlz(m, l, z, m1, l1, z1);
-        store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : z / l);
-    }
-}
-
-/* The last-split merge's output (p.tickets; the design in latent_decode.cuh): the `nthreads` threads that wrote the
- * CTA's partial (combine_cta_partials; thread 0 among them) call it after that.
- * - The ticket: after a barrier, thread 0 fences at GPU scope and adds 1 to the counter of (sequence b, grid column
- *   `unit`) (cooperative groups' grid-barrier pattern: the fence is cumulative, so it publishes every thread's
- *   partial stores that the barrier ordered before it). The CTA that draws splits - 1 is the head's last: it sets the
- *   counter back to zero and fences again (its loads below must see the other CTAs' partials); the others return.
- * - The merge: one thread per output column (fill_params admits calls of <= kTailLoads z values per thread) loads m,
- *   l and its z of kTailChunk partials at a time, all in flight together (one L2 round trip for up to 16 partials),
- *   and combines them as combine_cta_partials does: the chunk's max, weights 2^(m - max), sums in partial order, then
- *   combine_mlz across chunks; NaN where any partial is (a bad pad_start). The order differs from merge_kernel's
- *   (eight lane groups and a shuffle tree), so the two agree to float32 rounding, not bit for bit: run 142's first
- *   version reproduced the merge's order in one thread and cost 8-24 us a call (its eight serial groups; v9's kernel
- *   grew from 3.8K to 7.3K instructions). */
-constexpr int kTailBar = 3;    /* a named barrier no kernel uses elsewhere (v9 and v11 take 1 and 2) */
-constexpr int kTailChunk = 16; /* partials per round of loads */
-constexpr int kTailLoads = 32; /* z values per thread at most (fill_params) */
-template <int RV>
-__device__ void combine_last_split(const DecodeParams &p, int b, int unit, int h0, int heads, int nthreads)
-{
-    dev::bar_named_n(kTailBar, nthreads); /* every participating thread's partial stores issued */
-    bool last = false;
-    if (threadIdx.x == 0) {
-        int *ticket = p.tickets + (size_t)b * gridDim.x + unit;
-        dev::fence_gpu();
-        last = dev::atomic_add(ticket, 1) == p.splits - 1;
-        if (last) dev::atomic_exch(ticket, 0), dev::fence_gpu();
-    }
-    if (!dev::bar_red_or(kTailBar, nthreads, last)) return;
-    const int P = p.partials;
-    for (int t = threadIdx.x; t < heads * RV; t += nthreads) {
-        const int e = t / RV, d = t - e * RV;
-        int rv;
-        const int col = z_head_column(p.groups, p.G, p.n_rep, h0 + e, &rv);
-        if (d >= rv) continue;
-        const float *base = partial(p, b, h0 + e, 0);
-        float mx = -INFINITY, l = 0.0f, z = 0.0f;
-        bool bad = false;
-        for (int s0 = 0; s0 < P; s0 += kTailChunk) {
-            float ms[kTailChunk], ls[kTailChunk], zs[kTailChunk];
-#pragma unroll
-            for (int k = 0; k < kTailChunk; k++) { /* the chunk's loads in flight together */
-                const float *r = base + (size_t)(s0 + k) * p.ws_stride;
-                const bool in = s0 + k < P;
-                ms[k] = in ? dev::ld_cg(r) : -INFINITY;
-                ls[k] = in ? dev::ld_cg(r + 1) : 0.0f;
-                zs[k] = in ? dev::ld_cg(r + 2 + d) : 0.0f;
-            }
-            float bm = -INFINITY;
-#pragma unroll
-            for (int k = 0; k < kTailChunk; k++) bad = bad || isnan(ms[k]) || isnan(ls[k]), bm = fmaxf(bm, ms[k]);
-            float bl = 0.0f, bz = 0.0f;
-#pragma unroll
-            for (int k = 0; k < kTailChunk; k++) {
-                const float w = ms[k] == -INFINITY ? 0.0f : dev::ex2(ms[k] - bm);
-                bl = fmaf(w, ls[k], bl), bz = fmaf(w, zs[k], bz);
-            }
-            combine_mlz(mx, l, z, bm, bl, bz);
-        }
         store_output(p.out, p.out_dtype, (size_t)b * p.z_width + col + d, bad ? __int_as_float(0x7fc00000) : z / l);
     }
 }
@@ -856,17 +770,6 @@ inline bool pair_launch_enabled()
 {
     static const bool on = [] {
         const char *e = getenv("PALU_C_PAIR_MERGE");
-        return !(e != NULL && strcmp(e, "0") == 0);
-    }();
-    return on;
-}
-
-/* The last-split merge (DecodeParams.tickets) unless PALU_C_LAST_MERGE is "0" in the environment (read once: the
- * switch for side-by-side timing against the merge kernel). */
-inline bool last_merge_enabled()
-{
-    static const bool on = [] {
-        const char *e = getenv("PALU_C_LAST_MERGE");
         return !(e != NULL && strcmp(e, "0") == 0);
     }();
     return on;

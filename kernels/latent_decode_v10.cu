@@ -394,10 +394,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     store_warp_records<R>(recs, warp, n_rep, g, c, m_run, l_run, o);
     __syncthreads();
     combine_cta_partials<R>(p, b, h * n_rep, split, kV10Warps, recs, bad_pad, p.direct);
-    if (p.pair)
-        combine_cluster_pair<R>(p, b, h * n_rep, n_rep);
-    else if (p.tickets)
-        combine_last_split<R>(p, b, h, h * n_rep, n_rep, 32 * kV10Warps);
+    if (p.pair) combine_cluster_pair<R>(p, b, h * n_rep, n_rep);
 #else
     poison_unsupported_build(p, blockIdx.z, blockIdx.x * p.n_rep, blockIdx.y);
 #endif

@@ -364,10 +364,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     __syncthreads();
     for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
         combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad, p.direct);
-    if (p.pair)
-        combine_cluster_pair<R>(p, b, kV11G * grp * n_rep, kV11G * n_rep);
-    else if (p.tickets)
-        combine_last_split<R>(p, b, grp, kV11G * grp * n_rep, kV11G * n_rep, 32 * kV11Warps);
+    if (p.pair) combine_cluster_pair<R>(p, b, kV11G * grp * n_rep, kV11G * n_rep);
 #else
     poison_unsupported_build(p, blockIdx.z, blockIdx.x * kV11G * p.n_rep, blockIdx.y);
 #endif

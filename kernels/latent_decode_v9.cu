@@ -98,12 +98,11 @@ __device__ __forceinline__ uint32_t v9_cm(int row, int k)
 #endif
 
 
-/* EPI, the epilogue, a template argument here alone (0: the CTA's partial for the merge kernel, 1: p.direct, the
- * output itself, 2: p.tickets, the partial, then the last-split merge): v9's main loop is scheduled anew by ptxas
- * whenever its epilogue changes, and the runtime branch cost it 0.7% per token at batch 1 and 8 (run 130: 115 -> 118
- * registers, the SASS reordered throughout), where the other kernels showed nothing; the instance with EPI 0 is the
- * kernel as before. */
-template <typename T, bool TMA, int EPI>
+/* DIRECT (p.direct, a template argument here alone): v9's main loop is scheduled anew by ptxas whenever its
+ * epilogue changes, and the runtime branch cost it 0.7% per token at batch 1 and 8 (run 130: 115 -> 118 registers,
+ * the SASS reordered throughout), where the other kernels showed nothing; the instance without it is the kernel
+ * as before. */
+template <typename T, bool TMA, bool DIRECT>
 __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
 #ifdef PALU_V5_WGMMA
@@ -499,8 +498,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         for (int mb = 0; mb < 4; mb++) rec[16 * mb + g] = o[mb][e], rec[16 * mb + g + 8] = o[mb][2 + e];
     }
     dev::bar_named_n(1, 128 * kV9Groups);
-    combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad, EPI == 1); /* n_rep = 1: records REC apart */
-    if (EPI == 2) combine_last_split<R>(p, b, h, h, 1, 128 * kV9Groups); /* the consumer warps */
+    combine_cta_partials<R>(p, b, h, split, 32 * kV9Groups, recs, bad_pad, DIRECT); /* n_rep = 1: records REC apart */
 #else
     poison_unsupported_build(p, blockIdx.z, blockIdx.x, blockIdx.y);
 #endif
@@ -543,13 +541,9 @@ palu_status launch_v9(const palu_latent_decode_args *a, const DecodeParams &p, c
     *ran = tma || a->impl != PALU_LATENT_DECODE_AUTO;
     if (!*ran) return PALU_OK;
     if (tma)
-        return launch_decode_smem(p.direct    ? decode_v9_kernel<T, true, 1>
-                                  : p.tickets ? decode_v9_kernel<T, true, 2>
-                                              : decode_v9_kernel<T, true, 0>,
+        return launch_decode_smem(p.direct ? decode_v9_kernel<T, true, true> : decode_v9_kernel<T, true, false>,
                                   V9Layout<true>::TOTAL, p, pl, stream, maps);
-    return launch_decode_smem(p.direct    ? decode_v9_kernel<T, false, 1>
-                              : p.tickets ? decode_v9_kernel<T, false, 2>
-                                          : decode_v9_kernel<T, false, 0>,
+    return launch_decode_smem(p.direct ? decode_v9_kernel<T, false, true> : decode_v9_kernel<T, false, false>,
                               V9Layout<false>::TOTAL, p, pl, stream, maps);
 }
 

@@ -15,9 +15,7 @@ Design
   step. The C twin ``palu_c._C.latent_decode_attention`` returns that ``o`` in float32.
 * Keys are rebuilt from the latents per head (Uk_head hk + bk), rotated (RoPE, positions per slot), scored
   against q (already rotated), and the online softmax runs over slots [pad_start[b], length) split along the
-  sequence; a second kernel merges the splits, or (v9, v10 and v11 outside CUDA-graph capture) the last CTA of
-  each head to finish does, counting arrivals on a zeroed int32 counter per (sequence, KV head) that this module
-  keeps per stream (``PALU_C_LAST_MERGE=0`` in the environment launches the merge kernel instead). The kernel docs (kernels/latent_decode.cuh) give the layouts and
+  sequence; a second kernel merges the splits. The kernel docs (kernels/latent_decode.cuh) give the layouts and
   the implementations (v1 CUDA cores; v2 tensor cores; v3 v2 specialized to equal ranks 32/64/128; v3w, v3 with
   one-stage warps, on request; v4, v3 in 16-token warp tiles with 8-12 warps per CTA; v5, v4 with the key rebuild
   on Hopper warpgroup MMA (wgmma), compute capability 9.0 only, on request; v9, absorbed RoPE: no key is rebuilt,
@@ -68,25 +66,6 @@ def _dlpack(t: torch.Tensor, stream: int) -> Any:
         return t.__dlpack__(stream=stream, max_version=(1, 3))
     except TypeError:
         return t.__dlpack__(stream=stream)
-
-
-#: The last-split merge's counters (kernels/latent_decode.cuh): one zeroed int32 set per (device index, stream
-#: handle). Every call leaves its set zero and calls on one stream never overlap, so a stream's calls share it.
-_TICKETS: dict[tuple[int, int], torch.Tensor] = {}
-_LAST_MERGE = True  # False: no counters passed, the merge kernel runs (the tests compare the two paths)
-
-
-def _tickets(device: torch.device, handle: int, need: int) -> torch.Tensor | None:
-    """The zeroed counters for a call on stream `handle` that needs `need` of them, or None inside a CUDA-graph
-    capture (auto runs v4 there, which merges with its own kernel; a captured set would be tied to the graph)."""
-    if not _LAST_MERGE or torch.cuda.is_current_stream_capturing():
-        return None
-    key = (device.index, handle)
-    have = _TICKETS.get(key)
-    if have is None or have.numel() < need:  # zeroed on this stream, so before any kernel that uses it
-        have = torch.zeros(max(need, 256, 0 if have is None else 2 * have.numel()), dtype=torch.int32, device=device)
-        _TICKETS[key] = have
-    return have
 
 
 def _stream_handles(device: torch.device) -> tuple[int, int]:
@@ -299,14 +278,12 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
             raise ValueError(f"{func}: `out` must be a ({B}, {Z}) {out_dtype} tensor on {q.device}, got "
                              f"{tuple(out.shape)} {out.dtype} on {out.device}")
         handle, dl = _stream_handles(q.device)
-        tickets = _tickets(q.device, handle, B * Hkv)
         _C.latent_decode_cuda(
             _dlpack(q, dl), _dlpack(k_latent, dl), _dlpack(v_latent, dl), _dlpack(positions, dl),
             _dlpack(pad_start, dl), _dlpack(k_up, dl), _dlpack(inv_freq, dl),
             None if k_bias is None else _dlpack(k_bias, dl), _dlpack(out, dl), _dlpack(workspace, dl),
             length=length, k_ranks=k_ranks, v_ranks=v_ranks, group_size=group_size,
-            attention_scaling=float(attention_scaling), scaling=float(scaling), stream=handle, impl=_IMPLS[impl],
-            tickets=None if tickets is None else _dlpack(tickets, dl))
+            attention_scaling=float(attention_scaling), scaling=float(scaling), stream=handle, impl=_IMPLS[impl])
     return out
 
 

@@ -13,7 +13,6 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <algorithm>
-#include <atomic>
 #include <barrier>
 #include <chrono>
 #include <cmath>
@@ -80,7 +79,6 @@ struct EmuCta {
     std::vector<std::unique_ptr<EmuWarp>> warps;
     std::mutex mu;                                                   // guards `named`
     std::map<int, std::unique_ptr<std::barrier<>>> named;            // bar.sync id, n (ids >= 1), made at first use
-    std::atomic<int> red_or{0};                                      // bar.red.or's predicate, 0 between uses
 };
 extern thread_local EmuCta *emu_cta;
 // a thread-block cluster (clusters along y, as the pair launch makes them): its CTAs run at once, and
@@ -365,20 +363,6 @@ inline void bar_named_n(int id, int n) {
     b->arrive_and_wait();
 }
 inline void bar_wg(int id) { bar_named_n(id, 128); }
-// bar.red.or id, n: that barrier, returning whether any of its n threads passed `pred`
-inline bool bar_red_or(int id, int n, bool pred) {
-    if (pred) emu_cta->red_or.store(1);
-    bar_named_n(id, n);
-    const bool r = emu_cta->red_or.load() != 0;
-    bar_named_n(id, n); // every thread has read it
-    emu_cta->red_or.store(0);
-    bar_named_n(id, n); // reset before any thread's next use
-    return r;
-}
-// the last-split merge's ticket: a fence at GPU scope and the two atomics (CTAs are std::threads here too)
-inline void fence_gpu() { std::atomic_thread_fence(std::memory_order_seq_cst); }
-inline int atomic_add(int *p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
-inline void atomic_exch(int *p, int v) { __atomic_store_n(p, v, __ATOMIC_SEQ_CST); }
 
 // ---- wgmma (m64nNk16, A and B from shared memory through their descriptors) ----
 // Each thread computes its own accumulator elements (rows 16 (warp % 4) + lane / 4 (+ 8), columns 8 i + 2 (lane % 4)

@@ -45,9 +45,6 @@ case "$I" in
   EMU_SLOW_WARPS=4-7 run bf16 9 3 2 2 128 1 999 1001 3 0 4 64 64 -- 64 64
   EMU_SLOW_WARPS=4-7 run f16 9 1 2 2 128 1 3000 3072 2 0 3 64 64 -- 64 64
   EMU_SLOW_WARPS=0-3 run f16 9 2 4 4 128 1 1037 1280 3 0 6 64 64 64 64 -- 64 64 64 64
-  # the last-split merge (EMU_TICKETS=1: counters given, checked zero after): four splits per head, one slowed
-  EMU_TICKETS=1 EMU_SMS=16 run f16 9 1 4 4 128 1 3000 3072 3 0 21 64 64 64 64 -- 64 64 64 64
-  EMU_TICKETS=1 EMU_SMS=16 EMU_SLOW_WARPS=0-3 run bf16 9 2 2 2 128 1 2000 2048 2 0 22 64 64 -- 64 64
   ;;
 10) # v10: GQA (2-8 query heads per KV head), group size 1, head_dim 128, ranks 64, no key bias
   run f16 10 2 8 2 128 1 1037 1280 3 0 1 64 64 -- 64 64
@@ -64,9 +61,6 @@ case "$I" in
   # the pair launch (two splits as a cluster of two CTAs) at an H200's 132 SMs: unequal padding; then a consumer warpgroup slowed
   EMU_SMS=132 run f16 10 3 8 2 128 1 1000 1024 1 0 11 64 64 -- 64 64
   EMU_SMS=132 EMU_SLOW_WARPS=0-3 run bf16 10 3 8 2 128 1 1000 1024 3 0 12 64 64 -- 64 64
-  # the last-split merge: eight splits per KV head; then three, a consumer warpgroup slowed
-  EMU_TICKETS=1 EMU_SMS=16 run f16 10 1 8 2 128 1 3000 3072 3 0 21 64 64 -- 64 64
-  EMU_TICKETS=1 EMU_SMS=12 EMU_SLOW_WARPS=4-7 run bf16 10 2 8 2 128 1 2000 2048 1 0 22 64 64 -- 64 64
   ;;
 11) # v11: group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head, no key bias
   run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
@@ -81,9 +75,6 @@ case "$I" in
   EMU_SLOW_WARPS=4-7 run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
   EMU_SLOW_WARPS=0-3 run f16 11 1 16 4 128 2 3000 3072 2 0 4 128 128 -- 128 128
   EMU_SMS=132 run f16 11 19 4 4 128 2 300 320 3 0 10 128 128 -- 128 128   # the pair launch, MHA
-  # the last-split merge: eight splits per group; then MHA at three splits
-  EMU_TICKETS=1 EMU_SMS=16 run f16 11 1 8 4 128 2 3000 3072 2 0 21 128 128 -- 128 128
-  EMU_TICKETS=1 EMU_SMS=12 run bf16 11 2 4 4 128 2 1300 1536 3 0 22 128 128 -- 128 128
   ;;
 *)
   run f16 "$I" 2 8 2 128 1 1037 1280 3 1 1 64 64 -- 64 64

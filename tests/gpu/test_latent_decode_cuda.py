@@ -494,10 +494,9 @@ def strided_eager_and_side_stream(c, gen, impl, number, H, Hkv, T, C, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
-    """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream gives bit for bit the eager result
-    and a captured CUDA graph gives it to float32 rounding (under capture an explicit v9 copies by cp.async, so nothing
-    of the call's length is baked into a tensor map, and its partials go through the merge kernel, where the eager
-    call merges in its last CTA: the same partials summed in another order; auto takes v4 there)."""
+    """Latents viewed out of a wider buffer (16-byte aligned rows); a side stream and a captured CUDA graph give
+    bit for bit the eager result (under capture an explicit v9 copies by cp.async, so nothing of the call's length is
+    baked into a tensor map; auto takes v4 there)."""
     B, H, T, C = 2, 4, 700, 768
     c = v9_case(torch_gen, B, H, T, C, dtype)
     if not V5_OK:
@@ -507,7 +506,7 @@ def test_v9_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     ref, args, ws, out, side = strided_eager_and_side_stream(c, torch_gen, "v9", 9, H, H, T, C, dtype)
     kw = dict(scaling=0.088, out=out, workspace=ws, impl="v9")
     capture_and_replay(args, kw, side)
-    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, ref, rtol=0, atol=0)
     # auto under capture runs v4 on its own plan (v9's cp.async build is the slower one): not v9's bits, and within
     # the tensor-core tolerance of the reference
     kw["impl"] = "auto"
@@ -837,89 +836,3 @@ def test_append_refuses_overflow_and_dtype_mismatch():
         lk.latent_append_cuda(kc, vc, pc, kn, kn, torch.zeros((1, 2), dtype=torch.int32, device="cuda"), 7)
     with pytest.raises(TypeError, match="v_new"):
         lk.latent_append_cuda(kc, vc, pc, kn, kn.float(), torch.zeros((1, 2), dtype=torch.int32, device="cuda"), 0)
-
-
-# (kernel, B, H, Hkv, T): plans of 3 or more splits per (sequence, KV head or group) on an H200 (132 SMs), so that
-# the last CTA of each head merges (no pair launch at exactly 2); v10 at batch 1 has 16 partials per head (one round
-# of the tail's loads, kTailChunk), v9 at batch 1 (4 heads) 33 (three rounds).
-LAST_MERGE_CASES = [("v9", 1, 32, 32, 3000), ("v9", 1, 4, 4, 9000), ("v9", 3, 8, 8, 2900), ("v10", 1, 32, 8, 9000),
-                    ("v10", 2, 16, 4, 5000), ("v11", 2, 16, 16, 4000)]
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("case", LAST_MERGE_CASES, ids=[f"{c[0]}-b{c[1]}-h{c[2]}-{c[3]}" for c in LAST_MERGE_CASES])
-def test_last_split_merge(torch_gen, monkeypatch, case, dtype):
-    """Where a head has several partials, v9, v10 and v11 merge them in the head's last CTA to finish (counters per
-    (sequence, KV head) that the module keeps per stream, left zero by every call; kernels/latent_decode_common.cuh,
-    combine_last_split). Against float64 on poisoned outputs, with unequal padding, a sequence whose slots all fall
-    in its first split (the other partials empty) and, at batch > 1, one with a bad pad_start (its row NaN only); the
-    output in the input dtype is the float32 output rounded; the merge kernel's result (no counters) agrees to
-    float32 rounding (another summation order); calls at other lengths on the same stream, and on a side stream with
-    its own counters."""
-    if not V5_OK:
-        pytest.skip("v9, v10 and v11 need compute capability 9.0")
-    kernel, B, H, Hkv, T = case
-    G = 2 if kernel == "v11" else 1
-    make = {"v9": lambda: v9_case(torch_gen, B, H, T, T + 64, dtype),
-            "v10": lambda: v10_case(torch_gen, B, H, Hkv, T, T + 64, dtype),
-            "v11": lambda: v11_case(torch_gen, B, H, Hkv, T, T + 64, dtype)}[kernel]
-    c = make()
-    if B > 1:
-        c["pad"][0] = T - 50  # 50 slots: all in split 0
-        c["pad"][B - 1] = -3  # a bad pad_start: this row NaN, the others finite
-    good = [b for b in range(B) if B == 1 or b != B - 1]
-    units = Hkv // G
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
-    assert sms // (B * units) > 2, "the plan must have more than two splits"
-    ref = reference_z(c, 128 ** -0.5, 1.0)[good]
-    z32 = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0)
-    torch.cuda.synchronize()
-    key = (torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream)
-    assert key in lk._TICKETS and not lk._TICKETS[key].any(), "the counters must be left zero"
-    if B > 1:
-        assert torch.isnan(z32[B - 1]).all(), "a bad pad_start must give NaN"
-    sub = dict(c, q=c["q"][good])
-    glob, worst = rel_errors(z32[good], ref, sub)
-    tol = TOL[("v2", dtype)]
-    assert glob <= tol and worst <= 3 * tol, f"{kernel}: {glob:.3e} / {worst:.3e} vs {tol}"
-    z = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0, out_dtype=dtype)
-    assert not z[good].isnan().any(), "an output element left unwritten"
-    assert torch.equal(z[good], z32[good].to(dtype))
-    monkeypatch.setattr(lk, "_LAST_MERGE", False)
-    merged = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0)  # the merge kernel
-    monkeypatch.setattr(lk, "_LAST_MERGE", True)
-    torch.testing.assert_close(z32[good], merged[good], rtol=1e-5, atol=1e-6)  # the same partials, another order
-    for length in (T // 3, T - 7):  # other plans on the same counters
-        short = dict(c, T=length, pad=c["pad"].clamp(max=length - 1) if B == 1 else c["pad"])
-        if B > 1:
-            short["pad"] = torch.tensor([length - 50] + [0] * (B - 2) + [-3], dtype=torch.int32, device="cuda")
-        zs = run(short, impl=kernel, scaling=128 ** -0.5, att=1.0)
-        g2, _ = rel_errors(zs[good], reference_z(short, 128 ** -0.5, 1.0)[good], dict(short, q=short["q"][good]))
-        assert g2 <= tol, (length, g2)
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        zside = run(c, impl=kernel, scaling=128 ** -0.5, att=1.0)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    torch.testing.assert_close(zside[good], z32[good], rtol=0, atol=0)
-    assert not lk._TICKETS[(torch.cuda.current_device(), side.cuda_stream)].any()
-
-
-def test_tickets_are_validated(torch_gen):
-    """The binding refuses counters that are not int32, too few, or on the CPU, naming `tickets`."""
-    c = v10_case(torch_gen, 1, 32, 8, 3000, 3064, torch.float16)
-    Z = 32 * 64
-    args = lambda t: ((lk._dlpack(c["q"], 1), lk._dlpack(c["kl"], 1), lk._dlpack(c["vl"], 1), lk._dlpack(c["pos"], 1),
-                       lk._dlpack(c["pad"], 1), lk._dlpack(lk.pack_k_up(c["k_ups"]), 1), lk._dlpack(c["inv_freq"], 1),
-                       None, lk._dlpack(torch.empty(1, Z, device="cuda"), 1),
-                       lk._dlpack(torch.empty(1 << 20, device="cuda"), 1)),
-                      dict(length=3000, k_ranks=c["k_ranks"], v_ranks=c["v_ranks"], group_size=1,
-                           attention_scaling=1.0, scaling=0.088, stream=torch.cuda.current_stream().cuda_stream or 1,
-                           impl=10, tickets=t))
-    for bad, err in ((torch.zeros(8, dtype=torch.int64, device="cuda"), TypeError),
-                     (torch.zeros(7, dtype=torch.int32, device="cuda"), ValueError),
-                     (torch.zeros(8, dtype=torch.int32), ValueError)):
-        a, kw = args(lk._dlpack(bad, 1) if bad.is_cuda else bad.__dlpack__())
-        with pytest.raises(err, match="tickets"):
-            palu_c._C.latent_decode_cuda(*a, **kw)
