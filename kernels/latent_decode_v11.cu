@@ -129,8 +129,11 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
             dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
         dev::cp_async_commit();
     };
-    fetch_pos(0);
-    fetch_pos(1);
+    if (NREP != 1) { /* n_rep 1 (MHA at G = 2) fetches them after the prologue: there early fetches cost 0.7-1.2%
+                      * (run 135), its first step's few score rows not waiting for them */
+        fetch_pos(0);
+        fetch_pos(1);
+    }
 
     /* ---- prologue: the two U images, the queries, inv_freq, all by cp.async in one group ahead of the first
      * stages' copies (v10's order, run 97), then the queries in fp32 and R(k) ---- */
@@ -217,6 +220,10 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
     uint32_t qa[8][2] = {};
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
+    if (NREP == 1) {
+        fetch_pos(0);
+        fetch_pos(1);
+    }
     int lane_pos = 0, lane_a0 = 0; /* (lanes 0 and 16: row 0 of steps 2 n, 2 n + 1) */
     auto pack = [&](const KeyRot &r, uint32_t (&pk)[2][16]) {
 #pragma unroll
