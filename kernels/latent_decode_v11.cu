@@ -1,7 +1,7 @@
 /* latent_decode_v11.cu -- decode kernel v11 (group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head,
  * sm_90a) and its launcher. Auto takes it for group size 2 on calls long enough to pay for its prologue
  * (v11_worth_it in latent_decode_common.cuh); on the H200 it runs the group-size-2 rows from 16K at 0.94-1.39x of
- * full-cache SDPA (1.18-1.39x at batch 8, run 141) where v4 ran them at 0.77-0.82x (run 99). The design is in the
+ * full-cache SDPA (1.20-1.43x at batch 8, run 144) where v4 ran them at 0.77-0.82x (run 99). The design is in the
  * comment above the kernel and in docs/design/latent_decode_notes.md ("Why the group-size-2 rows stay far from
  * 1.8x", "v11: a group-size-2 kernel"); what it shares with the other decode kernels is in
  * latent_decode_common.cuh.

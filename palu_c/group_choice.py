@@ -24,7 +24,7 @@ group and token, so larger groups cost more time per step. What a group size cos
 
 A group size the caller GIVES is not second-guessed, but where the table says that decode attention at that group
 size was slower than PyTorch SDPA over the full uncompressed cache at every measured point of the model's shape
-(on the H200: G = 4, 0.05-0.18x; not G = 2, which runs v11 at 0.76-1.39x, faster than SDPA at most points),
+(on the H200: G = 4, 0.05-0.18x; not G = 2, which runs v11 at 0.76-1.43x, faster than SDPA at most points),
 :func:`slow_group_message` words it and ``compress_kv`` raises a :class:`palu_c.KernelSpeedWarning` on a CUDA
 model: the cache still shrinks, but decoding gets slower, which is not what most users of a CUDA model compress
 for.
