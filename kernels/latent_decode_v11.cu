@@ -129,8 +129,8 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
             dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
         dev::cp_async_commit();
     };
-    if (NREP != 1) { /* n_rep 1 (MHA at G = 2) fetches them after the prologue: there early fetches cost 0.7-1.2%
-                      * (run 135), its first step's few score rows not waiting for them */
+    if (NREP != 1) { /* n_rep 1 (MHA at G = 2) fetches them after the prologue: there the early fetch cost 0.7-1.2%
+                      * (run 135) and the late one took back 0.25-0.8% (run 144); why, not profiled */
         fetch_pos(0);
         fetch_pos(1);
     }
