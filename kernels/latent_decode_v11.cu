@@ -115,10 +115,12 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 
     /* Positions, once per pair of steps and warp: lane l holds the position of the warp's row 16 wl + (l & 15) in
      * step 2 n + (l >> 4), and lanes 0 and 16 also that of their step's row 0 (the warpgroup's common anchor: the
-     * Q_A rows are shared); by cp.async into a per-warp ring two pairs ahead. The first two pairs' are requested before
-     * the prologue: issued after it, they queued behind the first stages' copies and the first step waited for them
-     * (as in v10) */
-    constexpr bool kShared = NREP != 1; /* the warpgroup shares its Q_A rows (the comment above qlo says when) */
+     * Q_A rows are shared); by cp.async into a per-warp ring two pairs ahead. Where n_rep > 1 the first two pairs'
+     * are requested before the prologue: issued after it, they queued behind the first stages' copies and the first
+     * step waited for them (as in v10). At n_rep 1 (MHA at G = 2) the early fetch cost 0.7-1.2% (run 135) and the late
+     * one took back 0.25-0.8% (run 144); why, not profiled. */
+    constexpr bool kShared = NREP != 1;   /* the warpgroup shares its Q_A rows (the comment above qlo says when) */
+    constexpr bool kEarlyPos = NREP != 1; /* the first two pairs' positions before the prologue */
     int *pring = reinterpret_cast<int *>(smem + kV11OffPos) + warp * kV11PosRing * kV11PosStride;
     const int lane_row = 16 * wl + (lane & 15);
     auto fetch_pos = [&](int n) {
@@ -129,8 +131,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
             dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
         dev::cp_async_commit();
     };
-    if (NREP != 1) { /* n_rep 1 (MHA at G = 2) fetches them after the prologue: there the early fetch cost 0.7-1.2%
-                      * (run 135) and the late one took back 0.25-0.8% (run 144); why, not profiled */
+    if (kEarlyPos) {
         fetch_pos(0);
         fetch_pos(1);
     }
@@ -220,7 +221,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
     uint32_t qa[8][2] = {};
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
-    if (NREP == 1) {
+    if (!kEarlyPos) { /* n_rep 1: the first positions after the prologue (above) */
         fetch_pos(0);
         fetch_pos(1);
     }
