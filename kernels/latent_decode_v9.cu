@@ -128,7 +128,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 2 : 32);
         for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4);
         for (int x = 0; x < 2; x++)
-            dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 4 * kV9Groups);
+            dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 32 * 4 * kV9Groups);
         dev::mbar_init_fence();
     }
     __syncthreads();
@@ -463,18 +463,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         process(check, wa, blk * S + ta, x, ta);
         dev::wgmma_wait0();
         fence_all(wb);
-        if (!CHECK) { /* this block's Qa image is no longer read by this warpgroup (a checked block's anchors are) */
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(qempty + x);
-        }
+        /* qempty: every consumer lane arrives for itself (a __syncwarp and lane 0's lone arrival order the same reads,
+         * but racecheck does not follow that chain and reports each later anchor write as a hazard: run 145,
+         * python/probe_racecheck_mbarrier.cu) */
+        if (!CHECK) dev::mbar_arrive(qempty + x); /* this block's Qa image is no longer read by this warpgroup (a
+                                                   * checked block's anchors are) */
         const bool more = blk + 1 < nblocks; /* the next block's first W into wa */
         if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
         issue(wa, more ? x ^ 1 : x, ta);
         process(check, wb, blk * S + tb, x, tb);
-        if (CHECK) { /* this block's Qa image and anchors are no longer read */
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(qempty + x);
-        }
+        if (CHECK) dev::mbar_arrive(qempty + x); /* this block's Qa image and anchors are no longer read */
         dev::wgmma_wait0();
         fence_all(wa);
     };
