@@ -126,7 +126,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     if (tid == 0) {
         /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
         for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 2 : 32);
-        for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4);
+        for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4 * 32); /* per lane: `process` */
         for (int x = 0; x < 2; x++)
             dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 32 * 4 * kV9Groups);
         dev::mbar_init_fence();
@@ -441,8 +441,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             dev::ldsm_x4_trans(a, vt + L::at(lrow, 2 * mb + lsel));
             dev::mma16816<T>(o[mb], a, b0, b1);
         }
-        __syncwarp();
-        if (lane == 0) dev::mbar_arrive(empty + s);
+        /* the stage is released for the copy warp. A checked step read its positions with plain loads (which the
+         * copy warp's plain stores of a later step overwrite): there every lane arrives for itself, as racecheck
+         * follows no __syncwarp into a lone arrival (run 148); a regular step read the stage through ldmatrix only,
+         * and lane 0 arrives for its warp (one arrival, not 32, in the hot loop) */
+        if constexpr (CHECK) {
+            dev::mbar_arrive(empty + s);
+        } else {
+            __syncwarp();
+            if (lane == 0) dev::mbar_arrive_n(empty + s, 32);
+        }
     };
     auto fence_all = [&](float (&acc)[32]) {
 #pragma unroll
