@@ -124,8 +124,9 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     uint64_t *qempty = qfull + 2;
     int *anch = reinterpret_cast<int *>(smem + L::ANCH), *fullreg = anch + 2 * M; /* per Qa buffer */
     if (tid == 0) {
-        /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
-        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 2 : 32);
+        /* full: TMA, lane 0's expect_tx and every lane's arrival after its positions are stored; cp.async, each
+         * lane's completion */
+        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 1 + 32 : 32); /* TMA: expect_tx + every lane */
         for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4 * 32); /* per lane: `process` */
         for (int x = 0; x < 2; x++)
             dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 32 * 4 * kV9Groups);
@@ -156,8 +157,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                 }
                 reinterpret_cast<int *>(kt + L::POS)[lane] = v[0];
                 reinterpret_cast<int *>(kt + L::POS)[lane + 32] = v[1];
-                __syncwarp();
-                if (lane == 0) dev::mbar_arrive(fb);
+                dev::mbar_arrive(fb); /* every lane releases its own two positions (racecheck follows no __syncwarp
+                                       * into a lone arrival: runs 148-149) */
             };
             int pa[2], pb[2];
             load_pos(0, pa), load_pos(1, pb);

@@ -4,7 +4,7 @@
 # the v9 tests, racecheck over v9's, v10's and v11's multi-block cases (v9's fail on main: runs 145, 148), the fault's
 # reproducer, then v9's call times against main's objects, alternately in two rounds. Objects built beforehand
 # (SM90A_ONLY=1 bash python/build_cuda_objects.sh DIR, on the branch and on main) and carried.
-#   OBJ=build/objs_la2 BASE=build/objs_main bash python/gpu_v9_lane_arrivals.sh   (~7 minutes)
+#   OBJ=build/objs_la3 BASE=build/objs_main bash python/gpu_v9_lane_arrivals.sh   (~7 minutes)
 source python/gpu_lib.sh
 OBJ=${OBJ:?prebuilt kernel objects of the branch}
 BASE=${BASE:?prebuilt kernel objects of main}
