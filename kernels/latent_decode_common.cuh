@@ -294,6 +294,11 @@ __device__ __forceinline__ void mbar_arrive(uint64_t *bar)
 {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory");
 }
+/* `n` arrivals at once (of the `count` its phase waits for): one thread standing in for a warp after __syncwarp */
+__device__ __forceinline__ void mbar_arrive_n(uint64_t *bar, uint32_t n)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(n) : "memory");
+}
 /* An arrival on `bar` once this thread's earlier cp.async copies have landed (counted in the init count). */
 __device__ __forceinline__ void cp_async_mbar_arrive(uint64_t *bar)
 {

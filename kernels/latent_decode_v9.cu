@@ -124,11 +124,12 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     uint64_t *qempty = qfull + 2;
     int *anch = reinterpret_cast<int *>(smem + L::ANCH), *fullreg = anch + 2 * M; /* per Qa buffer */
     if (tid == 0) {
-        /* full: TMA, lane 0's expect_tx and its arrival after the positions are stored; cp.async, each lane's */
-        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 2 : 32);
-        for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4);
+        /* full: TMA, lane 0's expect_tx and every lane's arrival after its positions are stored; cp.async, each
+         * lane's completion */
+        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 1 + 32 : 32); /* TMA: expect_tx + every lane */
+        for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4 * 32); /* per lane: `process` */
         for (int x = 0; x < 2; x++)
-            dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 4 * kV9Groups);
+            dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 32 * 4 * kV9Groups);
         dev::mbar_init_fence();
     }
     __syncthreads();
@@ -156,8 +157,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                 }
                 reinterpret_cast<int *>(kt + L::POS)[lane] = v[0];
                 reinterpret_cast<int *>(kt + L::POS)[lane + 32] = v[1];
-                __syncwarp();
-                if (lane == 0) dev::mbar_arrive(fb);
+                dev::mbar_arrive(fb); /* every lane releases its own two positions (racecheck follows no __syncwarp
+                                       * into a lone arrival: runs 148-149) */
             };
             int pa[2], pb[2];
             load_pos(0, pa), load_pos(1, pb);
@@ -441,8 +442,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             dev::ldsm_x4_trans(a, vt + L::at(lrow, 2 * mb + lsel));
             dev::mma16816<T>(o[mb], a, b0, b1);
         }
-        __syncwarp();
-        if (lane == 0) dev::mbar_arrive(empty + s);
+        /* the stage is released for the copy warp. A checked step read its positions with plain loads (which the
+         * copy warp's plain stores of a later step overwrite): there every lane arrives for itself, as racecheck
+         * follows no __syncwarp into a lone arrival (run 148); a regular step read the stage through ldmatrix only,
+         * and lane 0 arrives for its warp (one arrival, not 32, in the hot loop) */
+        if constexpr (CHECK) {
+            dev::mbar_arrive(empty + s);
+        } else {
+            __syncwarp();
+            if (lane == 0) dev::mbar_arrive_n(empty + s, 32);
+        }
     };
     auto fence_all = [&](float (&acc)[32]) {
 #pragma unroll
@@ -463,18 +472,16 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         process(check, wa, blk * S + ta, x, ta);
         dev::wgmma_wait0();
         fence_all(wb);
-        if (!CHECK) { /* this block's Qa image is no longer read by this warpgroup (a checked block's anchors are) */
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(qempty + x);
-        }
+        /* qempty: every consumer lane arrives for itself (a __syncwarp and lane 0's lone arrival order the same reads,
+         * but racecheck does not follow that chain and reports each later anchor write as a hazard: run 145,
+         * python/probe_racecheck_mbarrier.cu) */
+        if (!CHECK) dev::mbar_arrive(qempty + x); /* this block's Qa image is no longer read by this warpgroup (a
+                                                   * checked block's anchors are) */
         const bool more = blk + 1 < nblocks; /* the next block's first W into wa */
         if (more) dev::mbar_wait(qfull + (x ^ 1), ((blk + 1) >> 1) & 1);
         issue(wa, more ? x ^ 1 : x, ta);
         process(check, wb, blk * S + tb, x, tb);
-        if (CHECK) { /* this block's Qa image and anchors are no longer read */
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(qempty + x);
-        }
+        if (CHECK) dev::mbar_arrive(qempty + x); /* this block's Qa image and anchors are no longer read */
         dev::wgmma_wait0();
         fence_all(wa);
     };

@@ -251,12 +251,13 @@ inline void mbar_expect(uint64_t *bar, uint32_t bytes) { // arrive.expect_tx: th
     b.expect += bytes; b.arrivals++;
     if (bytes == 0) bar_try_complete(b);
 }
-inline void mbar_arrive(uint64_t *bar) {
+inline void mbar_arrive_n(uint64_t *bar, uint32_t n) {
     std::lock_guard<std::mutex> lk(emu_bar_mu);
     EmuBar &b = bar_of(bar);
-    b.arrivals++;
+    b.arrivals += (int)n;
     if (b.copies.empty()) bar_try_complete(b); // (with boxes in flight it completes at a wait: they land late)
 }
+inline void mbar_arrive(uint64_t *bar) { mbar_arrive_n(bar, 1); }
 inline void tma_issue(void *dst, const void *map, int c0, int c1, int c2, uint64_t *bar) {
     const TmaMap *m = (const TmaMap *)map;
     std::lock_guard<std::mutex> lk(emu_bar_mu);

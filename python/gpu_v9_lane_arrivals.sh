@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# One H200 call for branch v9-lane-arrivals (consumer lanes arrive for themselves where they read plain shared memory
+# that a later plain store rewrites, so that racecheck follows v9's hand-offs; notes "v9's anchors and racecheck"):
+# the v9 tests, racecheck over v9's, v10's and v11's multi-block cases (v9's fail on main: runs 145, 148), the fault's
+# reproducer, then v9's call times against main's objects, alternately in two rounds. Objects built beforehand
+# (SM90A_ONLY=1 bash python/build_cuda_objects.sh DIR, on the branch and on main) and carried.
+#   OBJ=build/objs_la3 BASE=build/objs_main bash python/gpu_v9_lane_arrivals.sh   (~7 minutes)
+source python/gpu_lib.sh
+OBJ=${OBJ:?prebuilt kernel objects of the branch}
+BASE=${BASE:?prebuilt kernel objects of main}
+step "link $OBJ"; link_objects "$OBJ"
+decode_tests "v9"
+for k in "v9 and not bfloat16 and (irregular or long_ranges)" "v10 and not bfloat16 and (irregular or long_ranges)" \
+         "v11_irregular and not bfloat16"; do
+  step "racecheck -k $k"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
+    python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" > "$OUT/race.tmp" 2>&1
+  echo "racecheck exit $?"; grep -E "passed|failed|RACECHECK SUMMARY" "$OUT/race.tmp" | tail -2
+  { echo "=== racecheck -k $k"; grep -v "^=========     Host\|^=========         #" "$OUT/race.tmp"; } >> "$OUT/race.txt"
+  rm -f "$OUT/race.tmp"
+done
+step "reproducer (python/stress_decode.py --realloc, B8 128K)"
+repro --batch 8 --tokens 131072 --realloc --churn
+time_sets "$OBJ $BASE" --impl v9 --shapes llama2-7b --batches 1,8 --tokens 16384,65536
+step "done"
