@@ -4,7 +4,8 @@
 #   link_objects DIR    build the extension in place from kernel objects compiled elsewhere
 #                       (python/build_cuda_objects.sh DIR; the nvcc pass would cost ~98 s of device time)
 #   sanitize MEM_K RACE_K [SYNC_K]   compute-sanitizer memcheck / racecheck (/ synccheck) over
-#                       test_latent_decode_cuda.py -k expressions (full reports appended to $OUT/sanitize.txt)
+#                       test_latent_decode_cuda.py -k expressions (full reports appended to $OUT/sanitize.txt;
+#                       each run cut at SAN_TIMEOUT seconds, default 300: v9's multi-block cases take ~130 s)
 #   decode_tests K   test_latent_decode_cuda.py -k K (its summary line)
 #   check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K   link the first set; its decode tests and sanitizers
 #   time_sets "SETS" ARGS...   python/profile_fixed_cost.py ARGS on each prebuilt object set, alternately, two rounds
@@ -32,7 +33,7 @@ sanitize() {
   for tool in memcheck racecheck synccheck; do
     case $tool in memcheck) k=$1 ;; racecheck) k=$2 ;; synccheck) k=${3:-} ;; esac
     [ -n "$k" ] || continue
-    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 150 compute-sanitizer --tool $tool --error-exitcode 9 \
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "${SAN_TIMEOUT:-300}" compute-sanitizer --tool $tool --error-exitcode 9 \
       python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" > "$OUT/san.tmp" 2>&1
     echo "$tool exit $?"; tail -2 "$OUT/san.tmp"
     { echo "=== $tool -k $k"; cat "$OUT/san.tmp"; } >> "$OUT/sanitize.txt"; rm -f "$OUT/san.tmp"
