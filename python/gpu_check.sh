@@ -34,9 +34,8 @@ PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitc
 rc=$?; echo "memcheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -6 "$OUT/memcheck.txt"
 
 step "compute-sanitizer racecheck (reduced set)"
-# plus the v9, v10 and v11 cases whose CTAs walk many blocks (buffers reused: hand-offs that a one-block case never
-# exercises; v9's were flagged there until its lanes arrived for themselves, runs 145-151), fp16 only (~4 minutes)
-RACECHECK_K='(poisoned and (7-12- or 19-112- or 1-4096- or 7-12288-)) or (not bfloat16 and (v11_irregular or ((v9 or v10) and (irregular or long_ranges))))'
+source "$(dirname "$0")/gpu_selections.sh" # plus the cases whose CTAs walk many blocks (MULTIBLOCK_K)
+RACECHECK_K="(poisoned and (7-12- or 19-112- or 1-4096- or 7-12288-)) or ($MULTIBLOCK_K)"
 PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck --error-exitcode 9 \
   python3 -m pytest -q -p no:cacheprovider tests/gpu -k "$RACECHECK_K" > "$OUT/racecheck.txt" 2>&1
 rc=$?; echo "racecheck exit: $rc"; [ $rc -eq 0 ] || status=1; tail -6 "$OUT/racecheck.txt"

@@ -18,6 +18,7 @@
 #                       source page $OUT/NAME_source.csv (the report itself is deleted: one file fewer to return)
 # The device tool returns at most 8 files from $OUT: drivers delete their scratch files and append to few logs.
 set -uo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_selections.sh" # MULTIBLOCK_K
 OUT=${OUT:-$PWD/gpu_logs}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1

@@ -16,7 +16,7 @@ for impl in v11 v4 v11 v4; do
 done
 gpu_suite
 step "sanitize"
-sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or refuses)" "(v11 and float16 and (b2-t257 or b3-t1000)) or (not bfloat16 and (v11_irregular or ((v9 or v10) and (irregular or long_ranges))))" \
+sanitize "v11 and float16 and (b3-t7 or b2-t257 or uneven or refuses)" "(v11 and float16 and (b2-t257 or b3-t1000)) or ($MULTIBLOCK_K)" \
   "v9 and float16 and not new_latents"
 kept=0
 for i in $(seq 1 "${BENCH_RUNS:-3}"); do

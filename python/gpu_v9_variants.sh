@@ -6,7 +6,7 @@
 #   SETS="build/objs_s6 build/objs_fx" bash python/gpu_v9_variants.sh
 source python/gpu_lib.sh
 SETS=${SETS:?object sets to time}
-check_first_set "$SETS" v9 "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and (b3-t7 or b2-t257 or (not bfloat16 and (irregular or long_ranges)))" \
+check_first_set "$SETS" v9 "v9 and float16 and (b3-t7 or b2-t257 or irregular)" "v9 and (b3-t7 or b2-t257 or ($MULTIBLOCK_K))" \
   "v9 and float16 and (b3-t7 or b2-t257)"
 step "reproducer (python/stress_decode.py --realloc, B8 128K)"
 repro --batch 8 --tokens 131072 --realloc --churn
