@@ -17,7 +17,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from palu_c import latent_kernels as lk  # noqa: E402
 
-SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64)}
+# "mha1": one head per sequence, for layout probes: batch B x 32 of it moves Llama-2-7B batch B's bytes through the
+# same CTAs, each reading its (sequence, head) latents as one contiguous run instead of 128 bytes of every 4 KB row
+SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64), "mha1": (1, 1, 128)}
 
 
 def decode_step(shape: str, tokens: int, batch: int, group: int, impl: str):
