@@ -10,15 +10,9 @@ OBJ=${OBJ:?prebuilt kernel objects of the branch}
 BASE=${BASE:?prebuilt kernel objects of main}
 step "link $OBJ"; link_objects "$OBJ"
 decode_tests "v9"
-for k in "v9 and not bfloat16 and (irregular or long_ranges)" "v10 and not bfloat16 and (irregular or long_ranges)" \
-         "v11_irregular and not bfloat16"; do
-  step "racecheck -k $k"
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout 200 compute-sanitizer --tool racecheck --error-exitcode 9 \
-    python3 -m pytest -q -p no:cacheprovider tests/gpu/test_latent_decode_cuda.py -k "$k" > "$OUT/race.tmp" 2>&1
-  echo "racecheck exit $?"; grep -E "passed|failed|RACECHECK SUMMARY" "$OUT/race.tmp" | tail -2
-  { echo "=== racecheck -k $k"; grep -v "^=========     Host\|^=========         #" "$OUT/race.tmp"; } >> "$OUT/race.txt"
-  rm -f "$OUT/race.tmp"
-done
+step "racecheck over the multi-block cases of v9, v10 and v11 (full report in $OUT/sanitize.txt)"
+SAN_TIMEOUT=400 sanitize "" "$MULTIBLOCK_K"
+grep -E "RACECHECK SUMMARY" "$OUT/sanitize.txt"
 step "reproducer (python/stress_decode.py --realloc, B8 128K)"
 repro --batch 8 --tokens 131072 --realloc --churn
 time_sets "$OBJ $BASE" --impl v9 --shapes llama2-7b --batches 1,8 --tokens 16384,65536

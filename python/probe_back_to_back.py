@@ -1,8 +1,10 @@
 """Is a v9 call faster when the SMs have just run v9 (run 162)? Batch 8's second wave loops 8-10% faster per CTA
 than its first whatever sequences it reads (runs 154, 160; notes "Seventeenth session"). Three calls back to back
-after an L2 flush and a 1 ms GPU sleep (as bench_attention.py times one), each timed by CUDA events: if the second
+after an L2 flush and a GPU sleep (as bench_attention.py times one), each timed by CUDA events: if the second
 and third are faster than the first, what the first wave lacks is something an SM keeps between CTAs (instruction
-cache, TLB, clocks); if not, it is within the launch.
+cache, TLB, clocks); if not, it is within the launch. The GPU sleeps ~2.5 ms before the three calls, so that the
+host has enqueued all three by the time the first ends: run 162 slept 1 ms, too short for the rows whose call takes
+less than the host's launch (there calls 2 and 3 timed the host; only batch 4 at 64K was valid).
 
     python3 python/probe_back_to_back.py   (after an in-place build of the extension)
 """
@@ -32,7 +34,7 @@ def main() -> None:
         times = []
         for _ in range(15):
             flush.zero_()
-            torch.cuda._sleep(1_000_000)
+            torch.cuda._sleep(5_000_000)  # cycles: ~2.5 ms
             ev = [torch.cuda.Event(enable_timing=True) for _ in range(4)]
             ev[0].record()
             for k in range(3):
