@@ -36,7 +36,8 @@ namespace {
  * through five stages, or cp.async through four under CUDA-graph capture: V9Layout) and the positions; warps 9-12
  * the anchored query of the next block (double-buffered; qfull / qempty mbarriers) from an R(k) table (k < 64) when
  * the block's anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau and the tables
- * with the consumer and anchor warps while the copy warp starts streaming. The 64 quads' states are combined in
+ * with the consumer and anchor warps; the copy warp starts streaming once the prologue's Uk has landed (the quiet
+ * start: 0.4-0.6% faster at batch 4 and 8, flat at batch 1, run 163). The 64 quads' states are combined in
  * shared memory into one partial per CTA.
  *
  * Measured first as a standalone probe (python/probe_absorbed.cu at commit b5fe0ea, runs 45-48, notes "The absorbed
@@ -164,6 +165,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             };
             int pa[2], pb[2];
             load_pos(0, pa), load_pos(1, pb);
+            dev::bar_named_n(3, PT + 32); /* the quiet start: the prologue's Uk has landed (see there) */
             for (int st = 0; st < nblocks * S; st += 2) { /* nblocks * S is even */
                 step(st, pa);
                 load_pos(st + 2, pa);
@@ -174,6 +176,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                   * each lane's completion arriving on the stage's `full` (count 32) */
             const T *kg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + p.groups.kcol[h];
             const T *vg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + p.groups.vcol[h];
+            dev::bar_named_n(3, PT + 32); /* the quiet start, as in the TMA build */
             for (int st = 0; st < nblocks * S; st++) {
                 const int s = st % NST;
                 if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
@@ -224,7 +227,12 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             turn[(k - M) * HALF + i] = make_float2(c, s);
     }
     dev::cp_async_wait<0>();
-    dev::bar_named_n(2, PT);
+    /* The quiet start: the copy warp waits here too (named barrier 3 over all the CTA's threads) before its first
+     * copy. Started at once, every SM's first-stage burst (five stages, ~11 MB over the GPU at batch 8) queued Uk's
+     * 16 KB behind it, and the consumers' first W waited for the whole burst; now Uk lands first, the burst streams
+     * while U_tau and the first anchored query are built. Run 163: -0.4 to -0.6% at batch 4 and 8, flat at batch 1
+     * (predicted -1 to -2 us per wave). v10's first copies held back the same way lost 0.5 us a call there. */
+    dev::bar_named_n(3, PT + 32);
     /* U_tau: a task is 8 consecutive dimensions d0 .. d0 + 7 of image row j (one core-matrix row) in all S images.
      * Lanes take consecutive j, so the Uk reads are conflict-free and each warp's 16-byte stores cover whole bank
      * sweeps (one thread per element, with d fixed across the warp, stored 2 bytes at 8-way conflicts: ~5 us) */
