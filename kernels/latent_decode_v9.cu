@@ -33,7 +33,7 @@ namespace {
  * CTA = 13 warps, one per SM (226 KB of shared memory with TMA): warps 0-7 two consumer warpgroups (the MMAs,
  * scores, softmax, P . V), group cw taking steps tau = cw and cw + 2 of every block with its own softmax state (one
  * warpgroup's per-step chain was the bottleneck: notes "Two consumer warpgroups"); warp 8 the copies (TMA boxes
- * through five stages, or cp.async through four under CUDA-graph capture: V9Layout) and the positions; warps 9-12
+ * through five stages, or cp.async through four under CUDA-graph capture: V9Layout); warps 9-12
  * the anchored query of the next block (double-buffered; qfull / qempty mbarriers) from an R(k) table (k < 64) when
  * the block's anchors are consecutive, else from each anchor's own angle. The prologue builds U_tau and the tables
  * with the consumer and anchor warps; the copy warp starts streaming once the prologue's Uk has landed (the quiet
@@ -68,8 +68,7 @@ template <bool TMA> struct V9Layout {
     static constexpr int RTS = HALF + 8;                        /* R(k) table row stride (float2): 576 bytes */
     static constexpr size_t ALIGN = TMA ? 1024 : 128;
     static constexpr size_t TILE = (size_t)kV9Rows * ROWB;
-    static constexpr size_t POS = 2 * TILE;                     /* the step's 64 positions, after K and V */
-    static constexpr size_t STAGE = (POS + kV9Rows * 4 + ALIGN - 1) / ALIGN * ALIGN;
+    static constexpr size_t STAGE = (2 * TILE + ALIGN - 1) / ALIGN * ALIGN; /* K, then V */
     static constexpr size_t UT = (size_t)kV9D * kV9R * 2, QA = (size_t)kV9Rows * kV9D * 2;
     static constexpr size_t U = NST * STAGE;
     static constexpr size_t QAB = U + kV9S * UT;             /* two Qa images (the prologue stages Uk in the first) */
@@ -125,9 +124,8 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     uint64_t *qempty = qfull + 2;
     int *anch = reinterpret_cast<int *>(smem + L::ANCH), *fullreg = anch + 2 * M; /* per Qa buffer */
     if (tid == 0) {
-        /* full: TMA, lane 0's expect_tx and every lane's arrival after its positions are stored; cp.async, each
-         * lane's completion */
-        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 1 + 32 : 32); /* TMA: expect_tx + every lane */
+        /* full: TMA, lane 0's expect_tx; cp.async, each lane's completion */
+        for (int f = 0; f < NF; f++) dev::mbar_init(full + f, TMA ? 1 : 32);
         for (int s = 0; s < NST; s++) dev::mbar_init(empty + s, 4 * 32); /* per lane: `process` */
         for (int x = 0; x < 2; x++)
             dev::mbar_init(qfull + x, 32 * kV9AnchorWarps), dev::mbar_init(qempty + x, 32 * 4 * kV9Groups);
@@ -135,18 +133,64 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     }
     __syncthreads();
 
-    if (warp == kV9CopyWarp) { /* ---- the copies of every step's 64 K rows, 64 V rows and 64 positions. (One
-                                * 128-byte bulk copy per row was measured 5-8x slower (run 49): the bulk-copy unit
-                                * takes small requests one at a time.) */
-        if constexpr (TMA) {
-            /* per step two boxes of 64 rows x rk (rows past the sequence read as zeros); the positions travel through
-             * this warp's registers, loaded two steps ahead into alternating sets (a load on this warp's chain, or a
-             * register copy of one still in flight, held every step for an L2 round trip: runs 51-52) */
-            auto load_pos = [&](int st, int (&v)[2]) {
+    /* The anchor warps' first loads (their query values and frequency, block 0's positions) go out before the
+     * prologue, so that their round trip overlaps it rather than queueing behind the first stages' burst, which now
+     * starts right after the prologue's barrier (the quiet start); the first Qa, and with it every consumer's first
+     * step, waits for them. (Run 135 measured this flat while the copy warp still started at once.) */
+    constexpr int PV = M * S / 32; /* positions of a block's 64 S slots per lane: slot A + lane + 32 i */
+    const bool anchor_warp = warp > kV9CopyWarp;
+    const int qw = anchor_warp ? warp - kV9CopyWarp - 1 : 0, fi = 16 * qw + (lane & 15);
+    const T *qv = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
+    float qlo = 0.0f, qhi = 0.0f, fr = 0.0f;
+    int pv[PV];
+    auto load_block = [&](int blk) {
 #pragma unroll
-                for (int x = 0; x < 2; x++) v[x] = pos[min(t0 + M * st + lane + 32 * x, T_len - 1)];
-            };
-            auto step = [&](int st, const int (&v)[2]) {
+        for (int i = 0; i < PV; i++) pv[i] = pos[min(t0 + blk * M * S + lane + 32 * i, T_len - 1)];
+    };
+    if (anchor_warp) {
+        qlo = Num<T>::to_f(qv[fi]), qhi = Num<T>::to_f(qv[fi + HALF]), fr = p.inv_freq[fi];
+        if (nblocks > 0) load_block(0);
+    }
+
+    /* ---- prologue (consumer and anchor warps, PT threads): Uk staged in the first Qa buffer, the tables, then
+     * (after the copy warp's branch) U_tau from the staged copy (global reads in that loop would each wait an L2
+     * round trip) ---- */
+    const int pt = tid < 32 * kV9CopyWarp ? tid : tid - 32;
+    T *uks = reinterpret_cast<T *>(smem + L::QAB);
+    float2 *tab = reinterpret_cast<float2 *>(smem + L::TAB), *turn = reinterpret_cast<float2 *>(smem + L::TURN);
+    if (warp != kV9CopyWarp) {
+        const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
+        for (int e = pt; e < D * R / 8; e += PT) dev::cp_async16(uks + 8 * e, ukg + 8 * e, true);
+        dev::cp_async_commit();
+        static_assert(PT % HALF == 0, "one frequency per thread in the table loop");
+        const float2 tr_i = turn_split(p.inv_freq[pt % HALF]); /* this thread's frequency in every entry below */
+        for (int e = pt; e < M * HALF + S * HALF; e += PT) {
+            const int i = e % HALF, k = e / HALF; /* k < 64: R(k) table; then tau = k - 64 for R(64 tau) */
+            float c, s;
+            rope_cos_sin(k < M ? k : 64 * (k - M), tr_i, &c, &s);
+            if (k < M)
+                tab[k * L::RTS + i] = make_float2(c, s);
+            else
+                turn[(k - M) * HALF + i] = make_float2(c, s);
+        }
+        dev::cp_async_wait<0>();
+    }
+    /* The quiet start: the copy warp waits here too, before its first copy. Started at once, every SM's first-stage
+     * burst (five stages, ~11 MB over the GPU at batch 8) queued Uk's 16 KB behind it, and the consumers' first W
+     * waited for the whole burst; now Uk lands first, and the burst streams while U_tau and the first anchored query
+     * are built. Run 163: -0.4 to -0.6% at batch 4 and 8, flat at batch 1 (predicted -1 to -2 us per wave). v10's
+     * first copies held back the same way lost 0.5 us a call there. One barrier instruction for every warp: a named
+     * barrier that the copy warp reached from its own branch was "divergent threads in block" to synccheck (run
+     * 165). */
+    __syncthreads();
+
+    if (warp == kV9CopyWarp) { /* ---- the copies of every step's 64 K rows and 64 V rows. (One 128-byte bulk copy per
+                                * row was measured 5-8x slower (run 49): the bulk-copy unit takes small requests one
+                                * at a time.) No positions: only a block with irregular positions reads them, from
+                                * global memory (`process`); carried here through registers, shared memory and 32
+                                * arrivals per step they cost every step ~2% (run 164) */
+        if constexpr (TMA) { /* per step two boxes of 64 rows x rk (rows past the sequence read as zeros) */
+            for (int st = 0; st < nblocks * S; st++) {
                 const int s = st % NST;
                 if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
                 char *kt = smem + s * L::STAGE;
@@ -156,27 +200,11 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                     dev::tma_load_3d(kt, &maps.k, p.groups.kcol[h], t0 + M * st, b, fb);
                     dev::tma_load_3d(kt + L::TILE, &maps.v, p.groups.vcol[h], t0 + M * st, b, fb);
                 }
-                reinterpret_cast<int *>(kt + L::POS)[lane] = v[0];
-                reinterpret_cast<int *>(kt + L::POS)[lane + 32] = v[1];
-                /* every lane releases its own two positions: racecheck follows no __syncwarp into a lone arrival
-                 * (runs 148-149). The 32 arrivals cost v9 0.3-0.9% at batch 8 (runs 150-151); eight lanes storing
-                 * eight positions each, from uncoalesced loads, cost 3.5-4% (run 153) */
-                dev::mbar_arrive(fb);
-            };
-            int pa[2], pb[2];
-            load_pos(0, pa), load_pos(1, pb);
-            dev::bar_named_n(3, PT + 32); /* the quiet start: the prologue's Uk has landed (see there) */
-            for (int st = 0; st < nblocks * S; st += 2) { /* nblocks * S is even */
-                step(st, pa);
-                load_pos(st + 2, pa);
-                step(st + 1, pb);
-                load_pos(st + 3, pb);
             }
-        } else { /* per step 64 K rows, 64 V rows and 64 positions by cp.async (rows past the sequence zero-filled),
-                  * each lane's completion arriving on the stage's `full` (count 32) */
+        } else { /* per step 64 K rows and 64 V rows by cp.async (rows past the sequence zero-filled), each lane's
+                  * completion arriving on the stage's `full` (count 32) */
             const T *kg = static_cast<const T *>(p.k_latent) + (size_t)b * p.kbs + p.groups.kcol[h];
             const T *vg = static_cast<const T *>(p.v_latent) + (size_t)b * p.vbs + p.groups.vcol[h];
-            dev::bar_named_n(3, PT + 32); /* the quiet start, as in the TMA build */
             for (int st = 0; st < nblocks * S; st++) {
                 const int s = st % NST;
                 if (st >= NST) dev::mbar_wait(empty + s, ((st / NST) - 1) & 1);
@@ -188,11 +216,6 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
                     const bool ok = slot < T_len;
                     dev::cp_async16(kt + L::at(row, ch), ok ? kg + (size_t)slot * p.kts + ch * 8 : kg, ok);
                     dev::cp_async16(vt + L::at(row, ch), ok ? vg + (size_t)slot * p.vts + ch * 8 : vg, ok);
-                }
-#pragma unroll
-                for (int x = 0; x < 2; x++) {
-                    const int row = lane + 32 * x, slot = base + row;
-                    dev::cp_async4(kt + L::POS + row * 4, pos + min(slot, T_len - 1), slot < T_len);
                 }
                 dev::cp_async_mbar_arrive(full + st % NF);
             }
@@ -207,32 +230,6 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         return;
     }
 
-    /* ---- prologue (consumer and anchor warps, PT threads): Uk staged in the first Qa buffer, the tables, then
-     * U_tau from the staged copy (global reads in that loop would each wait an L2 round trip) ---- */
-    const int pt = tid < 32 * kV9CopyWarp ? tid : tid - 32;
-    const T *ukg = static_cast<const T *>(p.k_up) + (size_t)D * p.groups.kcol[h]; /* [D][R], G = 1 */
-    T *uks = reinterpret_cast<T *>(smem + L::QAB);
-    for (int e = pt; e < D * R / 8; e += PT) dev::cp_async16(uks + 8 * e, ukg + 8 * e, true);
-    dev::cp_async_commit();
-    float2 *tab = reinterpret_cast<float2 *>(smem + L::TAB), *turn = reinterpret_cast<float2 *>(smem + L::TURN);
-    static_assert(PT % HALF == 0, "one frequency per thread in the table loop");
-    const float2 tr_i = turn_split(p.inv_freq[pt % HALF]); /* this thread's frequency in every entry below */
-    for (int e = pt; e < M * HALF + S * HALF; e += PT) {
-        const int i = e % HALF, k = e / HALF; /* k < 64: R(k) table; then tau = k - 64 for R(64 tau) */
-        float c, s;
-        rope_cos_sin(k < M ? k : 64 * (k - M), tr_i, &c, &s);
-        if (k < M)
-            tab[k * L::RTS + i] = make_float2(c, s);
-        else
-            turn[(k - M) * HALF + i] = make_float2(c, s);
-    }
-    dev::cp_async_wait<0>();
-    /* The quiet start: the copy warp waits here too (named barrier 3 over all the CTA's threads) before its first
-     * copy. Started at once, every SM's first-stage burst (five stages, ~11 MB over the GPU at batch 8) queued Uk's
-     * 16 KB behind it, and the consumers' first W waited for the whole burst; now Uk lands first, the burst streams
-     * while U_tau and the first anchored query are built. Run 163: -0.4 to -0.6% at batch 4 and 8, flat at batch 1
-     * (predicted -1 to -2 us per wave). v10's first copies held back the same way lost 0.5 us a call there. */
-    dev::bar_named_n(3, PT + 32);
     /* U_tau: a task is 8 consecutive dimensions d0 .. d0 + 7 of image row j (one core-matrix row) in all S images.
      * Lanes take consecutive j, so the Uk reads are conflict-free and each warp's 16-byte stores cover whole bank
      * sweeps (one thread per element, with d fixed across the warp, stored 2 bytes at 8-way conflicts: ~5 us) */
@@ -257,20 +254,12 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     dev::bar_named_n(2, PT); /* U_tau complete; the staged Uk may be overwritten by the first Qa */
 
     if (warp > kV9CopyWarp) { /* ---- anchored queries: warp kV9CopyWarp + 1 + qw writes frequencies 16 qw .. 16 qw + 15 (and + HALF) ---- */
-        const int qw = warp - kV9CopyWarp - 1, fi = 16 * qw + (lane & 15), kr = lane >> 2, pp = lane & 3;
-        const T *q = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
-        const float qlo = Num<T>::to_f(q[fi]), qhi = Num<T>::to_f(q[fi + HALF]);
-        const float2 tr = turn_split(p.inv_freq[fi]);
+        const int kr = lane >> 2, pp = lane & 3;
+        const T *q = qv;
+        const float2 tr = turn_split(fr);
         float2 *qb = reinterpret_cast<float2 *>(smem + L::QB);
-        /* the positions of a block's 64 S slots (this lane's: slot A + lane + 32 i), loaded a block ahead: a load
-         * on this chain would wait an L2 round trip behind the stream for every block */
-        constexpr int PV = M * S / 32;
-        int pv[PV];
-        auto load_block = [&](int blk) {
-#pragma unroll
-            for (int i = 0; i < PV; i++) pv[i] = pos[min(t0 + blk * M * S + lane + 32 * i, T_len - 1)];
-        };
-        load_block(0);
+        /* the positions of a block's slots are loaded a block ahead (block 0's before the prologue): a load on this
+         * chain would wait an L2 round trip behind the stream for every block */
         for (int blk = 0; blk < nblocks; blk++) {
             const int x = blk & 1, A = t0 + blk * M * S;
             int cur[PV];
@@ -358,7 +347,7 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
     float m_run = -INFINITY, l_run = 0.0f;
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3); /* this lane's ldmatrix row */
     const int lsel = (lane >> 3) & 1;                              /* ... and its 16-byte chunk parity */
-    const T *qg = static_cast<const T *>(p.q) + ((size_t)b * p.H + h) * D;
+    const T *qg = qv; /* the query (the exact path reads it) */
 
     /* The exact score of row `row` of the K tile at position `ps_`: its quad rebuilds the key (lane c: frequencies
      * 16 c .. 16 c + 15 and their partners) from U (the tau = 0 image) and rotates it by its own angle. Quad-uniform
@@ -417,10 +406,11 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
         }
         float s0 = (g & 1) ? sa[0][1] : sa[0][0], s1 = (g & 1) ? sa[1][3] : sa[1][2];
         if constexpr (CHECK) { /* the quad's two rows, rolled: one copy of the exact path per step */
-            const int *an = anch + x * M, *pt = reinterpret_cast<const int *>(kt + L::POS);
+            /* the two rows' positions from global memory (L2: the anchor warps read this block's a block ago) */
+            const int *an = anch + x * M, pr0 = pos[min(sl0, T_len - 1)], pr1 = pos[min(sl1, T_len - 1)];
 #pragma unroll 1
             for (int e = 0; e < 2; e++) {
-                const int row = r0 + 8 * e, ps_ = pt[row];
+                const int row = r0 + 8 * e, ps_ = e ? pr1 : pr0;
                 if (sl0 + 8 * e < t1 && ps_ != an[row] + M * tau) {
                     const float v = exact_score(kt, row, ps_);
                     s0 = e ? s0 : v, s1 = e ? v : s1;
@@ -452,10 +442,10 @@ __global__ void __launch_bounds__(kV9Warps * 32, 1) decode_v9_kernel(const Decod
             dev::ldsm_x4_trans(a, vt + L::at(lrow, 2 * mb + lsel));
             dev::mma16816<T>(o[mb], a, b0, b1);
         }
-        /* the stage is released for the copy warp. A checked step read its positions with plain loads (which the
-         * copy warp's plain stores of a later step overwrite): there every lane arrives for itself, as racecheck
-         * follows no __syncwarp into a lone arrival (run 148); a regular step read the stage through ldmatrix only,
-         * and lane 0 arrives for its warp (one arrival, not 32, in the hot loop) */
+        /* the stage is released for the copy warp. A checked step may have read the stage with plain loads (the
+         * exact path's key reads, which a later step's copies overwrite): there every lane arrives for itself, as
+         * racecheck follows no __syncwarp into a lone arrival (run 148); a regular step read the stage through
+         * ldmatrix only, and lane 0 arrives for its warp (one arrival, not 32, in the hot loop) */
         if constexpr (CHECK) {
             dev::mbar_arrive(empty + s);
         } else {
