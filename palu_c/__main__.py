@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--search", default="fisher", choices=["fisher", "fisher_uniform", "uniform", "greedy"])
     comp.add_argument("--bits", type=int, default=0, help="latent bits (2, 3, 4, 8; 0 for none)")
     comp.add_argument("--no-hadamard", action="store_true")
+    comp.add_argument("--key-basis", default="svd", choices=["svd", "interpolative"],
+                      help="interpolative: half the key coordinates stored as the latent (needs --bits 0)")
     comp.add_argument("--weights-ratio", type=float, default=None,
                       help="also compress the weights with FLRC, keeping this fraction of the projections' "
                            "parameters (applied after the KV cache; default: off)")
@@ -185,7 +187,7 @@ def _model_command(args) -> int:
         model, tok = load_model(args.model)
         calib = calibration_tokens(tok, args.calib, args.samples, args.seq_len)
         compress_kv(model, calib, ratio=args.ratio, group_size=args.group_size, search=args.search,
-                    bits=args.bits or None, hadamard=not args.no_hadamard)
+                    bits=args.bits or None, hadamard=not args.no_hadamard, key_basis=args.key_basis)
         if args.weights_ratio is not None:
             from .weights import compress_weights, parameter_report
 

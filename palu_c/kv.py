@@ -31,12 +31,14 @@ import numpy as np
 from .errors import KernelSpeedWarning
 from .group_choice import choose_group_size, slow_group_message
 from .hadamard import hadamard_matrix
+from .key_basis import interpolative_factors
 from .kv_config import PaluConfig, PaluLayerConfig
 from .linalg import lowrank_factor_grouped, svd
 from .ranks import allocate_ranks
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SEARCH_MODES = ("fisher", "fisher_uniform", "uniform", "greedy")
+KEY_BASES = ("svd", "interpolative")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -180,9 +182,26 @@ def _rotate(down: np.ndarray, ups: list[np.ndarray], ranks: list[int]) -> tuple[
     return out_down, out_ups
 
 
+def _interpolative(down: np.ndarray, ups: list[np.ndarray], ranks: list[int], head_dim: int,
+                   layer: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each group's key factors in the interpolative basis (:mod:`palu_c.key_basis`): the same keys."""
+    out_down = down.copy()
+    out_ups = []
+    offset = 0
+    for g, (up, r) in enumerate(zip(ups, ranks)):
+        try:
+            out_down[offset:offset + r], new_up = interpolative_factors(down[offset:offset + r], up, head_dim)
+        except ValueError as exc:
+            raise ValueError(f"palu_c.compress_kv: layer {layer}, key group {g}: {exc}") from None
+        out_ups.append(new_up)
+        offset += r
+    return out_down, out_ups
+
+
 def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = None, search: str = "fisher",
                 bits: int | None = None, hadamard: bool = True, residual: int = 128, rank_multiple: int = 16,
-                quant_group: int | None = None, progress: bool = True, cache_dir: str | None = None):
+                quant_group: int | None = None, key_basis: str = "svd", progress: bool = True,
+                cache_dir: str | None = None):
     """Compress the KV cache of ``model`` with Palu; returns the same model object, modified in place.
 
     Parameters
@@ -209,6 +228,11 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
         Every group rank is a multiple of this (16: the fp16 tensor-core k-tile).
     quant_group : int, optional
         Channels per scale/zero inside a group latent (must divide every rank); None: one per group and token.
+    key_basis : {"svd", "interpolative"}
+        How the key latent is expressed (the same keys either way in exact arithmetic; :mod:`palu_c.key_basis`).
+        "interpolative" stores half of each group's pre-RoPE key coordinates (whole RoPE pairs, chosen for a well
+        conditioned basis) as the latent itself, so a decode kernel rebuilds only the other half; its fp16 storage
+        error is a few times the SVD basis's (~2e-4 of the keys on SmolLM2). Only with ``bits=None``.
     progress : bool
         tqdm progress bars for statistics and decomposition.
     cache_dir : str, optional
@@ -232,6 +256,12 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
         raise ValueError(f"palu_c.compress_kv: rank_multiple must be a positive int, got {rank_multiple!r}")
     if isinstance(residual, bool) or not isinstance(residual, int) or residual < 0:
         raise ValueError(f"palu_c.compress_kv: residual must be an int >= 0, got {residual!r}")
+    if key_basis not in KEY_BASES:
+        raise ValueError(f"palu_c.compress_kv: key_basis must be one of {KEY_BASES}, got {key_basis!r}")
+    if key_basis != "svd" and bits is not None:
+        raise ValueError(f"palu_c.compress_kv: key_basis={key_basis!r} needs unquantized latents (bits=None): with "
+                         f"bits={bits} the Hadamard rotation mixes the coordinates it stores, and quantization error "
+                         f"would be amplified by the basis change")
     if search not in SEARCH_MODES:
         raise ValueError(f"palu_c.compress_kv: search must be one of {SEARCH_MODES}, got {search!r}")
     n_layers, kv_heads, head_dim, hidden = head_geometry(model)
@@ -265,6 +295,8 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
             if bits is not None and hadamard:
                 down, ups = _rotate(down, ups, ranks)
             factors.append((down, ups))
+        if key_basis == "interpolative":
+            factors[0] = _interpolative(*factors[0], k_ranks, head_dim, i)
         cfg = PaluLayerConfig(layer_idx=i, group_size=group_size, k_ranks=list(k_ranks), v_ranks=list(v_ranks))
         layer_cfgs.append(cfg)
         dtype, device = attn.k_proj.weight.dtype, attn.k_proj.weight.device
@@ -276,7 +308,7 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
     model.palu_config = PaluConfig(ratio=float(ratio), group_size=group_size, search=search,
                                    rank_multiple=rank_multiple, kv_heads=kv_heads, head_dim=head_dim,
                                    hidden_size=hidden, bits=bits, hadamard=bool(hadamard), residual=residual,
-                                   quant_group=quant_group, layers=layer_cfgs)
+                                   quant_group=quant_group, key_basis=key_basis, layers=layer_cfgs)
     model.palu_config.seconds = time.perf_counter() - t0  # not saved; for the summary
     model.palu_config.group_size_reason = group_reason  # not saved; why this group size
     return model
@@ -323,7 +355,8 @@ def summary(model) -> str:
     after = kv_bytes_per_token(model)
     lines = [f"Palu: ratio {cfg.ratio:g}, group size {cfg.group_size} ({cfg.kv_heads // cfg.group_size} groups/layer), "
              f"search {cfg.search}, bits {cfg.bits or 'none'}"
-             + (f", Hadamard, residual {cfg.residual}" if cfg.bits else ""),
+             + (f", Hadamard, residual {cfg.residual}" if cfg.bits else "")
+             + (f", key basis {cfg.key_basis}" if cfg.key_basis != "svd" else ""),
              f"{'layer':>5}  {'K ranks':<24} {'V ranks':<24} {'K+V kept':>8}"]
     for layer in cfg.layers:
         kept = (layer.k_rank + layer.v_rank) / (2 * cfg.kv_heads * cfg.head_dim)

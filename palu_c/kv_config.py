@@ -46,6 +46,7 @@ class PaluConfig:
     hadamard: bool = True
     residual: int = 128
     quant_group: int | None = None  # channels per scale inside a head group's latent (None: whole group)
+    key_basis: str = "svd"  # "interpolative": half the key coordinates stored as the latent (palu_c.key_basis)
     layers: list[PaluLayerConfig] = field(default_factory=list)
     latent_cache_version: int = LATENT_CACHE_VERSION
 
