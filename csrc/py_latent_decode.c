@@ -253,34 +253,37 @@ done:
 }
 
 /* latent_decode_cuda(q, k_latent, v_latent, positions, pad_start, k_up, inv_freq, k_bias, out, workspace,
- *                    length, k_ranks, v_ranks, group_size, attention_scaling, scaling, stream, impl=0) -> None
- * Tensors are DLPack capsules (k_bias may be None). See kernels/latent_decode.cuh for the contract. */
+ *                    length, k_ranks, v_ranks, group_size, attention_scaling, scaling, stream, impl=0,
+ *                    k_pairs=None) -> None
+ * Tensors are DLPack capsules (k_bias and k_pairs may be None). See kernels/latent_decode.cuh for the contract. */
 static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObject *kwargs)
 {
     static char *kwlist[] = {"q", "k_latent", "v_latent", "positions", "pad_start", "k_up", "inv_freq", "k_bias",
                              "out", "workspace", "length", "k_ranks", "v_ranks", "group_size", "attention_scaling",
-                             "scaling", "stream", "impl", NULL};
+                             "scaling", "stream", "impl", "k_pairs", NULL};
     const char *func = "latent_decode_cuda";
-    PyObject *caps[10];
+    PyObject *caps[11];
+    caps[10] = Py_None;
     PyObject *kr_obj, *vr_obj, *stream_obj;
     long long T, G;
     double att_scaling, scaling;
     int impl = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOLOOLddO|i:latent_decode_cuda", kwlist, &caps[0],
-                                     &caps[1], &caps[2], &caps[3], &caps[4], &caps[5], &caps[6], &caps[7], &caps[8],
-                                     &caps[9], &T, &kr_obj, &vr_obj, &G, &att_scaling, &scaling, &stream_obj, &impl))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOOOOOOOOLOOLddO|iO:latent_decode_cuda", kwlist,
+                                     &caps[0], &caps[1], &caps[2], &caps[3], &caps[4], &caps[5], &caps[6], &caps[7],
+                                     &caps[8], &caps[9], &T, &kr_obj, &vr_obj, &G, &att_scaling, &scaling, &stream_obj,
+                                     &impl, &caps[10]))
         return NULL;
 #ifndef PALU_WITH_CUDA
     (void)module, (void)caps, (void)kr_obj, (void)vr_obj, (void)stream_obj;
     return no_cuda(func);
 #else
-    static const char *names[10] = {"q", "k_latent", "v_latent", "positions", "pad_start",
-                                    "k_up", "inv_freq", "k_bias", "out", "workspace"};
-    static const int ndims[10] = {3, 3, 3, 2, 1, 1, 1, 1, 2, 1};
-    static const int ints[10] = {0, 0, 0, 1, 1, 0, 0, 0, 0, 0};
-    static const int writable[10] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1};
-    palu_dl_tensor dl[10];
-    view v[10];
+    static const char *names[11] = {"q", "k_latent", "v_latent", "positions", "pad_start",
+                                    "k_up", "inv_freq", "k_bias", "out", "workspace", "k_pairs"};
+    static const int ndims[11] = {3, 3, 3, 2, 1, 1, 1, 1, 2, 1, 2};
+    static const int ints[11] = {0, 0, 0, 1, 1, 0, 0, 0, 0, 0, 1};
+    static const int writable[11] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0};
+    palu_dl_tensor dl[11];
+    view v[11];
     memset(dl, 0, sizeof dl);
     memset(v, 0, sizeof v);
     int64_t *kr = NULL, *vr = NULL;
@@ -294,15 +297,16 @@ static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObjec
         PyErr_Format(PyExc_ValueError, "%s: %zd k ranks but %zd v ranks; give one of each per head group", func, nk, nv);
         goto done;
     }
-    for (int i = 0; i < 10; i++) {
-        if (i == 7 && caps[i] == Py_None) continue;
+    for (int i = 0; i < 11; i++) {
+        if ((i == 7 || i == 10) && caps[i] == Py_None) continue;
         if (take_view(caps[i], names[i], func, ndims[i], ints[i], writable[i], &dl[i], &v[i]) < 0) goto done;
     }
     const view *q = &v[0], *kl = &v[1], *vl = &v[2], *pos = &v[3], *pad = &v[4], *kup = &v[5], *freq = &v[6];
     const view *kb = caps[7] == Py_None ? NULL : &v[7], *out = &v[8], *ws = &v[9];
+    const view *kp = caps[10] == Py_None ? NULL : &v[10];
     const int dev = q->device;
-    for (int i = 1; i < 10; i++)
-        if ((i != 7 || kb) && same_device(&v[i], dev, names[i], func) < 0) goto done;
+    for (int i = 1; i < 11; i++)
+        if ((i != 7 || kb) && (i != 10 || kp) && same_device(&v[i], dev, names[i], func) < 0) goto done;
     const int64_t B = q->shape[0], H = q->shape[1], D = q->shape[2], NG = nk;
     if (G < 1 || NG * G < 1 || H % (NG * G) != 0) {
         PyErr_Format(PyExc_ValueError, "%s: q has %lld heads, not a multiple of len(k_ranks) x group_size = %lld x %lld",
@@ -335,7 +339,7 @@ static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObjec
     if (want_contiguous(q, "q", func) < 0 || want_contiguous(pad, "pad_start", func) < 0 ||
         want_contiguous(kup, "k_up", func) < 0 || want_contiguous(freq, "inv_freq", func) < 0 ||
         want_contiguous(out, "out", func) < 0 || want_contiguous(ws, "workspace", func) < 0 ||
-        (kb && want_contiguous(kb, "k_bias", func) < 0))
+        (kb && want_contiguous(kb, "k_bias", func) < 0) || (kp && want_contiguous(kp, "k_pairs", func) < 0))
         goto done;
     if (want_dim(kl, 0, B, "k_latent", "batch", func) < 0 || want_dim(kl, 2, Rk, "k_latent", "sum(k_ranks)", func) < 0 ||
         want_dim(vl, 0, B, "v_latent", "batch", func) < 0 || want_dim(vl, 2, Rv, "v_latent", "sum(v_ranks)", func) < 0 ||
@@ -344,7 +348,9 @@ static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObjec
         want_dim(freq, 0, D / 2, "inv_freq", "head_dim / 2", func) < 0 ||
         (kb && want_dim(kb, 0, Hkv * D, "k_bias", "kv_heads * head_dim", func) < 0) ||
         want_dim(out, 0, B, "out", "batch", func) < 0 ||
-        want_dim(out, 1, n_rep * G * Rv, "out", "(heads / kv_heads) * group_size * sum(v_ranks)", func) < 0)
+        want_dim(out, 1, n_rep * G * Rv, "out", "(heads / kv_heads) * group_size * sum(v_ranks)", func) < 0 ||
+        (kp && (want_dim(kp, 0, NG, "k_pairs", "len(k_ranks)", func) < 0 ||
+                want_dim(kp, 1, G * D / 2, "k_pairs", "group_size * head_dim / 2", func) < 0)))
         goto done;
 
     palu_latent_decode_args a;
@@ -357,6 +363,7 @@ static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObjec
     a.positions = (const int32_t *)pos->data, a.pos_batch_stride = pos->strides[0];
     a.pad_start = (const int32_t *)pad->data;
     a.k_up = kup->data, a.k_bias = kb ? (const float *)kb->data : NULL, a.inv_freq = (const float *)freq->data;
+    a.k_pairs = kp ? (const int32_t *)kp->data : NULL;
     a.attention_scaling = (float)att_scaling, a.scaling = (float)scaling;
     a.out = out->data, a.out_dtype = out->dtype;
     a.workspace = (float *)ws->data, a.workspace_floats = ws->shape[0];
@@ -370,7 +377,7 @@ static PyObject *py_latent_decode_cuda(PyObject *module, PyObject *args, PyObjec
     }
     result = Py_NewRef(Py_None);
 done:
-    for (int i = 9; i >= 0; i--) palu_dl_release(&dl[i]);
+    for (int i = 10; i >= 0; i--) palu_dl_release(&dl[i]);
     PyMem_Free(kr);
     PyMem_Free(vr);
     return result;
@@ -459,7 +466,8 @@ done:
 static PyMethodDef latent_decode_methods[] = {
     {"latent_decode_cuda", (PyCFunction)(void (*)(void))py_latent_decode_cuda, METH_VARARGS | METH_KEYWORDS,
      "latent_decode_cuda(q, k_latent, v_latent, positions, pad_start, k_up, inv_freq, k_bias, out, workspace, *, "
-     "length, k_ranks, v_ranks, group_size, attention_scaling, scaling, stream, impl=0) -> None: fused decode "
+     "length, k_ranks, v_ranks, group_size, attention_scaling, scaling, stream, impl=0, k_pairs=None) -> None: "
+     "fused decode "
      "attention over latents on CUDA, writing z (B, Z) (see palu_c.latent_kernels)."},
     {"latent_decode_cuda_workspace", (PyCFunction)(void (*)(void))py_latent_decode_cuda_workspace,
      METH_VARARGS | METH_KEYWORDS,

@@ -1267,6 +1267,7 @@ void fill_params(const palu_latent_decode_args *a, const Plan &pl, DecodeParams 
     memset(p, 0, sizeof *p);
     p->q = a->q, p->k_latent = a->k_latent, p->v_latent = a->v_latent, p->k_up = a->k_up;
     p->positions = a->positions, p->pad_start = a->pad_start, p->k_bias = a->k_bias, p->inv_freq = a->inv_freq;
+    p->k_pairs = a->k_pairs;
     p->ws = a->workspace;
     p->kbs = a->k_batch_stride, p->kts = a->k_token_stride, p->vbs = a->v_batch_stride, p->vts = a->v_token_stride;
     p->pbs = a->pos_batch_stride;

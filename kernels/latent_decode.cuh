@@ -29,6 +29,13 @@
  *   k_up       sum_g G*D*rk_g elements of the dtype: group g's row-major (G*D, rk_g) key up-projection, groups
  *              one after another (row j*D + d = dimension d of KV head g*G + j), as the C twin.
  *   k_bias     (Hkv*D) float32 or NULL.   inv_freq (D/2) float32.
+ *   k_pairs    NULL, or (NG, G*D/2) int32, 16-byte aligned: the groups' keys are in the interpolative basis
+ *              (palu_c/key_basis.py): group g's rk_g / 2 RoPE pairs p = (head j, frequency f), p = j*D/2 + f, listed
+ *              in its row k_pairs[g] from position G*D/2 - rk_g / 2 on, in latent order, have the unit rows of k_up
+ *              (pair i's lower member, row j*D + f, is e_i; its upper member, row j*D + f + D/2, is e_{rk/2+i}); the
+ *              row's first G*D/2 - rk_g / 2 entries are the other pairs (any order). A hint: the dense k_up is
+ *              exact either way, and kernels that cannot use it (all but v10 today) ignore it. Read on the device
+ *              only: the caller vouches for it (palu_c derives it from k_up itself, pair_layout).
  *   workspace  float32, at least palu_latent_decode_cuda_workspace(...) elements: the split partials.
  *
  * Design (the notes file docs/design/latent_decode_notes.md has each version's numbers).
@@ -80,7 +87,8 @@
  *   graph capture; latent rows, k_up, q and inv_freq 16-byte aligned; auto takes it where each CTA walks >= 1024
  *   slots): per 64-slot step one wgmma rebuilds the keys from U_tau = R(64 tau) U
  *   (built per CTA), each thread rotates its two rows by R(row) (fixed angles; each slot's own offset from the
- *   block's anchor when positions are not consecutive), the scores of all n_rep heads are one mma.sync K . Q_A^T
+ *   block's anchor when positions are not consecutive; with k_pairs, only the 64 rebuilt dimensions by wgmma and
+ *   the other 64 read from the latent), the scores of all n_rep heads are one mma.sync K . Q_A^T
  *   per 16 slots with Q_A = R(anchor)^T Q, P . V on mma.sync with P transposed in registers. One CTA of 8 warps per
  *   SM, two warpgroups taking alternate steps and loading their own stages by TMA.
  *   v11 (G = 2, D = 128, ranks 128, 1-8 query heads per KV head, no key bias, compute capability 9.0, outside CUDA-
@@ -154,6 +162,7 @@ typedef struct palu_latent_decode_args {
     int64_t pos_batch_stride;
     const int32_t *pad_start;
     const void *k_up;
+    const int32_t *k_pairs; /* or NULL: the interpolative key basis (above) */
     const float *k_bias;    /* or NULL */
     const float *inv_freq;
     float attention_scaling; /* finite */

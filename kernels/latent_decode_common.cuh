@@ -55,6 +55,7 @@ struct GroupTable {
 struct DecodeParams {
     const void *q, *k_latent, *v_latent, *k_up;
     const int32_t *positions, *pad_start;
+    const int32_t *k_pairs; /* NULL, or per group the RoPE pairs, rebuilt ones first (latent_decode.cuh) */
     const float *k_bias, *inv_freq;
     float *ws;
     long long kbs, kts, vbs, vts, pbs; /* element strides: batch / token of the latents, batch of positions */
@@ -385,6 +386,11 @@ template <> struct Num<__half> {
         uint32_t u;
         memcpy(&u, &h, sizeof u);
         return u;
+    }    static __device__ __forceinline__ float2 unpack(uint32_t u)
+    {
+        __half2 h;
+        memcpy(&h, &u, sizeof h);
+        return __half22float2(h);
     }
 };
 template <> struct Num<__nv_bfloat16> {
@@ -397,6 +403,11 @@ template <> struct Num<__nv_bfloat16> {
         uint32_t u;
         memcpy(&u, &h, sizeof u);
         return u;
+    }    static __device__ __forceinline__ float2 unpack(uint32_t u)
+    {
+        __nv_bfloat162 h;
+        memcpy(&h, &u, sizeof h);
+        return __bfloat1622float2(h);
     }
 };
 template <> struct Num<float> {

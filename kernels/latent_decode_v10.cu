@@ -33,6 +33,13 @@ namespace {
  *       (movmatrix), is the B operand of O^T += V^T . P, whose columns are the heads whose state the thread keeps.
  * Tensor work per slot: 8K MAC on wgmma and ~1.5K on mma.sync, ~40% of the H200's tensor rate at the 4.3 TB/s floor.
  *
+ * Keys in the interpolative basis (p.k_pairs, compress_kv(key_basis="interpolative"); notes "Twentieth session"):
+ * half the head dimensions, 32 whole RoPE pairs per KV head, ARE the latent's 64 columns, so (1) is m64n64 over the
+ * other 32 pairs only and the stored half is read from the K tile by ldmatrix into (3)'s A fragments, rotated by
+ * the same R(k). The kernel works in permuted dimensions [rebuilt lower | stored lower | rebuilt upper | stored
+ * upper] (32 each; the query and inv_freq permuted in the prologue, partners still 64 apart), and since the stored
+ * half has no U_tau, its Q_A rows carry R(64 tau): each warp keeps them at A + 64 cw and, in q2buf, A + 64 (cw + 2).
+ *
  * CTA = 8 warps, one per SM: two warpgroups, group cw taking steps cw, cw + 2 of every block of kV10S = 4 steps and
  * issuing the TMA copies of its own stages (one thread refills a stage once the group's four warps have released
  * it). No copy warp: ptxas sizes the registers of a wgmma kernel per warpgroup, so a ninth warp would cut every
@@ -68,11 +75,21 @@ static_assert(kV10Smem <= 227 * 1024, "one CTA per SM");
 static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records fit in the stages");
 static_assert(kV10NST % 2 == 0, "each warpgroup owns the stages of its parity");
 static_assert(kV10Rows * kV10S == kV9BlockSlots, "the plan's block size (latent_decode_common.cuh)");
+/* The interpolative key basis (IB, latent_decode.cuh's k_pairs; notes "Twentieth session"): half the head dimensions
+ * come from the latent itself, so a U_tau image has only the 64 rebuilt rows (8 KB; the other 32 KB of the images'
+ * area hold the stored half's second query set and the prologue's pair list and raw inv_freq). */
+constexpr int kV10IbRows = kV10D / 2;                          /* rebuilt dimensions: the wgmma N */
+constexpr size_t kV10IbUT = (size_t)kV10IbRows * kV10R * 2;    /* one rebuilt-rows U_tau image, 8 KB */
+constexpr int kV10IbQ2Row = kV10D + 16;                        /* a stored-half query row (64 dtype values), padded */
+constexpr size_t kV10IbOffQ2 = kV10OffU + kV10S * kV10IbUT;    /* per warp: n_rep rows for the warpgroup's 2nd tau */
+constexpr size_t kV10IbOffPairs = kV10IbOffQ2 + (size_t)kV10Warps * kV10MaxRep * kV10IbQ2Row; /* D / 2 int32 */
+constexpr size_t kV10IbOffFreqRaw = kV10IbOffPairs + (size_t)kV10D / 2 * 4; /* inv_freq as loaded, D / 2 floats */
+static_assert(kV10IbOffFreqRaw + kV10D / 2 * 4 <= kV10OffQA, "the IB areas fit in the U images' area");
 constexpr int kV10Tasks = kV10D * (kV10R / 8) / (32 * kV10Warps); /* U_tau core-matrix rows per thread */
 static_assert(kV10Tasks * 32 * kV10Warps == kV10D * (kV10R / 8), "the image build's tasks split evenly");
 static_assert(kV10MaxRep * kV10D <= kV10Tasks * 32 * kV10Warps, "one query value per task slot at most");
 static_assert((size_t)kV10D * kV10R * 2 <= (size_t)kV10Warps * kV10MaxRep * kV10QRow, "U's staging fits in Q_A's area");
-static_assert(kV10MaxRep * kV10D * 2 / 16 + kV10D / 2 * 4 / 16 <= 32 * kV10Warps, "one prologue chunk per thread");
+static_assert(kV10MaxRep * kV10D * 2 / 16 + 2 * (kV10D / 2 * 4 / 16) <= 32 * kV10Warps, "one prologue chunk per thread");
 
 #ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
 constexpr int kV10ScoreChains = 4; /* independent HMMA chains of the score product (runs 86-88: 1 -> 2 -> 4 chains,
@@ -85,8 +102,10 @@ __device__ __forceinline__ uint32_t v10_ucm(int d, int j)
 }
 #endif
 
-/* NREP: query heads per KV head at compile time (4: Llama-3, Mistral), or 0: p.n_rep at run time */
-template <typename T, int NREP>
+/* NREP: query heads per KV head at compile time (4: Llama-3, Mistral), or 0: p.n_rep at run time. IB: the keys
+ * are in the interpolative basis (p.k_pairs; above kV10IbRows): the wgmma rebuilds 64 of the 128 dimensions, the
+ * other 64 are the latent itself. */
+template <typename T, int NREP, bool IB>
 __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
 #ifdef PALU_V5_WGMMA
@@ -158,9 +177,14 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         const T *qraw = reinterpret_cast<const T *>(smem + kV10OffQraw);
         constexpr int QC = D * (int)sizeof(T) / 16, FC = HALF * 4 / 16; /* 16-byte chunks per query row, of inv_freq */
         if (tid < n_rep * QC) dev::cp_async16(smem + kV10OffQraw + 16 * tid, reinterpret_cast<const char *>(qg) + 16 * tid, true);
-        else if (tid >= 32 * kV10Warps - FC) {
+        else if (tid >= 32 * kV10Warps - FC) { /* IB: raw, permuted below */
             const int k = tid - (32 * kV10Warps - FC);
-            dev::cp_async16(smem + kV10OffFreq + 16 * k, reinterpret_cast<const char *>(p.inv_freq) + 16 * k, true);
+            dev::cp_async16(smem + (IB ? kV10IbOffFreqRaw : kV10OffFreq) + 16 * k,
+                            reinterpret_cast<const char *>(p.inv_freq) + 16 * k, true);
+        } else if (IB && tid >= 32 * kV10Warps - 2 * FC) { /* the group's pair list, D / 2 int32 like inv_freq */
+            const int k = tid - (32 * kV10Warps - 2 * FC);
+            dev::cp_async16(smem + kV10IbOffPairs + 16 * k, reinterpret_cast<const char *>(p.k_pairs + (size_t)h * HALF) + 16 * k,
+                            true);
         }
         dev::cp_async_commit();
         /* the first stages' TMA copies only now: issued first, their ~128 KB per CTA held U and the queries back
@@ -173,29 +197,45 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
          * wavefronts per warp, the least 512 bytes take); task e = tid + 256 i, d fastest: each 8 lanes store 128
          * bytes */
         float *qs = reinterpret_cast<float *>(smem + kV10OffQ);
+        /* IB: head dimensions permuted to [rebuilt lower 32 | stored lower 32 | rebuilt upper 32 | stored upper 32]
+         * (the same permutation of the query and the keys leaves every score unchanged, and RoPE partners stay D / 2
+         * apart): permuted dimension x is dimension orig(x) = pairs[x % 64] + (x >= 64 ? 64 : 0) */
+        const int *pairs = reinterpret_cast<const int *>(smem + kV10IbOffPairs);
+        const float *fraw = reinterpret_cast<const float *>(smem + kV10IbOffFreqRaw);
+        constexpr size_t UT = IB ? kV10IbUT : kV10UT;
 #pragma unroll
         for (int i = 0; i < kV10Tasks; i++) {
-            const int e = tid + 32 * kV10Warps * i, d = e % D, j0 = 8 * (e / D);
-            const bool lower = d < HALF;
-            const int chunk = ((j0 >> 3) ^ (d & 7)) << 4;
-            const uint4 uu = *reinterpret_cast<const uint4 *>(ust + d * (R * 2) + chunk);
-            const uint4 ww = *reinterpret_cast<const uint4 *>(ust + (lower ? d + HALF : d - HALF) * (R * 2) + chunk);
-            const T *u = reinterpret_cast<const T *>(&uu), *w = reinterpret_cast<const T *>(&ww);
-            const float fr = ftab[d % HALF];
+            const int e = tid + 32 * kV10Warps * i;
+            if (!IB || i < kV10Tasks / 2) { /* IB: the 64 rebuilt rows only, in the order [lower 32 | upper 32] */
+                const int row = IB ? e % kV10IbRows : e % D, j0 = 8 * (e / (IB ? kV10IbRows : D));
+                const bool lower = row < (IB ? kV10IbRows / 2 : HALF);
+                /* the row's frequency (a pair list is trusted, not checked: masked, a bad one cannot index out of U) */
+                const int f = IB ? pairs[row % (kV10IbRows / 2)] & (HALF - 1) : row % HALF;
+                const int d = IB ? f + (lower ? 0 : HALF) : row;               /* its dimension of U */
+                const int chunk = ((j0 >> 3) ^ (d & 7)) << 4;
+                const uint4 uu = *reinterpret_cast<const uint4 *>(ust + d * (R * 2) + chunk);
+                const uint4 ww = *reinterpret_cast<const uint4 *>(ust + (lower ? d + HALF : d - HALF) * (R * 2) + chunk);
+                const T *u = reinterpret_cast<const T *>(&uu), *w = reinterpret_cast<const T *>(&ww);
+                const float fr = IB ? fraw[f] : ftab[f];
 #pragma unroll
-            for (int tau = 0; tau < S; tau++) {
-                float cs, sn;
-                small_cos_sin(64 * tau, fr, &cs, &sn);
-                if (!lower) sn = -sn; /* lower: u cos - w sin; upper: u cos + w sin */
-                uint32_t packed[4];
+                for (int tau = 0; tau < S; tau++) {
+                    float cs, sn;
+                    small_cos_sin(64 * tau, fr, &cs, &sn);
+                    if (!lower) sn = -sn; /* lower: u cos - w sin; upper: u cos + w sin */
+                    uint32_t packed[4];
 #pragma unroll
-                for (int k = 0; k < 8; k += 2)
-                    packed[k / 2] = Num<T>::pack(Num<T>::to_f(u[k]) * cs - Num<T>::to_f(w[k]) * sn,
-                                                 Num<T>::to_f(u[k + 1]) * cs - Num<T>::to_f(w[k + 1]) * sn);
-                *reinterpret_cast<uint4 *>(smem + kV10OffU + tau * kV10UT + v10_ucm(d, j0)) =
-                    make_uint4(packed[0], packed[1], packed[2], packed[3]);
+                    for (int k = 0; k < 8; k += 2)
+                        packed[k / 2] = Num<T>::pack(Num<T>::to_f(u[k]) * cs - Num<T>::to_f(w[k]) * sn,
+                                                     Num<T>::to_f(u[k + 1]) * cs - Num<T>::to_f(w[k + 1]) * sn);
+                    *reinterpret_cast<uint4 *>(smem + kV10OffU + tau * UT + v10_ucm(row, j0)) =
+                        make_uint4(packed[0], packed[1], packed[2], packed[3]);
+                }
             }
-            if (e < n_rep * D) qs[e] = Num<T>::to_f(qraw[e]);
+            if (e < n_rep * D) {
+                const int x = e % D;
+                qs[e] = Num<T>::to_f(qraw[IB ? e - x + (pairs[x % HALF] & (HALF - 1)) + (x >= HALF ? HALF : 0) : e]);
+            }
+            if (IB && e < HALF) reinterpret_cast<float *>(smem + kV10OffFreq)[e] = fraw[pairs[e] & (HALF - 1)];
         }
         dev::fence_proxy_async();
         __syncthreads(); /* images, queries and inv_freq written; U's staging (the Q_A area) read */
@@ -222,39 +262,64 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     /* the query rotation: lane takes the adjacent frequencies 2 lane, 2 lane + 1 (one fp16 pair per store) */
     const float2 qtr0 = turn_split(ftab[2 * lane]), qtr1 = turn_split(ftab[2 * lane + 1]);
     char *qbuf = smem + kV10OffQA + (size_t)warp * kV10MaxRep * kV10QRow; /* this warp's Q_A rows */
+    /* IB: the stored half's Q_A rows for the warpgroup's second tau (cw + 2): [lower 32 | upper 32] */
+    char *q2buf = smem + kV10IbOffQ2 + (size_t)warp * kV10MaxRep * kV10IbQ2Row;
 
     const uint32_t u_lo = wgmma_desc_lo(smem + kV10OffU, 128);
     const uint32_t k_lo = wgmma_desc_lo(smem, 16);
     const uint64_t u_hi = wgmma_desc_hi(kV10USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
-    float acc[64];
+    constexpr int NACC = IB ? kV10IbRows / 2 : D / 2; /* accumulators per thread: the wgmma N / 2 */
+    float acc[NACC];
     auto issue = [&](int s, int tau) {
         dev::wgmma_fence();
-        const uint32_t ad = k_lo + (uint32_t)(s * (kV10Stage >> 4)), ud = u_lo + (uint32_t)(tau * (kV10UT >> 4));
+        const uint32_t ad = k_lo + (uint32_t)(s * (kV10Stage >> 4));
+        const uint32_t ud = u_lo + (uint32_t)(tau * ((IB ? kV10IbUT : kV10UT) >> 4));
 #pragma unroll
-        for (int kk = 0; kk < R / 16; kk++) dev::wgmma_k16<T, 128>(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
+        for (int kk = 0; kk < R / 16; kk++)
+            dev::wgmma_k16<T, 2 * NACC>(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
         dev::wgmma_commit();
     };
     auto wait_acc = [&]() {
         dev::wgmma_wait0();
 #pragma unroll
-        for (int e = 0; e < 64; e++) dev::fence_reg(acc[e]);
+        for (int e = 0; e < NACC; e++) dev::fence_reg(acc[e]);
     };
     float o[4][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
     uint32_t qa[8][2] = {};
+    uint32_t qa2[IB ? 4 : 1][2] = {}; /* IB: the stored half's chunks (2, 3, 6, 7) for tau = cw + 2 */
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
     const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, ... */
     int s = cw, ph = 0;           /* stage and phase of the current step */
     int lane_pos = 0;     /* this block's position of the lane's row (above) */
     bool regular = true;  /* this block's rows of this warp all at A + 64 tau + k */
     int A = 0; /* this block's anchor for this warp: the position its slot 0 would have */
-    auto pack = [&](const KeyRot &r, uint32_t (&pk)[2][16]) { /* chunk i (dims 8 i + 2 c, +1) with chunk i + 8 */
+    /* IB: this lane's ldmatrix row of the latent tile (the A fragments of the stored half) */
+    const int arow = 16 * wl + (lane & 7) + (((lane >> 3) & 1) << 3), asel = lane >> 4;
+    /* the rotated keys as the score's A fragments: pk[rr][i] = dims 8 i + 2 c, +1 of row g + 8 rr; chunk i with
+     * chunk i + 8 (its RoPE partners). IB: chunks 0-3 and 8-11 are rebuilt (accumulator chunks i and i + 4), 4-7
+     * and 12-15 the latent's columns 8 (i - 4) + 2 c and + 32, read from the stage's K tile (kt) */
+    auto pack = [&](const KeyRot &r, const char *kt, uint32_t (&pk)[2][16]) {
+        constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
 #pragma unroll
-            for (int i = 0; i < 8; i++)
-                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + 8) + 2 * rr],
-                        acc[4 * (i + 8) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+            for (int i = 0; i < NB; i++)
+                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
+                        acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+        if constexpr (IB) {
+            uint32_t lat[4][4]; /* latent columns 16 kk .. + 15 of rows 16 wl + g, + 8 (the m16n8k16 A layout) */
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) dev::ldsm_x4(lat[kk], kt + arow * 128 + (((2 * kk + asel) ^ (arow & 7)) << 4));
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1): slot 4 + 2 kk + (q >> 1) */
+                    const int i = 4 + 2 * kk + (q >> 1);
+                    const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
+                    r.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
+                }
+        }
     };
     if (nown > 0) {
         dev::mbar_wait(full + s, ph);
@@ -274,9 +339,13 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             A = __shfl_sync(0xffffffffu, lane_pos, 0) - M * cw - 16 * wl;
             const int lane_slot = t0 + M * (S * n + lane_tau) + lane_row;
             regular = __all_sync(0xffffffffu, lane_slot >= t1 || lane_pos == A + M * lane_tau + lane_row);
-            float c0, s0, c1, s1;
-            rope_cos_sin(A, qtr0, &c0, &s0);
-            rope_cos_sin(A, qtr1, &c1, &s1);
+            /* IB: the stored half (lanes 16-31: permuted frequencies 32-63) has no U_tau to carry R(64 tau), so its
+             * queries carry it: rotated to A + 64 cw here and to A + 64 (cw + 2) in q2buf */
+            const int aq = IB && lane >= 16 ? A + M * cw : A;
+            float c0, s0, c1, s1, c2 = 0.0f, s2 = 0.0f, c3 = 0.0f, s3 = 0.0f;
+            rope_cos_sin(aq, qtr0, &c0, &s0);
+            rope_cos_sin(aq, qtr1, &c1, &s1);
+            if (IB && lane >= 16) rope_cos_sin(aq + 2 * M, qtr0, &c2, &s2), rope_cos_sin(aq + 2 * M, qtr1, &c3, &s3);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
             /* fp16 for both dtypes (see KeyRot); n_rep unrolled to its bound under a predicate (a runtime loop
              * with one saturating conversion per value made this section 319 instructions, the probe's 131) */
@@ -289,39 +358,56 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
                     uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV10QRow);
                     row[lane] = dev::half2_satfinite(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
                     row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
+                    if (IB && lane >= 16) {
+                        uint32_t *row2 = reinterpret_cast<uint32_t *>(q2buf + j * kV10IbQ2Row);
+                        row2[lane - 16] = dev::half2_satfinite(lo.x * c2 + hi.x * s2, lo.y * c3 + hi.y * s3);
+                        row2[lane] = dev::half2_satfinite(hi.x * c2 - lo.x * s2, hi.y * c3 - lo.y * s3);
+                    }
                 }
             }
             __syncwarp();
-            if (g < n_rep)
+            if (g < n_rep) {
 #pragma unroll
                 for (int kk = 0; kk < 8; kk++)
 #pragma unroll
                     for (int hf = 0; hf < 2; hf++)
                         qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV10QRow + (16 * kk + 2 * c + 8 * hf) * 2);
+                if constexpr (IB) /* chunks 2, 3 (stored lower: q2 columns 0-31) and 6, 7 (upper: 32-63) */
+#pragma unroll
+                    for (int m = 0; m < 4; m++)
+#pragma unroll
+                        for (int hf = 0; hf < 2; hf++)
+                            qa2[m][hf] = *reinterpret_cast<const uint32_t *>(q2buf + g * kV10IbQ2Row +
+                                                                              (16 * m + 2 * c + 8 * hf) * 2);
+            }
         }
         /* a block whose positions are not all consecutive from the anchor: each row by its own offset (cold path:
          * left padding inside a block, a jump in the positions) */
         const int sl = t0 + M * st + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
         uint32_t pk[2][16];
         if (regular) {
-            pack(rot, pk);
+            pack(rot, kt, pk);
         } else {
             const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g);
             const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g + 8);
             KeyRot xr;
             key_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, ftab);
             key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, ftab);
-            pack(xr, pk);
+            pack(xr, kt, pk);
         }
         /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes, as kV10ScoreChains
          * independent chains of HMMA summed at the end: one chain of 8 dependent HMMA held the step ~300 cycles and
          * the group's next rebuild waited behind it (run 88: four chains, -17 us at B8 64K; scores on wgmma instead,
          * branch v10-wgmma-scores, gained nothing: their group waited behind the other warpgroup's rebuild) */
         float scc[kV10ScoreChains][4] = {};
+        const bool tau2 = IB && (x & 1); /* IB: this step is the warpgroup's tau = cw + 2 */
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
-            dev::mma16816<__half>(scc[kk % kV10ScoreChains], a, qa[kk][0], qa[kk][1]);
+            const bool stored = IB && (kk & 2); /* chunks 2, 3, 6, 7: the stored half */
+            const int m = (kk & 1) + ((kk >> 2) << 1);
+            dev::mma16816<__half>(scc[kk % kV10ScoreChains], a, stored && tau2 ? qa2[IB ? m : 0][0] : qa[kk][0],
+                                  stored && tau2 ? qa2[IB ? m : 0][1] : qa[kk][1]);
         }
         float sc[4];
 #pragma unroll
@@ -413,9 +499,9 @@ const char *v10_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
     if (n_rep < 2 || n_rep > kV10MaxRep)
         return snprintf(why, why_len, "n_rep = heads / kv_heads = %lld (v10 takes 2 to %d query heads per KV head)",
                         (long long)n_rep, kV10MaxRep), why;
-    if (!aligned16(a->q) || !aligned16(a->inv_freq))
-        return snprintf(why, why_len, "q or inv_freq not 16-byte aligned (v10 copies them in 16-byte pieces: pass "
-                                      "tensors that start on a 16-byte boundary, e.g. a .clone())"), why;
+    if (!aligned16(a->q) || !aligned16(a->inv_freq) || (a->k_pairs && !aligned16(a->k_pairs)))
+        return snprintf(why, why_len, "q, inv_freq or k_pairs not 16-byte aligned (v10 copies them in 16-byte "
+                                      "pieces: pass tensors that start on a 16-byte boundary, e.g. a .clone())"), why;
     static_assert(kV10D == 128 && kV10R == 64, "g1_d128_r64_unsupported's shape");
     /* latent rows by TMA boxes, k_up rows by 16-byte loads */
     const char *no = g1_d128_r64_unsupported("v10", a, max_rk, max_rv, smem_optin, device, kV10Smem, why, why_len);
@@ -432,9 +518,12 @@ palu_status launch_v10(const palu_latent_decode_args *a, const DecodeParams &p, 
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
     *ran = tma_allowed(pl, stream) && latent_tma_maps(p, kV10R, kV10Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
-    if (*ran)
-        return launch_decode_smem(p.n_rep == 4 ? decode_v10_kernel<T, 4> : decode_v10_kernel<T, 0>, kV10Smem, p, pl,
-                                  stream, maps);
+    if (*ran) {
+        const bool ib = p.k_pairs != nullptr; /* the interpolative key basis: half the rebuild */
+        auto kernel = p.n_rep == 4 ? (ib ? decode_v10_kernel<T, 4, true> : decode_v10_kernel<T, 4, false>)
+                                   : (ib ? decode_v10_kernel<T, 0, true> : decode_v10_kernel<T, 0, false>);
+        return launch_decode_smem(kernel, kV10Smem, p, pl, stream, maps);
+    }
     return tma_only_refusal(a, "v10");
 }
 

@@ -165,6 +165,7 @@ class PaluAttention(nn.Module):
         self.decode_backend = "auto"
         self._cuda_unsupported = False  # the fused CUDA kernel refused this layer's shapes once: do not retry
         self._k_up_packed: torch.Tensor | None = None  # k_ups packed for the CUDA kernel (per dtype/device)
+        self._k_pairs: torch.Tensor | None = None  # latent_kernels.key_pairs of k_ups (interpolative basis) or None
         self._cuda_impl: str | None = None  # the CUDA kernel version that covers this layer, once known
 
         self.bits, self.residual, self.quant_group = bits, residual, quant_group
@@ -316,6 +317,8 @@ class PaluAttention(nn.Module):
         packed = self._k_up_packed
         if packed is None or packed.dtype != query.dtype or packed.device != query.device:
             packed = self._k_up_packed = latent_kernels.pack_k_up([u.to(query.dtype) for u in self.k_ups])
+            # the interpolative key basis (compress_kv(key_basis="interpolative")): v10 rebuilds half of each key
+            self._k_pairs = latent_kernels.key_pairs(list(self.k_ups), self.head_dim)
         pad_start = _device_left_padding(attention_mask, query.shape[0], store.length, query.device)
         rotary = self.rotary_emb
         # the fastest tensor-core kernel that covers this layer (v9: MHA, group 1, head_dim 128, ranks 64, no key
@@ -329,7 +332,8 @@ class PaluAttention(nn.Module):
                     query[:, :, 0].contiguous(), store.k_latent, store.v_latent, store.positions, pad_start,
                     store.length, packed, self.k_ranks, self.v_ranks, self.layer_cfg.group_size,
                     rotary.inv_freq.float(), k_bias=self.k_bias, scaling=float(self.scaling),
-                    attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl=impl)
+                    attention_scaling=float(getattr(rotary, "attention_scaling", 1.0)), impl=impl,
+                    k_pairs=self._k_pairs)
             except NotImplementedError:
                 continue
             if impl == "v2" and self._cuda_impl is None:  # found now: say it once, not at every step

@@ -19,6 +19,11 @@ output. FLOPs: ours 2 B T (Hkv D rk_g + H D + H rv_g) (key rebuild, scores, weig
 Floor = max(bytes / 4.3 TB/s, FLOPs / 790 TFLOP/s): the H200's measured copy bandwidth and bf16 matrix rate (other
 GPUs get the same constants, so their "floor %" compares against an H200).
 
+Key bases (``key_bases``): "svd" is the plain factorization; "interpolative" stores half of every key as the latent
+itself (:mod:`palu_c.key_basis`; random RoPE pairs here, as the timing does not depend on which) and passes the pair
+table, which only the kernels in ``IB_KERNELS`` use: its rows are timed for those only, labelled "<kernel> ib", with
+the rebuild's FLOPs halved.
+
 Shape legend: B batch, T slots, H query heads, Hkv KV heads, G group size, NG = Hkv / G groups, D head_dim,
 r = rk_g = rv_g the group rank (ratio G D, rounded to a multiple of 16).
 """
@@ -43,6 +48,8 @@ SHAPES = ATTENTION_SHAPES  # name -> (H, Hkv, D)
 LABEL = lk.KERNEL_NAMES  # what latent_decode_workspace_size reports -> table name
 NUMBER = {name: number for number, name in LABEL.items()}  # and back
 CHECK_SLOTS = 2051       # the correctness case: odd, past several 256-slot blocks
+KEY_BASES = ("svd", "interpolative")
+IB_KERNELS = frozenset({"v10"})  # the kernels that read k_pairs (the others rebuild every key from the dense k_up)
 _SKIPPED = "skipped: out of GPU memory"  # the time cell of a row whose timing ran out of device memory
 
 
@@ -77,6 +84,7 @@ class _Sweep:
     impls: tuple[str, ...]
     ratio: float = 0.5
     v1: bool = False
+    key_bases: tuple[str, ...] = ("svd",)
 
     def kernels(self, B: int, T: int) -> list[str]:
         """The kernels (wrapper names) timed at batch `B` and context `T`."""
@@ -90,8 +98,9 @@ def group_rank(ratio: float, G: int, D: int) -> int:
     return int(min(G * D, max(16, round(ratio * G * D / 16) * 16)))
 
 
-def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0):
-    """Random inputs of one decode step over a latent cache of capacity T rounded up to 256 slots."""
+def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0, key_basis="svd"):
+    """Random inputs of one decode step over a latent cache of capacity T rounded up to 256 slots; with
+    ``key_basis="interpolative"`` the key up-projections in that layout and the case's ``k_pairs``."""
     NG = Hkv // G
     r = group_rank(ratio, G, D)
     kr, vr = [r] * NG, [r] * NG
@@ -106,14 +115,33 @@ def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0):
         pad[1:] = torch.randint(0, pad_max, (B - 1,), device=dev, dtype=torch.int32, generator=gen)
     pos = (torch.arange(C, device=dev, dtype=torch.int32)[None, :] - pad[:, None]).clamp_min(0).to(torch.int32)
     inv_freq = 10000.0 ** (-torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D)
-    return dict(q=q, kl=kl, vl=vl, k_up=k_up, pad=pad, pos=pos, inv_freq=inv_freq, kr=kr, vr=vr, G=G, T=T, Hkv=Hkv)
+    k_pairs = None
+    if key_basis == "interpolative":
+        ups = interpolative_layout(k_up.view(NG, G * D, r), D, gen)
+        k_up, k_pairs = ups.reshape(-1), lk.key_pairs(list(ups), D)
+    return dict(q=q, kl=kl, vl=vl, k_up=k_up, pad=pad, pos=pos, inv_freq=inv_freq, kr=kr, vr=vr, G=G, T=T, Hkv=Hkv,
+                k_pairs=k_pairs)
+
+
+def interpolative_layout(ups: torch.Tensor, D: int, gen: torch.Generator) -> torch.Tensor:
+    """(NG, G D, r) up-projections with the interpolative basis's unit rows (:mod:`palu_c.key_basis`) put at r / 2
+    random RoPE pairs of each group, in random latent order; the other rows as given."""
+    NG, rows, r = ups.shape
+    ups = ups.clone()
+    eye = torch.eye(r, dtype=ups.dtype, device=ups.device)
+    for g in range(NG):
+        stored = torch.randperm(rows // 2, device=ups.device, generator=gen)[: r // 2]
+        lower = stored // (D // 2) * D + stored % (D // 2)
+        ups[g, lower] = eye[: r // 2]
+        ups[g, lower + D // 2] = eye[r // 2:]
+    return ups
 
 
 def call(c, impl, out=None, ws=None):
     D = c["q"].shape[2]
     return lk.latent_decode_attention_cuda(c["q"], c["kl"], c["vl"], c["pos"], c["pad"], c["T"], c["k_up"], c["kr"],
                                            c["vr"], c["G"], c["inv_freq"], scaling=D ** -0.5, impl=impl, out=out,
-                                           workspace=ws)
+                                           workspace=ws, k_pairs=c.get("k_pairs"))
 
 
 def reference_z(c):
@@ -176,10 +204,12 @@ def graphed(fn):
     return graph.replay, graph  # keep the graph (and its memory pool) alive with the replay
 
 
-def ours_cost(B, H, Hkv, D, G, T, r):
+def ours_cost(B, H, Hkv, D, G, T, r, key_basis="svd"):
+    """(bytes, FLOPs) of one call at the fewest: the interpolative basis rebuilds G D - r of a group's G D rows."""
     NG = Hkv // G
     nbytes = B * T * NG * 2 * r * 2 + B * T * 4 + Hkv * D * r * 2 + B * H * D * 2 + B * H * r * 4
-    flops = 2 * B * T * (Hkv * D * r + H * D + H * r)
+    rebuilt = NG * (G * D - r) if key_basis == "interpolative" else Hkv * D
+    flops = 2 * B * T * (rebuilt * r + H * D + H * r)
     return nbytes, flops
 
 
@@ -240,6 +270,7 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                        contexts: Sequence[int] = (4096, 16384, 65536, 131072), dtype: torch.dtype = torch.float16,
                        impls: Sequence[str] = ("auto", "v2"), ratio: float = 0.5, iters: int = 25, warmup: int = 5,
                        graphs: bool = False, flush: str = "clean", v1: bool = False, title: str = "bench_attention",
+                       key_bases: Sequence[str] = ("svd",),
                        log: Callable[[str], None] = print) -> tuple[list[str], bool]:
     """The markdown report (lines) of one decode step per (shape, batch, context, group size) and whether every
     correctness check passed and every timing ran. `shapes` maps a name to (H, Hkv, D); group sizes that do not
@@ -255,6 +286,8 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
         raise ValueError(f"palu_c.bench: unknown kernels {unknown} (accepted: {sorted(lk._IMPLS)})")
     if flush not in ("clean", "dirty"):
         raise ValueError(f"palu_c.bench: flush must be 'clean' or 'dirty', got {flush!r}")
+    if not key_bases or any(k not in KEY_BASES for k in key_bases):
+        raise ValueError(f"palu_c.bench: key_bases must be a non-empty selection of {KEY_BASES}, got {key_bases!r}")
     gen = torch.Generator(device="cuda")
     gen.manual_seed(1234)
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
@@ -277,10 +310,10 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
     ok_impls = {}
     log(f"correctness (float64 reference, T={CHECK_SLOTS}, batch 2, unequal padding):")
     for model, (H, Hkv, D) in shapes.items():
-        for G in groups:
+        for G, basis in ((G, k) for G in groups for k in key_bases):
             if Hkv % G:
                 continue
-            c = latent_case(2, H, Hkv, D, G, CHECK_SLOTS, dtype, gen, ratio=ratio, pad_max=40)
+            c = latent_case(2, H, Hkv, D, G, CHECK_SLOTS, dtype, gen, ratio=ratio, pad_max=40, key_basis=basis)
             ref = reference_z(c)
             # every kernel the table will time: the listed ones, by name each kernel auto resolves to at the timed
             # sizes (auto takes v10 only on long slices, so this 2K case alone would not reach it), and v4, which
@@ -295,9 +328,10 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                     continue
                 if impl == "auto":  # what it runs here, which the plan's number does not say under runs_as
                     used = NUMBER[runs_as(LABEL[used], captured=False)]
-                if used in checked:  # auto resolving to a kernel checked by name already
-                    continue
+                if used in checked or (basis != "svd" and LABEL[used] not in IB_KERNELS):  # checked already, or
+                    continue  # a kernel that ignores the pair table (its svd check covers it)
                 checked.add(used)
+                label = LABEL[used] + ("" if basis == "svd" else " ib")
                 try:
                     z = call(c, impl).double()
                 except NotImplementedError as exc:  # planned, refused at the call (v10 with PALU_C_V4_TMA=0)
@@ -306,13 +340,14 @@ def decode_step_report(shapes: dict, *, groups: Sequence[int] = (1, 2, 4), batch
                 err = (torch.linalg.norm(z - ref) / torch.linalg.norm(ref)).item()
                 tol = 1e-4 if used == 1 else (1e-2 if dtype == torch.bfloat16 else 2e-3)
                 good = bool(torch.isfinite(z).all()) and err <= tol
-                ok_impls[(model, G, LABEL[used])] = good
-                log(f"  {model} G={G} {LABEL[used]}: rel err {err:.2e} (tol {tol:.0e}) {'ok' if good else 'FAIL'}")
+                ok_impls[(model, G, label)] = good
+                log(f"  {model} G={G} {label}: rel err {err:.2e} (tol {tol:.0e}) {'ok' if good else 'FAIL'}")
             del c, ref
     lines += ["Correctness (rel. error vs float64 at 2K slots): " +
               ", ".join(f"{m} G{g} {i} {'ok' if v else 'FAIL'}" for (m, g, i), v in ok_impls.items()), ""]
 
-    sweep = _Sweep(shapes, tuple(groups), tuple(batches), tuple(contexts), dtype, tuple(impls), ratio, v1)
+    sweep = _Sweep(shapes, tuple(groups), tuple(batches), tuple(contexts), dtype, tuple(impls), ratio, v1,
+                   tuple(key_bases))
     timing = _Timing(iters, warmup, graphs, flush, torch.empty(256 * 2**20 // 4, dtype=torch.float32, device="cuda"))
     ok = _timed_table(lines, sweep, timing, gen=gen, ok_impls=ok_impls, log=log)
     return lines, ok
@@ -405,14 +440,15 @@ def _time_rows(lines: list[str], at: list[str], sweep: _Sweep, timing: _Timing, 
                     log(lines[-1])
                 else:
                     _skip_row(lines, at, oom, log)
-                for G in sweep.groups:
+                for G, basis in ((G, k) for G in sweep.groups for k in sweep.key_bases):
                     if Hkv % G:
                         continue
                     # the ranks latent_case draws; known without the case, which may not fit in memory
                     r = group_rank(sweep.ratio, G, D)
                     ranks = [r] * (Hkv // G)
-                    c, case_oom = _unless_oom(latent_case, B, H, Hkv, D, G, T, sweep.dtype, gen, ratio=sweep.ratio)
-                    nb, nf = ours_cost(B, H, Hkv, D, G, T, r)
+                    c, case_oom = _unless_oom(latent_case, B, H, Hkv, D, G, T, sweep.dtype, gen, ratio=sweep.ratio,
+                                              key_basis=basis)
+                    nb, nf = ours_cost(B, H, Hkv, D, G, T, r, basis)
                     floor = max(nb / BW, nf / MATH) * 1e6
                     bound = "memory" if nb / BW >= nf / MATH else "compute"
                     timed_used = set()
@@ -427,9 +463,12 @@ def _time_rows(lines: list[str], at: list[str], sweep: _Sweep, timing: _Timing, 
                         timed_used.add(used)
                         # auto runs v4 (its own plan) where the kernel it planned cannot load by TMA (runs_as)
                         ran = runs_as(LABEL[used], captured=timing.graphs) if impl == "auto" else LABEL[used]
-                        label = LABEL[used] if ran == LABEL[used] else \
+                        if basis != "svd" and ran not in IB_KERNELS:  # it would time the svd row again
+                            continue
+                        ib = "" if basis == "svd" else " ib"
+                        label = LABEL[used] + ib if ran == LABEL[used] else \
                             f"{ran} (auto, {'captured' if timing.graphs else 'PALU_C_V4_TMA=0'})"
-                        if not ok_impls.get((model, G, ran), False):
+                        if not ok_impls.get((model, G, ran + ib), False):
                             lines.append(f"| {model} | {B} | {T // 1024}K | {G} | {label} | FAILED correctness | "
                                          "| | | | | | |")
                             continue

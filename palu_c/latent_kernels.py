@@ -125,6 +125,31 @@ def pack_k_up(k_ups: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat(parts).contiguous()
 
 
+def key_pairs(k_ups: Sequence[torch.Tensor], head_dim: int) -> torch.Tensor | None:
+    """The kernels' ``k_pairs`` for key up-projections in the interpolative basis (:mod:`palu_c.key_basis`), or None.
+
+    Row g lists group g's RoPE pairs (head j, frequency f) as ``j * D/2 + f``: first the rebuilt ones ascending,
+    then the ``rk_g / 2`` stored ones in latent order. None unless EVERY group's up-projection has the exact layout
+    (:func:`palu_c.key_basis.pair_layout`); a kernel then rebuilds the keys from the dense up-projection as usual.
+    Call once per layer (it copies the factors to the host), on the device the kernel will read it from.
+    """
+    import numpy as np
+
+    from .key_basis import pair_layout
+
+    rows = []
+    for u in k_ups:
+        host = u.detach().to("cpu", torch.float64).numpy()
+        stored = pair_layout(host, head_dim)
+        if stored is None:
+            return None
+        rebuilt = np.setdiff1d(np.arange(host.shape[0] // 2), stored)
+        rows.append(np.concatenate([rebuilt, stored]))
+    if not rows or len({len(r) for r in rows}) != 1:
+        return None
+    return torch.as_tensor(np.stack(rows), dtype=torch.int32, device=k_ups[0].device).contiguous()
+
+
 def value_up(z: torch.Tensor, v_ups: Sequence[torch.Tensor], group_size: int, n_rep: int,
              v_bias: torch.Tensor | None = None) -> torch.Tensor:
     """Attention output from z: ``o[b, h] = Uv_head @ z[b, h] + bv_head`` (torch, any device and dtype).
@@ -190,7 +215,8 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
                                  k_bias: torch.Tensor | None = None, scaling: float | None = None,
                                  attention_scaling: float = 1.0, out_dtype: torch.dtype = torch.float32,
                                  impl: str = "auto", out: torch.Tensor | None = None,
-                                 workspace: torch.Tensor | None = None) -> torch.Tensor:
+                                 workspace: torch.Tensor | None = None,
+                                 k_pairs: torch.Tensor | None = None) -> torch.Tensor:
     """One decode step of attention over latent keys/values on CUDA; returns z (B, Z), the weighted value latents.
 
     Parameters
@@ -224,6 +250,11 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
         Kernel choice; a named kernel raises NotImplementedError (naming the value) where it does not apply.
     out, workspace : Tensor, optional
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).
+    k_pairs : Tensor (NG, G*D/2) int32, optional
+        For keys in the interpolative basis: :func:`key_pairs` of the same up-projections (computed once per layer).
+        v10 then rebuilds only half of every key and reads the other half from the latent; other kernels ignore it.
+        It is read on the device only, so it is trusted: a table that does not describe ``k_up`` gives wrong scores
+        (never an out-of-bounds access).
 
     Returns
     -------
@@ -264,6 +295,11 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
     if k_bias is not None:
         k_bias = _cuda_tensor(k_bias, "k_bias", func, (torch.float32, torch.float16, torch.bfloat16, torch.float64),
                               1).to(torch.float32).contiguous()
+    if k_pairs is not None:
+        k_pairs = _cuda_tensor(k_pairs, "k_pairs", func, (torch.int32,), 2).contiguous()
+        if k_pairs.shape != (len(k_ranks), group_size * D // 2):
+            raise ValueError(f"{func}: `k_pairs` must be ({len(k_ranks)}, {group_size * D // 2}) = (groups, "
+                             f"group_size * head_dim / 2) as key_pairs() makes it, got {tuple(k_pairs.shape)}")
     if q.stride(-1) != 1 or not q.is_contiguous():
         q = q.contiguous()
     Z = n_rep * group_size * sum(v_ranks)
@@ -283,7 +319,8 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
             _dlpack(pad_start, dl), _dlpack(k_up, dl), _dlpack(inv_freq, dl),
             None if k_bias is None else _dlpack(k_bias, dl), _dlpack(out, dl), _dlpack(workspace, dl),
             length=length, k_ranks=k_ranks, v_ranks=v_ranks, group_size=group_size,
-            attention_scaling=float(attention_scaling), scaling=float(scaling), stream=handle, impl=_IMPLS[impl])
+            attention_scaling=float(attention_scaling), scaling=float(scaling), stream=handle, impl=_IMPLS[impl],
+            k_pairs=None if k_pairs is None else _dlpack(k_pairs, dl))
     return out
 
 

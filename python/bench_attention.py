@@ -45,6 +45,9 @@ def main(argv=None) -> int:
                     help="time one CUDA-graph replay of a step (ours: kernel + merge; SDPA) instead of eager calls")
     ap.add_argument("--flush", default="clean", choices=["clean", "dirty"],
                     help="L2 flush before each timed call: read (clean) or rewrite (dirty) a 256 MB buffer")
+    ap.add_argument("--key-basis", default="both", choices=["svd", "interpolative", "both"],
+                    help="latent key basis of our rows (palu_c.key_basis); 'both' adds '<kernel> ib' rows beside "
+                         "the kernels that use the interpolative basis (v10)")
     ap.add_argument("--out", default=None, help="write the markdown table here (atomically)")
     args = ap.parse_args(argv)
     impl_list = [i for i in args.impls.split(",") if i]
@@ -56,13 +59,14 @@ def main(argv=None) -> int:
             MODELS, groups=(1, 2, 4), batches=[1] if args.quick else [1, 8],
             contexts=[4096, 16384] if args.quick else [4096, 16384, 65536, 131072], dtype=getattr(torch, args.dtype),
             impls=impl_list, iters=args.iters, warmup=args.warmup, graphs=args.graphs, flush=args.flush, v1=args.v1,
+            key_bases=("svd", "interpolative") if args.key_basis == "both" else (args.key_basis,),
             log=lambda s: print(s, flush=True))
     except ValueError as exc:
         print(f"bench_attention: --impls {args.impls!r}: {exc}", file=sys.stderr)
         return 2
     lines += ["", f"Command: python python/bench_attention.py --dtype {args.dtype}"
               f"{' --quick' if args.quick else ''}{' --v1' if args.v1 else ''}{' --graphs' if args.graphs else ''} "
-              f"--impls {args.impls} ({time.strftime('%Y-%m-%d')})"]
+              f"--impls {args.impls} --key-basis {args.key_basis} ({time.strftime('%Y-%m-%d')})"]
     emit(lines, args.out)
     return 0 if ok else 1
 

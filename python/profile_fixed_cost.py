@@ -50,17 +50,20 @@ def main() -> None:
     ap.add_argument("--tokens", default="1024,4096,16384,65536")
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--group", type=int, default=1, help="Palu group size G (ranks 0.5 G D)")
+    ap.add_argument("--key-basis", default="svd", choices=["svd", "interpolative"],
+                    help="latent key basis (palu_c.key_basis): interpolative passes the pair table (v10 uses it)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", message=".*Profiler clears events.*")  # one profiler per call, on purpose
     flush = torch.empty(64 * 2**20, device="cuda")
-    print(f"{torch.cuda.get_device_name()}; impl {args.impl}; fp16, ratio 0.5, group {args.group}")
+    print(f"{torch.cuda.get_device_name()}; impl {args.impl}; fp16, ratio 0.5, group {args.group}, key basis "
+          f"{args.key_basis}")
     print("| shape | B | tokens | call us (events) | decode kernel us | merge us | fit: intercept us, us per 1K tokens |")
     print("|---|---|---|---|---|---|---|")
     for shape in args.shapes.split(","):
         for B in (int(x) for x in args.batches.split(",")):
             rows = []
             for T in (int(x) for x in args.tokens.split(",")):
-                step = decode_step(shape, T, B, args.group, args.impl)
+                step = decode_step(shape, T, B, args.group, args.impl, args.key_basis)
                 for _ in range(3):
                     step()
                 torch.cuda.synchronize()

@@ -16,14 +16,16 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))  # the in-place build
 
 from palu_c import latent_kernels as lk  # noqa: E402
+from palu_c.bench import interpolative_layout  # noqa: E402
 
 # "mha1": one head per sequence, for layout probes: batch B x 32 of it moves Llama-2-7B batch B's bytes through the
 # same CTAs, each reading its (sequence, head) latents as one contiguous run instead of 128 bytes of every 4 KB row
 SHAPES = {"llama3-8b": (32, 8, 128), "llama2-7b": (32, 32, 128), "smollm2": (9, 3, 64), "mha1": (1, 1, 128)}
 
 
-def decode_step(shape: str, tokens: int, batch: int, group: int, impl: str):
-    """A no-argument callable running one decode step (kernel + merge) on random fp16 latents at ratio 0.5."""
+def decode_step(shape: str, tokens: int, batch: int, group: int, impl: str, key_basis: str = "svd"):
+    """A no-argument callable running one decode step (kernel + merge) on random fp16 latents at ratio 0.5; with
+    ``key_basis="interpolative"`` the up-projections in that layout (random pairs) and their pair table."""
     H, Hkv, D = SHAPES[shape]
     G, B, T = group, batch, tokens
     r = G * D // 2
@@ -34,10 +36,15 @@ def decode_step(shape: str, tokens: int, batch: int, group: int, impl: str):
     hv = torch.randn(B, T, NG * r, device=dev, dtype=dt)
     pos = torch.arange(T, device=dev, dtype=torch.int32).expand(B, T).contiguous()
     pad = torch.zeros(B, device=dev, dtype=torch.int32)
-    k_up = lk.pack_k_up([torch.randn(G * D, r, device=dev, dtype=dt) / r ** 0.5 for _ in range(NG)])
+    ups = torch.randn(NG, G * D, r, device=dev, dtype=dt) / r ** 0.5
+    k_pairs = None
+    if key_basis == "interpolative":
+        ups = interpolative_layout(ups, D, torch.Generator(device=dev))
+        k_pairs = lk.key_pairs(list(ups), D)
+    k_up = lk.pack_k_up(list(ups))
     inv_freq = 1.0 / (500000.0 ** (torch.arange(0, D, 2, device=dev, dtype=torch.float32) / D))
     return lambda: lk.latent_decode_attention_cuda(q, hk, hv, pos, pad, T, k_up, [r] * NG, [r] * NG, G, inv_freq,
-                                                   impl=impl)
+                                                   impl=impl, k_pairs=k_pairs)
 
 
 def main():

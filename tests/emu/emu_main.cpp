@@ -2,6 +2,7 @@
 // checked against an independent double-precision reference of z.
 #include "emu.h"
 #include "latent_decode.cuh"
+#include <algorithm>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -107,6 +108,31 @@ int main(int argc, char **argv) {
     for (auto &x : kl) x = conv(N(gen));
     for (auto &x : vl) x = conv(N(gen));
     for (int g = 0; g < NG; g++) for (int e = 0; e < G * D * kr[g]; e++) kup.push_back(conv(N(gen) / sqrtf((float)kr[g])));
+    // EMU_IB=1: every group's k_up in the interpolative basis (latent_decode.cuh, k_pairs): rk/2 random RoPE pairs,
+    // in random latent order, get the unit rows; k_pairs lists the other pairs ascending, then those. The reference
+    // below reads the dense k_up as always.
+    std::vector<int32_t> kpairs;
+    if (getenv("EMU_IB")) {
+        int64_t off = 0;
+        for (int g = 0; g < NG; g++) {
+            const int npairs = G * D / 2, ns = kr[g] / 2;
+            std::vector<int32_t> perm(npairs);
+            for (int k = 0; k < npairs; k++) perm[k] = k;
+            std::shuffle(perm.begin(), perm.end(), gen);
+            std::vector<int32_t> stored(perm.begin(), perm.begin() + ns), rebuilt(perm.begin() + ns, perm.end());
+            std::sort(rebuilt.begin(), rebuilt.end());
+            for (int i = 0; i < ns; i++) {
+                const int j = stored[i] / (D / 2), f = stored[i] % (D / 2);
+                for (int half = 0; half < 2; half++) {
+                    uint16_t *row = kup.data() + off + (size_t)(j * D + f + half * D / 2) * kr[g];
+                    for (int r = 0; r < kr[g]; r++) row[r] = conv(r == i + half * ns ? 1.f : 0.f);
+                }
+            }
+            kpairs.insert(kpairs.end(), rebuilt.begin(), rebuilt.end());
+            kpairs.insert(kpairs.end(), stored.begin(), stored.end());
+            off += (int64_t)G * D * kr[g];
+        }
+    }
     std::vector<int32_t> pos((size_t)B * C), pad(B);
     for (int b = 0; b < B; b++) {
         pad[b] = T > 1 ? U(gen) % std::min(T, 40) : 0;
@@ -129,6 +155,7 @@ int main(int argc, char **argv) {
     a.q = q.data(), a.k_latent = kl.data(), a.k_batch_stride = C * Rk, a.k_token_stride = Rk;
     a.v_latent = vl.data(), a.v_batch_stride = C * Rv, a.v_token_stride = Rv;
     a.positions = pos.data(), a.pos_batch_stride = C, a.pad_start = pad.data(), a.k_up = kup.data();
+    a.k_pairs = kpairs.empty() ? nullptr : kpairs.data();
     a.k_bias = use_bias ? bias.data() : nullptr, a.inv_freq = inv.data(), a.attention_scaling = att, a.scaling = scaling;
     a.out = out.data(), a.out_dtype = PALU_DTYPE_F32;
     int64_t wsf = 0; int used = 0;

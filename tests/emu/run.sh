@@ -46,6 +46,17 @@ case "$I" in
   EMU_SLOW_WARPS=4-7 run f16 9 1 2 2 128 1 3000 3072 2 0 3 64 64 -- 64 64
   EMU_SLOW_WARPS=0-3 run f16 9 2 4 4 128 1 1037 1280 3 0 6 64 64 64 64 -- 64 64 64 64
   ;;
+10ib) # v10 on keys in the interpolative basis (EMU_IB=1: random stored pairs, k_pairs): half the rebuild, the
+  # stored half from the latent tile, its queries at two angles per warpgroup; both n_rep instances, the cold path
+  EMU_IB=1 run f16 10 2 8 2 128 1 1037 1280 3 0 1 64 64 -- 64 64
+  EMU_IB=1 run bf16 10 2 8 2 128 1 1037 1280 3 0 2 64 64 -- 64 64
+  EMU_IB=1 run f16 10 1 16 2 128 1 3000 3072 2 0 4 64 64 -- 64 64
+  EMU_IB=1 run bf16 10 3 6 2 128 1 999 1001 1 0 5 64 64 -- 64 64
+  EMU_IB=1 run f16 10 2 6 2 128 1 5000 5120 0 0 7 64 64 -- 64 64
+  EMU_IB=1 EMU_EARLY=1 run f16 10 2 8 2 128 1 3000 3072 3 0 8 64 64 -- 64 64
+  EMU_IB=1 EMU_QSCALE=3 run bf16 10 2 8 2 128 1 1037 1280 0 0 9 64 64 -- 64 64
+  EMU_IB=1 EMU_SLOW_WARPS=4-7 run f16 10 1 16 2 128 1 3000 3072 2 0 4 64 64 -- 64 64
+  ;;
 10) # v10: GQA (2-8 query heads per KV head), group size 1, head_dim 128, ranks 64, no key bias
   run f16 10 2 8 2 128 1 1037 1280 3 0 1 64 64 -- 64 64
   run bf16 10 2 8 2 128 1 1037 1280 3 0 2 64 64 -- 64 64

@@ -169,14 +169,18 @@ def _shaped_model(kind: str, layers: int = 2):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("kind,group,prompt", [("llama3-8b", 1, 37), ("llama3-8b", 1, 8300), ("llama3-8b", 2, 37),
-                                               ("llama2-7b", 1, 37), ("smollm2", 3, 37), ("smollm2", 1, 37)])
-def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, kind, group, prompt, dtype):
+@pytest.mark.parametrize("kind,group,prompt,basis", [
+    ("llama3-8b", 1, 37, "svd"), ("llama3-8b", 1, 8300, "svd"), ("llama3-8b", 2, 37, "svd"), ("llama2-7b", 1, 37, "svd"),
+    ("smollm2", 3, 37, "svd"), ("smollm2", 1, 37, "svd"),
+    # the interpolative key basis: v10 takes its pair table on the long prompt; the others rebuild from the dense U'
+    ("llama3-8b", 1, 8300, "interpolative"), ("llama3-8b", 1, 37, "interpolative"), ("smollm2", 1, 37, "interpolative")])
+def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, kind, group, prompt, basis, dtype):
     import palu_c.latent_kernels as lk
 
     base = _shaped_model(kind)
     calib = torch.as_tensor(rng.integers(0, base.config.vocab_size, (4, 64)), device=CUDA)
-    model = palu_c.compress_kv(base, calib, ratio=0.5, group_size=group, search="uniform", progress=False)
+    model = palu_c.compress_kv(base, calib, ratio=0.5, group_size=group, search="uniform", key_basis=basis,
+                               progress=False)
     model = model.to(dtype)
     calls = []
     real = lk.latent_decode_attention_cuda
@@ -219,6 +223,8 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
         assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
     # the general kernel, and only it, says so (once per layer here: the filter is "always")
     assert len(slow) == (len(model.model.layers) if used == {"v2"} else 0), [str(w.message) for w in slow]
+    if basis == "interpolative":  # the pair table was found (from the weights) and handed to the kernel
+        assert all(layer.self_attn._k_pairs is not None for layer in model.model.layers)
     n_calls = len(calls)
     seq_r, logits_r = run("torch")
     assert len(calls) == n_calls  # the reference run did not use the kernel

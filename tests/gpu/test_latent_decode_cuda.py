@@ -145,7 +145,7 @@ def run(c, *, impl, scaling, att, out_dtype=torch.float32, poison=True, **kw):
     return lk.latent_decode_attention_cuda(
         c["q"], c["kl"], c["vl"], c["pos"], c["pad"], c["T"], lk.pack_k_up(c["k_ups"]), c["k_ranks"], c["v_ranks"],
         c["G"], c["inv_freq"], k_bias=c["kb"], scaling=scaling, attention_scaling=att, out_dtype=out_dtype,
-        impl=impl, out=out, **kw)
+        impl=impl, out=out, **{"k_pairs": c.get("k_pairs"), **kw})
 
 
 def rel_errors(z, ref, c):
@@ -624,6 +624,71 @@ def test_v10_strided_latents_side_stream_and_graph_capture(torch_gen, dtype):
     with pytest.raises(NotImplementedError, match="v10"):
         with torch.cuda.stream(side), torch.cuda.graph(graph):
             lk.latent_decode_attention_cuda(*args, **{**kw, "impl": "v10"})
+
+
+# ---- v10 on keys in the interpolative basis (compress_kv(key_basis="interpolative"), palu_c/key_basis.py): the
+# pair table makes it rebuild half of every key and read the other half from the latent tile ----
+
+def to_interpolative(c, gen):
+    """Case c with its key up-projections in the interpolative layout (unit rows at random RoPE pairs, random latent
+    order) and c["k_pairs"] = key_pairs of them. The reference still reads the dense up-projections."""
+    from palu_c.bench import interpolative_layout
+
+    D = c["q"].shape[2]
+    c["k_ups"] = list(interpolative_layout(torch.stack(c["k_ups"]), D, gen))
+    c["k_pairs"] = lk.key_pairs(c["k_ups"], D)
+    assert c["k_pairs"] is not None and c["k_pairs"].shape == (len(c["k_ups"]), c["G"] * D // 2)
+    return c
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", V10_SHAPES, ids=[s[0] for s in V10_SHAPES])
+def test_v10_interpolative_matches_float64_reference_poisoned(torch_gen, shape, dtype):
+    _, B, H, Hkv, T, C = shape
+    v10_check(to_interpolative(v10_case(torch_gen, B, H, Hkv, T, C, dtype), torch_gen), dtype, att=1.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v10_interpolative_irregular_positions_and_long_ranges(torch_gen, dtype):
+    """The stored half's queries carry R(64 tau) (two sets per warpgroup) and its keys rotate by each slot's own
+    offset on the cold path: jumps, random stretches, fully random positions with a peaky softmax, and batch 8 x 8
+    KV heads walking 16 blocks per CTA."""
+    c = to_interpolative(v10_case(torch_gen, 2, 8, 2, 3001, 3072, dtype), torch_gen)
+    jump_positions(c, torch_gen)
+    v10_check(c, dtype)
+    v10_check(to_interpolative(v10_case(torch_gen, 2, 12, 3, 700, 768, dtype, consecutive=False, q_scale=3.0),
+                               torch_gen), dtype)
+    c = to_interpolative(v10_case(torch_gen, 8, 32, 8, 8192, 8192, dtype), torch_gen)
+    jump_positions_far(c, torch_gen)
+    v10_check(c, dtype)
+
+
+def test_key_pairs_table_and_its_validation(torch_gen):
+    """key_pairs: None unless every group has the exact layout; each row lists all pairs once, the rebuilt ones
+    ascending first, then the stored ones in latent order (the unit rows say which). The wrapper checks the table's
+    dtype, rank, shape and device; kernels that do not use it give bit for bit what they give without it."""
+    c = v10_case(torch_gen, 2, 8, 2, 1000, 1024, torch.float16)
+    assert lk.key_pairs(c["k_ups"], 128) is None
+    to_interpolative(c, torch_gen)
+    pairs = c["k_pairs"].cpu()
+    for g, row in enumerate(pairs.tolist()):
+        assert sorted(row) == list(range(64)) and row[:32] == sorted(row[:32])
+        up = c["k_ups"][g].float().cpu()
+        for i, p in enumerate(row[32:]):
+            assert up[p, i] == 1 and up[p + 64, 32 + i] == 1 and up[p].abs().sum() == 1
+    mixed = [c["k_ups"][0], torch.randn_like(c["k_ups"][1])]
+    assert lk.key_pairs(mixed, 128) is None  # one group in the plain basis: no table
+    kw = dict(scaling=0.088, att=1.0)
+    with pytest.raises(TypeError, match="k_pairs"):
+        run(c, impl="v4", k_pairs=c["k_pairs"].long(), **kw)
+    with pytest.raises(ValueError, match="k_pairs"):
+        run(c, impl="v4", k_pairs=c["k_pairs"][:1], **kw)
+    with pytest.raises(ValueError, match="k_pairs"):
+        run(c, impl="v4", k_pairs=c["k_pairs"].reshape(-1), **kw)
+    with pytest.raises((ValueError, TypeError), match="k_pairs"):
+        run(c, impl="v4", k_pairs=c["k_pairs"].cpu(), **kw)
+    with_table = run(c, impl="v4", **kw)
+    assert torch.equal(with_table, run(c, impl="v4", k_pairs=None, **kw))
 
 
 # v11 (group size 2, ranks 128): name, B, H, Hkv, T, capacity

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One H200 call for v10 on keys in the interpolative basis (notes, "Twentieth session"): link the prebuilt objects,
+# the v10 GPU tests (plain and interpolative), the end-to-end generate tests of compress_kv(key_basis=...),
+# memcheck / racecheck / synccheck on interpolative cases, then v10's kernel times on the SVD basis and on the
+# interpolative basis alternately, two rounds (Llama-3-8B shapes, batch 1 and 8, 16K and 64K).
+#   SM90A_ONLY=1 bash python/build_cuda_objects.sh build/objs_ib        (here, beforehand)
+#   OBJ=build/objs_ib bash python/gpu_v10_ib.sh                          (~7 minutes)
+source python/gpu_lib.sh
+OBJ=${OBJ:?the kernel objects}
+step "link $OBJ"; link_objects "$OBJ"
+decode_tests "v10 or key_pairs"
+step "compress_kv generate tests"
+timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_cuda.py -k "equals_the_reference_path and llama3" 2>&1 | tail -3
+step "sanitize (interpolative cases)"
+sanitize "v10_interpolative and float16 and (b3-t7 or b2-t257 or irregular)" "v10_interpolative_matches and float16 and b2-t257" \
+  "v10_interpolative_matches and float16 and b2-t257"
+for round in 1 2; do
+  for basis in svd interpolative; do
+    step "round $round: v10, key basis $basis (call us, kernel us, merge us, fit)"
+    timeout 100 python3 python/profile_fixed_cost.py --impl v10 --shapes llama3-8b --batches 1,8 --tokens 16384,65536 \
+      --key-basis $basis --iters 10 2>&1 | grep -E "^\| llama"
+  done
+done
+step "done"
