@@ -524,7 +524,11 @@ struct KeyRot {
     __device__ __forceinline__ void apply(int rr, int i, float l0, float l1, float h0, float h1, uint32_t *lo,
                                           uint32_t *hi) const
     {
-        const __half2 l = u32_as_half2(dev::half2_satfinite(l0, l1)), h = u32_as_half2(dev::half2_satfinite(h0, h1));
+        apply_h2(rr, i, u32_as_half2(dev::half2_satfinite(l0, l1)), u32_as_half2(dev::half2_satfinite(h0, h1)), lo, hi);
+    }
+    /* the same for a pair already in fp16 (v10's stored half, read from an fp16 latent: no conversions) */
+    __device__ __forceinline__ void apply_h2(int rr, int i, __half2 l, __half2 h, uint32_t *lo, uint32_t *hi) const
+    {
         const __half2 x = __hfma2(__hneg2(h), s[rr][i], __hmul2(l, c[rr][i]));
         const __half2 y = __hfma2(l, s[rr][i], __hmul2(h, c[rr][i]));
         memcpy(lo, &x, 4), memcpy(hi, &y, 4);

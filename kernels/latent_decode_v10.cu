@@ -38,7 +38,9 @@ namespace {
  * other 32 pairs only and the stored half is read from the K tile by ldmatrix into (3)'s A fragments, rotated by
  * the same R(k). The kernel works in permuted dimensions [rebuilt lower | stored lower | rebuilt upper | stored
  * upper] (32 each; the query and inv_freq permuted in the prologue, partners still 64 apart), and since the stored
- * half has no U_tau, its Q_A rows carry R(64 tau): each warp keeps them at A + 64 cw and, in q2buf, A + 64 (cw + 2).
+ * half has no U_tau, its Q_A rows are rotated to A + 64 cw and its keys by R(k) in the warpgroup's first step of a
+ * block and by R(128 + k) in its second (a second table of the stored half's angles: run 168's second set of query
+ * rows for that step cost ~130 instructions per block and made the step 7.5% slower than the plain basis).
  *
  * CTA = 8 warps, one per SM: two warpgroups, group cw taking steps cw, cw + 2 of every block of kV10S = 4 steps and
  * issuing the TMA copies of its own stages (one thread refills a stage once the group's four warps have released
@@ -76,13 +78,11 @@ static_assert(kV10Warps * kV10MaxRep * (2 + kV10R) * 4 <= kV10OffU, "the records
 static_assert(kV10NST % 2 == 0, "each warpgroup owns the stages of its parity");
 static_assert(kV10Rows * kV10S == kV9BlockSlots, "the plan's block size (latent_decode_common.cuh)");
 /* The interpolative key basis (IB, latent_decode.cuh's k_pairs; notes "Twentieth session"): half the head dimensions
- * come from the latent itself, so a U_tau image has only the 64 rebuilt rows (8 KB; the other 32 KB of the images'
- * area hold the stored half's second query set and the prologue's pair list and raw inv_freq). */
+ * come from the latent itself, so a U_tau image has only the 64 rebuilt rows (8 KB; the images' area also holds the
+ * prologue's pair list and raw inv_freq). */
 constexpr int kV10IbRows = kV10D / 2;                          /* rebuilt dimensions: the wgmma N */
 constexpr size_t kV10IbUT = (size_t)kV10IbRows * kV10R * 2;    /* one rebuilt-rows U_tau image, 8 KB */
-constexpr int kV10IbQ2Row = kV10D + 16;                        /* a stored-half query row (64 dtype values), padded */
-constexpr size_t kV10IbOffQ2 = kV10OffU + kV10S * kV10IbUT;    /* per warp: n_rep rows for the warpgroup's 2nd tau */
-constexpr size_t kV10IbOffPairs = kV10IbOffQ2 + (size_t)kV10Warps * kV10MaxRep * kV10IbQ2Row; /* D / 2 int32 */
+constexpr size_t kV10IbOffPairs = kV10OffU + kV10S * kV10IbUT; /* D / 2 int32 */
 constexpr size_t kV10IbOffFreqRaw = kV10IbOffPairs + (size_t)kV10D / 2 * 4; /* inv_freq as loaded, D / 2 floats */
 static_assert(kV10IbOffFreqRaw + kV10D / 2 * 4 <= kV10OffQA, "the IB areas fit in the U images' area");
 constexpr int kV10Tasks = kV10D * (kV10R / 8) / (32 * kV10Warps); /* U_tau core-matrix rows per thread */
@@ -240,7 +240,8 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
         dev::fence_proxy_async();
         __syncthreads(); /* images, queries and inv_freq written; U's staging (the Q_A area) read */
     }
-    KeyRot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+    KeyRot rot;  /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+    KeyRot rot2; /* IB: R(128 + k) in the stored half's slots 4-7 (the warpgroup's second step of a block) */
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
         const int k = 16 * wl + g + 8 * rr;
@@ -250,6 +251,11 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             small_cos_sin(k, ftab[8 * i + 2 * c], &c0, &s0);
             small_cos_sin(k, ftab[8 * i + 2 * c + 1], &c1, &s1);
             rot.set(rr, i, c0, c1, s0, s1);
+            if (IB && i >= 4) {
+                small_cos_sin(2 * M + k, ftab[8 * i + 2 * c], &c0, &s0);
+                small_cos_sin(2 * M + k, ftab[8 * i + 2 * c + 1], &c1, &s1);
+                rot2.set(rr, i, c0, c1, s0, s1);
+            }
         }
     }
     const float *qs = reinterpret_cast<const float *>(smem + kV10OffQ);
@@ -262,8 +268,6 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     /* the query rotation: lane takes the adjacent frequencies 2 lane, 2 lane + 1 (one fp16 pair per store) */
     const float2 qtr0 = turn_split(ftab[2 * lane]), qtr1 = turn_split(ftab[2 * lane + 1]);
     char *qbuf = smem + kV10OffQA + (size_t)warp * kV10MaxRep * kV10QRow; /* this warp's Q_A rows */
-    /* IB: the stored half's Q_A rows for the warpgroup's second tau (cw + 2): [lower 32 | upper 32] */
-    char *q2buf = smem + kV10IbOffQ2 + (size_t)warp * kV10MaxRep * kV10IbQ2Row;
 
     const uint32_t u_lo = wgmma_desc_lo(smem + kV10OffU, 128);
     const uint32_t k_lo = wgmma_desc_lo(smem, 16);
@@ -287,19 +291,20 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     float o[4][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
     uint32_t qa[8][2] = {};
-    uint32_t qa2[IB ? 4 : 1][2] = {}; /* IB: the stored half's chunks (2, 3, 6, 7) for tau = cw + 2 */
     const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
     const int nown = nblocks * 2; /* this warpgroup's steps cw, cw + 2, ... */
     int s = cw, ph = 0;           /* stage and phase of the current step */
     int lane_pos = 0;     /* this block's position of the lane's row (above) */
     bool regular = true;  /* this block's rows of this warp all at A + 64 tau + k */
     int A = 0; /* this block's anchor for this warp: the position its slot 0 would have */
-    /* IB: this lane's ldmatrix row of the latent tile (the A fragments of the stored half) */
+    /* IB: this lane's ldmatrix row of the latent tile (the A fragments of the stored half). Loading them half a step
+     * ahead, at the next step's rebuild issue, with the four offsets kept in registers, was slower (run 172: 4.8% more
+     * executed instructions, B8 64K kernel 259 -> 269 us) */
     const int arow = 16 * wl + (lane & 7) + (((lane >> 3) & 1) << 3), asel = lane >> 4;
     /* the rotated keys as the score's A fragments: pk[rr][i] = dims 8 i + 2 c, +1 of row g + 8 rr; chunk i with
      * chunk i + 8 (its RoPE partners). IB: chunks 0-3 and 8-11 are rebuilt (accumulator chunks i and i + 4), 4-7
      * and 12-15 the latent's columns 8 (i - 4) + 2 c and + 32, read from the stage's K tile (kt) */
-    auto pack = [&](const KeyRot &r, const char *kt, uint32_t (&pk)[2][16]) {
+    auto pack = [&](const KeyRot &r, const KeyRot &rs, const char *kt, uint32_t (&pk)[2][16]) { /* rs: stored half */
         constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
@@ -316,8 +321,15 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
 #pragma unroll
                 for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1): slot 4 + 2 kk + (q >> 1) */
                     const int i = 4 + 2 * kk + (q >> 1);
-                    const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
-                    r.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
+                    /* fp16 latents are rotated as they are (run 168: through fp32 and back, 6 more instructions per
+                     * pair, the step was 13% slower than without the basis); bf16 ones become fp16 first */
+                    if constexpr (std::is_same_v<T, __half>) {
+                        rs.apply_h2(q & 1, i, u32_as_half2(lat[kk][q]), u32_as_half2(lat[kk + 2][q]), &pk[q & 1][i],
+                                    &pk[q & 1][i + 8]);
+                    } else {
+                        const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
+                        rs.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
+                    }
                 }
         }
     };
@@ -339,13 +351,12 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             A = __shfl_sync(0xffffffffu, lane_pos, 0) - M * cw - 16 * wl;
             const int lane_slot = t0 + M * (S * n + lane_tau) + lane_row;
             regular = __all_sync(0xffffffffu, lane_slot >= t1 || lane_pos == A + M * lane_tau + lane_row);
-            /* IB: the stored half (lanes 16-31: permuted frequencies 32-63) has no U_tau to carry R(64 tau), so its
-             * queries carry it: rotated to A + 64 cw here and to A + 64 (cw + 2) in q2buf */
+            /* IB: the stored half (lanes 16-31: permuted frequencies 32-63) has no U_tau to carry R(64 tau): its
+             * queries are rotated to A + 64 cw (and its keys in the second step by R(128 + k), rot2) */
             const int aq = IB && lane >= 16 ? A + M * cw : A;
-            float c0, s0, c1, s1, c2 = 0.0f, s2 = 0.0f, c3 = 0.0f, s3 = 0.0f;
+            float c0, s0, c1, s1;
             rope_cos_sin(aq, qtr0, &c0, &s0);
             rope_cos_sin(aq, qtr1, &c1, &s1);
-            if (IB && lane >= 16) rope_cos_sin(aq + 2 * M, qtr0, &c2, &s2), rope_cos_sin(aq + 2 * M, qtr1, &c3, &s3);
             __syncwarp(); /* this warp's reads of the previous block's rows are done */
             /* fp16 for both dtypes (see KeyRot); n_rep unrolled to its bound under a predicate (a runtime loop
              * with one saturating conversion per value made this section 319 instructions, the probe's 131) */
@@ -358,56 +369,51 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
                     uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV10QRow);
                     row[lane] = dev::half2_satfinite(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
                     row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
-                    if (IB && lane >= 16) {
-                        uint32_t *row2 = reinterpret_cast<uint32_t *>(q2buf + j * kV10IbQ2Row);
-                        row2[lane - 16] = dev::half2_satfinite(lo.x * c2 + hi.x * s2, lo.y * c3 + hi.y * s3);
-                        row2[lane] = dev::half2_satfinite(hi.x * c2 - lo.x * s2, hi.y * c3 - lo.y * s3);
-                    }
                 }
             }
             __syncwarp();
-            if (g < n_rep) {
+            if (g < n_rep)
 #pragma unroll
                 for (int kk = 0; kk < 8; kk++)
 #pragma unroll
                     for (int hf = 0; hf < 2; hf++)
                         qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV10QRow + (16 * kk + 2 * c + 8 * hf) * 2);
-                if constexpr (IB) /* chunks 2, 3 (stored lower: q2 columns 0-31) and 6, 7 (upper: 32-63) */
-#pragma unroll
-                    for (int m = 0; m < 4; m++)
-#pragma unroll
-                        for (int hf = 0; hf < 2; hf++)
-                            qa2[m][hf] = *reinterpret_cast<const uint32_t *>(q2buf + g * kV10IbQ2Row +
-                                                                              (16 * m + 2 * c + 8 * hf) * 2);
-            }
         }
         /* a block whose positions are not all consecutive from the anchor: each row by its own offset (cold path:
          * left padding inside a block, a jump in the positions) */
         const int sl = t0 + M * st + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
         uint32_t pk[2][16];
+        /* IB: the stored half's queries sit at A + 64 cw, so in the warpgroup's second step of the block (x odd, tau
+         * = cw + 2) its keys turn 128 slots further than the rebuilt half's */
+        const bool second = IB && (x & 1);
         if (regular) {
-            pack(rot, kt, pk);
+            if (second) /* a warp-uniform branch: two copies of the stored half's rotations, no selects */
+                pack(rot, rot2, kt, pk);
+            else
+                pack(rot, rot, kt, pk);
         } else {
             const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g);
             const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * (x & 1) + g + 8);
-            KeyRot xr;
-            key_row_rotation(xr, 0, sl < t1 ? pcur0 - A - M * tau : 16 * wl + g, c, ftab);
-            key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8, c, ftab);
-            pack(xr, kt, pk);
+            const int off0 = sl < t1 ? pcur0 - A - M * tau : 16 * wl + g;
+            const int off1 = sl + 8 < t1 ? pcur1 - A - M * tau : 16 * wl + g + 8;
+            KeyRot xr, xs;
+            key_row_rotation(xr, 0, off0, c, ftab);
+            key_row_rotation(xr, 1, off1, c, ftab);
+            if (second) {
+                key_row_rotation(xs, 0, off0 + 2 * M, c, ftab);
+                key_row_rotation(xs, 1, off1 + 2 * M, c, ftab);
+            }
+            pack(xr, second ? xs : xr, kt, pk);
         }
         /* S (16 slots x 8 heads, n_rep real) = K . Q_A^T, fp16 operands for both dtypes, as kV10ScoreChains
          * independent chains of HMMA summed at the end: one chain of 8 dependent HMMA held the step ~300 cycles and
          * the group's next rebuild waited behind it (run 88: four chains, -17 us at B8 64K; scores on wgmma instead,
          * branch v10-wgmma-scores, gained nothing: their group waited behind the other warpgroup's rebuild) */
         float scc[kV10ScoreChains][4] = {};
-        const bool tau2 = IB && (x & 1); /* IB: this step is the warpgroup's tau = cw + 2 */
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
-            const bool stored = IB && (kk & 2); /* chunks 2, 3, 6, 7: the stored half */
-            const int m = (kk & 1) + ((kk >> 2) << 1);
-            dev::mma16816<__half>(scc[kk % kV10ScoreChains], a, stored && tau2 ? qa2[IB ? m : 0][0] : qa[kk][0],
-                                  stored && tau2 ? qa2[IB ? m : 0][1] : qa[kk][1]);
+            dev::mma16816<__half>(scc[kk % kV10ScoreChains], a, qa[kk][0], qa[kk][1]);
         }
         float sc[4];
 #pragma unroll

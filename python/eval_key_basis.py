@@ -3,8 +3,8 @@
 The two bases give the same keys in exact arithmetic (palu_c/key_basis.py); what differs is how the fp16/bf16
 rounding of the stored latent reaches the keys (python/study_key_basis.py measures that per group). This runs the
 end-to-end check: the embedded SmolLM2-135M compressed at ratio 0.5 with each basis (the same ranks: the search does
-not depend on the basis), cast to float16 and bfloat16, perplexity on held-out text, on CUDA (CPU half precision
-is slow and not what users run).
+not depend on the basis), cast to float16 and bfloat16, perplexity on held-out text; on CUDA where there is a
+device, else on the CPU (slow in half precision: ``--windows`` bounds the work).
 
     python python/eval_key_basis.py [--groups 1 3] [--out python/results/key_basis_ppl_h200.md]
 
@@ -37,19 +37,18 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=512)
     ap.add_argument("--groups", type=int, nargs="+", default=[1, 3])
     ap.add_argument("--search", default="fisher")
+    ap.add_argument("--windows", type=int, default=None, help="at most this many evaluation windows")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("eval_key_basis: needs a CUDA device", file=sys.stderr)
-        return 2
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     warnings.simplefilter("ignore", palu_c.WhiteningWarning)
     torch.manual_seed(0)
-    base, tok = load_model(dtype=torch.float32, device="cuda")
-    calib = _windows(tok, _sample_text("calibration_emma.txt"), args.calib_samples, args.seq_len).cuda()
+    base, tok = load_model(dtype=torch.float32, device=device)
+    calib = _windows(tok, _sample_text("calibration_emma.txt"), args.calib_samples, args.seq_len).to(device)
     text = _sample_text("eval_persuasion.txt")
 
     def ppl(model):
-        return palu_c.eval.perplexity(model, tok, text, seq_len=args.seq_len)
+        return palu_c.eval.perplexity(model, tok, text, seq_len=args.seq_len, max_windows=args.windows)
 
     dtypes = (torch.float16, torch.bfloat16)
     rows = [("baseline", "-", "-", *(ppl(copy.deepcopy(base).to(dt)) for dt in dtypes))]
@@ -65,8 +64,9 @@ def main() -> int:
     lines = ["# Key basis: perplexity in the storage dtypes (SmolLM2-135M, CUDA)", "",
              f"Model: {EMBEDDED_NAME}, compressed in float32 (search {args.search}, ratio 0.5), then cast. Calibration: "
              f"{calib.shape[0]} x {args.seq_len} tokens of palu_c/data/calibration_emma.txt; evaluation: every "
-             f"{args.seq_len}-token window of palu_c/data/eval_persuasion.txt (held out). GPU: "
-             f"{torch.cuda.get_device_name()}.", "",
+             f"{args.seq_len}-token window of palu_c/data/eval_persuasion.txt (held out"
+             f"{f', at most {args.windows}' if args.windows else ''}). Device: "
+             f"{torch.cuda.get_device_name() if device == 'cuda' else 'CPU'}.", "",
              f"Command: `python python/eval_key_basis.py {' '.join(sys.argv[1:])}`".rstrip(), "",
              "| model | group | key basis | ppl float16 | ppl bfloat16 |", "|---|---|---|---|---|"]
     lines += [f"| {m} | {g} | {b} | {p16:.3f} | {pbf:.3f} |" for m, g, b, p16, pbf in rows]

@@ -55,8 +55,9 @@ def main():
     ap.add_argument("--group", type=int, default=1)
     ap.add_argument("--impl", default="auto", choices=sorted(lk._IMPLS),
                     help="kernel (palu_c.latent_kernels names: auto, v1, v2, v3, v3w, v4, v5, v9, v10, v11)")
+    ap.add_argument("--key-basis", default="svd", choices=["svd", "interpolative"])
     args = ap.parse_args()
-    step = decode_step(args.shape, args.tokens, args.batch, args.group, args.impl)
+    step = decode_step(args.shape, args.tokens, args.batch, args.group, args.impl, args.key_basis)
     for _ in range(5):
         step()
     torch.cuda.synchronize()
