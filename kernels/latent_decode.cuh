@@ -33,9 +33,10 @@
  *              (palu_c/key_basis.py): group g's rk_g / 2 RoPE pairs p = (head j, frequency f), p = j*D/2 + f, listed
  *              in its row k_pairs[g] from position G*D/2 - rk_g / 2 on, in latent order, have the unit rows of k_up
  *              (pair i's lower member, row j*D + f, is e_i; its upper member, row j*D + f + D/2, is e_{rk/2+i}); the
- *              row's first G*D/2 - rk_g / 2 entries are the other pairs (any order). A hint: the dense k_up is
- *              exact either way, and kernels that cannot use it (all but v10 today) ignore it. Read on the device
- *              only: the caller vouches for it (palu_c derives it from k_up itself, pair_layout).
+ *              row's first G*D/2 - rk_g / 2 entries are the other pairs. Both lists take as many pairs from each
+ *              head, head after head (any order within a head). A hint: the dense k_up is exact either way, and
+ *              kernels that cannot use it (all but v10 and v11 today) ignore it. Read on the device only: the caller
+ *              vouches for it (palu_c derives it from k_up itself: latent_kernels.key_pairs).
  *   workspace  float32, at least palu_latent_decode_cuda_workspace(...) elements: the split partials.
  *
  * Design (the notes file docs/design/latent_decode_notes.md has each version's numbers).

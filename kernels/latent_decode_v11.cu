@@ -41,6 +41,14 @@ namespace {
  * than the ~30 instructions per warp-step it removes predicted (the likely reason, not profiled: the step is a chain
  * of short dependencies at two warps per scheduler, and the shared-memory query reads sat at its head).
  *
+ * Keys in the interpolative basis (IB: p.k_pairs, compress_kv(key_basis="interpolative"), whose selection takes as
+ * many RoPE pairs from each head of a group: notes "Twentieth session"): each head has 32 stored pairs, latent
+ * columns 32 cw + j (lower members, box 0) and 64 + 32 cw + j (upper, box 1), so (1) is m64n64 over the head's 32
+ * rebuilt pairs and the stored half comes from the K tile by ldmatrix, rotated by the same R(k) (the anchor moves
+ * every step: no R(64 tau) to carry). Dimensions are permuted per head as in v10 ([rebuilt lower | stored lower |
+ * rebuilt upper | stored upper]; the queries and a per-head frequency table permuted in the prologue). The U image
+ * rows are gathered through the pair list, which the prologue must fetch first: one more round trip before U.
+ *
  * Stages: kV11NST shared by both warpgroups (each stage waits for all 8 warps before thread 0 refills it), so the
  * ring holds one stage being read, one being rebuilt and two loading, the bytes in flight of v10's ring. */
 constexpr int kV11D = 128, kV11R = 128, kV11G = 2;
@@ -68,6 +76,14 @@ static_assert(kV11Warps * kV11MaxRep * (2 + kV11R) * 4 <= kV11OffU, "the records
 static_assert((size_t)kV11G * kV11MaxRep * kV11D * 2 <= (size_t)kV11Warps * kV11MaxRep * kV11QRow,
               "the raw queries fit in the Q_A area");
 
+/* IB (above): a head's image of its 64 rebuilt rows (16 KB, both in the first half of the images' area), then the
+ * group's pair list (G D / 2 int32) and the per-head permuted frequency tables (2 x D / 2 floats) */
+constexpr int kV11IbRows = kV11D / 2;
+constexpr size_t kV11IbUImg = (size_t)kV11IbRows * kV11R * 2;
+constexpr size_t kV11IbOffPairs = kV11OffU + kV11G * kV11IbUImg;
+constexpr size_t kV11IbOffFreqH = kV11IbOffPairs + (size_t)kV11G * kV11D / 2 * 4;
+static_assert(kV11IbOffFreqH + (size_t)kV11G * kV11D / 2 * 4 <= kV11OffQA, "the IB areas fit in the images' area");
+
 #ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
 constexpr int kV11ScoreChains = 4;
 constexpr uint32_t kV11USbo = (kV11R / 8) * 128; /* U image: N = D rows, K = R; 8-row groups 2 KB apart */
@@ -78,8 +94,9 @@ __device__ __forceinline__ uint32_t v11_ucm(int d, int j)
 }
 #endif
 
-/* NREP: query heads per KV head at compile time (4: Llama-3-8B, 1: MHA), or 0: p.n_rep at run time */
-template <typename T, int NREP>
+/* NREP: query heads per KV head at compile time (4: Llama-3-8B, 1: MHA), or 0: p.n_rep at run time; IB: keys in the
+ * interpolative basis (above) */
+template <typename T, int NREP, bool IB>
 __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
 #ifdef PALU_V5_WGMMA
@@ -144,9 +161,15 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
          * column chunk e % 16, straight into the image's core-matrix layout */
         const char *ukg = reinterpret_cast<const char *>(static_cast<const T *>(p.k_up) +
                                                          (size_t)kV11G * D * p.groups.kcol[grp]);
-        for (int e = tid; e < kV11G * D * (R / 8); e += 32 * kV11Warps) {
-            const int row = e / (R / 8), jc = e % (R / 8), hd = row / D, d = row % D;
-            dev::cp_async16(smem + kV11OffU + hd * kV11UImg + v11_ucm(d, 8 * jc), ukg + (size_t)e * 16, true);
+        if constexpr (!IB) {
+            for (int e = tid; e < kV11G * D * (R / 8); e += 32 * kV11Warps) {
+                const int row = e / (R / 8), jc = e % (R / 8), hd = row / D, d = row % D;
+                dev::cp_async16(smem + kV11OffU + hd * kV11UImg + v11_ucm(d, 8 * jc), ukg + (size_t)e * 16, true);
+            }
+        } else if (tid >= 32 * kV11Warps - kV11G * HALF * 4 / 16) { /* the pair list first: U's rows follow it */
+            const int k = tid - (32 * kV11Warps - kV11G * HALF * 4 / 16);
+            dev::cp_async16(smem + kV11IbOffPairs + 16 * k,
+                            reinterpret_cast<const char *>(p.k_pairs + (size_t)grp * kV11G * HALF) + 16 * k, true);
         }
         /* the queries of both KV heads (2 n_rep D values, 16-byte aligned: v11_unsupported), raw, into Q_A's area */
         const char *qg = reinterpret_cast<const char *>(static_cast<const T *>(p.q) +
@@ -160,15 +183,39 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
             for (int st = 0; st < min(nsteps, NST); st++) load(st);
         dev::cp_async_wait<0>();
         __syncthreads();
+        /* IB: head hd's permuted dimension y < 64 has frequency pair_f(hd, y): its rebuilt pairs (row entries
+         * 32 hd ..) for y < 32, its stored ones (64 + 32 hd ..) above; dimension y + 64 is the upper member. The
+         * list is trusted, not checked: masked, a bad one cannot index out of U or the queries. */
+        const int *pairs = reinterpret_cast<const int *>(smem + kV11IbOffPairs);
+        auto pair_f = [&](int hd, int y) {
+            return pairs[(y < 32 ? 32 * hd + y : 2 * 32 + 32 * hd + y - 32)] & (HALF - 1);
+        };
+        if constexpr (IB) { /* the rebuilt rows' images, gathered through the list */
+            for (int e = tid; e < kV11G * kV11IbRows * (R / 8); e += 32 * kV11Warps) {
+                const int row = e / (R / 8), jc = e % (R / 8), hd = row / kV11IbRows, y = row % kV11IbRows;
+                const int d = pair_f(hd, y % 32) + (y >= 32 ? HALF : 0);
+                dev::cp_async16(smem + kV11OffU + hd * kV11IbUImg + v11_ucm(y, 8 * jc),
+                                ukg + ((size_t)(hd * D + d) * (R / 8) + jc) * 16, true);
+            }
+            dev::cp_async_commit();
+            float *fth = reinterpret_cast<float *>(smem + kV11IbOffFreqH);
+            if (tid < kV11G * HALF) fth[tid] = ftab[pair_f(tid / HALF, tid % HALF)];
+        }
         const T *qraw = reinterpret_cast<const T *>(smem + kV11OffQA);
         float *qs = reinterpret_cast<float *>(smem + kV11OffQ);
-        for (int e = tid; e < kV11G * n_rep * D; e += 32 * kV11Warps) qs[e] = Num<T>::to_f(qraw[e]);
+        for (int e = tid; e < kV11G * n_rep * D; e += 32 * kV11Warps) {
+            const int x = e % D, hd = e / (n_rep * D);
+            qs[e] = Num<T>::to_f(qraw[IB ? e - x + pair_f(hd, x % HALF) + (x >= HALF ? HALF : 0) : e]);
+        }
+        if (IB) dev::cp_async_wait<0>();
         __syncthreads(); /* the raw queries read: Q_A's area is free */
         for (int e = tid; e < (int)(kV11Warps * kV11MaxRep * kV11QRow / 16); e += 32 * kV11Warps)
             reinterpret_cast<uint4 *>(smem + kV11OffQA)[e] = make_uint4(0, 0, 0, 0); /* rows >= n_rep stay zero */
         dev::fence_proxy_async();
         __syncthreads();
     }
+    /* this warpgroup's frequencies by (permuted) dimension: inv_freq, or IB its head's permuted table */
+    const float *fth = IB ? reinterpret_cast<const float *>(smem + kV11IbOffFreqH) + cw * HALF : ftab;
     KeyRot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
 #pragma unroll
     for (int rr = 0; rr < 2; rr++) {
@@ -176,8 +223,8 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             float c0, s0, c1, s1;
-            small_cos_sin(k, ftab[8 * i + 2 * c], &c0, &s0);
-            small_cos_sin(k, ftab[8 * i + 2 * c + 1], &c1, &s1);
+            small_cos_sin(k, fth[8 * i + 2 * c], &c0, &s0);
+            small_cos_sin(k, fth[8 * i + 2 * c + 1], &c1, &s1);
             rot.set(rr, i, c0, c1, s0, s1);
         }
     }
@@ -197,25 +244,26 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         qlo[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane) : make_float2(0.0f, 0.0f);
         qhi[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane) : make_float2(0.0f, 0.0f);
     }
-    const float2 qtr0 = turn_split(ftab[2 * lane]), qtr1 = turn_split(ftab[2 * lane + 1]);
+    const float2 qtr0 = turn_split(fth[2 * lane]), qtr1 = turn_split(fth[2 * lane + 1]);
 
-    const uint32_t u_lo = wgmma_desc_lo(smem + kV11OffU + cw * kV11UImg, 128);
+    const uint32_t u_lo = wgmma_desc_lo(smem + kV11OffU + cw * (IB ? kV11IbUImg : kV11UImg), 128);
     const uint32_t k_lo = wgmma_desc_lo(smem, 16);
     const uint64_t u_hi = wgmma_desc_hi(kV11USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
-    float acc[64];
+    constexpr int NACC = IB ? kV11IbRows / 2 : D / 2; /* accumulators per thread: the wgmma N / 2 */
+    float acc[NACC];
     auto issue = [&](int s) {
         dev::wgmma_fence();
         const uint32_t ad = k_lo + (uint32_t)(s * (kV11Stage >> 4));
 #pragma unroll
         for (int kk = 0; kk < R / 16; kk++) /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
-            dev::wgmma_k16<T, 128>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)),
-                                   u_hi | (u_lo + 16 * kk), kk > 0);
+            dev::wgmma_k16<T, 2 * NACC>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)),
+                                        u_hi | (u_lo + 16 * kk), kk > 0);
         dev::wgmma_commit();
     };
     auto wait_acc = [&]() {
         dev::wgmma_wait0();
 #pragma unroll
-        for (int e = 0; e < 64; e++) dev::fence_reg(acc[e]);
+        for (int e = 0; e < NACC; e++) dev::fence_reg(acc[e]);
     };
     float o[8][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
@@ -226,13 +274,37 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
         fetch_pos(1);
     }
     int lane_pos = 0, lane_a0 = 0; /* (lanes 0 and 16: row 0 of steps 2 n, 2 n + 1) */
-    auto pack = [&](const KeyRot &r, uint32_t (&pk)[2][16]) {
+    /* IB: this lane's ldmatrix row of a latent box and its 16-byte chunk of the head's stored columns */
+    const int arow = 16 * wl + (lane & 7) + (((lane >> 3) & 1) << 3), achunk = 4 * cw + (lane >> 4);
+    /* the rotated keys as the score's A fragments (v10's pack): chunk i with chunk i + 8; IB: chunks 0-3 and 8-11
+     * rebuilt (accumulator chunks i, i + 4), 4-7 and 12-15 the head's stored columns of box 0 and box 1 (kt) */
+    auto pack = [&](const KeyRot &r, const char *kt, uint32_t (&pk)[2][16]) {
+        constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
 #pragma unroll
-            for (int i = 0; i < 8; i++)
-                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + 8) + 2 * rr],
-                        acc[4 * (i + 8) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+            for (int i = 0; i < NB; i++)
+                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
+                        acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+        if constexpr (IB) {
+            uint32_t lat[4][4]; /* [box 0: kk 0, 1 | box 1: kk 0, 1], rows 16 wl + g, + 8 (the m16n8k16 A layout) */
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                dev::ldsm_x4(lat[q], kt + (q >> 1) * kV11Box + arow * 128 + (((achunk + 2 * (q & 1)) ^ (arow & 7)) << 4));
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1): slot 4 + 2 kk + (q >> 1) */
+                    const int i = 4 + 2 * kk + (q >> 1);
+                    if constexpr (std::is_same_v<T, __half>) { /* fp16 latents rotated as they are (v10, run 169) */
+                        r.apply_h2(q & 1, i, u32_as_half2(lat[kk][q]), u32_as_half2(lat[kk + 2][q]), &pk[q & 1][i],
+                                   &pk[q & 1][i + 8]);
+                    } else {
+                        const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
+                        r.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
+                    }
+                }
+        }
     };
     if (nsteps > 0) {
         dev::mbar_wait(full, 0);
@@ -282,16 +354,17 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
                     qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV11QRow + (16 * kk + 2 * c + 8 * hf) * 2);
         }
         const int sl = t0 + M * x + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
+        const char *kt = smem + s * kV11Stage;
         uint32_t pk[2][16];
         if (regular) {
-            pack(rot, pk);
+            pack(rot, kt, pk);
         } else {
             const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g);
             const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g + 8);
             KeyRot xr;
-            key_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, ftab);
-            key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, ftab);
-            pack(xr, pk);
+            key_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, fth);
+            key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, fth);
+            pack(xr, kt, pk);
         }
         float scc[kV11ScoreChains][4] = {};
 #pragma unroll
@@ -401,9 +474,9 @@ const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
                             (long long)a->k_ranks[g], (long long)a->v_ranks[g], (long long)g), why;
     if (a->k_bias != NULL) return snprintf(why, why_len, "a key bias (v11 takes none)"), why;
     if (!aligned16(a->k_latent) || !aligned16(a->v_latent) || !aligned16(a->k_up) || !aligned16(a->q) ||
-        !aligned16(a->inv_freq) || a->k_token_stride % 8 != 0 || a->v_token_stride % 8 != 0 ||
+        !aligned16(a->inv_freq) || (a->k_pairs && !aligned16(a->k_pairs)) || a->k_token_stride % 8 != 0 || a->v_token_stride % 8 != 0 ||
         (a->batch > 1 && (a->k_batch_stride % 8 != 0 || a->v_batch_stride % 8 != 0)))
-        return snprintf(why, why_len, "latent rows, k_up, q or inv_freq not 16-byte aligned (v11 copies them in "
+        return snprintf(why, why_len, "latent rows, k_up, q, inv_freq or k_pairs not 16-byte aligned (v11 copies them in "
                                       "16-byte pieces: base pointers, token and batch strides must be multiples of 16 "
                                       "bytes)"), why;
     const char *no = sm90a_unsupported("v11", device, why, why_len);
@@ -419,11 +492,13 @@ palu_status launch_v11(const palu_latent_decode_args *a, const DecodeParams &p, 
     V4Maps maps;
     memset(&maps, 0, sizeof maps);
     *ran = tma_allowed(pl, stream) && latent_tma_maps(p, 64, kV11Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
-    if (*ran) /* one CTA per group of kV11G KV heads */
-        return launch_decode_grid(p.n_rep == 4   ? decode_v11_kernel<T, 4>
-                                  : p.n_rep == 1 ? decode_v11_kernel<T, 1>
-                                                 : decode_v11_kernel<T, 0>,
-                                  kV11Smem, kV11G, p, pl, stream, maps);
+    if (*ran) { /* one CTA per group of kV11G KV heads */
+        const bool ib = p.k_pairs != nullptr; /* the interpolative key basis: half the rebuild */
+        auto kernel = p.n_rep == 4   ? (ib ? decode_v11_kernel<T, 4, true> : decode_v11_kernel<T, 4, false>)
+                      : p.n_rep == 1 ? (ib ? decode_v11_kernel<T, 1, true> : decode_v11_kernel<T, 1, false>)
+                                     : (ib ? decode_v11_kernel<T, 0, true> : decode_v11_kernel<T, 0, false>);
+        return launch_decode_grid(kernel, kV11Smem, kV11G, p, pl, stream, maps);
+    }
     return tma_only_refusal(a, "v11");
 }
 

@@ -49,7 +49,7 @@ LABEL = lk.KERNEL_NAMES  # what latent_decode_workspace_size reports -> table na
 NUMBER = {name: number for number, name in LABEL.items()}  # and back
 CHECK_SLOTS = 2051       # the correctness case: odd, past several 256-slot blocks
 KEY_BASES = ("svd", "interpolative")
-IB_KERNELS = frozenset({"v10"})  # the kernels that read k_pairs (the others rebuild every key from the dense k_up)
+IB_KERNELS = frozenset({"v10", "v11"})  # the kernels that read k_pairs (the others rebuild every key from k_up)
 _SKIPPED = "skipped: out of GPU memory"  # the time cell of a row whose timing ran out of device memory
 
 
@@ -125,13 +125,18 @@ def latent_case(B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0, key_basis=
 
 def interpolative_layout(ups: torch.Tensor, D: int, gen: torch.Generator) -> torch.Tensor:
     """(NG, G D, r) up-projections with the interpolative basis's unit rows (:mod:`palu_c.key_basis`) put at r / 2
-    random RoPE pairs of each group, in random latent order; the other rows as given."""
+    random RoPE pairs of each group, as many from each head (the balanced selection compress_kv makes), head by head
+    in latent order and in random order within a head; the other rows as given."""
     NG, rows, r = ups.shape
+    G, half = rows // D, D // 2
+    if (r // 2) % G:
+        raise ValueError(f"interpolative_layout: rank {r} / 2 pairs do not split evenly over {G} heads")
     ups = ups.clone()
     eye = torch.eye(r, dtype=ups.dtype, device=ups.device)
     for g in range(NG):
-        stored = torch.randperm(rows // 2, device=ups.device, generator=gen)[: r // 2]
-        lower = stored // (D // 2) * D + stored % (D // 2)
+        stored = torch.cat([j * half + torch.randperm(half, device=ups.device, generator=gen)[: r // 2 // G]
+                            for j in range(G)])
+        lower = stored // half * D + stored % half
         ups[g, lower] = eye[: r // 2]
         ups[g, lower + D // 2] = eye[r // 2:]
     return ups

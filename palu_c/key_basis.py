@@ -49,12 +49,21 @@ def _check(up: np.ndarray, head_dim: int, who: str) -> tuple[int, int]:
     return rows, r
 
 
-def select_pairs(up: np.ndarray, head_dim: int) -> np.ndarray:
-    """The r/2 RoPE pairs (indices into :func:`rope_pairs`, sorted) whose rows of ``up`` make T best conditioned."""
+def select_pairs(up: np.ndarray, head_dim: int, *, balanced: bool = False) -> np.ndarray:
+    """The r/2 RoPE pairs (indices into :func:`rope_pairs`, sorted) whose rows of ``up`` make T best conditioned.
+
+    ``balanced``: the same number of pairs from every head of the group (r/2 must divide by the group's heads), so
+    that a kernel serving one head per warpgroup rebuilds the same share of each head (v11's layout)."""
     up = np.asarray(up, dtype=np.float64)
     rows, r = _check(up, head_dim, "select_pairs")
     pairs = rope_pairs(rows, head_dim)
     n_sel = r // 2
+    heads = rows // head_dim
+    head_of = np.arange(len(pairs)) // (head_dim // 2)
+    if balanced and n_sel % heads:
+        raise ValueError(f"select_pairs: a balanced selection needs rank / 2 = {n_sel} pairs to divide by the group's "
+                         f"{heads} heads")
+    quota = n_sel // heads if balanced else n_sel
     resid = up.copy()
     chosen: list[int] = []
     first_gain = None
@@ -63,6 +72,8 @@ def select_pairs(up: np.ndarray, head_dim: int) -> np.ndarray:
         aa, bb, ab = np.einsum("ij,ij->i", a, a), np.einsum("ij,ij->i", b, b), np.einsum("ij,ij->i", a, b)
         gain = aa * bb - ab * ab
         gain[chosen] = -np.inf
+        if balanced:  # heads whose share is taken
+            gain[np.isin(head_of, [h for h in range(heads) if np.sum(head_of[chosen] == h) >= quota])] = -np.inf
         p = int(np.argmax(gain))
         first_gain = gain[p] if first_gain is None else first_gain
         if not gain[p] > 1e-12 * first_gain:  # a pair adds no area beyond rounding: T would be singular
@@ -77,6 +88,8 @@ def select_pairs(up: np.ndarray, head_dim: int) -> np.ndarray:
         xu = x[pairs].reshape(len(pairs), 2, n_sel, 2)  # [pair u, its row, selected pair s, its column]
         det = np.abs(xu[:, 0, :, 0] * xu[:, 1, :, 1] - xu[:, 0, :, 1] * xu[:, 1, :, 0])
         det[chosen] = 0.0
+        if balanced:  # a swap within one head keeps every head's share
+            det[head_of[:, None] != head_of[np.array(chosen)][None, :]] = 0.0
         u, s = np.unravel_index(int(np.argmax(det)), det.shape)
         if det[u, s] <= SWAP_GAIN:
             break
@@ -84,14 +97,16 @@ def select_pairs(up: np.ndarray, head_dim: int) -> np.ndarray:
     return np.sort(np.array(chosen, dtype=np.int64))
 
 
-def interpolative_factors(down: np.ndarray, up: np.ndarray, head_dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(T down, U T^-1) for one group in the layout above: the same keys, r coordinates stored as the latent."""
+def interpolative_factors(down: np.ndarray, up: np.ndarray, head_dim: int, *,
+                          balanced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(T down, U T^-1) for one group in the layout above: the same keys, r coordinates stored as the latent
+    (``balanced``: as many from every head, :func:`select_pairs`)."""
     down = np.asarray(down, dtype=np.float64)
     up = np.asarray(up, dtype=np.float64)
     rows, r = _check(up, head_dim, "interpolative_factors")
     if down.ndim != 2 or down.shape[0] != r:
         raise ValueError(f"interpolative_factors: down must be ({r}, in) for rank {r}, got shape {down.shape}")
-    sel = rope_pairs(rows, head_dim)[select_pairs(up, head_dim)]
+    sel = rope_pairs(rows, head_dim)[select_pairs(up, head_dim, balanced=balanced)]
     order = np.concatenate([sel[:, 0], sel[:, 1]])  # lower members, then upper members
     t = up[order]
     new_up = np.linalg.solve(t.T, up.T).T

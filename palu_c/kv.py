@@ -190,7 +190,9 @@ def _interpolative(down: np.ndarray, ups: list[np.ndarray], ranks: list[int], he
     offset = 0
     for g, (up, r) in enumerate(zip(ups, ranks)):
         try:
-            out_down[offset:offset + r], new_up = interpolative_factors(down[offset:offset + r], up, head_dim)
+            heads = up.shape[0] // head_dim  # as many pairs from every head where they divide (v11's layout)
+            out_down[offset:offset + r], new_up = interpolative_factors(down[offset:offset + r], up, head_dim,
+                                                                        balanced=(r // 2) % heads == 0)
         except ValueError as exc:
             raise ValueError(f"palu_c.compress_kv: layer {layer}, key group {g}: {exc}") from None
         out_ups.append(new_up)

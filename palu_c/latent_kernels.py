@@ -130,7 +130,9 @@ def key_pairs(k_ups: Sequence[torch.Tensor], head_dim: int) -> torch.Tensor | No
 
     Row g lists group g's RoPE pairs (head j, frequency f) as ``j * D/2 + f``: first the rebuilt ones ascending,
     then the ``rk_g / 2`` stored ones in latent order. None unless EVERY group's up-projection has the exact layout
-    (:func:`palu_c.key_basis.pair_layout`); a kernel then rebuilds the keys from the dense up-projection as usual.
+    (:func:`palu_c.key_basis.pair_layout`) with as many stored pairs from each head, head after head in latent order
+    (compress_kv's balanced selection; v11 serves one head per warpgroup); a kernel then rebuilds the keys from the
+    dense up-projection as usual.
     Call once per layer (it copies the factors to the host), on the device the kernel will read it from.
     """
     import numpy as np
@@ -141,7 +143,11 @@ def key_pairs(k_ups: Sequence[torch.Tensor], head_dim: int) -> torch.Tensor | No
     for u in k_ups:
         host = u.detach().to("cpu", torch.float64).numpy()
         stored = pair_layout(host, head_dim)
-        if stored is None:
+        heads = host.shape[0] // head_dim
+        if stored is None or len(stored) % heads:
+            return None
+        head_of = stored // (head_dim // 2)
+        if np.any(head_of != np.repeat(np.arange(heads), len(stored) // heads)):  # balanced, head after head
             return None
         rebuilt = np.setdiff1d(np.arange(host.shape[0] // 2), stored)
         rows.append(np.concatenate([rebuilt, stored]))
@@ -252,7 +258,8 @@ def latent_decode_attention_cuda(q: torch.Tensor, k_latent: torch.Tensor, v_late
         Preallocated z (B, Z) of out_dtype and float32 workspace (>= :func:`latent_decode_workspace_size`).
     k_pairs : Tensor (NG, G*D/2) int32, optional
         For keys in the interpolative basis: :func:`key_pairs` of the same up-projections (computed once per layer).
-        v10 then rebuilds only half of every key and reads the other half from the latent; other kernels ignore it.
+        v10 and v11 then rebuild only half of every key and read the other half from the latent; other kernels
+        ignore it.
         It is read on the device only, so it is trusted: a table that does not describe ``k_up`` gives wrong scores
         (never an out-of-bounds access).
 

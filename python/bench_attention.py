@@ -47,7 +47,7 @@ def main(argv=None) -> int:
                     help="L2 flush before each timed call: read (clean) or rewrite (dirty) a 256 MB buffer")
     ap.add_argument("--key-basis", default="both", choices=["svd", "interpolative", "both"],
                     help="latent key basis of our rows (palu_c.key_basis); 'both' adds '<kernel> ib' rows beside "
-                         "the kernels that use the interpolative basis (v10)")
+                         "the kernels that use the interpolative basis (v10, v11)")
     ap.add_argument("--out", default=None, help="write the markdown table here (atomically)")
     args = ap.parse_args(argv)
     impl_list = [i for i in args.impls.split(",") if i]

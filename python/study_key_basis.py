@@ -16,6 +16,8 @@ latent is rounded to the storage dtype, for the current (SVD) basis and for thre
 - ``pairs``: whole RoPE pairs (d, d + D/2 of a head) chosen greedily by the volume they add (block pivoting), then
   improved by pair swaps while a swap grows |det T| by more than 1% (block maxvol). The kernels need this form:
   a pair's two coordinates rotate together, so a pair is either rebuilt or read from the latent whole;
+- ``balanced``: ``pairs`` with as many pairs from every head of the group (what a kernel serving one head per
+  warpgroup needs, v11's layout); the same as ``pairs`` at G = 1;
 - ``first``: the first r/2 pairs of each group, fixed (the cheapest kernel; a lower bound on the damage).
 
 Run: ``python python/study_key_basis.py`` (``--groups 1 3``, ``--dtype float16 bfloat16``, ``--tokens 512``).
@@ -77,9 +79,10 @@ def main() -> None:
         palu_c.compress_kv(model, calib, ratio=0.5, group_size=gsize, search="uniform", progress=False)
         head_dim = model.palu_config.head_dim
         rows = gsize * head_dim
-        res = {name: {k: [] for k in ("svd", "pivot", "pairs", "first")} for name in args.dtype}
-        conds = {k: [] for k in ("pivot", "pairs", "first")}
-        maxx = {k: [] for k in ("pivot", "pairs", "first")}
+        kinds = ("pivot", "pairs", "balanced", "first")
+        res = {name: {k: [] for k in ("svd", *kinds)} for name in args.dtype}
+        conds = {k: [] for k in kinds}
+        maxx = {k: [] for k in kinds}
         for i, layer in enumerate(model.model.layers):
             attn = layer.self_attn
             down = attn.k_down.weight.detach().double().numpy()
@@ -90,8 +93,11 @@ def main() -> None:
                 off += r
                 for name, rnd in rounders.items():
                     res[name]["svd"].append(storage_error(h, up, rnd))
-                pairs = key_basis.rope_pairs(rows, head_dim)[key_basis.select_pairs(up, head_dim)].reshape(-1)
-                for kind, sel in (("pivot", select_pivot(up)), ("pairs", pairs),
+                all_pairs = key_basis.rope_pairs(rows, head_dim)
+                pairs = all_pairs[key_basis.select_pairs(up, head_dim)].reshape(-1)
+                balanced = all_pairs[key_basis.select_pairs(up, head_dim, balanced=True)].reshape(-1) \
+                    if (r // 2) % gsize == 0 else pairs
+                for kind, sel in (("pivot", select_pivot(up)), ("pairs", pairs), ("balanced", balanced),
                                   ("first", select_first(up, head_dim))):
                     t = up[sel]
                     conds[kind].append(np.linalg.cond(t))

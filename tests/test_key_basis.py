@@ -57,6 +57,23 @@ def test_selection_is_block_maxvol_and_beats_a_random_one(rng):
     assert cond < np.median(random_conds)
 
 
+def test_balanced_selection_takes_equal_shares_and_is_maxvol_within_heads(rng):
+    down, up = random_factors(rng, 2, 32, 32)  # 2 heads x 16 pairs, 16 stored: 8 from each
+    chosen = select_pairs(up, 32, balanced=True)
+    assert np.bincount(chosen // 16, minlength=2).tolist() == [8, 8]
+    pairs = rope_pairs(64, 32)
+    x = up @ np.linalg.inv(up[pairs[chosen].reshape(-1)])
+    for u in set(range(32)) - set(chosen.tolist()):
+        for s, p in enumerate(chosen):
+            if p // 16 == u // 16:  # a swap within a head: must not grow the volume
+                assert abs(np.linalg.det(x[pairs[u]][:, 2 * s: 2 * s + 2])) <= SWAP_GAIN + 1e-9
+    new_down, new_up = interpolative_factors(down, up, 32, balanced=True)
+    np.testing.assert_allclose(new_up @ new_down, up @ down, rtol=0, atol=1e-9 * np.abs(up @ down).max())
+    assert np.bincount(pair_layout(new_up, 32) // 16, minlength=2).tolist() == [8, 8]
+    with pytest.raises(ValueError, match="divide by the group's 3 heads"):
+        select_pairs(random_factors(rng, 3, 16, 16)[1], 16, balanced=True)  # 8 pairs over 3 heads
+
+
 def test_pair_layout_rejects_near_misses(rng):
     down, up = random_factors(rng, 1, 16, 8)
     _, new_up = interpolative_factors(down, up, 16)

@@ -109,17 +109,21 @@ int main(int argc, char **argv) {
     for (auto &x : vl) x = conv(N(gen));
     for (int g = 0; g < NG; g++) for (int e = 0; e < G * D * kr[g]; e++) kup.push_back(conv(N(gen) / sqrtf((float)kr[g])));
     // EMU_IB=1: every group's k_up in the interpolative basis (latent_decode.cuh, k_pairs): rk/2 random RoPE pairs,
-    // in random latent order, get the unit rows; k_pairs lists the other pairs ascending, then those. The reference
+    // as many from each head, head after head in latent order (random within a head), get the unit rows; k_pairs lists the other pairs ascending, then those. The reference
     // below reads the dense k_up as always.
     std::vector<int32_t> kpairs;
     if (getenv("EMU_IB")) {
         int64_t off = 0;
         for (int g = 0; g < NG; g++) {
-            const int npairs = G * D / 2, ns = kr[g] / 2;
-            std::vector<int32_t> perm(npairs);
-            for (int k = 0; k < npairs; k++) perm[k] = k;
-            std::shuffle(perm.begin(), perm.end(), gen);
-            std::vector<int32_t> stored(perm.begin(), perm.begin() + ns), rebuilt(perm.begin() + ns, perm.end());
+            const int half = D / 2, ns = kr[g] / 2; // as many stored pairs from each head, head after head
+            std::vector<int32_t> stored, rebuilt;
+            for (int j = 0; j < G; j++) {
+                std::vector<int32_t> perm(half);
+                for (int k = 0; k < half; k++) perm[k] = j * half + k;
+                std::shuffle(perm.begin(), perm.end(), gen);
+                stored.insert(stored.end(), perm.begin(), perm.begin() + ns / G);
+                rebuilt.insert(rebuilt.end(), perm.begin() + ns / G, perm.end());
+            }
             std::sort(rebuilt.begin(), rebuilt.end());
             for (int i = 0; i < ns; i++) {
                 const int j = stored[i] / (D / 2), f = stored[i] % (D / 2);

@@ -73,6 +73,16 @@ case "$I" in
   EMU_SMS=132 run f16 10 3 8 2 128 1 1000 1024 1 0 11 64 64 -- 64 64
   EMU_SMS=132 EMU_SLOW_WARPS=0-3 run bf16 10 3 8 2 128 1 1000 1024 3 0 12 64 64 -- 64 64
   ;;
+11ib) # v11 on keys in the interpolative basis (EMU_IB=1: 32 random stored pairs per head, k_pairs): both heads'
+  # stored halves from the two latent boxes; the n_rep 4, 1 and run-time instances, the cold path, slowed warps
+  EMU_IB=1 run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
+  EMU_IB=1 run bf16 11 2 8 4 128 2 1037 1280 3 0 2 128 128 -- 128 128
+  EMU_IB=1 run f16 11 1 4 4 128 2 3000 3072 2 0 3 128 128 -- 128 128
+  EMU_IB=1 run bf16 11 3 12 4 128 2 999 1001 1 0 4 128 128 -- 128 128
+  EMU_IB=1 EMU_EARLY=1 run f16 11 2 8 2 128 2 3000 3072 3 0 5 128 -- 128
+  EMU_IB=1 EMU_QSCALE=3 run bf16 11 2 8 2 128 2 1037 1280 0 0 6 128 -- 128
+  EMU_IB=1 EMU_SLOW_WARPS=4-7 run f16 11 1 8 2 128 2 3000 3072 2 0 7 128 -- 128
+  ;;
 11) # v11: group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head, no key bias
   run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
   run bf16 11 2 8 4 128 2 1037 1280 3 0 2 128 128 -- 128 128

@@ -173,7 +173,8 @@ def _shaped_model(kind: str, layers: int = 2):
     ("llama3-8b", 1, 37, "svd"), ("llama3-8b", 1, 8300, "svd"), ("llama3-8b", 2, 37, "svd"), ("llama2-7b", 1, 37, "svd"),
     ("smollm2", 3, 37, "svd"), ("smollm2", 1, 37, "svd"),
     # the interpolative key basis: v10 takes its pair table on the long prompt; the others rebuild from the dense U'
-    ("llama3-8b", 1, 8300, "interpolative"), ("llama3-8b", 1, 37, "interpolative"), ("smollm2", 1, 37, "interpolative")])
+    ("llama3-8b", 1, 8300, "interpolative"), ("llama3-8b", 1, 37, "interpolative"), ("smollm2", 1, 37, "interpolative"),
+    ("llama3-8b", 2, 8300, "interpolative")])
 def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, kind, group, prompt, basis, dtype):
     import palu_c.latent_kernels as lk
 
@@ -218,7 +219,8 @@ def test_generate_with_the_kernel_equals_the_reference_path(rng, monkeypatch, ki
         _, number = lk.latent_decode_workspace_size(ids.shape[0], cfg.num_attention_heads, cfg.num_key_value_heads, D,
                                                     group, ids.shape[1] + 24, [rank] * n_groups, [rank] * n_groups,
                                                     dtype, CUDA)
-        assert lk.KERNEL_NAMES[number] == ("v9" if kind == "llama2-7b" else "v4" if prompt < 1000 else "v10")
+        expected = "v9" if kind == "llama2-7b" else "v4" if prompt < 1000 else "v10" if group == 1 else "v11"
+        assert lk.KERNEL_NAMES[number] == expected
     else:
         assert used == {"v4" if rank in (32, 64, 128) else "v2"}, (rank, used)
     # the general kernel, and only it, says so (once per layer here: the filter is "always")

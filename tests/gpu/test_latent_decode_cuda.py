@@ -737,6 +737,42 @@ def test_v11_irregular_positions_and_long_ranges(torch_gen, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", V11_SHAPES, ids=[s[0] for s in V11_SHAPES])
+def test_v11_interpolative_matches_float64_reference_poisoned(torch_gen, shape, dtype):
+    """v11 on keys in the interpolative basis: 32 stored pairs per head (head after head), each warpgroup's stored
+    half from its head's columns of the two latent boxes."""
+    _, B, H, Hkv, T, C = shape
+    v11_check(to_interpolative(v11_case(torch_gen, B, H, Hkv, T, C, dtype), torch_gen), dtype, att=1.1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_v11_interpolative_irregular_positions_and_long_ranges(torch_gen, dtype):
+    c = to_interpolative(v11_case(torch_gen, 2, 8, 4, 3001, 3072, dtype), torch_gen)
+    jump_positions(c, torch_gen)
+    v11_check(c, dtype)
+    v11_check(to_interpolative(v11_case(torch_gen, 2, 12, 4, 700, 768, dtype, consecutive=False, q_scale=3.0),
+                               torch_gen), dtype)
+    c = to_interpolative(v11_case(torch_gen, 8, 32, 8, 8192, 8192, dtype), torch_gen)
+    jump_positions_far(c, torch_gen)
+    v11_check(c, dtype)
+
+
+def test_key_pairs_needs_balanced_heads(torch_gen):
+    """Two heads per group: a table only where each head has half the stored pairs, head after head (what v11
+    reads); an unbalanced layout, though exact, gets none (the kernels then rebuild every key)."""
+    c = v11_case(torch_gen, 1, 4, 2, 100, 128, torch.float16)
+    to_interpolative(c, torch_gen)
+    row = c["k_pairs"][0].tolist()
+    assert [p // 64 for p in row[64:]] == [0] * 32 + [1] * 32
+    up = c["k_ups"][0].clone()  # move head 1's first stored pair to an unused pair of head 0
+    lo = row[96] // 64 * 128 + row[96] % 64
+    free = next(p for p in range(64) if p not in row[64:])
+    up[[lo, free]] = up[[free, lo]]
+    up[[lo + 64, free + 64]] = up[[free + 64, lo + 64]]
+    assert lk.key_pairs([up], 128) is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_v10_v11_batch_beyond_one_wave(torch_gen, dtype):
     """Batches whose grid is more CTAs than an H200 has SMs (v10: 17 sequences x 8 KV heads = 136; v11: 34 x 4 groups
     = 136, one split each) run in two waves; a CTA that read the wrong sequence leaves foreign rows, an unwritten
