@@ -9,6 +9,7 @@
 #   decode_tests K   test_latent_decode_cuda.py -k K (its summary line)
 #   check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K   link the first set; its decode tests and sanitizers
 #   time_sets "SETS" ARGS...   python/profile_fixed_cost.py ARGS on each prebuilt object set, alternately, two rounds
+#   time_bases ARGS...          python/profile_fixed_cost.py ARGS on both key bases (palu_c/key_basis.py), two rounds
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
 #   bench_once LABEL [VAR=VALUE...]  one eager benchmark (fp16, auto) in its own process with those environment
 #                       variables, for counting the intermittent v9 fault: prints "LABEL exit RC" and the first FAILED
@@ -67,6 +68,16 @@ time_sets() {  # time_sets "SET SET ..." PROFILE_ARGS...: kernel times of each o
     for objs in $sets; do
       step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
       timeout 100 python3 python/profile_fixed_cost.py "$@" --iters 10 2>&1 | grep -E "^\| llama"
+    done
+  done
+}
+time_bases() {  # time_bases PROFILE_ARGS...: python/profile_fixed_cost.py ARGS on the SVD and the interpolative key
+  # basis alternately, two rounds, on the linked objects
+  local round basis
+  for round in 1 2; do
+    for basis in svd interpolative; do
+      step "round $round: key basis $basis (call us, kernel us, merge us, fit)"
+      timeout 100 python3 python/profile_fixed_cost.py "$@" --key-basis $basis --iters 10 2>&1 | grep -E "^\| llama"
     done
   done
 }

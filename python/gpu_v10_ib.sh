@@ -20,16 +20,11 @@ if [ "${QUICK:-0}" != 1 ]; then
   step "compress_kv generate tests"
   timeout 300 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_cuda.py -k "equals_the_reference_path and llama3" 2>&1 | tail -3
   step "sanitize (interpolative cases)"
-  sanitize "v10_interpolative and float16 and (b3-t7 or b2-t257 or irregular)" "v10_interpolative_matches and float16 and b2-t257" \
+  sanitize "interpolative and v10 and float16 and (b3-t7 or b2-t257 or irregular)" "v10_interpolative_matches and float16 and b2-t257" \
     "v10_interpolative_matches and float16 and b2-t257"
 fi
-for round in 1 2; do
-  for basis in svd interpolative; do
-    step "round $round: v10, key basis $basis (call us, kernel us, merge us, fit)"
-    timeout 100 python3 python/profile_fixed_cost.py --impl v10 --shapes llama3-8b --batches 1,8 --tokens 16384,65536 \
-      --key-basis $basis --iters 10 2>&1 | grep -E "^\| llama"
-  done
-done
+step "v10 on both key bases"
+time_bases --impl v10 --shapes llama3-8b --batches 1,8 --tokens 16384,65536
 if [ "${NCU:-0}" = 1 ]; then
   for basis in svd interpolative; do
     step "ncu v10 B8 64K, key basis $basis"

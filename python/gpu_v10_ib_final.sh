@@ -12,16 +12,11 @@ step "tests/gpu"
 timeout 330 python3 -m pytest -q -p no:cacheprovider tests/gpu -rfs --tb=short > "$OUT/suite.txt" 2>&1
 grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/suite.txt" | tail -12
 step "sanitize (interpolative cases)"
-sanitize "v10_interpolative and float16 and (b3-t7 or b2-t257 or irregular)" "v10_interpolative_matches and float16 and b2-t257" \
+sanitize "interpolative and v10 and float16 and (b3-t7 or b2-t257 or irregular)" "v10_interpolative_matches and float16 and b2-t257" \
   "v10_interpolative_matches and float16 and b2-t257"
 step "benchmark, eager (both key bases)"
 bench_table bench_attention_h200.md --dtype float16 --impls auto --key-basis both
 grep -E "\| v10 ib \|" "$OUT/bench_attention_h200.md" | cut -d'|' -f2-8,12,13
-for round in 1 2; do
-  for basis in svd interpolative; do
-    step "round $round: v10, key basis $basis (call us, kernel us, merge us, fit)"
-    timeout 100 python3 python/profile_fixed_cost.py --impl v10 --shapes llama3-8b --batches 1,8 --tokens 16384,65536 \
-      --key-basis $basis --iters 10 2>&1 | grep -E "^\| llama"
-  done
-done
+step "v10 on both key bases"
+time_bases --impl v10 --shapes llama3-8b --batches 1,8 --tokens 16384,65536
 step "done"

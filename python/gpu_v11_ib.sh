@@ -14,13 +14,8 @@ timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_
 step "sanitize (v11 interpolative cases)"
 sanitize "v11_interpolative_matches and float16 and (b3-t7 or b2-t257)" "v11_interpolative_matches and float16 and b2-t257" \
   "v11_interpolative_matches and float16 and b2-t257"
-for round in 1 2; do
-  for basis in svd interpolative; do
-    step "round $round: v11, key basis $basis (call us, kernel us, merge us, fit)"
-    timeout 100 python3 python/profile_fixed_cost.py --impl v11 --group 2 --shapes llama3-8b,llama2-7b --batches 1,8 \
-      --tokens 16384,65536 --key-basis $basis --iters 10 2>&1 | grep -E "^\| llama"
-  done
-done
+step "v11 on both key bases"
+time_bases --impl v11 --group 2 --shapes llama3-8b,llama2-7b --batches 1,8 --tokens 16384,65536
 step "benchmark, eager (both key bases)"
 bench_table bench_attention_h200.md --dtype float16 --impls auto --key-basis both
 grep -E "\| v1[01] ib \|" "$OUT/bench_attention_h200.md" | cut -d'|' -f2-8,12,13

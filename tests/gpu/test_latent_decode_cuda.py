@@ -648,21 +648,6 @@ def test_v10_interpolative_matches_float64_reference_poisoned(torch_gen, shape, 
     v10_check(to_interpolative(v10_case(torch_gen, B, H, Hkv, T, C, dtype), torch_gen), dtype, att=1.1)
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_v10_interpolative_irregular_positions_and_long_ranges(torch_gen, dtype):
-    """The stored half's queries carry R(64 tau) (two sets per warpgroup) and its keys rotate by each slot's own
-    offset on the cold path: jumps, random stretches, fully random positions with a peaky softmax, and batch 8 x 8
-    KV heads walking 16 blocks per CTA."""
-    c = to_interpolative(v10_case(torch_gen, 2, 8, 2, 3001, 3072, dtype), torch_gen)
-    jump_positions(c, torch_gen)
-    v10_check(c, dtype)
-    v10_check(to_interpolative(v10_case(torch_gen, 2, 12, 3, 700, 768, dtype, consecutive=False, q_scale=3.0),
-                               torch_gen), dtype)
-    c = to_interpolative(v10_case(torch_gen, 8, 32, 8, 8192, 8192, dtype), torch_gen)
-    jump_positions_far(c, torch_gen)
-    v10_check(c, dtype)
-
-
 def test_key_pairs_table_and_its_validation(torch_gen):
     """key_pairs: None unless every group has the exact layout; each row lists all pairs once, the rebuilt ones
     ascending first, then the stored ones in latent order (the unit rows say which). The wrapper checks the table's
@@ -745,16 +730,26 @@ def test_v11_interpolative_matches_float64_reference_poisoned(torch_gen, shape, 
     v11_check(to_interpolative(v11_case(torch_gen, B, H, Hkv, T, C, dtype), torch_gen), dtype, att=1.1)
 
 
+# kernel -> (case maker, check, (B, H, Hkv) of the jump case, of the random-positions case)
+INTERPOLATIVE_KERNELS = {"v10": (v10_case, v10_check, (2, 8, 2), (2, 12, 3)),
+                         "v11": (v11_case, v11_check, (2, 8, 4), (2, 12, 4))}
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_v11_interpolative_irregular_positions_and_long_ranges(torch_gen, dtype):
-    c = to_interpolative(v11_case(torch_gen, 2, 8, 4, 3001, 3072, dtype), torch_gen)
+@pytest.mark.parametrize("kernel", sorted(INTERPOLATIVE_KERNELS))
+def test_interpolative_irregular_positions_and_long_ranges(torch_gen, kernel, dtype):
+    """On the interpolative basis the stored half's keys rotate by each slot's own offset on the cold path (v10:
+    128 slots further in a warpgroup's second step of a block): jumps, random stretches, fully random positions with
+    a peaky softmax, and batch 8 x 8 KV heads, whose CTAs walk many steps."""
+    case, check, jumps, scattered = INTERPOLATIVE_KERNELS[kernel]
+    c = to_interpolative(case(torch_gen, *jumps, 3001, 3072, dtype), torch_gen)
     jump_positions(c, torch_gen)
-    v11_check(c, dtype)
-    v11_check(to_interpolative(v11_case(torch_gen, 2, 12, 4, 700, 768, dtype, consecutive=False, q_scale=3.0),
-                               torch_gen), dtype)
-    c = to_interpolative(v11_case(torch_gen, 8, 32, 8, 8192, 8192, dtype), torch_gen)
+    check(c, dtype)
+    check(to_interpolative(case(torch_gen, *scattered, 700, 768, dtype, consecutive=False, q_scale=3.0), torch_gen),
+          dtype)
+    c = to_interpolative(case(torch_gen, 8, 32, 8, 8192, 8192, dtype), torch_gen)
     jump_positions_far(c, torch_gen)
-    v11_check(c, dtype)
+    check(c, dtype)
 
 
 def test_key_pairs_needs_balanced_heads(torch_gen):
