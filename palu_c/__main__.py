@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--impls", default="auto", help="comma-separated kernels besides SDPA (default auto)")
     bench.add_argument("--iters", type=int, default=25, help="timed calls per row; the median is reported")
     bench.add_argument("--graphs", action="store_true", help="time CUDA-graph replays instead of eager calls")
+    bench.add_argument("--key-basis", default="svd", choices=["svd", "interpolative", "both"],
+                       help="latent key basis (compress_kv's key_basis); 'both' adds '<kernel> ib' rows for the "
+                            "kernels that use the interpolative one (default svd)")
     bench.add_argument("--out", default=None, help="also write the markdown table to this file")
     sub.add_parser("info", help="print build facts (BLAS/LAPACK, CUDA)")
     args = parser.parse_args(argv)
@@ -160,6 +163,7 @@ def _bench_command(args) -> int:
     lines, ok = decode_step_report({name: (H, Hkv, D)}, groups=groups, batches=batches, contexts=tokens,
                                    dtype=getattr(torch, args.dtype), impls=[i for i in args.impls.split(",") if i],
                                    ratio=args.ratio, iters=args.iters, warmup=min(5, args.iters), graphs=args.graphs,
+                                   key_bases=("svd", "interpolative") if args.key_basis == "both" else (args.key_basis,),
                                    title="palu-c bench", log=lambda s: print(s, file=sys.stderr, flush=True))
     lines += ["", "Command: palu-c " + " ".join(sys.argv[1:]) + f" ({time.strftime('%Y-%m-%d')})"]
     text = "\n".join(lines) + "\n"

@@ -74,9 +74,10 @@ class FakeEngine:
         self.events.append(f"sdpa {B} {T}")
         return self.sdpa_us[(B, T)]
 
-    def latent_case(self, B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0):
+    def latent_case(self, B, H, Hkv, D, G, T, dtype, gen, ratio=0.5, pad_max=0, key_basis="svd"):
         self._maybe_fail((B, T, str(G), "case"))
         r = bench.group_rank(ratio, G, D)
+        self.events.append(f"case {B} {T} {G} {key_basis}")
         return dict(B=B, T=T, G=G, kr=[r] * (Hkv // G), vr=[r] * (Hkv // G))
 
     def workspace_size(self, B, H, Hkv, D, G, T, kr, vr, dtype, device, impl):
@@ -102,12 +103,12 @@ def engine(monkeypatch, rng):
     return FakeEngine(monkeypatch, rng)
 
 
-def run_table(timing_graphs: bool = False) -> tuple[list[str], bool, list[str]]:
+def run_table(timing_graphs: bool = False, key_bases=("svd",)) -> tuple[list[str], bool, list[str]]:
     """(lines, ok, log) of ``_timed_table`` over the module's sweep, every kernel's check passed."""
     lines, log = ["Correctness (rel. error vs float64 at 2K slots): ...", ""], []
-    sweep = bench._Sweep({MODEL: SHAPE}, GROUPS, BATCHES, CONTEXTS, torch.float16, IMPLS)
+    sweep = bench._Sweep({MODEL: SHAPE}, GROUPS, BATCHES, CONTEXTS, torch.float16, IMPLS, key_bases=key_bases)
     timing = bench._Timing(3, 1, timing_graphs, "clean", torch.empty(0))
-    ok_impls = {(MODEL, G, k): True for G in (1, 2) for k in ("v2", "v4", "v10")}
+    ok_impls = {(MODEL, G, k): True for G in (1, 2) for k in ("v2", "v4", "v10", "v4 ib")}
     ok = bench._timed_table(lines, sweep, timing, gen=None, ok_impls=ok_impls, log=log.append)
     return lines, ok, log
 
@@ -281,3 +282,20 @@ def test_eager_rows_name_v4_where_tma_is_off(engine, monkeypatch, tma_off):
         assert all(r[5] == "50.0" for r in rows[::2])  # the fake timer ran the planned call (workspace 111)
     else:  # v11 itself would run, and its check did not pass: not timed
         assert not ok and [r[4:6] for r in rows[::2]] == [["v11", "FAILED correctness"]] * 4
+
+
+def test_interpolative_rows_only_for_the_kernels_that_use_it(engine, monkeypatch):
+    """With both key bases, each point gets a "<kernel> ib" row right after the SVD rows of its group size, for the
+    kernels in IB_KERNELS only (here v4, which the fake planner runs for auto at batch 8), with the rebuild's FLOPs
+    halved and the same bytes; the SVD rows are as before."""
+    monkeypatch.setattr(bench, "IB_KERNELS", frozenset({"v4"}))
+    lines, ok, _ = run_table(key_bases=("svd", "interpolative"))
+    assert ok
+    rows = table_rows(lines)
+    ib = [r for r in rows if r[4].endswith(" ib")]
+    assert [key_of(r) for r in ib] == [(8, T, str(G), "v4 ib") for T in CONTEXTS for G in (1, 2)]
+    assert [key_of(r) for r in rows if not r[4].endswith(" ib")] == expected_rows()
+    for r in ib:
+        svd = next(s for s in rows if key_of(s) == key_of(r)[:3] + ("v4",))
+        assert r[7] == svd[7] and float(r[8]) < float(svd[8])  # MB moved equal, GFLOP fewer
+    assert all(e.endswith(" svd") or e.endswith(" interpolative") for e in engine.events if e.startswith("case"))
