@@ -141,3 +141,15 @@ def test_compress_kv_interpolative_matches_svd_basis(rng, tmp_path):
         compress_kv(copy.deepcopy(base), calib, key_basis="pivoted", **kw)
     with pytest.raises(ValueError, match="unquantized latents"):
         compress_kv(copy.deepcopy(base), calib, key_basis="interpolative", bits=4, **kw)
+
+
+def test_configs_saved_before_the_key_basis_read_as_svd():
+    from palu_c.kv_config import PaluConfig, PaluLayerConfig
+
+    cfg = PaluConfig(ratio=0.5, group_size=1, search="uniform", rank_multiple=16, kv_heads=2, head_dim=16,
+                     hidden_size=32, key_basis="interpolative",
+                     layers=[PaluLayerConfig(layer_idx=0, group_size=1, k_ranks=[8, 8], v_ranks=[8, 8])])
+    data = cfg.to_dict()
+    assert PaluConfig.from_dict(data).key_basis == "interpolative"
+    del data["key_basis"]  # a palu_config.json written before the field existed
+    assert PaluConfig.from_dict(data).key_basis == "svd"
