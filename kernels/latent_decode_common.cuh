@@ -534,6 +534,27 @@ struct KeyRot {
         memcpy(lo, &x, 4), memcpy(hi, &y, 4);
     }
 };
+/* The interpolative key basis's stored half (v10, v11): rotate the latent's columns, loaded by ldmatrix as the score's
+ * A fragments (lat[kk] for chunks kk = 0, 1 of the lower members, lat[kk + 2] for their upper partners), into the key
+ * fragments pk[rr][i] and pk[rr][i + 8] of slots i = 4 + 2 kk + (q >> 1). fp16 latents are rotated as they are (run
+ * 168: through fp32 and back, 6 more instructions per pair, made v10's step 13% slower); bf16 ones become fp16. */
+template <typename T>
+__device__ __forceinline__ void rotate_stored_half(const KeyRot &r, const uint32_t (&lat)[4][4], uint32_t (&pk)[2][16])
+{
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1) */
+            const int i = 4 + 2 * kk + (q >> 1);
+            if constexpr (std::is_same_v<T, __half>) {
+                r.apply_h2(q & 1, i, u32_as_half2(lat[kk][q]), u32_as_half2(lat[kk + 2][q]), &pk[q & 1][i],
+                           &pk[q & 1][i + 8]);
+            } else {
+                const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
+                r.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
+            }
+        }
+}
 /* The warp's online-softmax states as records for combine_cta_partials, after the main loop: query head j < n_rep
  * at recs + (warp n_rep + j)(2 + R) holds m, l (summed here over the fragment's 8 row groups), then O^T's R values.
  * Thread (g, c) holds heads 2 c, 2 c + 1 (e = 0, 1) and O^T's m-tiles o[mb] (rows 16 mb + g, + 8; P . V layout). */

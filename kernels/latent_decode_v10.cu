@@ -316,21 +316,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
             uint32_t lat[4][4]; /* latent columns 16 kk .. + 15 of rows 16 wl + g, + 8 (the m16n8k16 A layout) */
 #pragma unroll
             for (int kk = 0; kk < 4; kk++) dev::ldsm_x4(lat[kk], kt + arow * 128 + (((2 * kk + asel) ^ (arow & 7)) << 4));
-#pragma unroll
-            for (int kk = 0; kk < 2; kk++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1): slot 4 + 2 kk + (q >> 1) */
-                    const int i = 4 + 2 * kk + (q >> 1);
-                    /* fp16 latents are rotated as they are (run 168: through fp32 and back, 6 more instructions per
-                     * pair, the step was 13% slower than without the basis); bf16 ones become fp16 first */
-                    if constexpr (std::is_same_v<T, __half>) {
-                        rs.apply_h2(q & 1, i, u32_as_half2(lat[kk][q]), u32_as_half2(lat[kk + 2][q]), &pk[q & 1][i],
-                                    &pk[q & 1][i + 8]);
-                    } else {
-                        const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
-                        rs.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
-                    }
-                }
+            rotate_stored_half<T>(rs, lat, pk);
         }
     };
     if (nown > 0) {

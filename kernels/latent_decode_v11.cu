@@ -291,19 +291,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 #pragma unroll
             for (int q = 0; q < 4; q++)
                 dev::ldsm_x4(lat[q], kt + (q >> 1) * kV11Box + arow * 128 + (((achunk + 2 * (q & 1)) ^ (arow & 7)) << 4));
-#pragma unroll
-            for (int kk = 0; kk < 2; kk++)
-#pragma unroll
-                for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1): slot 4 + 2 kk + (q >> 1) */
-                    const int i = 4 + 2 * kk + (q >> 1);
-                    if constexpr (std::is_same_v<T, __half>) { /* fp16 latents rotated as they are (v10, run 169) */
-                        r.apply_h2(q & 1, i, u32_as_half2(lat[kk][q]), u32_as_half2(lat[kk + 2][q]), &pk[q & 1][i],
-                                   &pk[q & 1][i + 8]);
-                    } else {
-                        const float2 lo = Num<T>::unpack(lat[kk][q]), hi = Num<T>::unpack(lat[kk + 2][q]);
-                        r.apply(q & 1, i, lo.x, lo.y, hi.x, hi.y, &pk[q & 1][i], &pk[q & 1][i + 8]);
-                    }
-                }
+            rotate_stored_half<T>(r, lat, pk);
         }
     };
     if (nsteps > 0) {

@@ -169,37 +169,40 @@ def search_ranks(stats, weights, *, ratio: float, group_size: int, head_dim: int
     return [([int(r) for r in ranks[i, 0]], [int(r) for r in ranks[i, 1]]) for i in range(n_layers)]
 
 
-def _rotate(down: np.ndarray, ups: list[np.ndarray], ranks: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Fold an orthonormal Hadamard rotation R_g into each group's pair: down_g <- R^T down_g, up_g <- up_g R."""
+def _per_group(down: np.ndarray, ups: list[np.ndarray], ranks: list[int],
+               change) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Apply ``change(g, down_g, up_g) -> (new down_g, new up_g)`` to every group's factor pair (down_g: the group's
+    rows of the stacked down-projection); a change of basis keeps ``up_g @ down_g``."""
     out_down = down.copy()
     out_ups = []
     offset = 0
-    for up, r in zip(ups, ranks):
-        rot = hadamard_matrix(r)  # hadamard(x) == x @ rot.T, orthonormal
-        out_down[offset:offset + r] = rot.T @ down[offset:offset + r]
-        out_ups.append(up @ rot)
+    for g, (up, r) in enumerate(zip(ups, ranks)):
+        out_down[offset:offset + r], new_up = change(g, down[offset:offset + r], up)
+        out_ups.append(new_up)
         offset += r
     return out_down, out_ups
+
+
+def _rotate(down: np.ndarray, ups: list[np.ndarray], ranks: list[int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Fold an orthonormal Hadamard rotation R_g into each group's pair: down_g <- R^T down_g, up_g <- up_g R."""
+    def rotate(g, down_g, up):
+        rot = hadamard_matrix(up.shape[1])  # hadamard(x) == x @ rot.T, orthonormal
+        return rot.T @ down_g, up @ rot
+    return _per_group(down, ups, ranks, rotate)
 
 
 def _interpolative(down: np.ndarray, ups: list[np.ndarray], ranks: list[int], head_dim: int,
                    layer: int) -> tuple[np.ndarray, list[np.ndarray]]:
     """Each group's key factors in the interpolative basis (:mod:`palu_c.key_basis`): the same keys."""
-    out_down = down.copy()
-    out_ups = []
-    offset = 0
-    for g, (up, r) in enumerate(zip(ups, ranks)):
+    def change(g, down_g, up):
+        # two heads per group: as many pairs from each (v11's layout; the constraint costs accuracy, 2.65x vs 2.17x
+        # the SVD basis's fp16 storage error at G = 3 on SmolLM2, so only where a kernel uses it)
+        heads, r = up.shape[0] // head_dim, up.shape[1]
         try:
-            # two heads per group: as many pairs from each (v11's layout; the constraint costs accuracy, 2.65x vs 2.17x
-            # the SVD basis's fp16 storage error at G = 3 on SmolLM2, so only where a kernel uses it)
-            heads = up.shape[0] // head_dim
-            out_down[offset:offset + r], new_up = interpolative_factors(down[offset:offset + r], up, head_dim,
-                                                                        balanced=heads == 2 and (r // 2) % 2 == 0)
+            return interpolative_factors(down_g, up, head_dim, balanced=heads == 2 and (r // 2) % 2 == 0)
         except ValueError as exc:
             raise ValueError(f"palu_c.compress_kv: layer {layer}, key group {g}: {exc}") from None
-        out_ups.append(new_up)
-        offset += r
-    return out_down, out_ups
+    return _per_group(down, ups, ranks, change)
 
 
 def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = None, search: str = "fisher",
