@@ -38,8 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     comp.add_argument("--search", default="fisher", choices=["fisher", "fisher_uniform", "uniform", "greedy"])
     comp.add_argument("--bits", type=int, default=0, help="latent bits (2, 3, 4, 8; 0 for none)")
     comp.add_argument("--no-hadamard", action="store_true")
-    comp.add_argument("--key-basis", default="svd", choices=["svd", "interpolative"],
-                      help="interpolative: half the key coordinates stored as the latent (needs --bits 0)")
+    comp.add_argument("--key-basis", default="auto", choices=["auto", "svd", "interpolative"],
+                      help="interpolative: half the key coordinates stored as the latent (unquantized only); auto "
+                           "(default): interpolative where a decode kernel uses it (no --bits, group size <= 2)")
     comp.add_argument("--weights-ratio", type=float, default=None,
                       help="also compress the weights with FLRC, keeping this fraction of the projections' "
                            "parameters (applied after the KV cache; default: off)")
@@ -66,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--impls", default="auto", help="comma-separated kernels besides SDPA (default auto)")
     bench.add_argument("--iters", type=int, default=25, help="timed calls per row; the median is reported")
     bench.add_argument("--graphs", action="store_true", help="time CUDA-graph replays instead of eager calls")
-    bench.add_argument("--key-basis", default="svd", choices=["svd", "interpolative", "both"],
-                       help="latent key basis (compress_kv's key_basis); 'both' adds '<kernel> ib' rows for the "
-                            "kernels that use the interpolative one (default svd)")
+    bench.add_argument("--key-basis", default="both", choices=["svd", "interpolative", "both"],
+                       help="latent key basis (compress_kv's key_basis); 'both' (default) adds '<kernel> ib' rows "
+                            "for the kernels that use the interpolative one, which compress_kv's default "
+                            "key_basis='auto' gives group sizes 1 and 2")
     bench.add_argument("--out", default=None, help="also write the markdown table to this file")
     sub.add_parser("info", help="print build facts (BLAS/LAPACK, CUDA)")
     args = parser.parse_args(argv)

@@ -15,16 +15,16 @@ group and token, so larger groups cost more time per step. What a group size cos
   time(G) / time(fastest G at that point). The pick is the LARGEST G dividing the KV-head count whose cost is
   within ``SPEED_TOLERANCE`` (10%) of the fastest: a bigger group is taken only when it is nearly free. Group
   sizes that were never measured are not picked (1 always is). A GPU without a table of its own uses the table
-  of the GPU with the most rows (today only the H200's: there G = 2 takes 1.41x (GQA, v11 against v10 at G = 1)
-  and 1.31x (MHA, v11 against v9) the time of G = 1, G = 4 19-25x (geometric means over the measured shapes), so
-  CUDA models get G = 1).
+  of the GPU with the most rows (today only the H200's: there G = 2 takes 1.27x (GQA, v11 against v10 at G = 1)
+  and 1.15x (MHA, v11 against v9) the time of G = 1, G = 4 20-26x (geometric means over the measured shapes; G 1
+  and 2 with keys in the interpolative basis, what ``key_basis="auto"`` gives them), so CUDA models get G = 1).
 
 :func:`choose_group_size` returns the choice and a one-line reason; ``compress_kv`` stores the reason in
 ``model.palu_config`` (not saved to files) and prints nothing.
 
 A group size the caller GIVES is not second-guessed, but where the table says that decode attention at that group
 size was slower than PyTorch SDPA over the full uncompressed cache at every measured point of the model's shape
-(on the H200: G = 4, 0.05-0.18x; not G = 2, which runs v11 at 0.76-1.43x, faster than SDPA at most points),
+(on the H200: G = 4, 0.05-0.18x; not G = 2, which runs v11 at 0.86-1.70x, faster than SDPA at most points),
 :func:`slow_group_message` words it and ``compress_kv`` raises a :class:`palu_c.KernelSpeedWarning` on a CUDA
 model: the cache still shrinks, but decoding gets slower, which is not what most users of a CUDA model compress
 for.

@@ -38,7 +38,10 @@ from .ranks import allocate_ranks
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SEARCH_MODES = ("fisher", "fisher_uniform", "uniform", "greedy")
-KEY_BASES = ("svd", "interpolative")
+KEY_BASES = ("auto", "svd", "interpolative")
+# key_basis="auto": the interpolative basis where a decode kernel rebuilds only its half of the keys (v10 at G = 1,
+# v11 at G = 2, palu_c/key_basis.py) and nothing is quantized; elsewhere it buys no speed, so the SVD basis stays
+AUTO_INTERPOLATIVE_MAX_GROUP = 2
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
 
 
@@ -205,9 +208,19 @@ def _interpolative(down: np.ndarray, ups: list[np.ndarray], ranks: list[int], he
     return _per_group(down, ups, ranks, change)
 
 
+def resolve_key_basis(key_basis: str, bits: int | None, group_size: int, k_ranks: list[int]) -> str:
+    """The key basis ``compress_kv(key_basis=...)`` uses: "auto" becomes "interpolative" where a decode kernel
+    rebuilds only half of the keys with it (unquantized latents, group size <= 2) and every key rank allows whole
+    RoPE pairs (even, >= 2); else "svd". The other values are returned as given."""
+    if key_basis != "auto":
+        return key_basis
+    pairs_ok = all(r >= 2 and r % 2 == 0 for r in k_ranks)
+    return "interpolative" if bits is None and group_size <= AUTO_INTERPOLATIVE_MAX_GROUP and pairs_ok else "svd"
+
+
 def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = None, search: str = "fisher",
                 bits: int | None = None, hadamard: bool = True, residual: int = 128, rank_multiple: int = 16,
-                quant_group: int | None = None, key_basis: str = "svd", progress: bool = True,
+                quant_group: int | None = None, key_basis: str = "auto", progress: bool = True,
                 cache_dir: str | None = None):
     """Compress the KV cache of ``model`` with Palu; returns the same model object, modified in place.
 
@@ -235,11 +248,15 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
         Every group rank is a multiple of this (16: the fp16 tensor-core k-tile).
     quant_group : int, optional
         Channels per scale/zero inside a group latent (must divide every rank); None: one per group and token.
-    key_basis : {"svd", "interpolative"}
+    key_basis : {"auto", "svd", "interpolative"}
         How the key latent is expressed (the same keys either way in exact arithmetic; :mod:`palu_c.key_basis`).
         "interpolative" stores half of each group's pre-RoPE key coordinates (whole RoPE pairs, chosen for a well
-        conditioned basis) as the latent itself, so a decode kernel rebuilds only the other half; its fp16 storage
-        error is a few times the SVD basis's (~2e-4 of the keys on SmolLM2). Only with ``bits=None``.
+        conditioned basis) as the latent itself, so a decode kernel rebuilds only the other half (on an H200 the
+        GQA group-size-1 and the group-size-2 decode steps take 4-16% less time); its fp16 storage error is a few
+        times the SVD basis's (~2e-4 of the keys on SmolLM2), which left perplexity unchanged to 0.01 on SmolLM2
+        in fp16 and bf16 at group sizes 1 and 3 (``python/results/key_basis_ppl_cpu.md``). Only with
+        ``bits=None``. "auto" (default) takes it where a kernel uses it: ``bits=None``, group size <= 2 and every
+        key rank even; else "svd". ``model.palu_config.key_basis`` says which was used.
     progress : bool
         tqdm progress bars for statistics and decomposition.
     cache_dir : str, optional
@@ -265,7 +282,7 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
         raise ValueError(f"palu_c.compress_kv: residual must be an int >= 0, got {residual!r}")
     if key_basis not in KEY_BASES:
         raise ValueError(f"palu_c.compress_kv: key_basis must be one of {KEY_BASES}, got {key_basis!r}")
-    if key_basis != "svd" and bits is not None:
+    if key_basis == "interpolative" and bits is not None:
         raise ValueError(f"palu_c.compress_kv: key_basis={key_basis!r} needs unquantized latents (bits=None): with "
                          f"bits={bits} the Hadamard rotation mixes the coordinates it stores, and quantization error "
                          f"would be amplified by the basis change")
@@ -290,6 +307,7 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
                 layer.self_attn.v_proj.weight.detach().double().cpu().numpy()) for layer in layers]
     all_ranks = search_ranks(stats, weights, ratio=ratio, group_size=group_size, head_dim=head_dim, search=search,
                              rank_multiple=rank_multiple)
+    key_basis = resolve_key_basis(key_basis, bits, group_size, [r for k_ranks, _ in all_ranks for r in k_ranks])
     rows = group_size * head_dim
     layer_cfgs = []
     for i, layer in enumerate(tqdm(layers, desc="palu_c: decomposing K/V", disable=not progress)):

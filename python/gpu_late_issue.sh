@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The switches it uses are not on main: `git apply docs/design/experiments/v10-v11-late-issue.patch` first (notes, run 177).
 # One H200 call: v10 and v11 with each step's rebuild issued at the top of the step (V10X_LATE_ISSUE /
 # V11X_LATE_ISSUE, the first set) against main's order (the second set), notes "Twenty-first session". The first
 # set's v10 / v11 / key_pairs tests, the long-prompt generate tests on both key bases, compute-sanitizer on v10's and

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The switches it uses are not on main: `git apply docs/design/experiments/v11-ib-nst5-bounds.patch` first (notes, run 176).
 # One H200 call: v11 on interpolative-basis keys with a fifth stage (kV11IbNST, the first set), its tests, its kernel
 # times against the four-stage ring, and the bounds of its step: no rebuild (V11X_NOWGMMA) and the loads, barriers and
 # rebuild alone (V11X_NOMATH), as run 110 measured them for the SVD basis; then Nsight Compute of one B8 64K call.

@@ -5,8 +5,10 @@
 reads the markdown table written by ``python/bench_attention.py`` (GPU name from its header line) and merges, for
 that GPU, one row per (model shape, batch, context, group size) into ``palu_c/data/decode_group_speed.json``:
 the fastest time among the kernels ``palu_c.latent_kernels`` picks by itself (``auto`` tries v9, v10, v11, v4, v3, then v2;
-v1, v3w and v5 run only on request) and the SDPA time of the same shape. Rewrites the JSON atomically. The rule that uses
-the table is documented in ``palu_c/group_choice.py``.
+v1, v3w and v5 run only on request), counting the "v10 ib" / "v11 ib" rows (``--key-basis both``: keys in the
+interpolative basis, what ``compress_kv``'s default ``key_basis="auto"`` gives at group sizes 1 and 2), and the SDPA time
+of the same shape. Rewrites the JSON atomically. The rule that uses the table is documented in
+``palu_c/group_choice.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import tempfile
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from palu_c.shapes import ATTENTION_SHAPES  # noqa: E402
 
-AUTO_KERNELS = ("v9", "v10", "v11", "v4", "v3", "v2")  # what auto dispatch can run; the time of a row is the fastest of them
+# what auto dispatch can run on a default compress_kv model; the time of a row is the fastest of them
+AUTO_KERNELS = ("v9", "v10", "v11", "v4", "v3", "v2", "v10 ib", "v11 ib")
 SHAPES = ATTENTION_SHAPES
 DEFAULT_OUT = os.path.join(os.path.dirname(__file__), "..", "palu_c", "data", "decode_group_speed.json")
 

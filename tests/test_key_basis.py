@@ -121,8 +121,9 @@ def test_compress_kv_interpolative_matches_svd_basis(rng, tmp_path):
     base = tiny_model(family="llama", kv_heads=2, head_dim=16, layers=2, seed=int(rng.integers(1 << 30)))
     calib = torch.as_tensor(rng.integers(0, base.config.vocab_size, (4, 32)), dtype=torch.long)
     kw = dict(ratio=0.5, group_size=1, search="uniform", rank_multiple=4, progress=False)
-    svd = compress_kv(copy.deepcopy(base), calib, **kw)
+    svd = compress_kv(copy.deepcopy(base), calib, key_basis="svd", **kw)
     interp = compress_kv(copy.deepcopy(base), calib, key_basis="interpolative", **kw)
+    assert svd.palu_config.key_basis == "svd"
     assert interp.palu_config.key_basis == "interpolative" and "key basis interpolative" in summary(interp)
     for layer in interp.model.layers:
         for up in layer.self_attn.k_ups:
@@ -153,3 +154,32 @@ def test_configs_saved_before_the_key_basis_read_as_svd():
     assert PaluConfig.from_dict(data).key_basis == "interpolative"
     del data["key_basis"]  # a palu_config.json written before the field existed
     assert PaluConfig.from_dict(data).key_basis == "svd"
+
+
+def test_auto_key_basis_takes_the_interpolative_one_where_a_kernel_uses_it(rng):
+    from palu_c.kv import resolve_key_basis
+
+    # the rule itself: unquantized, group size <= 2, whole RoPE pairs in every key rank
+    assert resolve_key_basis("auto", None, 1, [64, 64]) == "interpolative"
+    assert resolve_key_basis("auto", None, 2, [128, 96]) == "interpolative"
+    assert resolve_key_basis("auto", 4, 1, [64]) == "svd"        # quantized latents: the Hadamard basis
+    assert resolve_key_basis("auto", None, 4, [256]) == "svd"    # no kernel uses it at G = 4
+    assert resolve_key_basis("auto", None, 1, [64, 33]) == "svd"  # an odd rank cannot be whole pairs
+    assert resolve_key_basis("auto", None, 1, [0, 64]) == "svd"
+    assert resolve_key_basis("svd", None, 1, [64]) == "svd"
+    assert resolve_key_basis("interpolative", None, 4, [64]) == "interpolative"
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from palu_c.kv import compress_kv
+    from tiny_models import tiny_model
+
+    base = tiny_model(family="llama", kv_heads=2, head_dim=16, layers=1, seed=int(rng.integers(1 << 30)))
+    calib = torch.as_tensor(rng.integers(0, base.config.vocab_size, (2, 16)), dtype=torch.long)
+    kw = dict(ratio=0.5, search="uniform", rank_multiple=4, progress=False)
+    for group, bits, want in ((1, None, "interpolative"), (2, None, "interpolative"), (1, 4, "svd")):
+        m = compress_kv(copy.deepcopy(base), calib, group_size=group, bits=bits, **kw)  # key_basis="auto"
+        assert m.palu_config.key_basis == want, (group, bits)
+        if want == "interpolative":
+            for up in m.model.layers[0].self_attn.k_ups:
+                assert pair_layout(up.detach().double().numpy(), 16) is not None

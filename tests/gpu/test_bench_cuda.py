@@ -27,7 +27,11 @@ def test_cli_bench_checks_then_times(tmp_path, capsys):
     assert "FAIL" not in text and "Correctness (rel. error vs float64" in text
     rows = [line for line in text.splitlines() if line.startswith("| llama3-8b |")]
     assert sum("| SDPA |" in r for r in rows) == 2  # one per batch
-    assert len(rows) == 2 + 2 * 2  # and one per (batch, group size): auto resolves to one kernel each
+    svd = [r for r in rows if " ib |" not in r]
+    assert len(svd) == 2 + 2 * 2  # and one per (batch, group size): auto resolves to one kernel each
+    # the default --key-basis both adds an interpolative-basis row wherever auto ran a kernel that reads k_pairs
+    ib = [r for r in rows if " ib |" in r]
+    assert ib and all(r.split("|")[5].strip() in ("v10 ib", "v11 ib") for r in ib), ib
     for r in rows:
         time_us = float(r.split("|")[6])
         assert 0 < time_us < 10_000, r
