@@ -284,6 +284,7 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 __device__ __forceinline__ void wgmma_wait0() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
 /* Pins a register across the asynchronous MMA: the compiler may neither read it early nor write it late. */
 __device__ __forceinline__ void fence_reg(float &r) { asm volatile("" : "+f"(r)::"memory"); }
+__device__ __forceinline__ void fence_reg(uint32_t &r) { asm volatile("" : "+r"(r)::"memory"); }
 /* Generic-proxy writes (cp.async, st.shared) of this thread become visible to the async proxy (wgmma). */
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 /* bar.sync over `n` threads with id `id` (named barriers 1.. ; 0 is __syncthreads) */
@@ -360,6 +361,21 @@ template <typename T, int N> __device__ __forceinline__ void wgmma_k16(float (&d
                      : "l"(da), "l"(db), "r"(scale_d)                                                                  \
                      : "memory");                                                                                      \
     }
+/* The same product for fp16 operands accumulated in fp16 (d: N / 4 registers of two adjacent columns of a row, the
+ * pairs of the fp32 layout above): half the accumulator registers, and a key rebuilt this way is already the fp16
+ * pair the key rotation takes (no conversion per pair). One rounding to fp16 per k16 step. */
+__device__ __forceinline__ void wgmma_k16_f16acc64(uint32_t (&d)[16], uint64_t da, uint64_t db, int scale_d)
+{
+    asm volatile("{\n.reg .pred p;\n"
+                 "setp.ne.b32 p, %18, 0;\n"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f16.f16.f16 "
+                 "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+                 "%16, %17, p, 1, 1, 0, 0;\n}\n"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3]), "+r"(d[4]), "+r"(d[5]), "+r"(d[6]), "+r"(d[7]),
+                   "+r"(d[8]), "+r"(d[9]), "+r"(d[10]), "+r"(d[11]), "+r"(d[12]), "+r"(d[13]), "+r"(d[14]), "+r"(d[15])
+                 : "l"(da), "l"(db), "r"(scale_d)
+                 : "memory");
+}
 PALU_WGMMA_K16_N64(__half, "f16")
 PALU_WGMMA_K16_N64(__nv_bfloat16, "bf16")
 PALU_WGMMA_K16_N128(__half, "f16")

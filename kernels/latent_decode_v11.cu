@@ -84,6 +84,9 @@ constexpr size_t kV11IbOffPairs = kV11OffU + kV11G * kV11IbUImg;
 constexpr size_t kV11IbOffFreqH = kV11IbOffPairs + (size_t)kV11G * kV11D / 2 * 4;
 static_assert(kV11IbOffFreqH + (size_t)kV11G * kV11D / 2 * 4 <= kV11OffQA, "the IB areas fit in the images' area");
 
+#ifndef V11X_F16ACC
+#define V11X_F16ACC 0
+#endif
 #ifdef PALU_V5_WGMMA /* the sm_90a build of the kernel only */
 constexpr int kV11ScoreChains = 4;
 constexpr uint32_t kV11USbo = (kV11R / 8) * 128; /* U image: N = D rows, K = R; 8-row groups 2 KB apart */
@@ -250,20 +253,28 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     const uint32_t k_lo = wgmma_desc_lo(smem, 16);
     const uint64_t u_hi = wgmma_desc_hi(kV11USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
     constexpr int NACC = IB ? kV11IbRows / 2 : D / 2; /* accumulators per thread: the wgmma N / 2 */
-    float acc[NACC];
+    /* fp16 keys in the interpolative basis: fp16 accumulators, as in v10 (kH16) */
+    constexpr bool kH16 = IB && V11X_F16ACC && std::is_same_v<T, __half>;
+    using Acc = std::conditional_t<kH16, uint32_t, float>;
+    constexpr int NA = kH16 ? NACC / 2 : NACC;
+    Acc acc[NA];
     auto issue = [&](int s) {
         dev::wgmma_fence();
         const uint32_t ad = k_lo + (uint32_t)(s * (kV11Stage >> 4));
 #pragma unroll
-        for (int kk = 0; kk < R / 16; kk++) /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
-            dev::wgmma_k16<T, 2 * NACC>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)),
-                                        u_hi | (u_lo + 16 * kk), kk > 0);
+        for (int kk = 0; kk < R / 16; kk++) { /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
+            const uint64_t da = k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3));
+            if constexpr (kH16)
+                dev::wgmma_k16_f16acc64(acc, da, u_hi | (u_lo + 16 * kk), kk > 0);
+            else
+                dev::wgmma_k16<T, 2 * NACC>(acc, da, u_hi | (u_lo + 16 * kk), kk > 0);
+        }
         dev::wgmma_commit();
     };
     auto wait_acc = [&]() {
         dev::wgmma_wait0();
 #pragma unroll
-        for (int e = 0; e < NACC; e++) dev::fence_reg(acc[e]);
+        for (int e = 0; e < NA; e++) dev::fence_reg(acc[e]);
     };
     float o[8][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
@@ -283,9 +294,14 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
 #pragma unroll
         for (int rr = 0; rr < 2; rr++)
 #pragma unroll
-            for (int i = 0; i < NB; i++)
-                r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
-                        acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+            for (int i = 0; i < NB; i++) {
+                if constexpr (kH16)
+                    r.apply_h2(rr, i, u32_as_half2(acc[2 * i + rr]), u32_as_half2(acc[2 * (i + NB) + rr]), &pk[rr][i],
+                               &pk[rr][i + 8]);
+                else
+                    r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
+                            acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+            }
         if constexpr (IB) {
             uint32_t lat[4][4]; /* [box 0: kk 0, 1 | box 1: kk 0, 1], rows 16 wl + g, + 8 (the m16n8k16 A layout) */
 #pragma unroll

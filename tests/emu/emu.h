@@ -392,7 +392,7 @@ inline const char *wgmma_elem(uint64_t desc, int row, int k) {
     if (a >= 256 * 1024) { fprintf(stderr, "wgmma operand outside shared memory\n"); abort(); }
     return emu_smem + a;
 }
-struct EmuWgmma { float *d; int n; uint64_t da, db; int scale_d; bool bf16; };
+struct EmuWgmma { float *d; int n; uint64_t da, db; int scale_d; bool bf16; uint32_t *dh = nullptr; };
 extern thread_local std::deque<std::vector<EmuWgmma>> emu_wg_groups;
 extern thread_local std::vector<EmuWgmma> emu_wg_open;
 inline void wgmma_apply(const EmuWgmma &op) {
@@ -404,6 +404,17 @@ inline void wgmma_apply(const EmuWgmma &op) {
     for (int i = 0; i < op.n / 8; i++)
         for (int e = 0; e < 4; e++) {
             const int row = 16 * w + g + 8 * (e >> 1), col = 8 * i + 2 * c + (e & 1);
+            if (op.dh) { /* fp16 accumulators: register 2 i + (e >> 1) holds columns 2 c, 2 c + 1 (low half first) */
+                uint32_t &reg = op.dh[2 * i + (e >> 1)];
+                const int sh = 16 * (e & 1);
+                double acc = op.scale_d ? (double)h2f<__half>((uint16_t)(reg >> sh)) : 0.0;
+                for (int k = 0; k < 16; k++) acc += val(wgmma_elem(op.da, row, k)) * val(wgmma_elem(op.db, col, k));
+                const __half hh = __float2half_rn((float)acc); /* one rounding per k16 step */
+                uint16_t hv;
+                memcpy(&hv, &hh, 2);
+                reg = (reg & ~(0xFFFFu << sh)) | ((uint32_t)hv << sh);
+                continue;
+            }
             double acc = op.scale_d ? op.d[4 * i + e] : 0.0;
             for (int k = 0; k < 16; k++) acc += val(wgmma_elem(op.da, row, k)) * val(wgmma_elem(op.db, col, k));
             op.d[4 * i + e] = (float)acc;
@@ -423,6 +434,9 @@ inline void fence_reg(uint32_t &) {}
 inline void fence_proxy_async() {}
 template <typename T, int N> inline void wgmma_k16(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
     emu_wg_open.push_back({d, N, da, db, scale_d, std::is_same<T, __nv_bfloat16>::value});
+}
+inline void wgmma_k16_f16acc64(uint32_t (&d)[16], uint64_t da, uint64_t db, int scale_d) {
+    emu_wg_open.push_back({nullptr, 64, da, db, scale_d, false, d});
 }
 } // namespace dev
 

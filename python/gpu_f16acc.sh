@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One H200 call: v10 and v11 rebuilding fp16 keys of the interpolative basis with fp16 accumulators (V10X_F16ACC /
+# V11X_F16ACC, the first set) against fp32 accumulators (main, the second set), notes "Twenty-first session": the
+# first set's v10 / v11 / key_pairs tests, the long-prompt generate tests on the interpolative basis, compute-sanitizer
+# on the interpolative cases, then both sets' kernel times, alternately, two rounds (fp16; the bf16 instances are
+# unchanged).
+#   SETS="build/objs_h16 build/objs_head" bash python/gpu_f16acc.sh     (~4 minutes; run 179)
+source python/gpu_lib.sh
+SETS=${SETS:?the object sets: the candidate first}
+read -ra sets <<< "$SETS"
+step "link ${sets[0]}"; link_objects "${sets[0]}"
+decode_tests "v10 or v11 or key_pairs or interpolative"
+step "compress_kv generate tests (interpolative, long prompt)"
+timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_cuda.py -k "equals_the_reference_path and interpolative and 8300" 2>&1 | tail -2
+step "sanitize (interpolative cases)"
+SAN_TIMEOUT=60 sanitize "interpolative and float16 and b2-t257" "" "" # memcheck only: the change moves no memory access
+for round in 1 2; do
+  for objs in "${sets[@]}"; do
+    step "round $round: $objs (call us, kernel us, merge us, fit)"; link_objects "$objs"
+    echo "-- v11 ib"
+    timeout 100 python3 python/profile_fixed_cost.py --impl v11 --group 2 --key-basis interpolative --shapes llama3-8b,llama2-7b \
+      --batches 1,8 --tokens 16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
+    echo "-- v10 ib"
+    timeout 100 python3 python/profile_fixed_cost.py --impl v10 --group 1 --key-basis interpolative --shapes llama3-8b \
+      --batches 1,8 --tokens 16384,65536 --iters 10 2>&1 | grep -E "^\| llama"
+  done
+done
+step "done"
