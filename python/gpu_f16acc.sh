@@ -8,10 +8,7 @@
 source python/gpu_lib.sh
 SETS=${SETS:?the object sets: the candidate first}
 read -ra sets <<< "$SETS"
-step "link ${sets[0]}"; link_objects "${sets[0]}"
-decode_tests "v10 or v11 or key_pairs or interpolative"
-step "compress_kv generate tests (interpolative, long prompt)"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_cuda.py -k "equals_the_reference_path and interpolative and 8300" 2>&1 | tail -2
+candidate_checks "$SETS" "interpolative and 8300"
 step "sanitize (interpolative cases)"
 SAN_TIMEOUT=60 sanitize "interpolative and float16 and b2-t257" "" "" # memcheck only: the change moves no memory access
 for round in 1 2; do

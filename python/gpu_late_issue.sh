@@ -9,10 +9,7 @@
 source python/gpu_lib.sh
 SETS=${SETS:?the object sets: the candidate first}
 read -ra sets <<< "$SETS"
-step "link ${sets[0]}"; link_objects "${sets[0]}"
-decode_tests "v10 or v11 or key_pairs or interpolative"
-step "compress_kv generate tests (both key bases, long prompt)"
-timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_cuda.py -k "equals_the_reference_path and 8300" 2>&1 | tail -2
+candidate_checks "$SETS" "8300"
 step "sanitize (v10 and v11, both bases)"
 SAN_TIMEOUT=200 sanitize "(v10 or v11) and float16 and (b3-t7 or b2-t257)" "(v10 or v11) and float16 and b2-t257" \
   "(v10 or v11) and float16 and b2-t257"

@@ -8,6 +8,7 @@
 #                       each run cut at SAN_TIMEOUT seconds, default 300: v9's multi-block cases take ~130 s)
 #   decode_tests K   test_latent_decode_cuda.py -k K (its summary line)
 #   check_first_set "SETS" TEST_K MEM_K RACE_K SYNC_K   link the first set; its decode tests and sanitizers
+#   candidate_checks "SETS" GEN_K   link the first set; its v10/v11 decode tests and long-prompt generate tests
 #   time_sets "SETS" ARGS...   python/profile_fixed_cost.py ARGS on each prebuilt object set, alternately, two rounds
 #   time_bases ARGS...          python/profile_fixed_cost.py ARGS on both key bases (palu_c/key_basis.py), two rounds
 #   bench_table FILE ARGS...    python/bench_attention.py ARGS into $OUT/FILE; its G 1-2 Llama rows to the log
@@ -61,6 +62,14 @@ gpu_suite() {  # gpu_suite: the whole tests/gpu suite, log in $OUT/suite.txt, it
   step "tests/gpu"
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/gpu -rfs --tb=short > "$OUT/suite.txt" 2>&1
   grep -E "^(FAILED|ERROR)|passed|failed" "$OUT/suite.txt" | tail -12
+}
+candidate_checks() {  # candidate_checks "SETS" GEN_K: link the first set, the v10 / v11 / key_pairs / interpolative
+  # decode tests and the long-prompt compress_kv generate tests selected by GEN_K (with "equals_the_reference_path")
+  local first=${1%% *}
+  step "link $first"; link_objects "$first"
+  decode_tests "v10 or v11 or key_pairs or interpolative"
+  step "compress_kv generate tests ($2)"
+  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/gpu/test_compress_kv_cuda.py -k "equals_the_reference_path and $2" 2>&1 | tail -2
 }
 time_sets() {  # time_sets "SET SET ..." PROFILE_ARGS...: kernel times of each object set, alternately, two rounds
   local sets=$1 round objs; shift
