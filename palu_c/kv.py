@@ -253,7 +253,7 @@ def compress_kv(model, calib, *, ratio: float = 0.5, group_size: int | None = No
         "interpolative" stores half of each group's pre-RoPE key coordinates (whole RoPE pairs, chosen for a well
         conditioned basis) as the latent itself, so a decode kernel rebuilds only the other half (on an H200 the
         GQA group-size-1 and the group-size-2 decode steps take 4-16% less time); its fp16 storage error is a few
-        times the SVD basis's (~2e-4 of the keys on SmolLM2), which left perplexity unchanged to 0.01 on SmolLM2
+        times the SVD basis's (~2e-4 of the keys on SmolLM2), which left perplexity within 0.02 of it on SmolLM2
         in fp16 and bf16 at group sizes 1 and 3 (``python/results/key_basis_ppl_cpu.md``). Only with
         ``bits=None``. "auto" (default) takes it where a kernel uses it: ``bits=None``, group size <= 2 and every
         key rank even; else "svd". ``model.palu_config.key_basis`` says which was used.
