@@ -593,6 +593,48 @@ __device__ __forceinline__ void rotate_stored_half(const KeyRot &r, const uint32
             }
         }
 }
+/* The key rebuild's accumulators (v10, v11): fp32, NACC per thread, or for fp16 keys rebuilt with fp16 accumulators
+ * (F16ACC: dev::wgmma_k16_f16acc64, m64n64 only) NACC / 2 registers of fp16 pairs. One k16 step of the rebuild into
+ * either form, the fence after its wait, and the rotation of the rebuilt half into the score's A fragments: chunk
+ * pairs i < NB, the fp32 layout's elements 4 i + 2 rr, + 1 being the fp16 pair register 2 i + rr. */
+template <int NACC, bool F16ACC>
+using RebuildAcc = std::conditional_t<F16ACC, uint32_t[NACC / 2], float[NACC]>;
+template <typename T, int NACC>
+__device__ __forceinline__ void rebuild_k16(float (&acc)[NACC], uint64_t da, uint64_t db, int scale_d)
+{
+    dev::wgmma_k16<T, 2 * NACC>(acc, da, db, scale_d);
+}
+template <typename T, int NA>
+__device__ __forceinline__ void rebuild_k16(uint32_t (&acc)[NA], uint64_t da, uint64_t db, int scale_d)
+{
+    static_assert(std::is_same_v<T, __half> && NA == 16, "fp16 accumulators: fp16 keys, m64n64 only");
+    dev::wgmma_k16_f16acc64(acc, da, db, scale_d);
+}
+template <typename A, int NA> __device__ __forceinline__ void fence_acc(A (&acc)[NA])
+{
+#pragma unroll
+    for (int e = 0; e < NA; e++) dev::fence_reg(acc[e]);
+}
+template <int NB, int NA>
+__device__ __forceinline__ void rotate_rebuilt(const KeyRot &r, const float (&acc)[NA], uint32_t (&pk)[2][16])
+{
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++)
+#pragma unroll
+        for (int i = 0; i < NB; i++)
+            r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
+                    acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
+}
+template <int NB, int NA>
+__device__ __forceinline__ void rotate_rebuilt(const KeyRot &r, const uint32_t (&acc)[NA], uint32_t (&pk)[2][16])
+{
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++)
+#pragma unroll
+        for (int i = 0; i < NB; i++)
+            r.apply_h2(rr, i, u32_as_half2(acc[2 * i + rr]), u32_as_half2(acc[2 * (i + NB) + rr]), &pk[rr][i],
+                       &pk[rr][i + 8]);
+}
 /* The warp's online-softmax states as records for combine_cta_partials, after the main loop: query head j < n_rep
  * at recs + (warp n_rep + j)(2 + R) holds m, l (summed here over the fragment's 8 row groups), then O^T's R values.
  * Thread (g, c) holds heads 2 c, 2 c + 1 (e = 0, 1) and O^T's m-tiles o[mb] (rows 16 mb + g, + 8; P . V layout). */

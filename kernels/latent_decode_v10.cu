@@ -279,26 +279,18 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
     /* fp16 keys in the interpolative basis are rebuilt with fp16 accumulators (kH16): each register is already the
      * fp16 pair the key rotation takes, so the pack converts nothing (bf16 operands accumulate only in fp32) */
     constexpr bool kH16 = IB && V10X_F16ACC && std::is_same_v<T, __half>;
-    using Acc = std::conditional_t<kH16, uint32_t, float>;
-    constexpr int NA = kH16 ? NACC / 2 : NACC;
-    Acc acc[NA];
+    RebuildAcc<NACC, kH16> acc;
     auto issue = [&](int s, int tau) {
         dev::wgmma_fence();
         const uint32_t ad = k_lo + (uint32_t)(s * (kV10Stage >> 4));
         const uint32_t ud = u_lo + (uint32_t)(tau * ((IB ? kV10IbUT : kV10UT) >> 4));
 #pragma unroll
-        for (int kk = 0; kk < R / 16; kk++) {
-            if constexpr (kH16)
-                dev::wgmma_k16_f16acc64(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
-            else
-                dev::wgmma_k16<T, 2 * NACC>(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
-        }
+        for (int kk = 0; kk < R / 16; kk++) rebuild_k16<T>(acc, k_hi | (ad + 2 * kk), u_hi | (ud + 16 * kk), kk > 0);
         dev::wgmma_commit();
     };
     auto wait_acc = [&]() {
         dev::wgmma_wait0();
-#pragma unroll
-        for (int e = 0; e < NA; e++) dev::fence_reg(acc[e]);
+        fence_acc(acc);
     };
     float o[4][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
@@ -318,17 +310,7 @@ __global__ void __launch_bounds__(kV10Warps * 32, 1) decode_v10_kernel(const Dec
      * and 12-15 the latent's columns 8 (i - 4) + 2 c and + 32, read from the stage's K tile (kt) */
     auto pack = [&](const KeyRot &r, const KeyRot &rs, const char *kt, uint32_t (&pk)[2][16]) { /* rs: stored half */
         constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
-#pragma unroll
-        for (int rr = 0; rr < 2; rr++)
-#pragma unroll
-            for (int i = 0; i < NB; i++) {
-                if constexpr (kH16) /* fp16 pair registers 2 i + rr: the fp32 layout's elements 4 i + 2 rr, + 1 */
-                    r.apply_h2(rr, i, u32_as_half2(acc[2 * i + rr]), u32_as_half2(acc[2 * (i + NB) + rr]), &pk[rr][i],
-                               &pk[rr][i + 8]);
-                else
-                    r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
-                            acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
-            }
+        rotate_rebuilt<NB>(r, acc, pk);
         if constexpr (IB) {
             uint32_t lat[4][4]; /* latent columns 16 kk .. + 15 of rows 16 wl + g, + 8 (the m16n8k16 A layout) */
 #pragma unroll

@@ -255,26 +255,19 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
     constexpr int NACC = IB ? kV11IbRows / 2 : D / 2; /* accumulators per thread: the wgmma N / 2 */
     /* fp16 keys in the interpolative basis: fp16 accumulators, as in v10 (kH16) */
     constexpr bool kH16 = IB && V11X_F16ACC && std::is_same_v<T, __half>;
-    using Acc = std::conditional_t<kH16, uint32_t, float>;
-    constexpr int NA = kH16 ? NACC / 2 : NACC;
-    Acc acc[NA];
+    RebuildAcc<NACC, kH16> acc;
     auto issue = [&](int s) {
         dev::wgmma_fence();
         const uint32_t ad = k_lo + (uint32_t)(s * (kV11Stage >> 4));
 #pragma unroll
-        for (int kk = 0; kk < R / 16; kk++) { /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
-            const uint64_t da = k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3));
-            if constexpr (kH16)
-                dev::wgmma_k16_f16acc64(acc, da, u_hi | (u_lo + 16 * kk), kk > 0);
-            else
-                dev::wgmma_k16<T, 2 * NACC>(acc, da, u_hi | (u_lo + 16 * kk), kk > 0);
-        }
+        for (int kk = 0; kk < R / 16; kk++) /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
+            rebuild_k16<T>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)), u_hi | (u_lo + 16 * kk),
+                           kk > 0);
         dev::wgmma_commit();
     };
     auto wait_acc = [&]() {
         dev::wgmma_wait0();
-#pragma unroll
-        for (int e = 0; e < NA; e++) dev::fence_reg(acc[e]);
+        fence_acc(acc);
     };
     float o[8][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
@@ -291,17 +284,7 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
      * rebuilt (accumulator chunks i, i + 4), 4-7 and 12-15 the head's stored columns of box 0 and box 1 (kt) */
     auto pack = [&](const KeyRot &r, const char *kt, uint32_t (&pk)[2][16]) {
         constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
-#pragma unroll
-        for (int rr = 0; rr < 2; rr++)
-#pragma unroll
-            for (int i = 0; i < NB; i++) {
-                if constexpr (kH16)
-                    r.apply_h2(rr, i, u32_as_half2(acc[2 * i + rr]), u32_as_half2(acc[2 * (i + NB) + rr]), &pk[rr][i],
-                               &pk[rr][i + 8]);
-                else
-                    r.apply(rr, i, acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1], acc[4 * (i + NB) + 2 * rr],
-                            acc[4 * (i + NB) + 2 * rr + 1], &pk[rr][i], &pk[rr][i + 8]);
-            }
+        rotate_rebuilt<NB>(r, acc, pk);
         if constexpr (IB) {
             uint32_t lat[4][4]; /* [box 0: kk 0, 1 | box 1: kk 0, 1], rows 16 wl + g, + 8 (the m16n8k16 A layout) */
 #pragma unroll
