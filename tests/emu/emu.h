@@ -416,20 +416,19 @@ inline void wgmma_apply(const EmuWgmma &op) {
     for (int i = 0; i < op.n / 8; i++)
         for (int e = 0; e < 4; e++) {
             const int row = 16 * w + g + 8 * (e >> 1), col = 8 * i + 2 * c + (e & 1);
+            double dot = 0.0;
+            for (int k = 0; k < 16; k++) dot += a_at(row, k) * val(wgmma_elem(op.db, col, k));
             if (op.dh) { /* fp16 accumulators: register 2 i + (e >> 1) holds columns 2 c, 2 c + 1 (low half first) */
                 uint32_t &reg = op.dh[2 * i + (e >> 1)];
                 const int sh = 16 * (e & 1);
-                double acc = op.scale_d ? (double)h2f<__half>((uint16_t)(reg >> sh)) : 0.0;
-                for (int k = 0; k < 16; k++) acc += a_at(row, k) * val(wgmma_elem(op.db, col, k));
+                const double acc = (op.scale_d ? (double)h2f<__half>((uint16_t)(reg >> sh)) : 0.0) + dot;
                 const __half hh = __float2half_rn((float)acc); /* one rounding per k16 step */
                 uint16_t hv;
                 memcpy(&hv, &hh, 2);
                 reg = (reg & ~(0xFFFFu << sh)) | ((uint32_t)hv << sh);
-                continue;
+            } else {
+                op.d[4 * i + e] = (float)((op.scale_d ? op.d[4 * i + e] : 0.0) + dot);
             }
-            double acc = op.scale_d ? op.d[4 * i + e] : 0.0;
-            for (int k = 0; k < 16; k++) acc += a_at(row, k) * val(wgmma_elem(op.db, col, k));
-            op.d[4 * i + e] = (float)acc;
         }
 }
 inline void wgmma_fence() {}
