@@ -574,17 +574,16 @@ struct KeyRot {
 };
 /* The interpolative key basis's stored half (v10, v11): rotate the latent's columns, loaded by ldmatrix as the score's
  * A fragments (lat[kk] for chunks kk = 0, 1 of the lower members, lat[kk + 2] for their upper partners), into the key
- * fragments pk[rr][i] and pk[rr][i + 8] of slots i = I0 + 2 kk + (q >> 1) (I0 = 0: v11's rebuilt half as its rebuild
- * warpgroup stores it). fp16 latents are rotated as they are (run
+ * fragments pk[rr][i] and pk[rr][i + 8] of slots i = 4 + 2 kk + (q >> 1). fp16 latents are rotated as they are (run
  * 168: through fp32 and back, 6 more instructions per pair, made v10's step 13% slower); bf16 ones become fp16. */
-template <typename T, int I0 = 4>
+template <typename T>
 __device__ __forceinline__ void rotate_stored_half(const KeyRot &r, const uint32_t (&lat)[4][4], uint32_t (&pk)[2][16])
 {
 #pragma unroll
     for (int kk = 0; kk < 2; kk++)
 #pragma unroll
         for (int q = 0; q < 4; q++) { /* row g + 8 (q & 1), columns + 8 (q >> 1) */
-            const int i = I0 + 2 * kk + (q >> 1);
+            const int i = 4 + 2 * kk + (q >> 1);
             if constexpr (std::is_same_v<T, __half>) {
                 r.apply_h2(q & 1, i, u32_as_half2(lat[kk][q]), u32_as_half2(lat[kk + 2][q]), &pk[q & 1][i],
                            &pk[q & 1][i + 8]);

@@ -69,12 +69,7 @@ constexpr int kV11PosRing = 3;
 constexpr int kV11PosStride = 32 + 2; /* a ring entry: the warp's 32 (row, step) positions, then each step's row 0 */
 constexpr size_t kV11OffFreq = kV11OffPos + (size_t)kV11Warps * kV11PosRing * kV11PosStride * 4; /* inv_freq */
 constexpr size_t kV11OffBar = kV11OffFreq + (size_t)kV11D / 2 * 4;
-#ifndef V11X_KEYRING
-#define V11X_KEYRING 2
-#endif
-constexpr int kV11KeyRing = V11X_KEYRING; /* SPLIT (below): rebuilt-key tiles between the rebuild warpgroup and the scorers */
-constexpr size_t kV11OffTail = kV11OffBar + 2 * (kV11NST + kV11KeyRing) * 8;
-constexpr size_t kV11Smem = kV11OffTail + 1024; /* + the base's 1024-byte alignment */
+constexpr size_t kV11Smem = kV11OffBar + 2 * kV11NST * 8 + 1024; /* + the base's 1024-byte alignment */
 static_assert(kV11Smem <= 227 * 1024, "one CTA per SM");
 static_assert(kV11Rows == kV11StepSlots, "the plan's step (latent_decode_common.cuh)");
 static_assert(kV11Warps * kV11MaxRep * (2 + kV11R) * 4 <= kV11OffU, "the records fit in the stages");
@@ -89,38 +84,9 @@ constexpr size_t kV11IbOffPairs = kV11OffU + kV11G * kV11IbUImg;
 constexpr size_t kV11IbOffFreqH = kV11IbOffPairs + (size_t)kV11G * kV11D / 2 * 4;
 static_assert(kV11IbOffFreqH + (size_t)kV11G * kV11D / 2 * 4 <= kV11OffQA, "the IB areas fit in the images' area");
 
-/* SPLIT: the interpolative basis's step with its key rebuild in a warpgroup of its own (the rebuild warpgroup, warps
- * 8-11), so that the scorers' warps (0-7) issue no wgmma and their mma.sync never waits behind one (notes: "What
- * this leaves for the group-size-2 rows": ptxas puts a warp's wgmma wait before its own HMMAs, so in the fused step
- * only the softmax overlaps the rebuild). Per step the rebuild warpgroup multiplies the stage's key latent by both
- * heads' U images (two m64n64 products, K = 128), rounds the rebuilt halves to fp16 as the fused step does before its
- * rotation, and stores them, unrotated, into a key tile laid out as a latent stage's key tile (box 0 the lower
- * members, box 1 the upper, head hd's 32 pairs at box columns 32 hd .., the 128-byte swizzle): the scorers then load
- * and rotate the rebuilt half exactly as they load and rotate the stored half, so the keys are bit for bit the fused
- * step's. Hand-off: kfull (the rebuild warpgroup's 4 warps) / kempty (the scorers' 8 warps) per key tile, and the
- * rebuild warpgroup's 4 warps also release each latent stage. The tile sits in the images' area that the
- * interpolative basis leaves free. */
-constexpr int kV11SplitWarps = 12;
-constexpr size_t kV11KeyTile = 2 * kV11Box; /* 64 slots x (2 heads x 64 rebuilt dimensions), fp16: 16 KB */
-constexpr size_t kV11SplitOffKeys = kV11OffU + kV11G * kV11IbUImg; /* after the two images: the IB lists move out */
-static_assert(kV11SplitOffKeys + kV11KeyRing * kV11KeyTile <= kV11OffU + kV11G * kV11UImg,
-              "the key tiles fit in the images' area");
-constexpr size_t kV11SplitOffPairs = kV11OffTail, kV11SplitOffFreqH = kV11OffTail + (size_t)kV11G * kV11D / 2 * 4;
-constexpr size_t kV11SplitSmem = kV11SplitOffFreqH + (size_t)kV11G * kV11D / 2 * 4 + 1024;
-static_assert(kV11SplitSmem <= 227 * 1024, "one CTA per SM");
-
 /* V11X_F16ACC: fp16 keys in the interpolative basis rebuilt with fp16 accumulators (on since run 179: v10 ib -1 to -2%,
  * v11 ib -1.6 to -2.1% kernel time at batch 8, 64K; tests, long-prompt generate tests and memcheck pass); 0 takes
  * the fp32 accumulators back */
-#ifndef V11X_SPLIT
-#define V11X_SPLIT 0
-#endif
-#ifndef V11X_SPLIT_REGS /* SPLIT: the rebuild warpgroup's registers (setmaxnreg), 0: no setmaxnreg */
-#define V11X_SPLIT_REGS 0
-#endif
-#ifndef V11X_SPLIT_PROBE /* SPLIT: 1 = a probe without the rebuild's wgmma (wrong results by design) */
-#define V11X_SPLIT_PROBE 0
-#endif
 #ifndef V11X_F16ACC
 #define V11X_F16ACC 1
 #endif
@@ -134,50 +100,13 @@ __device__ __forceinline__ uint32_t v11_ucm(int d, int j)
 }
 #endif
 
-#ifdef PALU_V5_WGMMA
-/* One head's key rebuild from the stage whose key latent starts at descriptor address `ad`: eight k16 steps (k16 step
- * kk reads box kk / 4, its 32-byte column kk % 4) against the U image at descriptor address `u_lo` */
-template <typename T, typename A> __device__ __forceinline__ void v11_rebuild(A &acc, uint32_t ad, uint32_t u_lo)
-{
-    const uint64_t u_hi = wgmma_desc_hi(kV11USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
-#pragma unroll
-    for (int kk = 0; kk < kV11R / 16; kk++)
-        rebuild_k16<T>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)), u_hi | (u_lo + 16 * kk),
-                       kk > 0);
-}
-/* SPLIT: head hd's rebuilt half (m64n64 accumulators of the thread's rows `row`, + 8, columns 8 i + 2 c, + 1: pairs
- * j < 32 lower members, j >= 32 upper ones) into key tile kt as fp16 (the fused step's rounding before its rotation;
- * fp16 accumulators are stored as they are): the lower members to box 0, the upper to box 1, head hd's pairs at
- * columns 32 hd .., with the latent boxes' 128-byte swizzle; a warp's 32 stores of one (i, rr) hit 32 banks */
-template <typename A, int NA>
-__device__ __forceinline__ void store_rebuilt_half(char *kt, const A (&acc)[NA], int hd, int row, int c)
-{
-#pragma unroll
-    for (int i = 0; i < 8; i++)
-#pragma unroll
-        for (int rr = 0; rr < 2; rr++) {
-            uint32_t v;
-            if constexpr (std::is_same_v<A, float>)
-                v = dev::half2_satfinite(acc[4 * i + 2 * rr], acc[4 * i + 2 * rr + 1]);
-            else
-                v = acc[2 * i + rr];
-            const int r = row + 8 * rr, chunk = 4 * hd + (i & 3);
-            *reinterpret_cast<uint32_t *>(kt + (i >> 2) * kV11Box + r * 128 + ((chunk ^ (r & 7)) << 4) + 4 * c) = v;
-        }
-}
-#endif
-
 /* NREP: query heads per KV head at compile time (4: Llama-3-8B, 1: MHA), or 0: p.n_rep at run time; IB: keys in the
- * interpolative basis (above); SPLIT (IB only): the rebuild in a warpgroup of its own (above) */
-template <typename T, int NREP, bool IB, bool SPLIT>
-__global__ void __launch_bounds__((SPLIT ? kV11SplitWarps : kV11Warps) * 32, 1)
-    decode_v11_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
+ * interpolative basis (above) */
+template <typename T, int NREP, bool IB>
+__global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const DecodeParams p, const __grid_constant__ V4Maps maps)
 {
 #ifdef PALU_V5_WGMMA
-    static_assert(IB || !SPLIT, "the rebuild warpgroup serves the interpolative basis");
-    constexpr int D = kV11D, R = kV11R, HALF = kV11D / 2, NST = kV11NST, M = kV11Rows, KR = kV11KeyRing;
-    constexpr int NT = 32 * (SPLIT ? kV11SplitWarps : kV11Warps); /* threads */
-    constexpr size_t OFF_PAIRS = SPLIT ? kV11SplitOffPairs : kV11IbOffPairs, OFF_FREQH = SPLIT ? kV11SplitOffFreqH : kV11IbOffFreqH;
+    constexpr int D = kV11D, R = kV11R, HALF = kV11D / 2, NST = kV11NST, M = kV11Rows;
     char *smem = dev::dyn_smem();
     smem += (1024 - (dev::smem_u32(smem) & 1023)) & 1023; /* stays a shared-space pointer */
     const int grp = blockIdx.x, split = blockIdx.y, b = blockIdx.z;
@@ -191,11 +120,8 @@ __global__ void __launch_bounds__((SPLIT ? kV11SplitWarps : kV11Warps) * 32, 1)
     const int nsteps = t1 > t0 ? (t1 - t0 + M - 1) / M : 0;
     const int32_t *pos = p.positions + (size_t)b * p.pbs;
     uint64_t *full = reinterpret_cast<uint64_t *>(smem + kV11OffBar), *empty = full + NST;
-    uint64_t *kfull = empty + NST, *kempty = kfull + KR; /* SPLIT's key tiles */
     if (tid == 0) {
-        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, 1), dev::mbar_init(empty + s, NT / 32);
-        if (SPLIT)
-            for (int k = 0; k < KR; k++) dev::mbar_init(kfull + k, 4), dev::mbar_init(kempty + k, kV11Warps);
+        for (int s = 0; s < NST; s++) dev::mbar_init(full + s, 1), dev::mbar_init(empty + s, kV11Warps);
         dev::mbar_init_fence();
     }
     __syncthreads();
@@ -228,7 +154,7 @@ __global__ void __launch_bounds__((SPLIT ? kV11SplitWarps : kV11Warps) * 32, 1)
             dev::cp_async4(r + 32 + (lane >> 4), pos + min(max(first, 0), T_len - 1), true);
         dev::cp_async_commit();
     };
-    if (kEarlyPos && (!SPLIT || warp < kV11Warps)) { /* the scorers' warps */
+    if (kEarlyPos) {
         fetch_pos(0);
         fetch_pos(1);
     }
@@ -242,20 +168,20 @@ __global__ void __launch_bounds__((SPLIT ? kV11SplitWarps : kV11Warps) * 32, 1)
         const char *ukg = reinterpret_cast<const char *>(static_cast<const T *>(p.k_up) +
                                                          (size_t)kV11G * D * p.groups.kcol[grp]);
         if constexpr (!IB) {
-            for (int e = tid; e < kV11G * D * (R / 8); e += NT) {
+            for (int e = tid; e < kV11G * D * (R / 8); e += 32 * kV11Warps) {
                 const int row = e / (R / 8), jc = e % (R / 8), hd = row / D, d = row % D;
                 dev::cp_async16(smem + kV11OffU + hd * kV11UImg + v11_ucm(d, 8 * jc), ukg + (size_t)e * 16, true);
             }
-        } else if (tid >= NT - kV11G * HALF * 4 / 16) { /* the pair list first: U's rows follow it */
-            const int k = tid - (NT - kV11G * HALF * 4 / 16);
-            dev::cp_async16(smem + OFF_PAIRS + 16 * k,
+        } else if (tid >= 32 * kV11Warps - kV11G * HALF * 4 / 16) { /* the pair list first: U's rows follow it */
+            const int k = tid - (32 * kV11Warps - kV11G * HALF * 4 / 16);
+            dev::cp_async16(smem + kV11IbOffPairs + 16 * k,
                             reinterpret_cast<const char *>(p.k_pairs + (size_t)grp * kV11G * HALF) + 16 * k, true);
         }
         /* the queries of both KV heads (2 n_rep D values, 16-byte aligned: v11_unsupported), raw, into Q_A's area */
         const char *qg = reinterpret_cast<const char *>(static_cast<const T *>(p.q) +
                                                         ((size_t)b * p.H + (size_t)kV11G * grp * n_rep) * D);
         constexpr int QC = D * (int)sizeof(T) / 16, FC = HALF * 4 / 16;
-        for (int e = tid; e < kV11G * n_rep * QC; e += NT)
+        for (int e = tid; e < kV11G * n_rep * QC; e += 32 * kV11Warps)
             dev::cp_async16(smem + kV11OffQA + 16 * e, qg + 16 * e, true);
         if (tid < FC) dev::cp_async16(smem + kV11OffFreq + 16 * tid, reinterpret_cast<const char *>(p.inv_freq) + 16 * tid, true);
         dev::cp_async_commit();
@@ -266,294 +192,237 @@ __global__ void __launch_bounds__((SPLIT ? kV11SplitWarps : kV11Warps) * 32, 1)
         /* IB: head hd's permuted dimension y < 64 has frequency pair_f(hd, y): its rebuilt pairs (row entries
          * 32 hd ..) for y < 32, its stored ones (64 + 32 hd ..) above; dimension y + 64 is the upper member. The
          * list is trusted, not checked: masked, a bad one cannot index out of U or the queries. */
-        const int *pairs = reinterpret_cast<const int *>(smem + OFF_PAIRS);
+        const int *pairs = reinterpret_cast<const int *>(smem + kV11IbOffPairs);
         auto pair_f = [&](int hd, int y) {
             return pairs[(y < 32 ? 32 * hd + y : 2 * 32 + 32 * hd + y - 32)] & (HALF - 1);
         };
         if constexpr (IB) { /* the rebuilt rows' images, gathered through the list */
-            for (int e = tid; e < kV11G * kV11IbRows * (R / 8); e += NT) {
+            for (int e = tid; e < kV11G * kV11IbRows * (R / 8); e += 32 * kV11Warps) {
                 const int row = e / (R / 8), jc = e % (R / 8), hd = row / kV11IbRows, y = row % kV11IbRows;
                 const int d = pair_f(hd, y % 32) + (y >= 32 ? HALF : 0);
                 dev::cp_async16(smem + kV11OffU + hd * kV11IbUImg + v11_ucm(y, 8 * jc),
                                 ukg + ((size_t)(hd * D + d) * (R / 8) + jc) * 16, true);
             }
             dev::cp_async_commit();
-            float *fth = reinterpret_cast<float *>(smem + OFF_FREQH);
+            float *fth = reinterpret_cast<float *>(smem + kV11IbOffFreqH);
             if (tid < kV11G * HALF) fth[tid] = ftab[pair_f(tid / HALF, tid % HALF)];
         }
         const T *qraw = reinterpret_cast<const T *>(smem + kV11OffQA);
         float *qs = reinterpret_cast<float *>(smem + kV11OffQ);
-        for (int e = tid; e < kV11G * n_rep * D; e += NT) {
+        for (int e = tid; e < kV11G * n_rep * D; e += 32 * kV11Warps) {
             const int x = e % D, hd = e / (n_rep * D);
             qs[e] = Num<T>::to_f(qraw[IB ? e - x + pair_f(hd, x % HALF) + (x >= HALF ? HALF : 0) : e]);
         }
         if (IB) dev::cp_async_wait<0>();
         __syncthreads(); /* the raw queries read: Q_A's area is free */
-        for (int e = tid; e < (int)(kV11Warps * kV11MaxRep * kV11QRow / 16); e += NT)
+        for (int e = tid; e < (int)(kV11Warps * kV11MaxRep * kV11QRow / 16); e += 32 * kV11Warps)
             reinterpret_cast<uint4 *>(smem + kV11OffQA)[e] = make_uint4(0, 0, 0, 0); /* rows >= n_rep stay zero */
         dev::fence_proxy_async();
         __syncthreads();
     }
-    /* the scorers' online-softmax states: O^T's m-tiles, and per head 2 c, 2 c + 1 the running max and sum */
+    /* this warpgroup's frequencies by (permuted) dimension: inv_freq, or IB its head's permuted table */
+    const float *fth = IB ? reinterpret_cast<const float *>(smem + kV11IbOffFreqH) + cw * HALF : ftab;
+    KeyRot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
+#pragma unroll
+    for (int rr = 0; rr < 2; rr++) {
+        const int k = 16 * wl + g + 8 * rr;
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            float c0, s0, c1, s1;
+            small_cos_sin(k, fth[8 * i + 2 * c], &c0, &s0);
+            small_cos_sin(k, fth[8 * i + 2 * c + 1], &c1, &s1);
+            rot.set(rr, i, c0, c1, s0, s1);
+        }
+    }
+    const float *qs = reinterpret_cast<const float *>(smem + kV11OffQ) + (size_t)cw * n_rep * D; /* this head's */
+    /* With several query heads per KV head the warpgroup's Q_A rows are shared: warp wl rotates heads wl and wl + 4
+     * (those < n_rep) into the buffer of the step's parity, and a named barrier of the warpgroup's 128 threads
+     * publishes them (with two buffers, one barrier per step also keeps a row from being rewritten before every
+     * warp has read it). Runs 118-121: -1.5 to -1.7% at Llama-3-8B shapes (n_rep 4), but +2.4% at n_rep 1, where no
+     * rotation is saved and the shared rows' common anchor (two more position copies per pair of steps, 9 more
+     * registers) is pure cost; so at n_rep 1 each warp rotates the one head into rows of its own. This
+     * lane's query values of its heads (frequencies 2 lane, 2 lane + 1, their partners) stay in registers. */
+    constexpr int kRows = kV11MaxRep / 4;
+    float2 qlo[kRows], qhi[kRows];
+#pragma unroll
+    for (int i = 0; i < kRows; i++) {
+        const int j = kShared ? wl + 4 * i : i;
+        qlo[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane) : make_float2(0.0f, 0.0f);
+        qhi[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane) : make_float2(0.0f, 0.0f);
+    }
+    const float2 qtr0 = turn_split(fth[2 * lane]), qtr1 = turn_split(fth[2 * lane + 1]);
+
+    const uint32_t u_lo = wgmma_desc_lo(smem + kV11OffU + cw * (IB ? kV11IbUImg : kV11UImg), 128);
+    const uint32_t k_lo = wgmma_desc_lo(smem, 16);
+    const uint64_t u_hi = wgmma_desc_hi(kV11USbo, 0), k_hi = wgmma_desc_hi(1024, 1);
+    constexpr int NACC = IB ? kV11IbRows / 2 : D / 2; /* accumulators per thread: the wgmma N / 2 */
+    /* fp16 keys in the interpolative basis: fp16 accumulators, as in v10 (kH16) */
+    constexpr bool kH16 = IB && V11X_F16ACC && std::is_same_v<T, __half>;
+    RebuildAcc<NACC, kH16> acc;
+    auto issue = [&](int s) {
+        dev::wgmma_fence();
+        const uint32_t ad = k_lo + (uint32_t)(s * (kV11Stage >> 4));
+#pragma unroll
+        for (int kk = 0; kk < R / 16; kk++) /* k16 step kk: box kk / 4, its 32-byte column kk % 4 */
+            rebuild_k16<T>(acc, k_hi | (ad + (uint32_t)((kk >> 2) * (kV11Box >> 4)) + 2 * (kk & 3)), u_hi | (u_lo + 16 * kk),
+                           kk > 0);
+        dev::wgmma_commit();
+    };
+    auto wait_acc = [&]() {
+        dev::wgmma_wait0();
+        fence_acc(acc);
+    };
     float o[8][4] = {};
     float m_run[2] = {-INFINITY, -INFINITY}, l_run[2] = {0.0f, 0.0f}; /* heads 2 c, 2 c + 1 */
-    if (SPLIT && warp >= kV11Warps) { /* the rebuild warpgroup (SPLIT, above) */
-#if V11X_SPLIT_REGS && !defined(PALU_EMULATE)
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(V11X_SPLIT_REGS));
-#endif
-        const int pw = warp - kV11Warps;
-        constexpr bool kH16 = V11X_F16ACC && std::is_same_v<T, __half>;
-        RebuildAcc<kV11IbRows / 2, kH16> acc0, acc1; /* heads 0 and 1 */
-#if V11X_SPLIT_PROBE
-        for (auto &a : acc0) a = {};
-        for (auto &a : acc1) a = {};
-#endif
-        const uint32_t k_lo = wgmma_desc_lo(smem, 16), u0 = wgmma_desc_lo(smem + kV11OffU, 128),
-                       u1 = wgmma_desc_lo(smem + kV11OffU + kV11IbUImg, 128);
-        for (int x = 0; x < nsteps; x++) {
-            const int s = x % NST, kr = x % KR;
-            dev::mbar_wait(full + s, (x / NST) & 1);
-#if !V11X_SPLIT_PROBE
-            dev::wgmma_fence();
-            const uint32_t ad = k_lo + (uint32_t)(s * (kV11Stage >> 4));
-            v11_rebuild<T>(acc0, ad, u0);
-            v11_rebuild<T>(acc1, ad, u1);
-            dev::wgmma_commit();
-            dev::wgmma_wait0();
-            fence_acc(acc0);
-            fence_acc(acc1);
-#else /* probe: no rebuild (wrong keys by design) */
-            (void)k_lo, (void)u0, (void)u1;
-#endif
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(empty + s); /* this warp's share of the stage's key latent is read */
-            dev::mbar_wait(kempty + kr, ((x / KR) & 1) ^ 1); /* the scorers have loaded the tile's last keys */
-            char *kt = smem + kV11SplitOffKeys + kr * kV11KeyTile;
-            store_rebuilt_half(kt, acc0, 0, 16 * pw + g, c);
-            store_rebuilt_half(kt, acc1, 1, 16 * pw + g, c);
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(kfull + kr);
-        }
-    } else { /* the scorers' warps: warpgroup cw scores KV head 2 grp + cw */
-#if V11X_SPLIT_REGS && !defined(PALU_EMULATE)
-        if constexpr (SPLIT) /* the registers the rebuild warpgroup gave back: 65536 = 128 x REGS + 256 x this */
-            asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"((65536 - 128 * V11X_SPLIT_REGS) / 256 / 8 * 8));
-#endif
-        /* this warpgroup's frequencies by (permuted) dimension: inv_freq, or IB its head's permuted table */
-        const float *fth = IB ? reinterpret_cast<const float *>(smem + OFF_FREQH) + cw * HALF : ftab;
-        KeyRot rot; /* R(k) of this thread's rows k = 16 wl + g and + 8 */
-#pragma unroll
-        for (int rr = 0; rr < 2; rr++) {
-            const int k = 16 * wl + g + 8 * rr;
-#pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float c0, s0, c1, s1;
-                small_cos_sin(k, fth[8 * i + 2 * c], &c0, &s0);
-                small_cos_sin(k, fth[8 * i + 2 * c + 1], &c1, &s1);
-                rot.set(rr, i, c0, c1, s0, s1);
-            }
-        }
-        const float *qs = reinterpret_cast<const float *>(smem + kV11OffQ) + (size_t)cw * n_rep * D; /* this head's */
-        /* With several query heads per KV head the warpgroup's Q_A rows are shared: warp wl rotates heads wl and wl + 4
-         * (those < n_rep) into the buffer of the step's parity, and a named barrier of the warpgroup's 128 threads
-         * publishes them (with two buffers, one barrier per step also keeps a row from being rewritten before every
-         * warp has read it). Runs 118-121: -1.5 to -1.7% at Llama-3-8B shapes (n_rep 4), but +2.4% at n_rep 1, where no
-         * rotation is saved and the shared rows' common anchor (two more position copies per pair of steps, 9 more
-         * registers) is pure cost; so at n_rep 1 each warp rotates the one head into rows of its own. This
-         * lane's query values of its heads (frequencies 2 lane, 2 lane + 1, their partners) stay in registers. */
-        constexpr int kRows = kV11MaxRep / 4;
-        float2 qlo[kRows], qhi[kRows];
-#pragma unroll
-        for (int i = 0; i < kRows; i++) {
-            const int j = kShared ? wl + 4 * i : i;
-            qlo[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + 2 * lane) : make_float2(0.0f, 0.0f);
-            qhi[i] = j < n_rep ? *reinterpret_cast<const float2 *>(qs + j * D + HALF + 2 * lane) : make_float2(0.0f, 0.0f);
-        }
-        const float2 qtr0 = turn_split(fth[2 * lane]), qtr1 = turn_split(fth[2 * lane + 1]);
-
-        const uint32_t u_lo = wgmma_desc_lo(smem + kV11OffU + cw * (IB ? kV11IbUImg : kV11UImg), 128);
-        const uint32_t k_lo = wgmma_desc_lo(smem, 16);
-        constexpr int NACC = IB ? kV11IbRows / 2 : D / 2; /* accumulators per thread: the wgmma N / 2 */
-        /* fp16 keys in the interpolative basis: fp16 accumulators, as in v10 (kH16) */
-        constexpr bool kH16 = IB && V11X_F16ACC && std::is_same_v<T, __half>;
-        RebuildAcc<NACC, kH16> acc;
-        auto issue = [&](int s) {
-            dev::wgmma_fence();
-            v11_rebuild<T>(acc, k_lo + (uint32_t)(s * (kV11Stage >> 4)), u_lo);
-            dev::wgmma_commit();
-        };
-        auto wait_acc = [&]() {
-            dev::wgmma_wait0();
-            fence_acc(acc);
-        };
-        uint32_t qa[8][2] = {};
-        const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
-        if (!kEarlyPos) { /* n_rep 1: the first positions after the prologue (above) */
-            fetch_pos(0);
-            fetch_pos(1);
-        }
-        int lane_pos = 0, lane_a0 = 0; /* (lanes 0 and 16: row 0 of steps 2 n, 2 n + 1) */
-        /* IB: this lane's ldmatrix row of a latent box and its 16-byte chunk of the head's stored columns */
-        const int arow = 16 * wl + (lane & 7) + (((lane >> 3) & 1) << 3), achunk = 4 * cw + (lane >> 4);
-        /* the rotated keys as the score's A fragments (v10's pack): chunk i with chunk i + 8; IB: chunks 0-3 and 8-11
-         * rebuilt (accumulator chunks i, i + 4; SPLIT: the key tile's), 4-7 and 12-15 the head's stored columns of box 0
-         * and box 1 (kt). The key tile and the latent's key tile share one layout (SPLIT, above), so one load serves
-         * both. */
-        auto load_half = [&](const char *tile, uint32_t (&lat)[4][4]) {
-            /* [box 0: kk 0, 1 | box 1: kk 0, 1], rows 16 wl + g, + 8 (the m16n8k16 A layout) */
+    uint32_t qa[8][2] = {};
+    const int lrow = 16 * wl + (lane & 7) + ((lane >> 4) << 3), lsel = (lane >> 3) & 1;
+    if (!kEarlyPos) { /* n_rep 1: the first positions after the prologue (above) */
+        fetch_pos(0);
+        fetch_pos(1);
+    }
+    int lane_pos = 0, lane_a0 = 0; /* (lanes 0 and 16: row 0 of steps 2 n, 2 n + 1) */
+    /* IB: this lane's ldmatrix row of a latent box and its 16-byte chunk of the head's stored columns */
+    const int arow = 16 * wl + (lane & 7) + (((lane >> 3) & 1) << 3), achunk = 4 * cw + (lane >> 4);
+    /* the rotated keys as the score's A fragments (v10's pack): chunk i with chunk i + 8; IB: chunks 0-3 and 8-11
+     * rebuilt (accumulator chunks i, i + 4), 4-7 and 12-15 the head's stored columns of box 0 and box 1 (kt) */
+    auto pack = [&](const KeyRot &r, const char *kt, uint32_t (&pk)[2][16]) {
+        constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
+        rotate_rebuilt<NB>(r, acc, pk);
+        if constexpr (IB) {
+            uint32_t lat[4][4]; /* [box 0: kk 0, 1 | box 1: kk 0, 1], rows 16 wl + g, + 8 (the m16n8k16 A layout) */
 #pragma unroll
             for (int q = 0; q < 4; q++)
-                dev::ldsm_x4(lat[q], tile + (q >> 1) * kV11Box + arow * 128 + (((achunk + 2 * (q & 1)) ^ (arow & 7)) << 4));
-        };
-        auto pack = [&](const KeyRot &r, const char *kt, const char *keys, uint32_t (&pk)[2][16]) {
-            constexpr int NB = IB ? 4 : 8; /* rebuilt chunk pairs */
-            if constexpr (SPLIT) {
-                uint32_t lat[4][4];
-                load_half(keys, lat);
-                rotate_stored_half<__half, 0>(r, lat, pk);
-            } else {
-                rotate_rebuilt<NB>(r, acc, pk);
-            }
-            if constexpr (IB) {
-                uint32_t lat[4][4];
-                load_half(kt, lat);
-                rotate_stored_half<T>(r, lat, pk);
-            }
-        };
-        if (!SPLIT && nsteps > 0) {
-            dev::mbar_wait(full, 0);
-            issue(0);
+                dev::ldsm_x4(lat[q], kt + (q >> 1) * kV11Box + arow * 128 + (((achunk + 2 * (q & 1)) ^ (arow & 7)) << 4));
+            rotate_stored_half<T>(r, lat, pk);
         }
-        if (!SPLIT) wait_acc();
-        for (int x = 0; x < nsteps; x++) {
-            const int s = x % NST;
-            const char *vt = smem + s * kV11Stage + kV11Tile;
-            if ((x & 1) == 0) { /* a new pair of steps: its positions */
-                const int n = x >> 1;
-                dev::cp_async_wait<1>();
-                const int *r = pring + (n % kV11PosRing) * kV11PosStride;
-                lane_pos = r[lane];
-                if (kShared && (lane & 15) == 0) lane_a0 = r[32 + (lane >> 4)];
-                fetch_pos(n + 2);
-            }
-            /* this step's anchor (shared rows: its row 0's position, the same in every warp; else this warp's first row's
-             * position less the row) and whether this warp's rows are all consecutive from it */
-            const int half = x & 1;
-            const int A = kShared ? __shfl_sync(0xffffffffu, lane_a0, 16 * half)
-                                  : __shfl_sync(0xffffffffu, lane_pos, 16 * half) - 16 * wl;
-            const int lane_slot = t0 + M * x + lane_row;
-            const bool regular = __all_sync(0xffffffffu, (lane >> 4) != half || lane_slot >= t1 || lane_pos == A + lane_row);
-            {   /* Q_A = R(A)^T Q: this warp's heads into the warpgroup's buffer of this step's parity (or its own) */
-                char *qbuf = smem + kV11OffQA + (size_t)(kShared ? 2 * cw + half : warp) * kV11MaxRep * kV11QRow;
-                float c0, s0, c1, s1;
-                rope_cos_sin(A, qtr0, &c0, &s0);
-                rope_cos_sin(A, qtr1, &c1, &s1);
-                if (!kShared) __syncwarp(); /* the previous step's reads of the rows are done */
-#pragma unroll
-                for (int i = 0; i < kRows; i++) {
-                    const int j = kShared ? wl + 4 * i : i;
-                    if (j < n_rep) {
-                        const float2 lo = qlo[i], hi = qhi[i];
-                        uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV11QRow);
-                        row[lane] = dev::half2_satfinite(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
-                        row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
-                    }
-                }
-                if (kShared) dev::bar_named_n(1 + cw, 128);
-                else __syncwarp();
-#pragma unroll
-                for (int kk = 0; kk < 8; kk++)
-#pragma unroll
-                    for (int hf = 0; hf < 2; hf++)
-                        qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV11QRow + (16 * kk + 2 * c + 8 * hf) * 2);
-            }
-            const int sl = t0 + M * x + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
-            const char *kt = smem + s * kV11Stage;
-            uint32_t pk[2][16];
-            const char *keys = smem + kV11SplitOffKeys + (x % KR) * kV11KeyTile; /* SPLIT: the rebuilt half */
-            if (SPLIT) dev::mbar_wait(kfull + x % KR, (x / KR) & 1);
-            if (regular) {
-                pack(rot, kt, keys, pk);
-            } else {
-                const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g);
-                const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g + 8);
-                KeyRot xr;
-                key_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, fth);
-                key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, fth);
-                pack(xr, kt, keys, pk);
-            }
-            if (SPLIT) { /* the tile is free for the rebuild warpgroup */
-                __syncwarp();
-                if (lane == 0) dev::mbar_arrive(kempty + x % KR);
-            }
-            float scc[kV11ScoreChains][4] = {};
-#pragma unroll
-            for (int kk = 0; kk < 8; kk++) {
-                const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
-                dev::mma16816<__half>(scc[kk % kV11ScoreChains], a, qa[kk][0], qa[kk][1]);
-            }
-            float sc[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                sc[e] = scc[0][e];
-#pragma unroll
-                for (int ch = 1; ch < kV11ScoreChains; ch++) sc[e] += scc[ch][e];
-            }
-            /* the first half of V^T's fragments now: their shared-memory latency hides under the softmax (v10, run 76) */
-            uint32_t va[4][4];
-#pragma unroll
-            for (int mb = 0; mb < 4; mb++) dev::ldsm_x4_trans(va[mb], vt + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
-            if (!SPLIT && x + 1 < nsteps) { /* the next step's rebuild runs under this step's softmax and P . V */
-                const int sn = (x + 1) % NST;
-                dev::mbar_wait(full + sn, ((x + 1) / NST) & 1);
-                issue(sn);
-            }
-            if (issuer && x > 0 && x - 1 + NST < nsteps) { /* refill the previous step's stage (all warps are done) */
-                const int sp = (x - 1) % NST;
-                dev::mbar_wait(empty + sp, ((x - 1) / NST) & 1);
-                load(x - 1 + NST);
-            }
-            float v[4];
-#pragma unroll
-            for (int e = 0; e < 4; e++) v[e] = sl + 8 * (e >> 1) < t1 ? sc[e] * p.score_scale : -INFINITY;
-            bool big = false;
-#pragma unroll
-            for (int e = 0; e < 4; e++) big = big || v[e] > m_run[e & 1] + 8.0f;
-            const bool reduce = __any_sync(0xffffffffu, big);
-            float pr[4];
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                if (reduce) {
-                    float mx = fmaxf(v[e], v[e + 2]);
-                    mx = fmaxf(mx, dev::shfl_xor(mx, 4));
-                    mx = fmaxf(mx, dev::shfl_xor(mx, 8));
-                    mx = fmaxf(mx, dev::shfl_xor(mx, 16));
-                    const float m_new = fmaxf(m_run[e], mx);
-                    if (m_new > m_run[e]) {
-                        const float corr = dev::ex2(m_run[e] - m_new);
-                        l_run[e] *= corr, m_run[e] = m_new;
-#pragma unroll
-                        for (int mb = 0; mb < 8; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
-                    }
-                }
-                const float mu = m_run[e] == -INFINITY ? 0.0f : m_run[e];
-                pr[e] = dev::ex2(v[e] - mu), pr[e + 2] = dev::ex2(v[e + 2] - mu);
-                l_run[e] += pr[e] + pr[e + 2];
-            }
-            const uint32_t b0 = dev::movm_trans(Num<T>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<T>::pack(pr[2], pr[3]));
-#pragma unroll
-            for (int hb = 0; hb < 2; hb++) { /* V^T's two 64-row halves (one box each), four m-tiles at a time */
-                if (hb == 1)
-#pragma unroll
-                    for (int mb = 0; mb < 4; mb++)
-                        dev::ldsm_x4_trans(va[mb], vt + kV11Box + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
-#pragma unroll
-                for (int mb = 0; mb < 4; mb++) dev::mma16816<T>(o[4 * hb + mb], va[mb], b0, b1);
-            }
-            __syncwarp();
-            if (lane == 0) dev::mbar_arrive(empty + s);
-            if (!SPLIT) wait_acc(); /* the next step's rebuild (nothing in flight after the last step) */
+    };
+    if (nsteps > 0) {
+        dev::mbar_wait(full, 0);
+        issue(0);
+    }
+    wait_acc();
+    for (int x = 0; x < nsteps; x++) {
+        const int s = x % NST;
+        const char *vt = smem + s * kV11Stage + kV11Tile;
+        if ((x & 1) == 0) { /* a new pair of steps: its positions */
+            const int n = x >> 1;
+            dev::cp_async_wait<1>();
+            const int *r = pring + (n % kV11PosRing) * kV11PosStride;
+            lane_pos = r[lane];
+            if (kShared && (lane & 15) == 0) lane_a0 = r[32 + (lane >> 4)];
+            fetch_pos(n + 2);
         }
+        /* this step's anchor (shared rows: its row 0's position, the same in every warp; else this warp's first row's
+         * position less the row) and whether this warp's rows are all consecutive from it */
+        const int half = x & 1;
+        const int A = kShared ? __shfl_sync(0xffffffffu, lane_a0, 16 * half)
+                              : __shfl_sync(0xffffffffu, lane_pos, 16 * half) - 16 * wl;
+        const int lane_slot = t0 + M * x + lane_row;
+        const bool regular = __all_sync(0xffffffffu, (lane >> 4) != half || lane_slot >= t1 || lane_pos == A + lane_row);
+        {   /* Q_A = R(A)^T Q: this warp's heads into the warpgroup's buffer of this step's parity (or its own) */
+            char *qbuf = smem + kV11OffQA + (size_t)(kShared ? 2 * cw + half : warp) * kV11MaxRep * kV11QRow;
+            float c0, s0, c1, s1;
+            rope_cos_sin(A, qtr0, &c0, &s0);
+            rope_cos_sin(A, qtr1, &c1, &s1);
+            if (!kShared) __syncwarp(); /* the previous step's reads of the rows are done */
+#pragma unroll
+            for (int i = 0; i < kRows; i++) {
+                const int j = kShared ? wl + 4 * i : i;
+                if (j < n_rep) {
+                    const float2 lo = qlo[i], hi = qhi[i];
+                    uint32_t *row = reinterpret_cast<uint32_t *>(qbuf + j * kV11QRow);
+                    row[lane] = dev::half2_satfinite(lo.x * c0 + hi.x * s0, lo.y * c1 + hi.y * s1);
+                    row[HALF / 2 + lane] = dev::half2_satfinite(hi.x * c0 - lo.x * s0, hi.y * c1 - lo.y * s1);
+                }
+            }
+            if (kShared) dev::bar_named_n(1 + cw, 128);
+            else __syncwarp();
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                for (int hf = 0; hf < 2; hf++)
+                    qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV11QRow + (16 * kk + 2 * c + 8 * hf) * 2);
+        }
+        const int sl = t0 + M * x + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
+        const char *kt = smem + s * kV11Stage;
+        uint32_t pk[2][16];
+        if (regular) {
+            pack(rot, kt, pk);
+        } else {
+            const int pcur0 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g);
+            const int pcur1 = __shfl_sync(0xffffffffu, lane_pos, 16 * half + g + 8);
+            KeyRot xr;
+            key_row_rotation(xr, 0, sl < t1 ? pcur0 - A : 16 * wl + g, c, fth);
+            key_row_rotation(xr, 1, sl + 8 < t1 ? pcur1 - A : 16 * wl + g + 8, c, fth);
+            pack(xr, kt, pk);
+        }
+        float scc[kV11ScoreChains][4] = {};
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            const uint32_t a[4] = {pk[0][2 * kk], pk[1][2 * kk], pk[0][2 * kk + 1], pk[1][2 * kk + 1]};
+            dev::mma16816<__half>(scc[kk % kV11ScoreChains], a, qa[kk][0], qa[kk][1]);
+        }
+        float sc[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            sc[e] = scc[0][e];
+#pragma unroll
+            for (int ch = 1; ch < kV11ScoreChains; ch++) sc[e] += scc[ch][e];
+        }
+        /* the first half of V^T's fragments now: their shared-memory latency hides under the softmax (v10, run 76) */
+        uint32_t va[4][4];
+#pragma unroll
+        for (int mb = 0; mb < 4; mb++) dev::ldsm_x4_trans(va[mb], vt + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
+        if (x + 1 < nsteps) { /* the next step's rebuild runs under this step's softmax and P . V */
+            const int sn = (x + 1) % NST;
+            dev::mbar_wait(full + sn, ((x + 1) / NST) & 1);
+            issue(sn);
+        }
+        if (issuer && x > 0 && x - 1 + NST < nsteps) { /* refill the previous step's stage (all 8 warps are done) */
+            const int sp = (x - 1) % NST;
+            dev::mbar_wait(empty + sp, ((x - 1) / NST) & 1);
+            load(x - 1 + NST);
+        }
+        float v[4];
+#pragma unroll
+        for (int e = 0; e < 4; e++) v[e] = sl + 8 * (e >> 1) < t1 ? sc[e] * p.score_scale : -INFINITY;
+        bool big = false;
+#pragma unroll
+        for (int e = 0; e < 4; e++) big = big || v[e] > m_run[e & 1] + 8.0f;
+        const bool reduce = __any_sync(0xffffffffu, big);
+        float pr[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            if (reduce) {
+                float mx = fmaxf(v[e], v[e + 2]);
+                mx = fmaxf(mx, dev::shfl_xor(mx, 4));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 8));
+                mx = fmaxf(mx, dev::shfl_xor(mx, 16));
+                const float m_new = fmaxf(m_run[e], mx);
+                if (m_new > m_run[e]) {
+                    const float corr = dev::ex2(m_run[e] - m_new);
+                    l_run[e] *= corr, m_run[e] = m_new;
+#pragma unroll
+                    for (int mb = 0; mb < 8; mb++) o[mb][e] *= corr, o[mb][e + 2] *= corr;
+                }
+            }
+            const float mu = m_run[e] == -INFINITY ? 0.0f : m_run[e];
+            pr[e] = dev::ex2(v[e] - mu), pr[e + 2] = dev::ex2(v[e + 2] - mu);
+            l_run[e] += pr[e] + pr[e + 2];
+        }
+        const uint32_t b0 = dev::movm_trans(Num<T>::pack(pr[0], pr[1])), b1 = dev::movm_trans(Num<T>::pack(pr[2], pr[3]));
+#pragma unroll
+        for (int hb = 0; hb < 2; hb++) { /* V^T's two 64-row halves (one box each), four m-tiles at a time */
+            if (hb == 1)
+#pragma unroll
+                for (int mb = 0; mb < 4; mb++)
+                    dev::ldsm_x4_trans(va[mb], vt + kV11Box + lrow * 128 + (((2 * mb + lsel) ^ (lrow & 7)) << 4));
+#pragma unroll
+            for (int mb = 0; mb < 4; mb++) dev::mma16816<T>(o[4 * hb + mb], va[mb], b0, b1);
+        }
+        __syncwarp();
+        if (lane == 0) dev::mbar_arrive(empty + s);
+        wait_acc(); /* the next step's rebuild (nothing in flight after the last step) */
     }
     dev::cp_async_wait<0>();
     dev::launch_dependents();
@@ -562,7 +431,7 @@ __global__ void __launch_bounds__((SPLIT ? kV11SplitWarps : kV11Warps) * 32, 1)
      * recs + ((cw 4 + wl) n_rep + j)(2 + R) */
     __syncthreads();
     float *recs = reinterpret_cast<float *>(smem);
-    if (warp < kV11Warps) store_warp_records<R>(recs, warp, n_rep, g, c, m_run, l_run, o);
+    store_warp_records<R>(recs, warp, n_rep, g, c, m_run, l_run, o);
     __syncthreads();
     for (int hd = 0; hd < kV11G; hd++) /* each KV head's query heads from its warpgroup's four warps */
         combine_cta_partials<R>(p, b, (kV11G * grp + hd) * n_rep, split, 4, recs + hd * 4 * n_rep * (2 + R), bad_pad, p.direct);
@@ -601,9 +470,8 @@ const char *v11_unsupported(const palu_latent_decode_args *a, int max_rk, int ma
                                       "16-byte pieces: base pointers, token and batch strides must be multiples of 16 "
                                       "bytes)"), why;
     const char *no = sm90a_unsupported("v11", device, why, why_len);
-    const bool split = V11X_SPLIT && a->k_pairs != NULL;
-    if (no == NULL) no = smem_unsupported("v11", split ? kV11SplitSmem : kV11Smem, max_rk, max_rv, smem_optin, why, why_len);
-    if (no == NULL) *warps = split ? kV11SplitWarps : kV11Warps, *smem = split ? kV11SplitSmem : kV11Smem;
+    if (no == NULL) no = smem_unsupported("v11", kV11Smem, max_rk, max_rv, smem_optin, why, why_len);
+    if (no == NULL) *warps = kV11Warps, *smem = kV11Smem;
     return no;
 }
 
@@ -616,11 +484,10 @@ palu_status launch_v11(const palu_latent_decode_args *a, const DecodeParams &p, 
     *ran = tma_allowed(pl, stream) && latent_tma_maps(p, 64, kV11Rows, CU_TENSOR_MAP_SWIZZLE_128B, &maps);
     if (*ran) { /* one CTA per group of kV11G KV heads */
         const bool ib = p.k_pairs != nullptr; /* the interpolative key basis: half the rebuild */
-        constexpr bool kSplit = V11X_SPLIT; /* the interpolative basis's rebuild in a warpgroup of its own */
-        auto kernel = p.n_rep == 4   ? (ib ? decode_v11_kernel<T, 4, true, kSplit> : decode_v11_kernel<T, 4, false, false>)
-                      : p.n_rep == 1 ? (ib ? decode_v11_kernel<T, 1, true, kSplit> : decode_v11_kernel<T, 1, false, false>)
-                                     : (ib ? decode_v11_kernel<T, 0, true, kSplit> : decode_v11_kernel<T, 0, false, false>);
-        return launch_decode_grid(kernel, ib && kSplit ? kV11SplitSmem : kV11Smem, kV11G, p, pl, stream, maps);
+        auto kernel = p.n_rep == 4   ? (ib ? decode_v11_kernel<T, 4, true> : decode_v11_kernel<T, 4, false>)
+                      : p.n_rep == 1 ? (ib ? decode_v11_kernel<T, 1, true> : decode_v11_kernel<T, 1, false>)
+                                     : (ib ? decode_v11_kernel<T, 0, true> : decode_v11_kernel<T, 0, false>);
+        return launch_decode_grid(kernel, kV11Smem, kV11G, p, pl, stream, maps);
     }
     return tma_only_refusal(a, "v11");
 }

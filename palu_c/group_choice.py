@@ -15,8 +15,8 @@ group and token, so larger groups cost more time per step. What a group size cos
   time(G) / time(fastest G at that point). The pick is the LARGEST G dividing the KV-head count whose cost is
   within ``SPEED_TOLERANCE`` (10%) of the fastest: a bigger group is taken only when it is nearly free. Group
   sizes that were never measured are not picked (1 always is). A GPU without a table of its own uses the table
-  of the GPU with the most rows (today only the H200's: there G = 2 takes 1.27x (GQA, v11 against v10 at G = 1)
-  and 1.15x (MHA, v11 against v9) the time of G = 1, G = 4 20-26x (geometric means over the measured shapes; G 1
+  of the GPU with the most rows (today only the H200's: there G = 2 takes 1.26x (GQA, v11 against v10 at G = 1)
+  and 1.13x (MHA, v11 against v9) the time of G = 1, G = 4 20-26x (geometric means over the measured shapes; G 1
   and 2 with keys in the interpolative basis, what ``key_basis="auto"`` gives them), so CUDA models get G = 1).
 
 :func:`choose_group_size` returns the choice and a one-line reason; ``compress_kv`` stores the reason in

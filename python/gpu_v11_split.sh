@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The V11X_SPLIT* switches live in docs/design/experiments/v11-split.patch (not merged): apply it before building the sets.
 # One H200 call: v11 on the interpolative basis with its key rebuild in a warpgroup of its own (V11X_SPLIT, the first
 # set) against the fused step (main, the second set), notes "Twenty-second session". Kernel times of both sets
 # alternately (two rounds), then the first set's v10 / v11 / key_pairs tests, the long-prompt generate tests on the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# The V11X_SPLIT* switches live in docs/design/experiments/v11-split.patch (not merged): apply it before building the sets.
 # One H200 call (run 181, notes "Twenty-second session"): why v11's rebuild warpgroup (V11X_SPLIT) ran slower than
 # the fused step in run 180. Kernel times, alternately, of: main (fused), SPLIT with two key tiles (V11X_KEYRING=2),
 # the same with setmaxnreg (rebuild warpgroup 120 registers, scorers 196), and a probe of SPLIT whose rebuild

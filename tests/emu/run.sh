@@ -86,8 +86,7 @@ wgmma) # the register-A wgmma model alone (v12's scores; no kernel uses it yet) 
   EMU_IB=1 EMU_EARLY=1 run f16 11 2 8 2 128 2 3000 3072 3 0 5 128 -- 128
   EMU_IB=1 EMU_QSCALE=3 run bf16 11 2 8 2 128 2 1037 1280 0 0 6 128 -- 128
   EMU_IB=1 EMU_SLOW_WARPS=4-7 run f16 11 1 8 2 128 2 3000 3072 2 0 7 128 -- 128
-  # the rebuild warpgroup (V11X_SPLIT) slowed, then the first scorer warpgroup; the pair launch at 132 SMs
-  EMU_IB=1 EMU_SLOW_WARPS=8-11 run bf16 11 2 8 4 128 2 1037 1280 3 0 8 128 128 -- 128 128
+  # the first warpgroup slowed; the pair launch at 132 SMs
   EMU_IB=1 EMU_SLOW_WARPS=0-3 run f16 11 1 4 4 128 2 1300 1536 1 0 9 128 128 -- 128 128
   EMU_IB=1 EMU_SMS=132 run f16 11 2 8 4 128 2 1000 1024 1 0 10 128 128 -- 128 128
   ;;
