@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One H200 call (run 183, notes "Twenty-second session"): v11 on the interpolative basis in blocks of two steps
+# (V11X_BLOCK2, branch v11-block2 / docs/design/experiments/v11-block2.patch; the first set) against main (the second
+# set): kernel times alternately, the first set's decode and long-prompt generate tests, then the benchmark table
+# of the faster set that passes (python/results/bench_attention_h200.md).
+#   SETS="build/objs_b2 build/objs_main" bash python/gpu_v11_block2.sh     (~5 minutes)
+source python/gpu_lib.sh
+SETS=${SETS:?the object sets: the candidate first}
+read -r cand base <<< "$SETS"
+time_sets "$SETS" --impl v11 --group 2 --key-basis interpolative --shapes llama3-8b,llama2-7b --batches 1,8 \
+  --tokens 16384,65536 | tee "$OUT/times.txt"
+candidate_checks "$SETS" "interpolative and 8300" | tee "$OUT/checks.txt"
+# the candidate wins where its B8 64K kernel times (both shapes, both rounds summed) are lower and its tests pass
+t_of() { grep -A8 "round .: $1 " "$OUT/times.txt" | grep "| 8 | 65536 |" | awk -F'|' '{s+=$6} END {print s}'; }
+tc=$(t_of "$cand"); tb=$(t_of "$base")
+echo "B8 64K kernel us summed: $cand $tc, $base $tb"
+win=$base
+if ! grep -qE "failed|error" "$OUT/checks.txt" && python3 -c "import sys; sys.exit(0 if $tc < $tb else 1)"; then win=$cand; fi
+step "benchmark table ($win)"; link_objects "$win"
+bench_table bench_attention_h200.md --dtype float16 --impls auto --key-basis both
+step "done"
