@@ -91,8 +91,8 @@ static_assert(kV10MaxRep * kV10D <= kV10Tasks * 32 * kV10Warps, "one query value
 static_assert((size_t)kV10D * kV10R * 2 <= (size_t)kV10Warps * kV10MaxRep * kV10QRow, "U's staging fits in Q_A's area");
 static_assert(kV10MaxRep * kV10D * 2 / 16 + 2 * (kV10D / 2 * 4 / 16) <= 32 * kV10Warps, "one prologue chunk per thread");
 
-/* V10X_F16ACC: fp16 keys in the interpolative basis rebuilt with fp16 accumulators (on since run 179: v10 ib -1 to -2%,
- * v11 ib -1.6 to -2.1% kernel time at batch 8, 64K; tests, long-prompt generate tests and memcheck pass); 0 takes
+/* V10X_F16ACC: fp16 keys in the interpolative basis rebuilt with fp16 accumulators (on since run 179: v10 ib -0.9 to
+ * -2.3%, v11 ib -1.5 to -2.3% kernel time at batch 8; tests, long-prompt generate tests and memcheck pass); 0 takes
  * the fp32 accumulators back */
 #ifndef V10X_F16ACC
 #define V10X_F16ACC 1

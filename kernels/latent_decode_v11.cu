@@ -84,12 +84,12 @@ constexpr size_t kV11IbOffPairs = kV11OffU + kV11G * kV11IbUImg;
 constexpr size_t kV11IbOffFreqH = kV11IbOffPairs + (size_t)kV11G * kV11D / 2 * 4;
 static_assert(kV11IbOffFreqH + (size_t)kV11G * kV11D / 2 * 4 <= kV11OffQA, "the IB areas fit in the images' area");
 
-/* V11X_F16ACC: fp16 keys in the interpolative basis rebuilt with fp16 accumulators (on since run 179: v10 ib -1 to -2%,
- * v11 ib -1.6 to -2.1% kernel time at batch 8, 64K; tests, long-prompt generate tests and memcheck pass); 0 takes
- * the fp32 accumulators back */
 #ifndef V11X_QA_LDSM /* the query fragments by ldmatrix (run 182) */
 #define V11X_QA_LDSM 1
 #endif
+/* V11X_F16ACC: fp16 keys in the interpolative basis rebuilt with fp16 accumulators (on since run 179: v10 ib -0.9 to
+ * -2.3%, v11 ib -1.5 to -2.3% kernel time at batch 8; tests, long-prompt generate tests and memcheck pass); 0 takes
+ * the fp32 accumulators back */
 #ifndef V11X_F16ACC
 #define V11X_F16ACC 1
 #endif
