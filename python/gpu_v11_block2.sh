@@ -4,6 +4,8 @@
 # set): kernel times alternately, the first set's decode and long-prompt generate tests, then the benchmark table
 # of the faster set that passes (python/results/bench_attention_h200.md).
 #   SETS="build/objs_b2 build/objs_main" bash python/gpu_v11_block2.sh     (~5 minutes)
+# The patch's second commit takes the blocks to n_rep 1 only (Llama-2-7B shapes) with a prologue that costs no extra
+# pass: time it with DECIDE_SHAPES=llama2-7b (its Llama-3-8B instances are main's code).
 source python/gpu_lib.sh
 SETS=${SETS:?the object sets: the candidate first}
 read -r cand base <<< "$SETS"
@@ -15,7 +17,7 @@ candidate_checks "$SETS" "interpolative and 8300" | tee "$OUT/checks.txt"
 # candidate's: kept apart as python/results/bench_attention_h200_run183_block2.md)
 t_of() { grep -A8 "round .: $1 " "$OUT/times.txt" | grep "| $2 | 8 | 65536 |" | awk -F'|' '{s+=$6} END {print s}'; }
 win=$cand
-for shape in llama3-8b llama2-7b; do
+for shape in ${DECIDE_SHAPES:-llama3-8b llama2-7b}; do  # DECIDE_SHAPES: the shapes whose code the candidate changes
   tc=$(t_of "$cand" $shape); tb=$(t_of "$base" $shape)
   echo "$shape B8 64K kernel us, two rounds: $cand $tc, $base $tb"
   python3 -c "import sys; sys.exit(0 if $tc < $tb else 1)" || win=$base
