@@ -89,6 +89,11 @@ wgmma) # the register-A wgmma model alone (v12's scores; no kernel uses it yet) 
   # the first warpgroup slowed; the pair launch at 132 SMs
   EMU_IB=1 EMU_SLOW_WARPS=0-3 run f16 11 1 4 4 128 2 1300 1536 1 0 9 128 128 -- 128 128
   EMU_IB=1 EMU_SMS=132 run f16 11 2 8 4 128 2 1000 1024 1 0 10 128 128 -- 128 128
+  # n_rep 1 (MHA): bf16 with jumps, random positions, sharp softmax, early landing
+  EMU_IB=1 run bf16 11 2 4 4 128 2 1037 1280 3 0 11 128 128 -- 128 128
+  EMU_IB=1 run f16 11 2 4 4 128 2 777 1024 0 0 12 128 128 -- 128 128
+  EMU_IB=1 EMU_QSCALE=3 run bf16 11 1 4 4 128 2 1300 1536 2 0 13 128 128 -- 128 128
+  EMU_IB=1 EMU_EARLY=1 run f16 11 3 4 4 128 2 999 1001 1 0 14 128 128 -- 128 128
   ;;
 11) # v11: group size 2, head_dim 128, ranks 128, 1-8 query heads per KV head, no key bias
   run f16 11 2 8 4 128 2 1037 1280 3 0 1 128 128 -- 128 128
