@@ -16,18 +16,7 @@ time_sets "$SETS" --impl v10 --group 1 --key-basis interpolative --shapes llama3
 candidate_checks "$SETS" "interpolative and 8300" | tee "$OUT/checks.txt"
 step "sanitize (interpolative cases)"
 SAN_TIMEOUT=90 sanitize "interpolative and b2-t257" "interpolative and float16 and b2-t257"
-t_of() {  # t_of FILE SET SHAPE: SET's B8 64K kernel us of SHAPE, summed over the rounds (each round's block only)
-  awk -v set="$2" -v row="| $3 | 8 | 65536 |" -F'|' '/^===/ {on = index($0, "round") && index($0, ": " set " ")}
-    on && index($0, row) {s += $6} END {print s}' "$OUT/$1"
-}
-win=$cand
-for row in "times_v11.txt llama3-8b" "times_v11.txt llama2-7b" "times_v10.txt llama3-8b"; do
-  read -r f shape <<< "$row"
-  tc=$(t_of "$f" "$cand" "$shape"); tb=$(t_of "$f" "$base" "$shape")
-  echo "${f%.txt} $shape B8 64K kernel us, two rounds: $cand $tc, $base $tb"
-  python3 -c "import sys; sys.exit(0 if $tc < $tb else 1)" || win=$base
-done
-grep -qE "failed|error" "$OUT/checks.txt" && win=$base
+win=$(faster_set "$cand" "$base" checks.txt "times_v11.txt llama3-8b" "times_v11.txt llama2-7b" "times_v10.txt llama3-8b")
 step "benchmark table ($win)"; link_objects "$win"
 bench_table bench_attention_h200.md --dtype float16 --impls auto --key-basis both
 step "done"

@@ -129,3 +129,20 @@ ncu_profile() {
   rm -f "$OUT/$name.ncu-rep"
 }
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv
+set_time() {  # set_time FILE SET SHAPE: SET's batch-8 64K kernel us of SHAPE in a time_sets log under $OUT, summed
+  # over the rounds (each round's own block of rows only)
+  awk -v set="$2" -v row="| $3 | 8 | 65536 |" -F'|' '/^===/ {on = index($0, "round") && index($0, ": " set " ")}
+    on && index($0, row) {s += $6} END {print s}' "$OUT/$1"
+}
+faster_set() {  # faster_set CAND BASE CHECKS "FILE SHAPE" ...: prints CAND where its batch-8 64K kernel time gained
+  # in every (time_sets log, shape) given and the CHECKS log (under $OUT) shows no failure, else BASE; says why on stderr
+  local cand=$1 base=$2 checks=$3 win=$1 f shape tc tb; shift 3
+  for row in "$@"; do
+    read -r f shape <<< "$row"
+    tc=$(set_time "$f" "$cand" "$shape"); tb=$(set_time "$f" "$base" "$shape")
+    echo "${f%.txt} $shape B8 64K kernel us, rounds summed: $cand $tc, $base $tb" >&2
+    python3 -c "import sys; sys.exit(0 if $tc < $tb else 1)" || win=$base
+  done
+  grep -qE "failed|error" "$OUT/$checks" && win=$base
+  echo "$win"
+}

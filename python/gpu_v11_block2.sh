@@ -15,14 +15,9 @@ candidate_checks "$SETS" "interpolative and 8300" | tee "$OUT/checks.txt"
 # the candidate wins where its B8 64K kernel time of EACH shape (both rounds summed) is lower and its tests pass
 # (run 183 summed the two shapes, so Llama-2-7B's -1% outweighed Llama-3-8B's +1.2% and the table was the
 # candidate's: kept apart as python/results/bench_attention_h200_run183_block2.md)
-t_of() { grep -A8 "round .: $1 " "$OUT/times.txt" | grep "| $2 | 8 | 65536 |" | awk -F'|' '{s+=$6} END {print s}'; }
-win=$cand
-for shape in ${DECIDE_SHAPES:-llama3-8b llama2-7b}; do  # DECIDE_SHAPES: the shapes whose code the candidate changes
-  tc=$(t_of "$cand" $shape); tb=$(t_of "$base" $shape)
-  echo "$shape B8 64K kernel us, two rounds: $cand $tc, $base $tb"
-  python3 -c "import sys; sys.exit(0 if $tc < $tb else 1)" || win=$base
-done
-grep -qE "failed|error" "$OUT/checks.txt" && win=$base
+rows=()
+for shape in ${DECIDE_SHAPES:-llama3-8b llama2-7b}; do rows+=("times.txt $shape"); done  # DECIDE_SHAPES: the shapes whose code the candidate changes
+win=$(faster_set "$cand" "$base" checks.txt "${rows[@]}")
 step "benchmark table ($win)"; link_objects "$win"
 bench_table bench_attention_h200.md --dtype float16 --impls auto --key-basis both
 step "done"
