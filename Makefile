@@ -45,7 +45,7 @@ test-gpu: install  ## on a CUDA machine
 # v4, v9, v10 and v11 (both also on interpolative-basis keys; the kernels auto runs on an H200) on their batteries, then auto's own (which kernel it plans,
 # v11 included), ~9 minutes on 2 cores; skipped with a message where the CUDA headers are missing
 test-emu:  ## the CUDA decode kernels on the CPU lock-step emulator (needs CUDA headers, no GPU; tests/emu/README.md)
-	bash tests/emu/run.sh 5 9 10 10ib 11 11ib 0 wgmma
+	bash tests/emu/run.sh 5 9 10 10ib 11 11ib 0
 
 bench: install
 	$(PYTHON) python/bench_linalg.py

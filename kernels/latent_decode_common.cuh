@@ -376,28 +376,6 @@ __device__ __forceinline__ void wgmma_k16_f16acc64(uint32_t (&d)[16], uint64_t d
                  : "l"(da), "l"(db), "r"(scale_d)
                  : "memory");
 }
-/* d (64 x 8, fp32) = A (64 x 16, from registers) . B (16 x 8, K-major, descriptor db) + (scale_d ? d : 0): the
- * register-A form (v12's scores, notes "A plan for the group-size-2 kernel"). Warp w of the warpgroup supplies rows
- * 16 w .. 16 w + 15 of A in the mma.sync m16n8k16 A fragment (a[0]: row g, k 2 c, 2 c + 1; a[1]: row g + 8; a[2],
- * a[3]: the same at k + 8); d is the m16n8 C fragment of those rows. Not yet used by a kernel: modelled by the
- * emulator (battery wgmma), to be checked on the GPU with the first kernel that uses it. */
-template <typename T> __device__ __forceinline__ void wgmma_m64n8k16_rs(float (&d)[4], const uint32_t (&a)[4], uint64_t db,
-                                                                      int scale_d);
-#define PALU_WGMMA_M64N8K16_RS(TYPE, PTX_TYPE)                                                                         \
-    template <>                                                                                                        \
-    __device__ __forceinline__ void wgmma_m64n8k16_rs<TYPE>(float(&d)[4], const uint32_t(&a)[4], uint64_t db,          \
-                                                            int scale_d)                                               \
-    {                                                                                                                  \
-        asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %9, 0;\n"                                                      \
-                     "wgmma.mma_async.sync.aligned.m64n8k16.f32." PTX_TYPE "." PTX_TYPE " "                            \
-                     "{%0,%1,%2,%3}, {%4,%5,%6,%7}, %8, p, 1, 1, 1;\n}\n"                                              \
-                     : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])                                                  \
-                     : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(scale_d)                               \
-                     : "memory");                                                                                      \
-    }
-PALU_WGMMA_M64N8K16_RS(__half, "f16")
-PALU_WGMMA_M64N8K16_RS(__nv_bfloat16, "bf16")
-#undef PALU_WGMMA_M64N8K16_RS
 PALU_WGMMA_K16_N64(__half, "f16")
 PALU_WGMMA_K16_N64(__nv_bfloat16, "bf16")
 PALU_WGMMA_K16_N128(__half, "f16")

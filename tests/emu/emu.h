@@ -13,7 +13,6 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <algorithm>
-#include <array>
 #include <barrier>
 #include <chrono>
 #include <cmath>
@@ -393,10 +392,7 @@ inline const char *wgmma_elem(uint64_t desc, int row, int k) {
     if (a >= 256 * 1024) { fprintf(stderr, "wgmma operand outside shared memory\n"); abort(); }
     return emu_smem + a;
 }
-struct EmuWgmma {
-    float *d; int n; uint64_t da, db; int scale_d; bool bf16; uint32_t *dh = nullptr;
-    std::shared_ptr<std::array<uint32_t, 128>> areg; // register A: the warp's 32 lanes x 4 fragment registers
-};
+struct EmuWgmma { float *d; int n; uint64_t da, db; int scale_d; bool bf16; uint32_t *dh = nullptr; };
 extern thread_local std::deque<std::vector<EmuWgmma>> emu_wg_groups;
 extern thread_local std::vector<EmuWgmma> emu_wg_open;
 inline void wgmma_apply(const EmuWgmma &op) {
@@ -405,19 +401,11 @@ inline void wgmma_apply(const EmuWgmma &op) {
         uint16_t u; memcpy(&u, p, 2);
         return op.bf16 ? (double)h2f<__nv_bfloat16>(u) : (double)h2f<__half>(u);
     };
-    auto a_at = [&](int row, int k) -> double { /* A (row, k): from the descriptor, or the warp's registers */
-        if (!op.areg) return val(wgmma_elem(op.da, row, k));
-        /* the m16n8k16 A fragment: lane 4 (row % 8) + (k % 8) / 2, register (row % 16 >= 8) + 2 (k >= 8), half k % 2 */
-        const int r16 = row % 16, lane = 4 * (r16 % 8) + (k % 8) / 2, reg = (r16 >= 8) + 2 * (k >= 8);
-        const uint32_t u = (*op.areg)[4 * lane + reg];
-        const uint16_t h = (uint16_t)(k % 2 ? u >> 16 : u & 0xFFFFu);
-        return op.bf16 ? (double)h2f<__nv_bfloat16>(h) : (double)h2f<__half>(h);
-    };
     for (int i = 0; i < op.n / 8; i++)
         for (int e = 0; e < 4; e++) {
             const int row = 16 * w + g + 8 * (e >> 1), col = 8 * i + 2 * c + (e & 1);
             double dot = 0.0;
-            for (int k = 0; k < 16; k++) dot += a_at(row, k) * val(wgmma_elem(op.db, col, k));
+            for (int k = 0; k < 16; k++) dot += val(wgmma_elem(op.da, row, k)) * val(wgmma_elem(op.db, col, k));
             if (op.dh) { /* fp16 accumulators: register 2 i + (e >> 1) holds columns 2 c, 2 c + 1 (low half first) */
                 uint32_t &reg = op.dh[2 * i + (e >> 1)];
                 const int sh = 16 * (e & 1);
@@ -445,17 +433,6 @@ inline void fence_reg(uint32_t &) {}
 inline void fence_proxy_async() {}
 template <typename T, int N> inline void wgmma_k16(float (&d)[N / 2], uint64_t da, uint64_t db, int scale_d) {
     emu_wg_open.push_back({d, N, da, db, scale_d, std::is_same<T, __nv_bfloat16>::value});
-}
-// register A: the warp's fragments are captured at issue (the instruction is .sync.aligned: every lane issues it)
-template <typename T> inline void wgmma_m64n8k16_rs(float (&d)[4], const uint32_t (&a)[4], uint64_t db, int scale_d) {
-    auto regs = std::make_shared<std::array<uint32_t, 128>>();
-    uint64_t mine[4] = {a[0], a[1], a[2], a[3]};
-    exchange(mine, 4, [&](EmuWarp &w) {
-        for (int l = 0; l < 32; l++) for (int r = 0; r < 4; r++) (*regs)[4 * l + r] = (uint32_t)w.slot[l][r];
-    });
-    EmuWgmma op{d, 8, 0, db, scale_d, std::is_same<T, __nv_bfloat16>::value};
-    op.areg = regs;
-    emu_wg_open.push_back(op);
 }
 inline void wgmma_k16_f16acc64(uint32_t (&d)[16], uint64_t da, uint64_t db, int scale_d) {
     emu_wg_open.push_back({nullptr, 64, da, db, scale_d, false, d});

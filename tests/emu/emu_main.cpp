@@ -82,49 +82,7 @@ void emu_run(std::function<void()> body, dim3 grid, dim3 block, size_t smem, uns
 template <typename T> static uint16_t bits(float f) { T t = T(f); uint16_t u; memcpy(&u, &t, 2); return u; }
 template <typename T> static float val(uint16_t u) { T t; memcpy(&t, &u, 2); return (float)t; }
 
-// `emu wgmma SEED`: the register-A wgmma model (dev::wgmma_m64n8k16_rs, no kernel uses it yet) against a float64
-// product: A (64 x 16) from the warps' m16n8k16 fragments, B (8 x 16) K-major in shared memory, fp16 and bf16
-template <typename T> static double wgmma_rs_error(unsigned seed) {
-    std::mt19937 gen(seed);
-    std::normal_distribution<float> N(0, 1);
-    std::vector<uint16_t> A(64 * 16), Bm(8 * 16);
-    for (auto &x : A) x = bits<T>(N(gen));
-    for (auto &x : Bm) x = bits<T>(N(gen));
-    double worst = 0;
-    std::mutex mu;
-    emu_run([&]() {
-        const int t = threadIdx.x, w = t / 32, lane = t % 32, g = lane / 4, c = lane % 4;
-        if (t == 0) /* B: element (n, k) at (k / 8) 128 + n 16 + (k % 8) 2: core matrices of 8 n x 8 k, LBO 128 */
-            for (int n = 0; n < 8; n++)
-                for (int k = 0; k < 16; k++) memcpy(emu_smem + (k / 8) * 128 + n * 16 + (k % 8) * 2, &Bm[n * 16 + k], 2);
-        __syncthreads();
-        uint32_t a[4];
-        for (int r = 0; r < 4; r++) {
-            const int row = 16 * w + g + 8 * (r & 1), k0 = 2 * c + 8 * (r >> 1);
-            a[r] = (uint32_t)A[row * 16 + k0] | ((uint32_t)A[row * 16 + k0 + 1] << 16);
-        }
-        float d[4];
-        dev::wgmma_fence();
-        dev::wgmma_m64n8k16_rs<T>(d, a, dev::wgmma_desc(emu_smem, 128, 256), 0);
-        dev::wgmma_commit();
-        dev::wgmma_wait0();
-        for (int e = 0; e < 4; e++) {
-            const int row = 16 * w + g + 8 * (e >> 1), col = 2 * c + (e & 1);
-            double ref = 0;
-            for (int k = 0; k < 16; k++) ref += (double)val<T>(A[row * 16 + k]) * val<T>(Bm[col * 16 + k]);
-            std::lock_guard<std::mutex> lk(mu);
-            worst = std::max(worst, std::fabs(d[e] - ref) / (1.0 + std::fabs(ref)));
-        }
-    }, dim3(1, 1, 1), dim3(128, 1, 1), 4096, 1);
-    return worst;
-}
-
 int main(int argc, char **argv) {
-    if (argc == 3 && std::string(argv[1]) == "wgmma") {
-        const double e16 = wgmma_rs_error<__half>(atoi(argv[2])), eb16 = wgmma_rs_error<__nv_bfloat16>(atoi(argv[2]) + 1);
-        printf("wgmma m64n8k16 register A: worst error fp16 %.2e bf16 %.2e\n", e16, eb16);
-        return e16 < 1e-6 && eb16 < 1e-6 ? 0 : 1; /* fp32 sums of exact products: rounding only */
-    }
     // args: dtype(16|b16) impl B H Hkv D G T C consec bias seed ranks_k... -- ranks_v...
     if (argc < 13) { fprintf(stderr, "usage\n"); return 2; }
     const bool bf = std::string(argv[1]) == "bf16";

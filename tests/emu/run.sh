@@ -31,10 +31,6 @@ run() {
 # 2 consecutive from a large base, 3 with jumps and a random stretch)
 for I in "${@:-5}"; do
 case "$I" in
-wgmma) # the register-A wgmma model alone (v12's scores; no kernel uses it yet) against a float64 product
-  run wgmma 1
-  run wgmma 2
-  ;;
 9)  # v9: MHA, group size 1, head_dim 128, ranks 64, no key bias (its copy warp's TMA, or cp.async with PALU_C_V4_TMA=0)
   run f16 9 2 4 4 128 1 1037 1280 3 0 1 64 64 64 64 -- 64 64 64 64
   run bf16 9 2 2 2 128 1 777 1024 0 0 2 64 64 -- 64 64
