@@ -84,9 +84,6 @@ constexpr size_t kV11IbOffPairs = kV11OffU + kV11G * kV11IbUImg;
 constexpr size_t kV11IbOffFreqH = kV11IbOffPairs + (size_t)kV11G * kV11D / 2 * 4;
 static_assert(kV11IbOffFreqH + (size_t)kV11G * kV11D / 2 * 4 <= kV11OffQA, "the IB areas fit in the images' area");
 
-#ifndef V11X_QA_LDSM /* the query fragments by ldmatrix (run 182) */
-#define V11X_QA_LDSM 1
-#endif
 /* V11X_F16ACC: fp16 keys in the interpolative basis rebuilt with fp16 accumulators (on since run 179: v10 ib -0.9 to
  * -2.3%, v11 ib -1.5 to -2.3% kernel time at batch 8; tests, long-prompt generate tests and memcheck pass); 0 takes
  * the fp32 accumulators back */
@@ -340,22 +337,15 @@ __global__ void __launch_bounds__(kV11Warps * 32, 1) decode_v11_kernel(const Dec
             }
             if (kShared) dev::bar_named_n(1 + cw, 128);
             else __syncwarp();
-#if V11X_QA_LDSM
             /* the score's B fragments by ldmatrix: matrix m of load kk / 2 is rows (heads) 0-7 at columns
-             * 16 kk + 8 m, so its registers are qa[kk][0], qa[kk][1], qa[kk + 1][0], qa[kk + 1][1] (4 loads, not 16) */
+             * 16 kk + 8 m, so its registers are qa[kk][0], qa[kk][1], qa[kk + 1][0], qa[kk + 1][1] (4 loads where 16
+             * plain ones were: -0.6 to -1.1%, run 182) */
 #pragma unroll
             for (int kk = 0; kk < 8; kk += 2) {
                 uint32_t r[4];
                 dev::ldsm_x4(r, qbuf + (lane & 7) * kV11QRow + (16 * kk + 8 * (lane >> 3)) * 2);
                 qa[kk][0] = r[0], qa[kk][1] = r[1], qa[kk + 1][0] = r[2], qa[kk + 1][1] = r[3];
             }
-#else
-#pragma unroll
-            for (int kk = 0; kk < 8; kk++)
-#pragma unroll
-                for (int hf = 0; hf < 2; hf++)
-                    qa[kk][hf] = *reinterpret_cast<const uint32_t *>(qbuf + g * kV11QRow + (16 * kk + 2 * c + 8 * hf) * 2);
-#endif
         }
         const int sl = t0 + M * x + 16 * wl + g; /* this thread's rows: slots sl, sl + 8 */
         const char *kt = smem + s * kV11Stage;
