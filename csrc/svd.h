@@ -5,7 +5,9 @@
  *   U  (m, k) row-major, orthonormal columns,
  *   S  (k,)   non-increasing, >= 0,
  *   Vt (k, n) row-major, orthonormal rows,
- * 1 <= k <= min(m, n). The input is never modified. Sizes must fit LAPACK's 32-bit integers.
+ * 1 <= k <= min(m, n). The input is never modified. Signs are canonical: each column of U has its
+ * largest-magnitude entry positive (Vt's row flips with it), so the signs do not depend on the BLAS build.
+ * Sizes must fit LAPACK's 32-bit integers.
  *
  * Row-major A is column-major A^T, so the routines factor A^T = V S U^T with LAPACK and read U and Vt
  * straight out of LAPACK's VT and U buffers: no transposition copies.

@@ -125,6 +125,29 @@ static void FN(copy_cols)(REAL *dst, const REAL *src, int64_t rows, int64_t ld, 
     for (int64_t i = 0; i < rows; i++) memcpy(dst + i * k, src + i * ld, sizeof(REAL) * (size_t)k);
 }
 
+/* Fix each triplet's sign: column j of row-major U (m x k) gets its largest-magnitude entry positive
+ * (first one on an exact tie), row j of Vt (k x n) flips with it. An SVD is unique only up to these
+ * signs, and LAPACK's choice follows the rounding of the BLAS kernel in use (CPU model, thread count,
+ * the shape of the call), so without this the same weight could factor with different signs on two
+ * machines or as part of a larger call. */
+static void FN(fix_signs)(REAL *u, REAL *vt, int64_t m, int64_t n, int64_t k)
+{
+    for (int64_t j = 0; j < k; j++) {
+        int64_t arg = 0;
+        REAL best = -1;
+        for (int64_t i = 0; i < m; i++) {
+            REAL mag = u[i * k + j] < 0 ? -u[i * k + j] : u[i * k + j];
+            if (mag > best) {
+                best = mag;
+                arg = i;
+            }
+        }
+        if (u[arg * k + j] >= 0) continue;
+        for (int64_t i = 0; i < m; i++) u[i * k + j] = -u[i * k + j];
+        for (int64_t c = 0; c < n; c++) vt[j * n + c] = -vt[j * n + c];
+    }
+}
+
 static palu_status FN(svd_exact)(const REAL *a, int m, int n, int k, REAL *u, REAL *s, REAL *vt)
 {
     int mn = m < n ? m : n;
@@ -146,6 +169,7 @@ static palu_status FN(svd_exact)(const REAL *a, int m, int n, int k, REAL *u, RE
     FN(copy_cols)(u, vtx, m, mn, k);
     memcpy(s, sx, sizeof(REAL) * (size_t)k);
     memcpy(vt, ux, sizeof(REAL) * (size_t)k * (size_t)n); /* leading k rows of Vt are contiguous */
+    FN(fix_signs)(u, vt, m, n, k);
 done:
     free(x);
     free(ux);
@@ -195,6 +219,7 @@ static palu_status FN(svd_randomized)(const REAL *a, int m, int n, int k, int l,
     FN(copy_cols)(u, vtb, m, l, k);
     memcpy(s, sb, sizeof(REAL) * (size_t)k);
     memcpy(vt, ux, sizeof(REAL) * (size_t)k * (size_t)n);
+    FN(fix_signs)(u, vt, m, n, k);
 done:
     free(omega);
     free(q);

@@ -78,6 +78,32 @@ def test_randomized_within_one_percent_of_optimal(rng, dtype, power):
     np.testing.assert_allclose(s[:5], s_true[:5], rtol=1e-2)
 
 
+def canonical_signs(u, vt):
+    """The sign convention of csrc/svd.h, applied to a reference: each column of U has its largest-magnitude entry
+    positive."""
+    flip = np.sign(u[np.argmax(np.abs(u), axis=0), np.arange(u.shape[1])])
+    return u * flip, vt * flip[:, None]
+
+
+@pytest.mark.parametrize("method", ["exact", "randomized"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_signs_are_canonical(rng, method, dtype):
+    """The signs follow a fixed rule, not LAPACK's rounding: the vectors equal NumPy's after the same rule, and
+    negating A flips Vt only."""
+    m, n, rank = 90, 70, 8
+    a, _ = decaying_matrix(rng, m, n, 1.0, dtype)  # well separated singular values: vectors are well defined
+    u, s, vt = palu_c.svd(a, rank, method=method, seed=int(rng.integers(2**63)))
+    u_ref, _, vt_ref = ref_svd(a)
+    u_ref, vt_ref = canonical_signs(u_ref[:, :rank], vt_ref[:rank])
+    # randomized vectors are accurate to ~2e-3 here; a wrong sign would miss by twice the largest entry, >= 0.2
+    atol = 2e-2 if method == "randomized" else 1e-4 if dtype == np.float32 else 1e-9
+    np.testing.assert_allclose(u, u_ref, rtol=0, atol=atol)
+    np.testing.assert_allclose(vt, vt_ref, rtol=0, atol=atol)
+    u_neg, _, vt_neg = palu_c.svd(-a, rank, method=method, seed=int(rng.integers(2**63)))
+    np.testing.assert_allclose(u_neg, u, rtol=0, atol=atol)
+    np.testing.assert_allclose(vt_neg, -vt, rtol=0, atol=atol)
+
+
 def test_randomized_is_deterministic_per_seed(rng):
     a = rng.standard_normal((120, 90))
     r1 = palu_c.svd(a, 10, method="randomized", seed=7)
